@@ -1,0 +1,66 @@
+"""Baltic AI Factory portal: ``create_app()`` builds the Flask application; nothing happens at import."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from portal.config import Settings, load_settings
+
+
+def _secret_key(settings: Settings) -> str:
+    """The configured key, or (outside production) one generated once into the instance folder."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.instance_path) / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    settings = settings or load_settings(**overrides)
+    Path(settings.instance_path).mkdir(parents=True, exist_ok=True)
+
+    app = Flask(
+        __name__,
+        static_folder=str(Path(__file__).resolve().parent.parent / "static"),
+        instance_path=str(Path(settings.instance_path).resolve()),
+    )
+    app.config.update(
+        SECRET_KEY=_secret_key(settings),
+        SESSION_COOKIE_NAME="portal_session",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=8 * 3600,
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        TESTING=settings.env == "test",
+    )
+    app.extensions["portal.settings"] = settings
+
+    from portal import db, web
+
+    db.init_app(app, db.make_engine(settings.resolved_database_url))
+    web.init_app(app, settings)
+
+    from portal.identity import oidc
+
+    oidc.init_app(app, settings)
+
+    from portal.api import init_app as init_api
+    from portal.health import bp as health_bp
+    from portal.identity.views import bp as identity_bp
+    from portal.projects.views import bp as projects_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(identity_bp)
+    app.register_blueprint(projects_bp)
+    init_api(app)
+    return app

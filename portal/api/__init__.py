@@ -1,0 +1,121 @@
+"""The JSON API under ``/api/v1``: bearer-token auth, RFC 9457 problems, and an OpenAPI document that
+spectree generates from the routes' pydantic models (``/api/v1/openapi.json``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Flask, g, jsonify, request
+from pydantic import BaseModel
+from spectree import SecurityScheme, SecuritySchemeData, SpecTree
+
+from portal.db import get_db
+from portal.errors import AuthenticationRequired, InvalidInput
+from portal.identity.models import ApiScope, User
+from portal.identity.services import authenticate_api_token
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: dict[str, str] | list[dict[str, Any]] | None = None
+
+
+class RequestInvalid(Exception):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("request validation failed")
+        self.errors = errors
+
+
+def _before(req, resp, err, instance, model_adapter) -> None:  # type: ignore[no-untyped-def]
+    if err is not None:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in model_adapter.validation_errors(err)
+        ]
+        raise RequestInvalid(errors)
+
+
+spec = SpecTree(
+    "flask",
+    title="Baltic AI Factory Portal API",
+    version="1",
+    description="Projects, organisations and (in later versions) allocations of the Baltic AI Factory. "
+    "Authenticate with a personal API token: `Authorization: Bearer <token>`.",
+    path="apidoc",
+    mode="strict",  # only routes declared with @spec.validate, i.e. the JSON API
+    page_templates={},
+    before=_before,
+    validation_error_status=422,
+    validation_error_model=Problem,
+    naming_strategy=lambda model: model.__name__,
+    security_schemes=[
+        SecurityScheme(
+            name="bearerAuth",
+            data=SecuritySchemeData(type="http", scheme="bearer", description="A personal API token"),
+        )
+    ],
+    security={"bearerAuth": []},
+)
+
+
+def token_required(scope: ApiScope) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Authenticate the request's bearer token and require ``scope``; sets ``g.api_user``."""
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            kind, _, token = header.partition(" ")
+            if kind.lower() != "bearer" or not token.strip():
+                raise AuthenticationRequired("Send a personal API token: 'Authorization: Bearer <token>'.")
+            g.api_user = authenticate_api_token(get_db(), token.strip(), scope=scope)
+            if request.method in ("POST", "PUT", "PATCH") and not request.is_json:
+                raise InvalidInput("Send the request body as application/json.")
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def api_user() -> User:
+    return g.api_user  # type: ignore[no-any-return]
+
+
+@bp.get("/openapi.json")
+def openapi_document():  # type: ignore[no-untyped-def]
+    return jsonify(spec.spec)
+
+
+def init_app(app: Flask) -> None:
+    from portal import web
+    from portal.identity import api as _identity_api  # noqa: F401  (routes register on bp)
+    from portal.projects import api as _projects_api  # noqa: F401
+
+    web.csrf.exempt(bp)  # token auth only: no cookie, so no CSRF
+    app.register_blueprint(bp)
+
+    @app.errorhandler(RequestInvalid)
+    def _request_invalid(exc: RequestInvalid):  # type: ignore[no-untyped-def]
+        return web.problem(
+            422,
+            "Invalid request",
+            "The request does not match the API's schema.",
+            type_slug="invalid-request",
+            errors=exc.errors,
+        )
+
+    @app.after_request
+    def _www_authenticate(response):  # type: ignore[no-untyped-def]
+        if response.status_code == 401 and request.path.startswith("/api/"):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="portal"'
+        return response

@@ -1,0 +1,134 @@
+"""The one permission mechanism: every service asks ``require(db, actor, action, target)``.
+
+A rule says who may do an action on a target. When the actor may not even see the target the answer is
+``NotFound`` (a non-member learns nothing about another project); when they may see it but not act,
+``NotAuthorised``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from sqlmodel import Session, select
+
+from portal.errors import NotAuthorised, NotFound
+from portal.identity.models import FactoryRole, RoleGrant, User
+from portal.projects.models import (
+    Organisation,
+    OrganisationMembership,
+    OrganisationRole,
+    Project,
+    ProjectMembership,
+    ProjectRole,
+)
+
+
+class Action(StrEnum):
+    VIEW_ORGANISATION = "organisation.view"
+    MANAGE_ORGANISATION = "organisation.manage"
+    CREATE_PROJECT = "organisation.create_project"
+    VERIFY_ORGANISATION = "organisation.verify"
+    VIEW_PROJECT = "project.view"
+    EDIT_PROJECT = "project.edit"
+    MANAGE_MEMBERS = "project.manage_members"
+    GRANT_ROLES = "factory.grant_roles"
+    VIEW_ALL = "factory.view_all"
+
+
+def factory_roles(db: Session, user: User) -> set[FactoryRole]:
+    rows = db.exec(select(RoleGrant.role).where(RoleGrant.user_id == user.id)).all()
+    return {FactoryRole(r) for r in rows}
+
+
+def project_role(db: Session, user: User, project: Project) -> ProjectRole | None:
+    role = db.exec(
+        select(ProjectMembership.role).where(
+            ProjectMembership.project_id == project.id, ProjectMembership.user_id == user.id
+        )
+    ).first()
+    return ProjectRole(role) if role else None
+
+
+def organisation_role(db: Session, user: User, organisation_id: int) -> OrganisationRole | None:
+    role = db.exec(
+        select(OrganisationMembership.role).where(
+            OrganisationMembership.organisation_id == organisation_id,
+            OrganisationMembership.user_id == user.id,
+        )
+    ).first()
+    return OrganisationRole(role) if role else None
+
+
+def _is_org_member_or_project_member(db: Session, user: User, org: Organisation) -> bool:
+    if organisation_role(db, user, org.id) is not None:  # type: ignore[arg-type]
+        return True
+    return (
+        db.exec(
+            select(ProjectMembership.id)
+            .join(Project, Project.id == ProjectMembership.project_id)  # type: ignore[arg-type]
+            .where(Project.organisation_id == org.id, ProjectMembership.user_id == user.id)
+        ).first()
+        is not None
+    )
+
+
+Rule = Callable[[Session, User, Any], bool]
+
+#: action -> (rule, the action that decides whether the actor may see the target at all)
+RULES: dict[Action, tuple[Rule, Action | None]] = {
+    Action.VIEW_ORGANISATION: (_is_org_member_or_project_member, None),
+    Action.MANAGE_ORGANISATION: (
+        lambda db, u, org: organisation_role(db, u, org.id) == OrganisationRole.ADMIN,
+        Action.VIEW_ORGANISATION,
+    ),
+    Action.CREATE_PROJECT: (
+        lambda db, u, org: (
+            organisation_role(db, u, org.id)
+            in (OrganisationRole.ADMIN, OrganisationRole.MEMBER, OrganisationRole.BILLING)
+        ),
+        Action.VIEW_ORGANISATION,
+    ),
+    Action.VERIFY_ORGANISATION: (lambda db, u, org: False, Action.VIEW_ORGANISATION),
+    Action.VIEW_PROJECT: (lambda db, u, p: project_role(db, u, p) is not None, None),
+    Action.EDIT_PROJECT: (
+        lambda db, u, p: project_role(db, u, p) in (ProjectRole.PI, ProjectRole.MANAGER),
+        Action.VIEW_PROJECT,
+    ),
+    Action.MANAGE_MEMBERS: (
+        lambda db, u, p: project_role(db, u, p) in (ProjectRole.PI, ProjectRole.MANAGER),
+        Action.VIEW_PROJECT,
+    ),
+    Action.GRANT_ROLES: (lambda db, u, _t: False, None),
+    Action.VIEW_ALL: (lambda db, u, _t: False, None),
+}
+
+#: What each factory role may do on any target, beyond the rules above.
+FACTORY_ROLE_ACTIONS: dict[FactoryRole, frozenset[Action]] = {
+    FactoryRole.ADMIN: frozenset(Action),
+    FactoryRole.FINANCE: frozenset({Action.VIEW_ORGANISATION, Action.VIEW_ALL}),
+    FactoryRole.SITE_OPERATOR: frozenset({Action.VIEW_PROJECT, Action.VIEW_ORGANISATION, Action.VIEW_ALL}),
+    FactoryRole.REVIEWER: frozenset(),
+}
+
+
+def allowed(db: Session, actor: User | None, action: Action, target: Any = None) -> bool:
+    if actor is None or not actor.is_active:
+        return False
+    for role in factory_roles(db, actor):
+        if action in FACTORY_ROLE_ACTIONS[role]:
+            return True
+    rule, _visibility = RULES[action]
+    return bool(rule(db, actor, target))
+
+
+def require(db: Session, actor: User | None, action: Action, target: Any = None) -> None:
+    """Raise unless ``actor`` may do ``action`` on ``target``."""
+    if allowed(db, actor, action, target):
+        return
+    _rule, visibility = RULES[action]
+    hidden = visibility is None or not allowed(db, actor, visibility, target)
+    if hidden and target is not None:
+        raise NotFound(f"No such {type(target).__name__.lower()}.")
+    raise NotAuthorised("You are not allowed to do this.")

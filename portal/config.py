@@ -1,0 +1,206 @@
+"""The portal's settings: one object, every setting declared once with its type, default and meaning.
+
+Values come, in rising order of precedence, from the defaults below, an optional TOML file named by
+``PORTAL_CONFIG``, and ``PORTAL_*`` environment variables (complex values as JSON). The defaults run the
+embedded demo. ``README.md`` lists every setting; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class AssuranceLevel(StrEnum):
+    """eIDAS levels of assurance, in rising order."""
+
+    LOW = "low"
+    SUBSTANTIAL = "substantial"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        return list(AssuranceLevel).index(self)
+
+    def __ge__(self, other: object) -> bool:  # type: ignore[override]
+        if not isinstance(other, AssuranceLevel):
+            return NotImplemented
+        return self.rank >= other.rank
+
+    def __lt__(self, other: object) -> bool:  # type: ignore[override]
+        if not isinstance(other, AssuranceLevel):
+            return NotImplemented
+        return self.rank < other.rank
+
+
+#: acr values common to eIDAS brokers, TARA and REFEDS, so a provider needs an ``acr_map`` only for others.
+DEFAULT_ACR_MAP: dict[str, AssuranceLevel] = {
+    "http://eidas.europa.eu/LoA/low": AssuranceLevel.LOW,
+    "http://eidas.europa.eu/LoA/substantial": AssuranceLevel.SUBSTANTIAL,
+    "http://eidas.europa.eu/LoA/high": AssuranceLevel.HIGH,
+    "low": AssuranceLevel.LOW,
+    "substantial": AssuranceLevel.SUBSTANTIAL,
+    "high": AssuranceLevel.HIGH,
+    "https://refeds.org/assurance/IAP/low": AssuranceLevel.LOW,
+    "https://refeds.org/assurance/IAP/medium": AssuranceLevel.SUBSTANTIAL,
+    "https://refeds.org/assurance/IAP/high": AssuranceLevel.HIGH,
+}
+
+#: The portal's attribute names and the claims they come from, unless a provider's ``claim_map`` says otherwise.
+DEFAULT_CLAIM_MAP: dict[str, str] = {
+    "given_name": "given_name",
+    "family_name": "family_name",
+    "name": "name",
+    "email": "email",
+    "email_verified": "email_verified",
+    "birthdate": "birthdate",
+    "person_identifier": "person_identifier",
+    "external_affiliation": "voperson_external_affiliation",
+    "entitlement": "eduperson_entitlement",
+}
+
+
+class OIDCProvider(BaseModel):
+    """One OpenID Connect provider users may log in with."""
+
+    #: Short name used in URLs and stored with each identity; never change it once users have logged in.
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    #: What the login page shows.
+    label: str
+    #: The provider's ``/.well-known/openid-configuration`` URL.
+    discovery_url: str
+    client_id: str
+    #: Read from ``PORTAL_OIDC_<NAME>_CLIENT_SECRET`` when not given here; keep secrets out of files.
+    client_secret: str | None = None
+    scopes: str = "openid email profile"
+    #: ``acr_values`` to request (for example ``http://eidas.europa.eu/LoA/substantial``); none by default.
+    request_acr: str | None = None
+    #: Extra acr values of this provider and their level; merged over the common eIDAS/TARA/REFEDS values.
+    acr_map: dict[str, AssuranceLevel] = Field(default_factory=dict)
+    #: Level assumed when the ID token carries no acr claim.
+    default_acr: AssuranceLevel = AssuranceLevel.LOW
+    #: Logins below this level are refused.
+    min_acr: AssuranceLevel = AssuranceLevel.LOW
+    #: Portal attribute -> claim name, merged over the defaults.
+    claim_map: dict[str, str] = Field(default_factory=dict)
+    #: Endpoint overrides for providers whose discovery document is incomplete or wrong.
+    authorize_url: str | None = None
+    token_url: str | None = None
+    jwks_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _secret_from_environment(self) -> OIDCProvider:
+        if self.client_secret is None:
+            env_name = f"PORTAL_OIDC_{self.name.upper().replace('-', '_')}_CLIENT_SECRET"
+            self.client_secret = os.environ.get(env_name)
+        return self
+
+    def level_for(self, acr: str | None) -> AssuranceLevel | None:
+        """The assurance level of an ``acr`` value, or None if this provider's mapping does not know it."""
+        if acr is None or acr == "":
+            return self.default_acr
+        return {**DEFAULT_ACR_MAP, **self.acr_map}.get(acr)
+
+    def claim(self, attribute: str) -> str:
+        return {**DEFAULT_CLAIM_MAP, **self.claim_map}[attribute]
+
+
+class Settings(BaseSettings):
+    """Every setting of the portal. Environment variables are ``PORTAL_`` + the upper-cased name."""
+
+    model_config = SettingsConfigDict(env_prefix="PORTAL_", extra="ignore", validate_default=True)
+
+    #: ``development`` (the demo), ``test`` or ``production``; production refuses insecure defaults.
+    env: Literal["development", "test", "production"] = "development"
+    #: The public URL of the portal, used in e-mails and OIDC redirect URIs.
+    base_url: str = "http://127.0.0.1:5000"
+    #: Folder for the SQLite file, the generated development secret key and other local state.
+    instance_path: Path = Path("instance")
+    #: SQLAlchemy database URL; SQLite under the instance folder when empty.
+    database_url: str = ""
+    #: Signs sessions and CSRF tokens; generated into the instance folder outside production.
+    secret_key: str | None = None
+    #: OIDC providers offered on the login page (a JSON list in the environment, ``[[oidc_providers]]`` in TOML).
+    oidc_providers: list[OIDCProvider] = Field(default_factory=list)
+    #: How many reverse proxies in front of the portal set ``X-Forwarded-*`` (0: none is trusted).
+    trusted_proxies: int = 0
+    #: ``log`` writes outgoing e-mail to the log; ``smtp`` sends it through the SMTP server below.
+    mail_backend: Literal["log", "smtp"] = "log"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    #: Sender address of the portal's e-mail.
+    mail_from: str = "Baltic AI Factory <noreply@factory.example.eu>"
+    #: Hours an invitation link stays valid.
+    invitation_ttl_hours: int = Field(default=168, gt=0)
+    #: Days a personal API token stays valid unless its owner chooses otherwise.
+    api_token_ttl_days: int = Field(default=90, gt=0)
+    #: Address and worker count for ``portal serve`` (gunicorn).
+    serve_bind: str = "127.0.0.1:8000"
+    serve_workers: int = Field(default=2, gt=0)
+    #: Seconds between two rounds of ``portal worker``.
+    worker_interval_seconds: int = Field(default=60, gt=0)
+    #: Languages offered in the interface.
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Settings:
+        if self.env == "production":
+            if not self.secret_key:
+                raise ValueError("PORTAL_SECRET_KEY must be set in production")
+            if not self.base_url.startswith("https://"):
+                raise ValueError("PORTAL_BASE_URL must be an https:// URL in production")
+        names = [p.name for p in self.oidc_providers]
+        if len(names) != len(set(names)):
+            raise ValueError("OIDC provider names must be unique")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.instance_path.resolve() / 'portal.db'}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://")
+
+    def provider(self, name: str) -> OIDCProvider | None:
+        return next((p for p in self.oidc_providers if p.name == name), None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("PORTAL_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ValueError(f"PORTAL_CONFIG names {config_file}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the file and environment, with explicit overrides (tests, the demo) winning."""
+    return Settings(**overrides)

@@ -1,0 +1,249 @@
+"""``portal demo``: the whole portal on one machine, with local identity providers and demo data."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+from werkzeug.serving import run_simple
+
+from portal import create_app
+from portal.config import OIDCProvider, Settings, load_settings
+from portal.devstack import OIDCProviderProcess
+from portal.identity.models import FactoryRole, User
+from portal.identity.services import grant_role, provision_user
+from portal.migrations import upgrade
+from portal.projects import services as projects
+
+log = logging.getLogger("portal.demo")
+
+
+@dataclass(frozen=True)
+class DemoProvider:
+    name: str
+    label: str
+    offset: int
+    min_acr: str
+    users: list[dict[str, Any]]
+
+
+EIDAS = "http://eidas.europa.eu/LoA/"
+
+DEMO_PROVIDERS = [
+    DemoProvider(
+        "eidas",
+        "eIDAS (demo broker)",
+        0,
+        "low",
+        [
+            {
+                "sub": "PL/PL/85010112345",
+                "given_name": "Anna",
+                "family_name": "Kowalska",
+                "email": "anna.kowalska@uw.demo.eu",
+                "email_verified": True,
+                "birthdate": "1985-01-01",
+                "person_identifier": "PL/PL/85010112345",
+                "acr": EIDAS + "substantial",
+                "amr": ["eid"],
+            },
+            {
+                "sub": "LV/LV/010180-10000",
+                "given_name": "Admin",
+                "family_name": "Ozola",
+                "email": "admin@factory.demo.eu",
+                "email_verified": True,
+                "person_identifier": "LV/LV/010180-10000",
+                "acr": EIDAS + "high",
+                "amr": ["eid"],
+            },
+            {
+                "sub": "PL/PL/90020254321",
+                "given_name": "Piotr",
+                "family_name": "Nowak",
+                "email": "piotr.nowak@demo.eu",
+                "email_verified": True,
+                "acr": EIDAS + "low",
+                "amr": ["pwd"],
+            },
+        ],
+    ),
+    DemoProvider(
+        "myaccessid",
+        "MyAccessID (academic, demo)",
+        1,
+        "low",
+        [
+            {
+                "sub": "jonas@vu.lt",
+                "given_name": "Jonas",
+                "family_name": "Petrauskas",
+                "email": "jonas.petrauskas@vu.demo.lt",
+                "email_verified": True,
+                "voperson_external_affiliation": ["faculty@vu.lt", "member@vu.lt"],
+                "eduperson_entitlement": ["urn:geant:vu.lt:group:ai-lab"],
+                "acr": "https://refeds.org/assurance/IAP/medium",
+            },
+        ],
+    ),
+    DemoProvider(
+        "tara",
+        "TARA, Estonia (demo)",
+        2,
+        "substantial",
+        [
+            {
+                "sub": "EE38001085718",
+                "given_name": "Liis",
+                "family_name": "Tamm",
+                "email": "liis@startup.demo.ee",
+                "email_verified": True,
+                "birthdate": "1980-01-08",
+                "acr": "high",
+                "amr": ["idcard"],
+            },
+            {
+                "sub": "EE49002124277",
+                "given_name": "Kadri",
+                "family_name": "Kask",
+                "email": "kadri@demo.ee",
+                "email_verified": True,
+                "acr": "low",
+                "amr": ["mID"],
+            },
+        ],
+    ),
+]
+
+
+def demo_settings(port: int, provider_port: int) -> Settings:
+    providers = [
+        OIDCProvider(
+            name=p.name,
+            label=p.label,
+            discovery_url=f"http://127.0.0.1:{provider_port + p.offset}/.well-known/openid-configuration",
+            client_id="portal-demo",
+            client_secret=os.environ.get(f"PORTAL_OIDC_{p.name.upper()}_CLIENT_SECRET", "demo-secret"),
+            min_acr=p.min_acr,  # type: ignore[arg-type]
+        )
+        for p in DEMO_PROVIDERS
+    ]
+    return load_settings(
+        env="development",
+        base_url=f"http://127.0.0.1:{port}",
+        oidc_providers=providers,
+    )
+
+
+def seed_demo_data(db: Session, settings: Settings) -> None:
+    """Demo users, organisations and projects; does nothing once they exist."""
+    if db.exec(select(User).limit(1)).first() is not None:
+        return
+    by_name = {p.name: p for p in settings.oidc_providers}
+
+    def person(provider: str, claims: dict[str, Any]) -> User:
+        return provision_user(
+            db,
+            provider=by_name[provider],
+            subject=claims["sub"],
+            display_name=f"{claims['given_name']} {claims['family_name']}",
+            email=claims["email"],
+        )
+
+    anna = person("eidas", DEMO_PROVIDERS[0].users[0])
+    admin = person("eidas", DEMO_PROVIDERS[0].users[1])
+    jonas = person("myaccessid", DEMO_PROVIDERS[1].users[0])
+    liis = person("tara", DEMO_PROVIDERS[2].users[0])
+    grant_role(db, None, admin, FactoryRole.ADMIN)
+
+    uw = projects.create_organisation(
+        db,
+        anna,
+        name="Uniwersytet Warszawski",
+        kind="university",
+        country="PL",
+        registry_id="000001258",
+        vat_number="PL5252248481",
+    )
+    vu = projects.create_organisation(
+        db, jonas, name="Vilniaus universitetas", kind="university", country="LT", vat_number="LT119511515"
+    )
+    startup = projects.create_organisation(
+        db, liis, name="Tallinn Vision OÜ", kind="sme", country="EE", registry_id="14532901", vat_number="EE100931558"
+    )
+    llm = projects.create_project(
+        db,
+        anna,
+        uw,
+        title="Polish LLM pre-training",
+        description="Continued pre-training of a 7B model on Polish text.",
+    )
+    projects.create_project(
+        db,
+        jonas,
+        vu,
+        title="Lithuanian speech recognition",
+        description="Fine-tuning Whisper models for Lithuanian dialects.",
+    )
+    projects.create_project(
+        db, liis, startup, title="Retail shelf vision", description="Object detection for shelf analytics."
+    )
+    _invitation, link = projects.invite_member(
+        db, settings, anna, llm, email="jonas.petrauskas@vu.demo.lt", role="member"
+    )
+    projects.accept_invitation(db, jonas, link.rsplit("/", 1)[1])
+
+
+def run_demo(*, port: int, provider_port: int) -> None:
+    settings = demo_settings(port, provider_port)
+    Path(settings.instance_path).mkdir(parents=True, exist_ok=True)
+    logs = Path(settings.instance_path) / "logs"
+    logs.mkdir(exist_ok=True)
+    processes = []
+    try:
+        for p in DEMO_PROVIDERS:
+            processes.append(
+                OIDCProviderProcess(
+                    port=provider_port + p.offset, users=p.users, log_path=logs / f"oidc-{p.name}.log"
+                ).start()
+            )
+        upgrade(settings.resolved_database_url)
+        app = create_app(settings)
+        with app.app_context():
+            from portal.db import get_db
+
+            seed_demo_data(get_db(), settings)
+        _print_banner(settings, provider_port)
+        run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in processes:
+            process.stop()
+        print("demo stopped")
+
+
+def _print_banner(settings: Settings, provider_port: int) -> None:
+    lines = [
+        "",
+        f"Baltic AI Factory portal (demo): {settings.base_url}",
+        f"database: {settings.resolved_database_url}",
+        "",
+        "Log in with one of these demo identities (click the name on the provider's page):",
+    ]
+    for p in DEMO_PROVIDERS:
+        lines.append(f"  {p.label} (http://127.0.0.1:{provider_port + p.offset}, minimum level {p.min_acr}):")
+        for u in p.users:
+            level = u.get("acr", "")
+            lines.append(f"    {u['sub']:<22} {u['given_name']} {u['family_name']:<12} acr={level}")
+    lines += [
+        "",
+        "Admin Ozola holds the factory admin role; Kadri Kask (TARA, acr low) shows a refused login.",
+        "Ctrl-C stops the portal and the providers.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,119 @@
+"""Users, their linked external identities and logins, factory roles and personal API tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from portal.config import AssuranceLevel
+from portal.db import UTCDateTime, utcnow
+
+
+class FactoryRole(StrEnum):
+    ADMIN = "admin"
+    FINANCE = "finance"
+    SITE_OPERATOR = "site_operator"
+    REVIEWER = "reviewer"
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: Name shown across the portal, taken from the first login and editable by the user.
+    display_name: str = Field(max_length=200)
+    #: Contact address: a verified e-mail from a provider, never used to match identities.
+    email: str | None = Field(default=None, max_length=320, index=True)
+    #: Deactivated users cannot log in or use their API tokens.
+    is_active: bool = Field(default=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    # Flask-Login's user protocol
+    is_authenticated: ClassVar[bool] = True
+    is_anonymous: ClassVar[bool] = False
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+
+class ExternalIdentity(SQLModel, table=True):
+    """An account at an OIDC provider, keyed on (provider, subject) and linked to exactly one user."""
+
+    __tablename__ = "external_identities"
+    __table_args__ = (sa.UniqueConstraint("provider", "subject"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    #: The configured provider's name.
+    provider: str = Field(max_length=32)
+    #: The provider's ``sub`` claim.
+    subject: str = Field(max_length=255)
+    #: Level of assurance of the most recent login.
+    level: AssuranceLevel = Field(sa_type=sa.String(16))
+    #: Verified attributes of the most recent login (names, verified e-mail, affiliations, ...).
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    linked_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Login(SQLModel, table=True):
+    """One successful login, as the provider asserted it; the session refers to it for its assurance level."""
+
+    __tablename__ = "logins"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    identity_id: int = Field(foreign_key="external_identities.id")
+    provider: str = Field(max_length=32)
+    subject: str = Field(max_length=255)
+    #: The raw ``acr`` claim, and the level it maps to.
+    acr: str | None = Field(default=None, max_length=255)
+    level: AssuranceLevel = Field(sa_type=sa.String(16))
+    #: The ``amr`` claim (authentication methods).
+    amr: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    #: When the user authenticated at the provider (``auth_time``), if it said.
+    auth_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    logged_in_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RoleGrant(SQLModel, table=True):
+    """A factory role held by a user, granted by an admin."""
+
+    __tablename__ = "role_grants"
+    __table_args__ = (sa.UniqueConstraint("user_id", "role"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    role: FactoryRole = Field(sa_type=sa.String(32))
+    #: The admin who granted it; None for grants from the command line.
+    granted_by_id: int | None = Field(default=None, foreign_key="users.id")
+    granted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ApiScope(StrEnum):
+    READ = "read"
+    WRITE = "write"
+
+
+class ApiToken(SQLModel, table=True):
+    """A personal API token; only its SHA-256 digest is stored, the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    name: str = Field(max_length=100)
+    #: The first characters of the token, to tell tokens apart in lists.
+    prefix: str = Field(max_length=16)
+    digest: str = Field(max_length=64, unique=True)
+    scopes: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -1,0 +1,315 @@
+"""Logins, identity linking, factory roles and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from portal.authz import Action, require
+from portal.config import AssuranceLevel, OIDCProvider
+from portal.db import utcnow
+from portal.errors import (
+    AuthenticationRequired,
+    Conflict,
+    InsufficientAssurance,
+    InvalidInput,
+    LoginRefused,
+    NotAuthorised,
+    NotFound,
+)
+from portal.identity.models import ApiScope, ApiToken, ExternalIdentity, FactoryRole, Login, RoleGrant, User
+
+LIST_ATTRIBUTES = ("external_affiliation", "entitlement")
+
+
+@dataclass(frozen=True)
+class AssertedLogin:
+    """What a provider asserted about one login, after its ID token was verified."""
+
+    provider: OIDCProvider
+    subject: str
+    acr: str | None
+    level: AssuranceLevel
+    amr: list[str]
+    auth_time: datetime | None
+    attributes: dict[str, Any]
+
+
+def read_assertion(provider: OIDCProvider, claims: dict[str, Any]) -> AssertedLogin:
+    """Map verified claims to the portal's view of a login; refuse unknown or too-low levels of assurance."""
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise LoginRefused("The provider did not say who you are (no subject in the ID token).")
+    acr = claims.get("acr")
+    acr = str(acr) if acr is not None else None
+    level = provider.level_for(acr)
+    if level is None:
+        raise InsufficientAssurance(
+            f"{provider.label} reported a level of assurance ({acr}) this portal does not recognise."
+        )
+    if level < provider.min_acr:
+        raise InsufficientAssurance(
+            f"{provider.label} confirmed your identity at level '{level}', but this portal needs at least "
+            f"'{provider.min_acr}' from it. Log in again with a stronger method (for example an ID card "
+            f"or Smart-ID) or choose another provider."
+        )
+    amr = claims.get("amr") or []
+    if isinstance(amr, str):
+        amr = [amr]
+    auth_time = claims.get("auth_time")
+    return AssertedLogin(
+        provider=provider,
+        subject=subject,
+        acr=acr,
+        level=level,
+        amr=[str(m) for m in amr],
+        auth_time=datetime.fromtimestamp(int(auth_time), UTC) if isinstance(auth_time, int | float) else None,
+        attributes=verified_attributes(provider, claims),
+    )
+
+
+def verified_attributes(provider: OIDCProvider, claims: dict[str, Any]) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for name in ("given_name", "family_name", "name", "birthdate", "person_identifier", *LIST_ATTRIBUTES):
+        value = claims.get(provider.claim(name))
+        if value in (None, "", []):
+            continue
+        if name in LIST_ATTRIBUTES and isinstance(value, str):
+            value = [value]
+        attributes[name] = value
+    email = claims.get(provider.claim("email"))
+    if email and claims.get(provider.claim("email_verified")) is True:
+        attributes["email"] = email
+    return attributes
+
+
+def _display_name(attributes: dict[str, Any], subject: str) -> str:
+    if attributes.get("name"):
+        return str(attributes["name"])[:200]
+    joined = " ".join(str(attributes[k]) for k in ("given_name", "family_name") if attributes.get(k))
+    return (joined or attributes.get("email") or subject)[:200]
+
+
+def record_login(db: Session, asserted: AssertedLogin, *, linking_user: User | None = None) -> tuple[User, Login]:
+    """Log a user in with an asserted identity, creating the user on first sight.
+
+    With ``linking_user`` the identity is attached to that (already logged-in) user instead; an identity
+    already linked to someone else is refused. Identities are matched on (provider, subject) only.
+    """
+    now = utcnow()
+    identity = db.exec(
+        select(ExternalIdentity).where(
+            ExternalIdentity.provider == asserted.provider.name,
+            ExternalIdentity.subject == asserted.subject,
+        )
+    ).first()
+    if linking_user is not None:
+        if identity is not None and identity.user_id != linking_user.id:
+            raise Conflict(f"This {asserted.provider.label} account is already linked to another portal user.")
+        user = linking_user
+    elif identity is not None:
+        user = db.get(User, identity.user_id)  # type: ignore[assignment]
+    else:
+        user = User(
+            display_name=_display_name(asserted.attributes, asserted.subject),
+            email=asserted.attributes.get("email"),
+        )
+        db.add(user)
+        db.flush()
+    if not user.is_active:
+        raise LoginRefused("This portal account is deactivated. Contact the factory's support.")
+    if identity is None:
+        identity = ExternalIdentity(
+            user_id=user.id, provider=asserted.provider.name, subject=asserted.subject, level=asserted.level
+        )
+        db.add(identity)
+    identity.level = asserted.level
+    identity.attributes = asserted.attributes
+    identity.last_login_at = now
+    if user.email is None and asserted.attributes.get("email"):
+        user.email = asserted.attributes["email"]
+    user.last_login_at = now
+    db.flush()
+    login = Login(
+        user_id=user.id,  # type: ignore[arg-type]
+        identity_id=identity.id,  # type: ignore[arg-type]
+        provider=asserted.provider.name,
+        subject=asserted.subject,
+        acr=asserted.acr,
+        level=asserted.level,
+        amr=asserted.amr,
+        auth_time=asserted.auth_time,
+        attributes=asserted.attributes,
+        logged_in_at=now,
+    )
+    db.add(login)
+    try:
+        db.commit()
+    except IntegrityError as exc:  # a concurrent first login of the same identity
+        db.rollback()
+        raise Conflict("This identity was linked at the same moment by another login; try again.") from exc
+    return user, login
+
+
+def provision_user(db: Session, *, provider: OIDCProvider, subject: str, display_name: str, email: str | None) -> User:
+    """Create a user with a known identity before their first login (imports, demo data).
+
+    Their first login with (provider, subject) finds this user; nothing is matched on e-mail.
+    """
+    existing = db.exec(
+        select(ExternalIdentity).where(ExternalIdentity.provider == provider.name, ExternalIdentity.subject == subject)
+    ).first()
+    if existing is not None:
+        return db.get(User, existing.user_id)  # type: ignore[return-value]
+    user = User(display_name=display_name, email=email)
+    db.add(user)
+    db.flush()
+    db.add(
+        ExternalIdentity(
+            user_id=user.id,
+            provider=provider.name,
+            subject=subject,  # type: ignore[arg-type]
+            level=provider.default_acr,
+        )
+    )
+    db.commit()
+    return user
+
+
+def identities_of(db: Session, user: User) -> list[ExternalIdentity]:
+    return list(
+        db.exec(select(ExternalIdentity).where(ExternalIdentity.user_id == user.id).order_by(ExternalIdentity.id))
+    )
+
+
+def unlink_identity(db: Session, actor: User, identity_id: int) -> None:
+    identity = db.get(ExternalIdentity, identity_id)
+    if identity is None or identity.user_id != actor.id:
+        raise NotFound("No such identity.")
+    if len(identities_of(db, actor)) == 1:
+        raise Conflict("This is your only identity; you could not log in again without it.")
+    db.delete(identity)
+    db.commit()
+
+
+# --- factory roles -----------------------------------------------------------------------------------
+
+
+def find_user_by_email(db: Session, email: str) -> User:
+    users = db.exec(select(User).where(col(User.email).ilike(email.strip()))).all()
+    if not users:
+        raise NotFound(f"No user with the e-mail address {email}; they must log in once first.")
+    if len(users) > 1:
+        raise Conflict(f"{len(users)} users share the e-mail address {email}; grant the role in the portal.")
+    return users[0]
+
+
+def grant_role(db: Session, actor: User | None, user: User, role: FactoryRole) -> RoleGrant:
+    """Give ``user`` a factory role; ``actor`` None means the command line (an operator with shell access)."""
+    if actor is not None:
+        require(db, actor, Action.GRANT_ROLES)
+    existing = db.exec(select(RoleGrant).where(RoleGrant.user_id == user.id, RoleGrant.role == role)).first()
+    if existing is not None:
+        return existing
+    grant = RoleGrant(user_id=user.id, role=role, granted_by_id=actor.id if actor else None)  # type: ignore[arg-type]
+    db.add(grant)
+    db.commit()
+    return grant
+
+
+def revoke_role(db: Session, actor: User, user: User, role: FactoryRole) -> None:
+    require(db, actor, Action.GRANT_ROLES)
+    if user.id == actor.id and role == FactoryRole.ADMIN:
+        raise Conflict("You cannot remove your own admin role; ask another admin.")
+    grant = db.exec(select(RoleGrant).where(RoleGrant.user_id == user.id, RoleGrant.role == role)).first()
+    if grant is None:
+        raise NotFound(f"{user.display_name} does not hold the role {role}.")
+    db.delete(grant)
+    db.commit()
+
+
+def list_users(db: Session, actor: User, *, query: str = "", limit: int = 50) -> list[tuple[User, set[str]]]:
+    require(db, actor, Action.GRANT_ROLES)
+    stmt = select(User).order_by(User.display_name).limit(limit)
+    if query:
+        pattern = f"%{query.strip()}%"
+        stmt = stmt.where(col(User.display_name).ilike(pattern) | col(User.email).ilike(pattern))
+    users = list(db.exec(stmt))
+    grants = db.exec(select(RoleGrant).where(col(RoleGrant.user_id).in_([u.id for u in users]))).all()
+    roles: dict[int, set[str]] = {}
+    for g in grants:
+        roles.setdefault(g.user_id, set()).add(g.role)
+    return [(u, roles.get(u.id, set())) for u in users]  # type: ignore[arg-type]
+
+
+# --- API tokens ----------------------------------------------------------------------------------------
+
+TOKEN_PREFIX = "bafp_"  # noqa: S105  (a public prefix, not a secret)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_token(db: Session, actor: User, *, name: str, scopes: list[str], ttl_days: int) -> tuple[ApiToken, str]:
+    """Create a token for ``actor``; the plain token is returned once and never stored."""
+    name = name.strip()
+    errors = {}
+    if not name:
+        errors["name"] = "Give the token a name, so you recognise it later."
+    valid_scopes = {s.value for s in ApiScope}
+    if not scopes or not set(scopes) <= valid_scopes:
+        errors["scopes"] = f"Choose scopes among: {', '.join(sorted(valid_scopes))}."
+    if not 1 <= ttl_days <= 366:
+        errors["ttl_days"] = "A token lives between 1 and 366 days."
+    if errors:
+        raise InvalidInput("The token could not be created.", errors=errors)
+    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        user_id=actor.id,  # type: ignore[arg-type]
+        name=name[:100],
+        prefix=plain[: len(TOKEN_PREFIX) + 6],
+        digest=_digest(plain),
+        scopes=sorted(set(scopes)),
+        expires_at=utcnow() + timedelta(days=ttl_days),
+    )
+    db.add(token)
+    db.commit()
+    return token, plain
+
+
+def api_tokens_of(db: Session, actor: User) -> list[ApiToken]:
+    return list(db.exec(select(ApiToken).where(ApiToken.user_id == actor.id).order_by(col(ApiToken.created_at).desc())))
+
+
+def revoke_api_token(db: Session, actor: User, token_id: int) -> ApiToken:
+    token = db.get(ApiToken, token_id)
+    if token is None or token.user_id != actor.id:
+        raise NotFound("No such token.")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        db.commit()
+    return token
+
+
+def authenticate_api_token(db: Session, plain: str, *, scope: ApiScope) -> User:
+    """The user behind a bearer token that is unrevoked, unexpired and has ``scope``."""
+    token = db.exec(select(ApiToken).where(ApiToken.digest == _digest(plain))).first()
+    now = utcnow()
+    if token is None or token.revoked_at is not None or token.expires_at <= now:
+        raise AuthenticationRequired("The API token is unknown, revoked or expired.")
+    user = db.get(User, token.user_id)
+    if user is None or not user.is_active:
+        raise AuthenticationRequired("The API token's owner is deactivated.")
+    if scope.value not in token.scopes:
+        raise NotAuthorised(f"This token lacks the '{scope.value}' scope.")
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        token.last_used_at = now
+        db.commit()
+    return user

@@ -1,0 +1,213 @@
+"""Login with OIDC providers, the account page, identity linking, API tokens and factory roles."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from portal.db import get_db
+from portal.errors import InvalidInput, LoginRefused
+from portal.forms import ActionForm, apply_errors
+from portal.identity import oidc, services
+from portal.identity.forms import GrantRoleForm, TokenForm
+from portal.identity.models import FactoryRole, User
+from portal.web import actor, safe_next, settings
+
+bp = Blueprint("identity", __name__)
+
+
+def _provider_or_404(name: str):  # type: ignore[no-untyped-def]
+    provider = settings().provider(name)
+    if provider is None:
+        abort(404, "No such login provider.")
+    return provider
+
+
+def _callback_url(name: str) -> str:
+    return f"{settings().base_url}{url_for('identity.callback', name=name)}"
+
+
+@bp.get("/login")
+def login():  # type: ignore[no-untyped-def]
+    if current_user.is_authenticated:
+        return redirect(safe_next(request.args.get("next")))
+    return render_template(
+        "identity/login.html", providers=settings().oidc_providers, next=request.args.get("next", "")
+    )
+
+
+@bp.get("/login/<name>")
+def start_login(name: str):  # type: ignore[no-untyped-def]
+    provider = _provider_or_404(name)
+    session["login_next"] = safe_next(request.args.get("next"))
+    session.pop("link_for_user", None)
+    return oidc.redirect_to_provider(provider, _callback_url(name))
+
+
+@bp.get("/login/<name>/callback")
+def callback(name: str):  # type: ignore[no-untyped-def]
+    provider = _provider_or_404(name)
+    linking_user_id = session.pop("link_for_user", None)
+    try:
+        claims = oidc.verified_claims(provider)
+        asserted = services.read_assertion(provider, claims)
+        linking_user = None
+        if linking_user_id is not None:
+            if not current_user.is_authenticated or current_user.id != linking_user_id:
+                raise LoginRefused("Log in again before linking another identity.")
+            linking_user = actor()
+        user, login = services.record_login(get_db(), asserted, linking_user=linking_user)
+    except LoginRefused as exc:
+        get_db().rollback()
+        return (
+            render_template("identity/refused.html", title=exc.title, detail=exc.detail, provider=provider),
+            exc.status,
+        )
+    if linking_user is not None:
+        flash(f"Your {provider.label} identity is now linked to your account.", "success")
+        return redirect(url_for("identity.account"))
+    next_url = session.pop("login_next", "/")
+    session.clear()  # a fresh session on every login: no fixation
+    login_user(user)
+    session["login_id"] = login.id
+    session.permanent = True
+    return redirect(safe_next(next_url))
+
+
+@bp.post("/logout")
+def logout():  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    logout_user()
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("identity.login"))
+
+
+@bp.get("/account")
+@login_required
+def account():  # type: ignore[no-untyped-def]
+    db = get_db()
+    me = actor()
+    identities = services.identities_of(db, me)
+    linked = {i.provider for i in identities}
+    return render_template(
+        "identity/account.html",
+        identities=identities,
+        providers={p.name: p for p in settings().oidc_providers},
+        linkable=[p for p in settings().oidc_providers if p.name not in linked],
+        tokens=services.api_tokens_of(db, me),
+        token_form=TokenForm(),
+        action_form=ActionForm(),
+        new_token=None,
+    )
+
+
+@bp.post("/account/identities/link/<name>")
+@login_required
+def link_identity(name: str):  # type: ignore[no-untyped-def]
+    provider = _provider_or_404(name)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    session["link_for_user"] = current_user.id
+    return oidc.redirect_to_provider(provider, _callback_url(name))
+
+
+@bp.post("/account/identities/<int:identity_id>/unlink")
+@login_required
+def unlink_identity(identity_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    services.unlink_identity(get_db(), actor(), identity_id)
+    flash("The identity is unlinked.", "success")
+    return redirect(url_for("identity.account"))
+
+
+@bp.post("/account/tokens")
+@login_required
+def create_token():  # type: ignore[no-untyped-def]
+    db = get_db()
+    form = TokenForm()
+    new_token = None
+    status = 200
+    if form.validate_on_submit():
+        try:
+            _token, new_token = services.create_api_token(
+                db,
+                actor(),
+                name=form.name.data or "",
+                scopes=form.scopes.data or [],
+                ttl_days=form.ttl_days.data or 0,
+            )
+        except InvalidInput as exc:
+            apply_errors(form, exc)
+            status = 422
+    else:
+        status = 422
+    identities = services.identities_of(db, actor())
+    linked = {i.provider for i in identities}
+    return (
+        render_template(
+            "identity/account.html",
+            identities=identities,
+            providers={p.name: p for p in settings().oidc_providers},
+            linkable=[p for p in settings().oidc_providers if p.name not in linked],
+            tokens=services.api_tokens_of(db, actor()),
+            token_form=TokenForm(formdata=None) if new_token else form,
+            action_form=ActionForm(),
+            new_token=new_token,
+        ),
+        status,
+    )
+
+
+@bp.post("/account/tokens/<int:token_id>/revoke")
+@login_required
+def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    token = services.revoke_api_token(get_db(), actor(), token_id)
+    flash(f"The token “{token.name}” is revoked.", "success")
+    return redirect(url_for("identity.account"))
+
+
+@bp.get("/admin/users")
+@login_required
+def users():  # type: ignore[no-untyped-def]
+    rows = services.list_users(get_db(), actor(), query=request.args.get("q", ""))
+    return render_template(
+        "identity/users.html",
+        rows=rows,
+        grant_form=GrantRoleForm(),
+        action_form=ActionForm(),
+        q=request.args.get("q", ""),
+    )
+
+
+@bp.post("/admin/users/<int:user_id>/roles")
+@login_required
+def grant_role(user_id: int):  # type: ignore[no-untyped-def]
+    db = get_db()
+    form = GrantRoleForm()
+    if not form.validate_on_submit():
+        abort(400)
+    user = db.get(User, user_id)
+    if user is None:
+        abort(404)
+    services.grant_role(db, actor(), user, FactoryRole(form.role.data))
+    flash(f"{user.display_name} is now {form.role.data.replace('_', ' ')}.", "success")
+    return redirect(url_for("identity.users"))
+
+
+@bp.post("/admin/users/<int:user_id>/roles/<role>/revoke")
+@login_required
+def revoke_role(user_id: int, role: str):  # type: ignore[no-untyped-def]
+    db = get_db()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    user = db.get(User, user_id)
+    if user is None or role not in {r.value for r in FactoryRole}:
+        abort(404)
+    services.revoke_role(db, actor(), user, FactoryRole(role))
+    flash(f"{user.display_name} is no longer {role.replace('_', ' ')}.", "success")
+    return redirect(url_for("identity.users"))

@@ -1,0 +1,268 @@
+"""Dashboard, organisation and project pages, members and invitations."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required
+
+from portal.authz import Action, allowed
+from portal.db import get_db, utcnow
+from portal.errors import DomainError, InvalidInput
+from portal.forms import ActionForm, apply_errors
+from portal.projects import services
+from portal.projects.forms import InviteForm, MemberRoleForm, OrganisationForm, ProjectForm
+from portal.projects.models import ProjectRole
+from portal.web import actor, settings
+
+bp = Blueprint("projects", __name__)
+
+
+def _is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+@bp.get("/")
+def dashboard():  # type: ignore[no-untyped-def]
+    if not current_user.is_authenticated:
+        return render_template("projects/welcome.html")
+    db, me = get_db(), actor()
+    return render_template(
+        "projects/dashboard.html",
+        projects=services.projects_of(db, me),
+        organisations=services.organisations_of(db, me),
+    )
+
+
+@bp.route("/organisations/new", methods=["GET", "POST"])
+@login_required
+def new_organisation():  # type: ignore[no-untyped-def]
+    form = OrganisationForm()
+    if form.validate_on_submit():
+        try:
+            org = services.create_organisation(
+                get_db(),
+                actor(),
+                name=form.name.data or "",
+                kind=form.kind.data or "",
+                country=form.country.data or "",
+                registry_id=form.registry_id.data or "",
+                vat_number=form.vat_number.data or "",
+            )
+        except InvalidInput as exc:
+            apply_errors(form, exc)
+        else:
+            flash(f"{org.name} is registered. You are its admin.", "success")
+            return redirect(url_for("projects.organisation", organisation_id=org.id))
+    status = 422 if form.is_submitted() else 200
+    return render_template("projects/organisation_form.html", form=form), status
+
+
+@bp.get("/organisations/<int:organisation_id>")
+@login_required
+def organisation(organisation_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    org = services.get_organisation(db, me, organisation_id)
+    return render_template(
+        "projects/organisation.html",
+        org=org,
+        projects=services.projects_of_organisation(db, me, org),
+        can_create=allowed(db, me, Action.CREATE_PROJECT, org),
+        can_verify=allowed(db, me, Action.VERIFY_ORGANISATION, org),
+        action_form=ActionForm(),
+    )
+
+
+@bp.post("/organisations/<int:organisation_id>/verify")
+@login_required
+def verify_organisation(organisation_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    db = get_db()
+    org = services.verify_organisation(db, actor(), services.get_organisation(db, actor(), organisation_id))
+    flash(f"{org.name} is verified.", "success")
+    return redirect(url_for("projects.organisation", organisation_id=organisation_id))
+
+
+@bp.route("/organisations/<int:organisation_id>/projects/new", methods=["GET", "POST"])
+@login_required
+def new_project(organisation_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    org = services.get_organisation(db, me, organisation_id)
+    form = ProjectForm()
+    if form.validate_on_submit():
+        try:
+            project = services.create_project(
+                db, me, org, title=form.title.data or "", description=form.description.data or ""
+            )
+        except InvalidInput as exc:
+            apply_errors(form, exc)
+        else:
+            flash(f"The project “{project.title}” is created. You are its PI.", "success")
+            return redirect(url_for("projects.project", project_id=project.id))
+    status = 422 if form.is_submitted() else 200
+    return render_template("projects/project_form.html", form=form, org=org, project=None), status
+
+
+def _project_page(project_id: int, *, invite_form: InviteForm | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    project = services.get_project(db, me, project_id)
+    can_manage = allowed(db, me, Action.MANAGE_MEMBERS, project)
+    return (
+        render_template(
+            "projects/project.html",
+            project=project,
+            org=services.get_organisation_of_project(db, project),
+            members=services.members_of(db, me, project),
+            invitations=services.invitations_of(db, me, project) if can_manage else [],
+            can_manage=can_manage,
+            can_edit=allowed(db, me, Action.EDIT_PROJECT, project),
+            invite_form=invite_form or InviteForm(formdata=None),
+            role_form=MemberRoleForm(formdata=None),
+            action_form=ActionForm(),
+            now=utcnow(),
+            new_link=session.pop("new_invitation_link", None),
+        ),
+        status,
+    )
+
+
+@bp.get("/projects/<int:project_id>")
+@login_required
+def project(project_id: int):  # type: ignore[no-untyped-def]
+    return _project_page(project_id)
+
+
+@bp.route("/projects/<int:project_id>/edit", methods=["GET", "POST"])
+@login_required
+def edit_project(project_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    project = services.get_project(db, me, project_id)
+    form = ProjectForm(obj=project)
+    if form.validate_on_submit():
+        try:
+            services.update_project(
+                db, me, project, title=form.title.data or "", description=form.description.data or ""
+            )
+        except InvalidInput as exc:
+            apply_errors(form, exc)
+        else:
+            flash("The project is saved.", "success")
+            return redirect(url_for("projects.project", project_id=project.id))
+    elif request.method == "GET" and not allowed(db, me, Action.EDIT_PROJECT, project):
+        abort(403)
+    status = 422 if form.is_submitted() else 200
+    org = services.get_organisation_of_project(db, project)
+    return render_template("projects/project_form.html", form=form, org=org, project=project), status
+
+
+@bp.post("/projects/<int:project_id>/invitations")
+@login_required
+def invite(project_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    project = services.get_project(db, me, project_id)
+    form = InviteForm()
+    if form.validate_on_submit():
+        try:
+            invitation, link = services.invite_member(
+                db, settings(), me, project, email=form.email.data or "", role=form.role.data or ""
+            )
+        except InvalidInput as exc:
+            apply_errors(form, exc)
+        else:
+            flash(f"An invitation was sent to {invitation.email}.", "success")
+            session["new_invitation_link"] = link
+            return redirect(url_for("projects.project", project_id=project_id) + "#invitations")
+    return _project_page(project_id, invite_form=form, status=422)
+
+
+@bp.post("/projects/<int:project_id>/invitations/<int:invitation_id>/revoke")
+@login_required
+def revoke_invitation(project_id: int, invitation_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    db = get_db()
+    services.revoke_invitation(db, actor(), services.get_project(db, actor(), project_id), invitation_id)
+    flash("The invitation is withdrawn.", "success")
+    return redirect(url_for("projects.project", project_id=project_id) + "#invitations")
+
+
+def _members_changed(project_id: int, message: str):  # type: ignore[no-untyped-def]
+    """htmx swaps just the members table; without JavaScript the whole page reloads."""
+    if _is_htmx():
+        db, me = get_db(), actor()
+        project = services.get_project(db, me, project_id)
+        return render_template(
+            "projects/_members.html",
+            project=project,
+            members=services.members_of(db, me, project),
+            can_manage=allowed(db, me, Action.MANAGE_MEMBERS, project),
+            role_form=MemberRoleForm(formdata=None),
+            action_form=ActionForm(),
+            message=message,
+        )
+    flash(message, "success")
+    return redirect(url_for("projects.project", project_id=project_id) + "#members")
+
+
+@bp.post("/projects/<int:project_id>/members/<int:user_id>/role")
+@login_required
+def change_role(project_id: int, user_id: int):  # type: ignore[no-untyped-def]
+    form = MemberRoleForm()
+    if not form.validate_on_submit():
+        abort(400)
+    db = get_db()
+    project = services.get_project(db, actor(), project_id)
+    services.change_member_role(db, actor(), project, user_id, ProjectRole(form.role.data))
+    return _members_changed(project_id, "The member's role is changed.")
+
+
+@bp.post("/projects/<int:project_id>/members/<int:user_id>/remove")
+@login_required
+def remove_member(project_id: int, user_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    db = get_db()
+    services.remove_member(db, actor(), services.get_project(db, actor(), project_id), user_id)
+    if user_id == current_user.id:
+        flash("You have left the project.", "success")
+        return redirect(url_for("projects.dashboard"))
+    return _members_changed(project_id, "The member is removed from the project.")
+
+
+@bp.post("/projects/<int:project_id>/leave")
+@login_required
+def leave(project_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    db = get_db()
+    services.leave_project(db, actor(), services.get_project(db, actor(), project_id))
+    flash("You have left the project.", "success")
+    return redirect(url_for("projects.dashboard"))
+
+
+@bp.get("/invitations/<token>")
+@login_required
+def invitation(token: str):  # type: ignore[no-untyped-def]
+    db = get_db()
+    try:
+        inv, project = services.find_invitation(db, token)
+    except DomainError as exc:
+        return render_template("error.html", title=exc.title, detail=exc.detail, status=exc.status), exc.status
+    return render_template(
+        "projects/invitation.html",
+        invitation=inv,
+        project=project,
+        org=services.get_organisation_of_project(db, project),
+        action_form=ActionForm(),
+        token=token,
+    )
+
+
+@bp.post("/invitations/<token>")
+@login_required
+def accept_invitation(token: str):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    project = services.accept_invitation(get_db(), actor(), token)
+    flash(f"Welcome to the project “{project.title}”.", "success")
+    return redirect(url_for("projects.project", project_id=project.id))

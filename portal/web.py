@@ -1,0 +1,148 @@
+"""What every page shares: login sessions, CSRF, security headers, translations and error pages."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, current_app, g, render_template, request, session
+from flask_babel import Babel
+from flask_login import LoginManager, current_user
+from flask_talisman import Talisman
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from portal.authz import factory_roles
+from portal.config import AssuranceLevel, Settings
+from portal.db import get_db
+from portal.errors import DomainError
+from portal.identity.models import Login, User
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+
+#: A Content Security Policy that allows only the portal itself; htmx's inline indicator styles are off.
+CSP = {
+    "default-src": "'self'",
+    "img-src": "'self' data:",
+    "object-src": "'none'",
+    "base-uri": "'self'",
+    "frame-ancestors": "'none'",
+}
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_prefix=n)  # type: ignore[method-assign]
+    Talisman(
+        app,
+        force_https=False,  # TLS ends at the reverse proxy; HSTS is still sent on every HTTPS request
+        strict_transport_security=True,
+        strict_transport_security_max_age=63072000,
+        content_security_policy=CSP,
+        frame_options="DENY",
+        referrer_policy="strict-origin-when-cross-origin",
+        session_cookie_secure=settings.secure_cookies,
+        session_cookie_http_only=True,
+    )
+    csrf.init_app(app)
+    Babel(app, locale_selector=lambda: request.accept_languages.best_match(settings.languages) or "en")
+    login_manager.init_app(app)
+    login_manager.login_view = "identity.login"
+    login_manager.login_message = "Log in to see this page."
+    login_manager.login_message_category = "info"
+    login_manager.user_loader(_load_user)
+
+    app.context_processor(_template_globals)
+    app.register_error_handler(DomainError, _domain_error)
+    app.register_error_handler(CSRFError, _csrf_error)
+    app.register_error_handler(HTTPException, _http_error)
+
+
+def _load_user(user_id: str) -> User | None:
+    if not user_id.isdigit():
+        return None
+    user = get_db().get(User, int(user_id))
+    return user if user is not None and user.is_active else None
+
+
+def settings() -> Settings:
+    return current_app.extensions["portal.settings"]
+
+
+def actor() -> User:
+    """The logged-in user as a model object, for passing to services."""
+    return current_user._get_current_object()  # type: ignore[no-any-return]
+
+
+def current_login() -> Login | None:
+    """The login behind this session: its provider and level of assurance."""
+    if "current_login" not in g:
+        login_id = session.get("login_id")
+        g.current_login = get_db().get(Login, login_id) if login_id else None
+    return g.current_login
+
+
+def current_level() -> AssuranceLevel | None:
+    login = current_login()
+    return AssuranceLevel(login.level) if login else None
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """Only same-site paths are followed after login, never another host."""
+    if not target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return default
+    return target
+
+
+def _template_globals() -> dict[str, Any]:
+    roles: set[str] = set()
+    if current_user.is_authenticated:
+        roles = {str(r) for r in factory_roles(get_db(), actor())}
+    return {"factory_roles": roles, "current_login": current_login, "portal_settings": settings()}
+
+
+def wants_problem_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def problem(status: int, title: str, detail: str, *, type_slug: str = "about:blank", **extra: Any):  # type: ignore[no-untyped-def]
+    """An RFC 9457 problem details response."""
+    body = {
+        "type": type_slug if type_slug == "about:blank" else f"https://factory.example.eu/problems/{type_slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    response = current_app.json.response(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def _domain_error(exc: DomainError):  # type: ignore[no-untyped-def]
+    get_db().rollback()
+    if wants_problem_json():
+        extra = {"errors": exc.errors} if exc.errors else {}
+        return problem(exc.status, exc.title, exc.detail, type_slug=exc.type_slug, **extra)
+    return render_template("error.html", title=exc.title, detail=exc.detail, status=exc.status), exc.status
+
+
+def _csrf_error(exc: CSRFError):  # type: ignore[no-untyped-def]
+    detail = "The form expired or did not come from this portal. Go back, reload the page and try again."
+    if wants_problem_json():
+        return problem(400, "CSRF check failed", detail)
+    return render_template("error.html", title="Form expired", detail=detail, status=400), 400
+
+
+def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    status = exc.code or 500
+    if wants_problem_json():
+        return problem(status, exc.name, exc.description or exc.name)
+    return render_template("error.html", title=exc.name, detail=exc.description, status=status), status

@@ -1,0 +1,74 @@
+"""``portal worker``: periodic jobs. Later packages add jobs (metering, expiry) to ``JOBS``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, delete
+
+from portal.config import Settings
+from portal.db import session_scope, utcnow
+from portal.projects.models import Invitation
+
+log = logging.getLogger("portal.worker")
+
+#: Invitations that were never accepted are deleted this long after they expired (the invitee's
+#: address is personal data the factory has no reason to keep).
+INVITATION_RETENTION = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    #: Seconds between two runs.
+    every: int
+    run: Callable[[Session, Settings], int]
+
+
+def purge_stale_invitations(db: Session, _settings: Settings) -> int:
+    """Delete unaccepted invitations that expired more than the retention period ago; returns the count."""
+    cutoff = utcnow() - INVITATION_RETENTION
+    result = db.exec(
+        delete(Invitation).where(col(Invitation.accepted_at).is_(None), col(Invitation.expires_at) < cutoff)
+    )
+    db.commit()
+    return int(result.rowcount or 0)
+
+
+JOBS: list[Job] = [Job("purge_stale_invitations", every=3600, run=purge_stale_invitations)]
+
+
+def run_due_jobs(engine: Engine, settings: Settings, last_run: dict[str, float], now: float) -> dict[str, int]:
+    """Run every job whose interval has passed; a failing job is logged and does not stop the others."""
+    results: dict[str, int] = {}
+    for job in JOBS:
+        if now - last_run.get(job.name, float("-inf")) < job.every:
+            continue
+        try:
+            with session_scope(engine) as db:
+                results[job.name] = job.run(db, settings)
+            log.info("job %s done: %s", job.name, results[job.name])
+        except Exception:
+            log.exception("job %s failed", job.name)
+        last_run[job.name] = now
+    return results
+
+
+def run_worker(engine: Engine, settings: Settings, *, once: bool = False) -> None:
+    stop = threading.Event()
+    if not once:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    last_run: dict[str, float] = {}
+    while True:
+        run_due_jobs(engine, settings, last_run, time.monotonic())
+        if once or stop.wait(settings.worker_interval_seconds):
+            break
+    log.info("worker stopped")
