@@ -1,0 +1,226 @@
+"""Shared fixtures: a real local OIDC provider, a migrated database per test, real login flows.
+
+Every login in the tests goes through the portal's own routes and the provider's authorize and token
+endpoints; no session is forged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlmodel import Session
+
+from portal import create_app
+from portal.config import OIDCProvider, Settings, load_settings
+from portal.devstack import OIDCProviderProcess, free_port
+from portal.identity.models import User
+from portal.migrations import upgrade
+
+EIDAS = "http://eidas.europa.eu/LoA/"
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OIDCProviderProcess]:
+    """One real OIDC provider process for the whole run; tests add their users with ``add_user``."""
+    log = tmp_path_factory.mktemp("oidc") / "provider.log"
+    provider = OIDCProviderProcess(port=free_port(), log_path=log).start()
+    yield provider
+    provider.stop()
+
+
+def provider_configs(provider: OIDCProviderProcess) -> list[OIDCProvider]:
+    """Three configured providers (as in production: eIDAS broker, academic federation, TARA), all
+    served by the one local provider process under different client ids."""
+    return [
+        OIDCProvider(
+            name="eidas",
+            label="eIDAS",
+            discovery_url=provider.discovery_url,
+            client_id="portal-eidas",
+            client_secret="s1",
+            min_acr="low",
+        ),
+        OIDCProvider(
+            name="academic",
+            label="MyAccessID",
+            discovery_url=provider.discovery_url,
+            client_id="portal-academic",
+            client_secret="s2",
+        ),
+        OIDCProvider(
+            name="tara",
+            label="TARA",
+            discovery_url=provider.discovery_url,
+            client_id="portal-tara",
+            client_secret="s3",
+            min_acr="substantial",
+        ),
+    ]
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once through Alembic; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "portal.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, oidc_provider: OIDCProviderProcess, migrated_sqlite: Path):  # type: ignore[no-untyped-def]
+    def factory(**overrides: Any) -> Settings:
+        db_file = tmp_path / "portal.db"
+        if not db_file.exists():
+            shutil.copy(migrated_sqlite, db_file)
+        values: dict[str, Any] = {
+            "env": "test",
+            "instance_path": tmp_path / "instance",
+            "database_url": f"sqlite:///{db_file}",
+            "secret_key": "test-secret-key",
+            "base_url": "http://127.0.0.1:5000",
+            "oidc_providers": provider_configs(oidc_provider),
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:  # type: ignore[no-untyped-def]
+    return make_settings()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    application = create_app(settings)
+    yield application
+    application.extensions["portal.engine"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app: Flask) -> Iterator[Session]:
+    with Session(app.extensions["portal.engine"], expire_on_commit=False) as session:
+        yield session
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+@dataclass
+class LoginAttempt:
+    """The steps of one login, so that tests can tamper with any of them."""
+
+    client: FlaskClient
+    provider_name: str
+    authorize_url: str = ""
+    callback_url: str = ""
+
+    def start(self, next_url: str | None = None) -> LoginAttempt:
+        query = f"?next={next_url}" if next_url else ""
+        response = self.client.get(f"/login/{self.provider_name}{query}")
+        assert response.status_code == 302, response.data
+        self.authorize_url = response.headers["Location"]
+        return self
+
+    def authorize(self, sub: str, *, authorize_url: str | None = None) -> LoginAttempt:
+        """Log in at the provider as ``sub`` (its non-interactive form POST)."""
+        response = requests.post(
+            authorize_url or self.authorize_url, data={"sub": sub}, allow_redirects=False, timeout=10
+        )
+        assert response.status_code == 302, response.text
+        self.callback_url = response.headers["Location"]
+        return self
+
+    def finish(self, callback_url: str | None = None):  # type: ignore[no-untyped-def]
+        return self.client.get(_path(callback_url or self.callback_url))
+
+
+def unique_sub(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def login(oidc_provider: OIDCProviderProcess, db: Session):  # type: ignore[no-untyped-def]
+    """``login(client, sub=None, provider="eidas", **claims) -> User``: a full, real OIDC login."""
+
+    def do_login(client: FlaskClient, sub: str | None = None, *, provider: str = "eidas", **claims: Any) -> User:
+        sub = sub or unique_sub()
+        claims.setdefault("acr", EIDAS + "substantial")
+        claims.setdefault("email", f"{sub}@example.eu")
+        claims.setdefault("email_verified", True)
+        claims.setdefault("given_name", sub.split("-")[0].capitalize())
+        claims.setdefault("family_name", "Tester")
+        oidc_provider.add_user(sub, **claims)
+        response = LoginAttempt(client, provider).start().authorize(sub).finish()
+        assert response.status_code == 302, response.get_data(as_text=True)
+        with client.session_transaction() as flask_session:
+            user_id = int(flask_session["_user_id"])
+        db.expire_all()
+        user = db.get(User, user_id)
+        assert user is not None
+        return user
+
+    return do_login
+
+
+def csrf_token(client: FlaskClient, page: str = "/account") -> str:
+    html = client.get(page).get_data(as_text=True)
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
+    assert match, f"no CSRF token on {page}"
+    return match.group(1)
+
+
+def post_form(
+    client: FlaskClient, path: str, data: dict[str, Any] | None = None, *, page: str = "/account", **kwargs: Any
+):  # type: ignore[no-untyped-def]
+    """POST a form the way a browser does: with the CSRF token from a page of the portal."""
+    payload = {"csrf_token": csrf_token(client, page), **(data or {})}
+    return client.post(path, data=payload, **kwargs)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this run, dropped afterwards.
+
+    ``PORTAL_TEST_DATABASE_URL`` names the server (``.ci/run`` and ``scripts/test`` set it); the tests
+    that need PostgreSQL are skipped, saying so, when it is unset.
+    """
+    base = os.environ.get("PORTAL_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("PORTAL_TEST_DATABASE_URL is not set; scripts/test sets it to the local PostgreSQL")
+    name = f"portal_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
+        )
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
