@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     serve_workers: int = Field(default=2, gt=0)
     #: Seconds between two rounds of ``portal worker``.
     worker_interval_seconds: int = Field(default=60, gt=0)
+    #: Log level of the portal's loggers (DEBUG, INFO, WARNING, ERROR).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Languages offered in the interface.
     languages: list[str] = Field(default_factory=lambda: ["en"])
 

@@ -1,0 +1,125 @@
+"""Settings (environment and TOML), their documentation, and the ``portal`` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from portal.config import AssuranceLevel, OIDCProvider, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PORTAL = str(Path(sys.executable).parent / "portal")
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`PORTAL_{name.upper()}`" in readme, f"PORTAL_{name.upper()} is not in README.md"
+    for name in OIDCProvider.model_fields:
+        assert f"`{name}`" in readme, f"provider key {name} is not in README.md"
+
+
+def test_settings_come_from_toml_and_the_environment_wins(tmp_path, monkeypatch):
+    config = tmp_path / "portal.toml"
+    config.write_text(
+        'base_url = "https://portal.example.eu/"\nsmtp_port = 2525\n'
+        '[[oidc_providers]]\nname = "tara"\nlabel = "TARA"\n'
+        'discovery_url = "https://tara.example/.well-known/openid-configuration"\nclient_id = "portal"\n'
+        'min_acr = "substantial"\n'
+    )
+    monkeypatch.setenv("PORTAL_CONFIG", str(config))
+    monkeypatch.setenv("PORTAL_SMTP_PORT", "587")
+    monkeypatch.setenv("PORTAL_OIDC_TARA_CLIENT_SECRET", "from-the-environment")
+    settings = Settings()
+    assert settings.base_url == "https://portal.example.eu"
+    assert settings.smtp_port == 587
+    assert settings.secure_cookies
+    (tara,) = settings.oidc_providers
+    assert tara.client_secret == "from-the-environment"
+    assert tara.min_acr == AssuranceLevel.SUBSTANTIAL
+
+
+def test_production_refuses_insecure_defaults():
+    with pytest.raises(ValidationError, match="PORTAL_SECRET_KEY"):
+        load_settings(env="production", base_url="https://portal.example.eu")
+    with pytest.raises(ValidationError, match="https"):
+        load_settings(env="production", secret_key="x" * 40, base_url="http://portal.example.eu")
+
+
+def test_acr_values_map_to_levels_per_provider():
+    provider = OIDCProvider(
+        name="corp", label="Corp", discovery_url="https://x", client_id="c", acr_map={"urn:corp:mfa": "substantial"}
+    )
+    assert provider.level_for("http://eidas.europa.eu/LoA/high") == AssuranceLevel.HIGH
+    assert provider.level_for("substantial") == AssuranceLevel.SUBSTANTIAL
+    assert provider.level_for("urn:corp:mfa") == AssuranceLevel.SUBSTANTIAL
+    assert provider.level_for(None) == AssuranceLevel.LOW
+    assert provider.level_for("urn:unknown") is None
+
+
+def run_portal(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PORTAL, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path) -> dict[str, str]:
+    return {"PORTAL_INSTANCE_PATH": str(tmp_path / "instance"), "PORTAL_SECRET_KEY": "cli-test", "PORTAL_ENV": "test"}
+
+
+def test_db_upgrade_then_grant_role_to_a_user_who_has_logged_in(cli_env, tmp_path):
+    result = run_portal("db", "upgrade", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    from portal import create_app
+    from portal.db import session_scope
+    from portal.identity.models import FactoryRole
+    from portal.identity.services import provision_user
+
+    settings = load_settings(instance_path=tmp_path / "instance", secret_key="cli-test", env="test")
+    app = create_app(settings)
+    provider = OIDCProvider(name="eidas", label="eIDAS", discovery_url="https://x", client_id="c")
+    with session_scope(app.extensions["portal.engine"]) as db:
+        provision_user(
+            db, provider=provider, subject="PL/PL/1", display_name="Ewa Admin", email="ewa@factory.example.eu"
+        )
+
+    result = run_portal("users", "grant-role", "EWA@factory.example.eu", "admin", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "Ewa Admin <ewa@factory.example.eu> is now admin" in result.stdout
+    from portal.authz import factory_roles
+    from portal.identity.services import find_user_by_email
+
+    with session_scope(app.extensions["portal.engine"]) as db:
+        assert factory_roles(db, find_user_by_email(db, "ewa@factory.example.eu")) == {FactoryRole.ADMIN}
+
+
+def test_grant_role_to_an_unknown_address_fails_with_a_message(cli_env):
+    assert run_portal("db", "upgrade", env=cli_env).returncode == 0
+    result = run_portal("users", "grant-role", "nobody@example.eu", "finance", env=cli_env)
+    assert result.returncode != 0
+    assert "No user with the e-mail address nobody@example.eu" in result.stderr
+
+
+def test_grant_role_refuses_an_unknown_role(cli_env):
+    result = run_portal("users", "grant-role", "x@example.eu", "emperor", env=cli_env)
+    assert result.returncode == 2
+    assert "emperor" in result.stderr
+
+
+def test_invalid_settings_exit_non_zero_with_the_reason(cli_env):
+    result = run_portal("db", "upgrade", env={**cli_env, "PORTAL_SMTP_PORT": "many"})
+    assert result.returncode != 0
+    assert "smtp_port" in result.stderr
+
+
+def test_worker_runs_its_jobs_once_and_exits(cli_env):
+    assert run_portal("db", "upgrade", env=cli_env).returncode == 0
+    result = run_portal("worker", "--once", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "job purge_stale_invitations done: 0" in result.stderr
