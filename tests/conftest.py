@@ -161,7 +161,7 @@ def unique_sub(prefix: str = "user") -> str:
 
 
 @pytest.fixture
-def login(oidc_provider: OIDCProviderProcess, db: Session):  # type: ignore[no-untyped-def]
+def login(oidc_provider: OIDCProviderProcess):  # type: ignore[no-untyped-def]
     """``login(client, sub=None, provider="eidas", **claims) -> User``: a full, real OIDC login."""
 
     def do_login(client: FlaskClient, sub: str | None = None, *, provider: str = "eidas", **claims: Any) -> User:
@@ -176,8 +176,8 @@ def login(oidc_provider: OIDCProviderProcess, db: Session):  # type: ignore[no-u
         assert response.status_code == 302, response.get_data(as_text=True)
         with client.session_transaction() as flask_session:
             user_id = int(flask_session["_user_id"])
-        db.expire_all()
-        user = db.get(User, user_id)
+        with Session(client.application.extensions["portal.engine"], expire_on_commit=False) as db:
+            user = db.get(User, user_id)
         assert user is not None
         return user
 

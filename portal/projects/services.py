@@ -11,7 +11,7 @@ from functools import cache
 from babel import Locale
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, func, select, update
 
 from portal.authz import Action, allowed, require
 from portal.config import Settings
@@ -398,15 +398,28 @@ def find_invitation(db: Session, token: str) -> tuple[Invitation, Project]:
 
 
 def accept_invitation(db: Session, actor: User, token: str) -> Project:
-    """Join the project of an invitation; the link is single-use."""
+    """Join the project of an invitation. The link is single-use: of two people using it at the same
+    moment exactly one gets in (a conditional update, atomic on every database)."""
     invitation, project = find_invitation(db, token)
+    now = utcnow()
+    claimed = db.exec(
+        update(Invitation)
+        .where(
+            col(Invitation.id) == invitation.id,
+            col(Invitation.accepted_at).is_(None),
+            col(Invitation.revoked_at).is_(None),
+            col(Invitation.expires_at) > now,
+        )
+        .values(accepted_at=now, accepted_by_id=actor.id)
+    )
+    if claimed.rowcount != 1:
+        db.rollback()
+        raise InvitationUnusable("This invitation has just been used or withdrawn.")
     already = db.exec(
-        select(ProjectMembership).where(
+        select(ProjectMembership.id).where(
             ProjectMembership.project_id == project.id, ProjectMembership.user_id == actor.id
         )
     ).first()
-    invitation.accepted_at = utcnow()
-    invitation.accepted_by_id = actor.id
     if already is None:
         db.add(ProjectMembership(project_id=project.id, user_id=actor.id, role=invitation.role))  # type: ignore[arg-type]
     try:
@@ -414,4 +427,5 @@ def accept_invitation(db: Session, actor: User, token: str) -> Project:
     except IntegrityError as exc:
         db.rollback()
         raise Conflict("You joined this project at the same moment in another window.") from exc
+    db.refresh(invitation)
     return project
