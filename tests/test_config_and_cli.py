@@ -123,3 +123,23 @@ def test_worker_runs_its_jobs_once_and_exits(cli_env):
     result = run_portal("worker", "--once", env=cli_env)
     assert result.returncode == 0, result.stderr
     assert "job purge_stale_invitations done: 0" in result.stderr
+
+
+def test_serve_runs_the_portal_under_gunicorn(cli_env):
+    import requests
+
+    from portal.devstack import free_port, wait_for_http
+
+    assert run_portal("db", "upgrade", env=cli_env).returncode == 0
+    port = free_port()
+    process = subprocess.Popen([PORTAL, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+                               env={**os.environ, **cli_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
+        response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert response.json()["status"] == "ok"
+        assert "gunicorn" in response.headers.get("Server", "")
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=10)[0].decode()
+    assert "Booting worker" in output
