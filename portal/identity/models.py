@@ -68,7 +68,8 @@ class Login(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="users.id", index=True)
-    identity_id: int = Field(foreign_key="external_identities.id")
+    #: The identity used; None once that identity was unlinked (provider and subject stay recorded).
+    identity_id: int | None = Field(default=None, foreign_key="external_identities.id", ondelete="SET NULL")
     provider: str = Field(max_length=32)
     subject: str = Field(max_length=255)
     #: The raw ``acr`` claim, and the level it maps to.

@@ -188,12 +188,22 @@ def identities_of(db: Session, user: User) -> list[ExternalIdentity]:
     )
 
 
-def unlink_identity(db: Session, actor: User, identity_id: int) -> None:
+def unlink_identity(db: Session, actor: User, identity_id: int, *, current_login: Login | None = None) -> None:
+    """Remove one of the actor's identities; the logins made with it stay in the history.
+
+    ``current_login`` is the login behind the actor's session: its identity cannot be unlinked, or the
+    session would lose its level of assurance.
+    """
     identity = db.get(ExternalIdentity, identity_id)
     if identity is None or identity.user_id != actor.id:
         raise NotFound("No such identity.")
     if len(identities_of(db, actor)) == 1:
         raise Conflict("This is your only identity; you could not log in again without it.")
+    if current_login is not None and current_login.identity_id == identity.id:
+        raise Conflict("You are logged in with this identity; log in with another one to unlink it.")
+    for login in db.exec(select(Login).where(Login.identity_id == identity.id)):
+        login.identity_id = None
+    db.flush()
     db.delete(identity)
     db.commit()
 

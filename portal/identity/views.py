@@ -11,7 +11,7 @@ from portal.forms import ActionForm, apply_errors
 from portal.identity import oidc, services
 from portal.identity.forms import GrantRoleForm, TokenForm
 from portal.identity.models import FactoryRole, User
-from portal.web import actor, safe_next, settings
+from portal.web import actor, current_login, safe_next, settings
 
 bp = Blueprint("identity", __name__)
 
@@ -118,7 +118,7 @@ def link_identity(name: str):  # type: ignore[no-untyped-def]
 def unlink_identity(identity_id: int):  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():
         abort(400)
-    services.unlink_identity(get_db(), actor(), identity_id)
+    services.unlink_identity(get_db(), actor(), identity_id, current_login=current_login())
     flash("The identity is unlinked.", "success")
     return redirect(url_for("identity.account"))
 

@@ -105,7 +105,7 @@ def upgrade() -> None:
         "logins",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("identity_id", sa.Integer(), nullable=False),
+        sa.Column("identity_id", sa.Integer(), nullable=True),
         sa.Column("provider", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("subject", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
         sa.Column("acr", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
@@ -115,7 +115,8 @@ def upgrade() -> None:
         sa.Column("attributes", sa.JSON(), nullable=False),
         sa.Column("logged_in_at", portal.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["identity_id"], ["external_identities.id"], name=op.f("fk_logins_identity_id_external_identities")
+            ["identity_id"], ["external_identities.id"], name=op.f("fk_logins_identity_id_external_identities"),
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_logins_user_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_logins")),
