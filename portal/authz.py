@@ -35,6 +35,9 @@ class Action(StrEnum):
     MANAGE_MEMBERS = "project.manage_members"
     GRANT_ROLES = "factory.grant_roles"
     VIEW_ALL = "factory.view_all"
+    MANAGE_ALLOCATIONS = "factory.manage_allocations"
+    MANAGE_CAPACITY = "factory.manage_capacity"
+    MANAGE_ALLOCATIONS_OF_PROJECT = "project.manage_allocations"
 
 
 def factory_roles(db: Session, user: User) -> set[FactoryRole]:
@@ -102,13 +105,21 @@ RULES: dict[Action, tuple[Rule, Action | None]] = {
     ),
     Action.GRANT_ROLES: (lambda db, u, _t: False, None),
     Action.VIEW_ALL: (lambda db, u, _t: False, None),
+    Action.MANAGE_ALLOCATIONS: (lambda db, u, _t: False, None),
+    Action.MANAGE_CAPACITY: (lambda db, u, _t: False, None),
+    Action.MANAGE_ALLOCATIONS_OF_PROJECT: (
+        lambda db, u, p: project_role(db, u, p) in (ProjectRole.PI, ProjectRole.MANAGER),
+        Action.VIEW_PROJECT,
+    ),
 }
 
 #: What each factory role may do on any target, beyond the rules above.
 FACTORY_ROLE_ACTIONS: dict[FactoryRole, frozenset[Action]] = {
     FactoryRole.ADMIN: frozenset(Action),
     FactoryRole.FINANCE: frozenset({Action.VIEW_ORGANISATION, Action.VIEW_ALL}),
-    FactoryRole.SITE_OPERATOR: frozenset({Action.VIEW_PROJECT, Action.VIEW_ORGANISATION, Action.VIEW_ALL}),
+    FactoryRole.SITE_OPERATOR: frozenset(
+        {Action.VIEW_PROJECT, Action.VIEW_ORGANISATION, Action.VIEW_ALL, Action.MANAGE_CAPACITY}
+    ),
     FactoryRole.REVIEWER: frozenset(),
 }
 

@@ -1,6 +1,15 @@
 """Imports every package's models so that SQLModel.metadata knows all tables (Alembic, tests)."""
 
 from portal.identity.models import ApiToken, ExternalIdentity, Login, RoleGrant, User
+from portal.ledger.models import (
+    Allocation,
+    CapacityPeriod,
+    CapacityReservation,
+    LedgerEntry,
+    Resource,
+    Site,
+)
+from portal.metering.models import SlurmAccount, SlurmPull, UsageRecord
 from portal.projects.models import (
     Invitation,
     Organisation,
@@ -10,6 +19,15 @@ from portal.projects.models import (
 )
 
 __all__ = [
+    "Allocation",
+    "CapacityPeriod",
+    "CapacityReservation",
+    "LedgerEntry",
+    "Resource",
+    "Site",
+    "SlurmAccount",
+    "SlurmPull",
+    "UsageRecord",
     "ApiToken",
     "ExternalIdentity",
     "Invitation",

@@ -1,0 +1,764 @@
+"""The ledger: the only code that writes allocations, ledger entries and capacity reservations.
+
+Every function is one transaction that either happens completely or not at all. Balances and reserved
+capacity change through single SQL ``UPDATE ... SET x = x + :delta`` statements (atomic on SQLite and
+PostgreSQL alike) after the rows are locked with ``SELECT ... FOR UPDATE`` on PostgreSQL, so concurrent
+calls never lose an update, and capacity checks sit in the UPDATE's WHERE clause, so nothing is ever
+oversold. A movement with an ``idempotency_key`` happens at most once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, func, select
+
+from portal.authz import Action, require
+from portal.db import utcnow
+from portal.errors import Conflict, InvalidInput, NotFound
+from portal.identity.models import User
+from portal.ledger.models import (
+    CREDIT_KINDS,
+    DEBIT_KINDS,
+    Allocation,
+    AllocationSource,
+    AllocationState,
+    CapacityPeriod,
+    CapacityReservation,
+    EntryKind,
+    LedgerEntry,
+    Resource,
+)
+from portal.projects.models import Project
+
+log = logging.getLogger("portal.ledger")
+T = TypeVar("T")
+
+
+class CapacityExhausted(Conflict):
+    """A resource's capacity (× its overbooking factor) cannot hold the requested amount."""
+
+    title = "Capacity exhausted"
+
+
+class NoCapacityPlanned(Conflict):
+    """Part of the requested dates has no capacity period for the resource."""
+
+    title = "No capacity planned"
+
+
+class InsufficientBalance(Conflict):
+    title = "Insufficient balance"
+
+
+class AllocationClosed(Conflict):
+    """The allocation is expired or suspended and takes no new movements of this kind."""
+
+    title = "Allocation closed"
+
+
+#: Called after a commit that left an allocation exhausted (notebooks stop sessions, Slurm holds accounts).
+EnforcementHook = Callable[[Allocation], None]
+ENFORCEMENT_HOOKS: list[EnforcementHook] = []
+
+
+def _lock_allocation(db: Session, allocation_id: int) -> Allocation:
+    allocation = db.exec(select(Allocation).where(Allocation.id == allocation_id).with_for_update()).first()
+    if allocation is None:
+        raise NotFound("No such allocation.")
+    return allocation
+
+
+def _existing_entry(db: Session, key: str | None) -> LedgerEntry | None:
+    if key is None:
+        return None
+    return db.exec(select(LedgerEntry).where(LedgerEntry.idempotency_key == key)).first()
+
+
+def _move(
+    db: Session,
+    allocation: Allocation,
+    kind: EntryKind,
+    amount: int,
+    *,
+    key: str | None,
+    actor: User | None,
+    reason: str = "",
+    floor: int | None = None,
+) -> LedgerEntry:
+    """Append one entry and move the balance by ``amount`` in the same statement order, atomically.
+
+    With ``floor`` the balance must stay at or above it, otherwise ``InsufficientBalance``.
+    """
+    table = Allocation.__table__  # type: ignore[attr-defined]
+    values: dict[str, object] = {"balance": table.c.balance + amount}
+    if kind in CREDIT_KINDS:
+        values["credited"] = table.c.credited + amount
+    if kind == EntryKind.USAGE:
+        values["used"] = table.c.used - amount
+    condition = table.c.id == allocation.id
+    if floor is not None:
+        condition = sa.and_(condition, table.c.balance + amount >= floor)
+    row = db.execute(sa.update(table).where(condition).values(**values).returning(table.c.balance)).first()
+    if row is None:
+        raise InsufficientBalance(
+            f"The allocation has {allocation.balance} {_unit(db, allocation)} left; {-amount} were asked for."
+        )
+    entry = LedgerEntry(
+        allocation_id=allocation.id,  # type: ignore[arg-type]
+        kind=kind,
+        amount=amount,
+        balance_after=int(row[0]),
+        idempotency_key=key,
+        actor_id=actor.id if actor else None,
+        reason=reason,
+    )
+    db.add(entry)
+    db.flush()
+    db.refresh(allocation)
+    return entry
+
+
+def _unit(db: Session, allocation: Allocation) -> str:
+    resource = db.get(Resource, allocation.resource_id)
+    return resource.base_unit + "s" if resource else "units"
+
+
+def _once(db: Session, key: str | None, work: Callable[[], T], replay: Callable[[LedgerEntry], T]) -> T:
+    """Run ``work`` and commit, as one transaction. A key seen before (now, or by a concurrent
+    transaction that committed first) replays the earlier result instead; a domain error rolls back."""
+    existing = _existing_entry(db, key)
+    if existing is not None:
+        db.rollback()
+        return replay(existing)
+    try:
+        result = work()
+        db.commit()
+        return result
+    except IntegrityError:
+        db.rollback()
+        existing = _existing_entry(db, key)
+        if existing is None:
+            raise
+        return replay(existing)
+    except BaseException:
+        db.rollback()
+        raise
+
+
+def _after_commit(allocation: Allocation, previous_state: str) -> None:
+    if allocation.state == AllocationState.EXHAUSTED and previous_state != AllocationState.EXHAUSTED:
+        for hook in ENFORCEMENT_HOOKS:
+            try:
+                hook(allocation)
+            except Exception:
+                log.exception("enforcement hook %r failed for allocation %s", hook, allocation.id)
+
+
+# --- capacity -------------------------------------------------------------------------------------------
+
+
+def _as_datetime(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _split_over_periods(
+    periods: list[CapacityPeriod], starts_at: datetime, ends_at: datetime, amount: int
+) -> list[tuple[CapacityPeriod, int]]:
+    """Divide ``amount`` over the periods in proportion to how much of [starts_at, ends_at) each covers."""
+    overlaps = []
+    for period in periods:
+        start = max(starts_at, _as_datetime(period.starts_on))
+        end = min(ends_at, _as_datetime(period.ends_on))
+        seconds = int((end - start).total_seconds())
+        if seconds > 0:
+            overlaps.append((period, seconds))
+    total = sum(s for _, s in overlaps)
+    covered = total == int((ends_at - starts_at).total_seconds())
+    if not overlaps or not covered:
+        raise NoCapacityPlanned(
+            "No capacity is planned for the whole of these dates; ask the site to plan its capacity first."
+        )
+    shares = [(period, amount * seconds // total) for period, seconds in overlaps]
+    remainder = amount - sum(share for _, share in shares)
+    last_period, last_share = shares[-1]
+    shares[-1] = (last_period, last_share + remainder)
+    return shares
+
+
+def _periods_for(db: Session, resource_id: int, starts_at: datetime, ends_at: datetime) -> list[CapacityPeriod]:
+    return list(
+        db.exec(
+            select(CapacityPeriod)
+            .where(
+                CapacityPeriod.resource_id == resource_id,
+                col(CapacityPeriod.starts_on) < ends_at.date() + timedelta(days=1),
+                col(CapacityPeriod.ends_on) > starts_at.date(),
+            )
+            .order_by(CapacityPeriod.starts_on)
+        )
+    )
+
+
+def reserve_capacity(db: Session, allocation: Allocation, amount: int) -> None:
+    """Reserve ``amount`` of the allocation's resource over its dates, or raise ``CapacityExhausted``.
+
+    Runs inside the caller's transaction; the check and the increment are one conditional UPDATE per
+    period, so concurrent reservations can never together exceed capacity × overbooking.
+    """
+    if amount <= 0:
+        return
+    resource = db.get(Resource, allocation.resource_id)
+    assert resource is not None
+    periods = _periods_for(db, resource.id, allocation.starts_at, allocation.ends_at)  # type: ignore[arg-type]
+    table = CapacityPeriod.__table__  # type: ignore[attr-defined]
+    for period, share in _split_over_periods(periods, allocation.starts_at, allocation.ends_at, amount):
+        if share == 0:
+            continue
+        result = db.execute(
+            sa.update(table)
+            .where(
+                table.c.id == period.id,
+                (table.c.reserved + share) * 1000 <= table.c.capacity * resource.overbooking_permille,
+            )
+            .values(reserved=table.c.reserved + share)
+        )
+        if result.rowcount != 1:
+            raise CapacityExhausted(
+                f"{resource.name} has not enough capacity left between {period.starts_on} and "
+                f"{period.ends_on}: {share // resource.per_display_unit} {resource.display_unit}s are needed."
+            )
+        reservation = db.exec(
+            select(CapacityReservation).where(
+                CapacityReservation.allocation_id == allocation.id, CapacityReservation.period_id == period.id
+            )
+        ).first()
+        if reservation is None:
+            db.add(CapacityReservation(allocation_id=allocation.id, period_id=period.id, amount=share))  # type: ignore[arg-type]
+        else:
+            reservation.amount += share
+    _bump_reserved(db, allocation, amount)
+
+
+def _bump_reserved(db: Session, allocation: Allocation, delta: int) -> None:
+    table = Allocation.__table__  # type: ignore[attr-defined]
+    db.execute(sa.update(table).where(table.c.id == allocation.id).values(reserved=table.c.reserved + delta))
+    db.flush()
+
+
+def release_capacity(db: Session, allocation: Allocation, amount: int) -> int:
+    """Give back up to ``amount`` of the allocation's reserved capacity, latest periods first."""
+    reservations = db.exec(
+        select(CapacityReservation, CapacityPeriod)
+        .join(CapacityPeriod, CapacityPeriod.id == CapacityReservation.period_id)  # type: ignore[arg-type]
+        .where(CapacityReservation.allocation_id == allocation.id)
+        .order_by(col(CapacityPeriod.starts_on).desc())
+    ).all()
+    table = CapacityPeriod.__table__  # type: ignore[attr-defined]
+    left = amount
+    for reservation, period in reservations:
+        if left <= 0:
+            break
+        part = min(left, reservation.amount)
+        if part <= 0:
+            continue
+        reservation.amount -= part
+        db.execute(sa.update(table).where(table.c.id == period.id).values(reserved=table.c.reserved - part))
+        left -= part
+    released = amount - left
+    _bump_reserved(db, allocation, -released)
+    return released
+
+
+# --- allocations -----------------------------------------------------------------------------------------
+
+
+def _validate_amount(amount: int, what: str = "amount") -> None:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise InvalidInput(f"The {what} must be a positive whole number.", errors={what: "Must be positive."})
+
+
+def open_allocation(
+    db: Session,
+    actor: User | None,
+    *,
+    project: Project,
+    resource: Resource,
+    amount: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    source: AllocationSource,
+    title: str,
+    idempotency_key: str | None = None,
+    reason: str = "",
+) -> Allocation:
+    """Create an allocation holding ``amount`` base units, reserving capacity; all or nothing.
+
+    ``actor`` None means a trusted caller in the portal (an award decision, a paid order); a person
+    opening an allocation by hand must be an admin.
+    """
+    if actor is not None:
+        require(db, actor, Action.MANAGE_ALLOCATIONS)
+    _validate_amount(amount)
+    if starts_at.tzinfo is None or ends_at.tzinfo is None:
+        raise InvalidInput("Allocation dates must be timezone-aware.")
+    if ends_at <= starts_at:
+        raise InvalidInput("The allocation must end after it starts.", errors={"ends_at": "Before the start."})
+    kind = {
+        AllocationSource.AWARD: EntryKind.AWARD,
+        AllocationSource.PURCHASE: EntryKind.PURCHASE,
+        AllocationSource.COURSE: EntryKind.COURSE_SHARE,
+        AllocationSource.TRANSFER: EntryKind.TRANSFER_IN,
+        AllocationSource.ADMIN: EntryKind.ADJUSTMENT,
+    }[source]
+
+    def work() -> Allocation:
+        now = utcnow()
+        allocation = Allocation(
+            project_id=project.id,  # type: ignore[arg-type]
+            resource_id=resource.id,  # type: ignore[arg-type]
+            source=source,
+            state=AllocationState.ACTIVE if starts_at <= now else AllocationState.PENDING,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            title=title.strip()[:200] or resource.name,
+        )
+        db.add(allocation)
+        db.flush()
+        reserve_capacity(db, allocation, amount)
+        _move(db, allocation, kind, amount, key=idempotency_key, actor=actor, reason=reason)
+        return allocation
+
+    return _once(db, idempotency_key, work, lambda e: db.get(Allocation, e.allocation_id))  # type: ignore[arg-type,return-value]
+
+
+def credit(
+    db: Session,
+    actor: User | None,
+    allocation_id: int,
+    amount: int,
+    *,
+    kind: EntryKind,
+    idempotency_key: str | None = None,
+    reason: str = "",
+) -> LedgerEntry:
+    """Add ``amount`` to an allocation (award tranche, purchase, course share), reserving capacity."""
+    if kind not in CREDIT_KINDS:
+        raise InvalidInput(f"{kind} is not a credit.")
+    if actor is not None:
+        require(db, actor, Action.MANAGE_ALLOCATIONS)
+    _validate_amount(amount)
+
+    def work() -> LedgerEntry:
+        allocation = _lock_allocation(db, allocation_id)
+        if allocation.state == AllocationState.EXPIRED:
+            raise AllocationClosed("This allocation has expired; open a new one instead.")
+        reserve_capacity(db, allocation, amount)
+        entry = _move(db, allocation, kind, amount, key=idempotency_key, actor=actor, reason=reason)
+        _update_state(db, allocation)
+        return entry
+
+    return _once(db, idempotency_key, work, lambda e: e)
+
+
+def _update_state(db: Session, allocation: Allocation) -> None:
+    now = utcnow()
+    if allocation.state in (AllocationState.EXPIRED, AllocationState.SUSPENDED):
+        return
+    if allocation.balance <= 0 and allocation.credited > 0:
+        allocation.state = AllocationState.EXHAUSTED
+    elif allocation.starts_at > now:
+        allocation.state = AllocationState.PENDING
+    else:
+        allocation.state = AllocationState.ACTIVE
+    db.flush()
+
+
+@dataclass(frozen=True)
+class UsageCharge:
+    """One piece of usage to debit: ``amount`` base units, at most once per ``key``."""
+
+    allocation_id: int
+    amount: int
+    key: str
+    reason: str = ""
+
+
+def charge_usage(
+    db: Session, allocation_id: int, amount: int, *, idempotency_key: str, reason: str = ""
+) -> LedgerEntry:
+    """Debit ``amount`` base units of usage, once per ``idempotency_key``.
+
+    Usage is recorded in full even when it takes the balance below zero (it happened); the allocation
+    then becomes exhausted and the enforcement hooks run after the commit.
+    """
+    charge = UsageCharge(allocation_id, amount, idempotency_key, reason)
+    charged = charge_usage_batch(db, [charge])
+    if charged:
+        return charged[0][1]
+    existing = _existing_entry(db, idempotency_key)
+    assert existing is not None
+    return existing
+
+
+KEY_CHUNK = 500
+
+
+def charge_usage_batch(
+    db: Session,
+    charges: list[UsageCharge],
+    *,
+    record: Callable[[UsageCharge, LedgerEntry], None] | None = None,
+) -> list[tuple[UsageCharge, LedgerEntry]]:
+    """Charge many pieces of usage in one transaction; those whose key was charged before are skipped.
+
+    ``record`` runs inside the transaction for every new charge (metering adds its usage record there),
+    so a charge and its record exist together or not at all. Returns the new charges with their entries.
+    """
+    for charge in charges:
+        _validate_amount(charge.amount)
+    for attempt in range(2):
+        try:
+            charged, touched = _charge_batch_once(db, charges, record)
+            db.commit()
+        except IntegrityError:
+            # A concurrent transaction charged one of these keys first; the retry skips it.
+            db.rollback()
+            if attempt == 1:
+                raise
+            continue
+        except BaseException:
+            db.rollback()
+            raise
+        for allocation, previous in touched:
+            _after_commit(allocation, previous)
+        return charged
+    raise AssertionError("unreachable")
+
+
+def _charge_batch_once(
+    db: Session, charges: list[UsageCharge], record: Callable[[UsageCharge, LedgerEntry], None] | None
+) -> tuple[list[tuple[UsageCharge, LedgerEntry]], list[tuple[Allocation, str]]]:
+    unique: dict[str, UsageCharge] = {}
+    for charge in charges:
+        unique.setdefault(charge.key, charge)
+    keys = list(unique)
+    seen: set[str] = set()
+    for i in range(0, len(keys), KEY_CHUNK):
+        chunk = keys[i : i + KEY_CHUNK]
+        seen.update(
+            db.exec(select(LedgerEntry.idempotency_key).where(col(LedgerEntry.idempotency_key).in_(chunk))).all()  # type: ignore[arg-type]
+        )
+    new = [c for k, c in unique.items() if k not in seen]
+    if not new:
+        return [], []
+    by_allocation: dict[int, list[UsageCharge]] = {}
+    for charge in new:
+        by_allocation.setdefault(charge.allocation_id, []).append(charge)
+    table = Allocation.__table__  # type: ignore[attr-defined]
+    charged: list[tuple[UsageCharge, LedgerEntry]] = []
+    touched: list[tuple[Allocation, str]] = []
+    for allocation_id in sorted(by_allocation):
+        allocation = _lock_allocation(db, allocation_id)
+        previous = allocation.state
+        group = by_allocation[allocation_id]
+        total = sum(c.amount for c in group)
+        new_balance = db.execute(
+            sa.update(table)
+            .where(table.c.id == allocation_id)
+            .values(balance=table.c.balance - total, used=table.c.used + total)
+            .returning(table.c.balance)
+        ).scalar_one()
+        running = int(new_balance) + total
+        entries = []
+        for charge in group:
+            running -= charge.amount
+            entries.append(
+                LedgerEntry(
+                    allocation_id=allocation_id,
+                    kind=EntryKind.USAGE,
+                    amount=-charge.amount,
+                    balance_after=running,
+                    idempotency_key=charge.key,
+                    reason=charge.reason,
+                )
+            )
+        db.add_all(entries)
+        db.flush()
+        db.refresh(allocation)
+        _update_state(db, allocation)
+        touched.append((allocation, previous))
+        charged.extend(zip(group, entries, strict=True))
+    if record is not None:
+        for charge, entry in charged:
+            record(charge, entry)
+        db.flush()
+    return charged, touched
+
+
+def transfer(
+    db: Session, actor: User, *, from_id: int, to_id: int, amount: int, idempotency_key: str | None = None
+) -> tuple[LedgerEntry, LedgerEntry]:
+    """Move unused hours between two allocations of the same project and resource."""
+    _validate_amount(amount)
+    if from_id == to_id:
+        raise InvalidInput("Choose two different allocations.")
+    out_key = f"{idempotency_key}:out" if idempotency_key else None
+    in_key = f"{idempotency_key}:in" if idempotency_key else None
+
+    def work() -> tuple[LedgerEntry, LedgerEntry]:
+        first, second = sorted((from_id, to_id))
+        locked = {first: _lock_allocation(db, first), second: _lock_allocation(db, second)}
+        source, target = locked[from_id], locked[to_id]
+        require(db, actor, Action.MANAGE_ALLOCATIONS_OF_PROJECT, db.get(Project, source.project_id))
+        if source.project_id != target.project_id or source.resource_id != target.resource_id:
+            raise InvalidInput("Hours move only between allocations of the same project and resource.")
+        if AllocationState.EXPIRED in (source.state, target.state) or target.state == AllocationState.SUSPENDED:
+            raise AllocationClosed("Expired or suspended allocations take no transfers.")
+        out = _move(
+            db,
+            source,
+            EntryKind.TRANSFER_OUT,
+            -amount,
+            actor=actor,
+            floor=0,
+            key=out_key,
+            reason=f"to allocation {target.id}",
+        )
+        release_capacity(db, source, amount)
+        reserve_capacity(db, target, amount)
+        incoming = _move(
+            db, target, EntryKind.TRANSFER_IN, amount, actor=actor, key=in_key, reason=f"from allocation {source.id}"
+        )
+        _update_state(db, source)
+        _update_state(db, target)
+        return out, incoming
+
+    return _once(db, out_key, work, lambda e: (e, _existing_entry(db, in_key)))  # type: ignore[arg-type,return-value]
+
+
+def release_to_pool(db: Session, actor: User, allocation_id: int, amount: int) -> LedgerEntry:
+    """Give unused hours back to the site's pool: the balance and the reserved capacity shrink."""
+    _validate_amount(amount)
+
+    def work() -> LedgerEntry:
+        allocation = _lock_allocation(db, allocation_id)
+        require(db, actor, Action.MANAGE_ALLOCATIONS_OF_PROJECT, db.get(Project, allocation.project_id))
+        entry = _move(
+            db,
+            allocation,
+            EntryKind.RELEASE,
+            -amount,
+            key=None,
+            actor=actor,
+            floor=0,
+            reason="unused hours given back to the pool",
+        )
+        release_capacity(db, allocation, amount)
+        _update_state(db, allocation)
+        return entry
+
+    return _once(db, None, work, lambda e: e)
+
+
+def adjust(db: Session, actor: User, allocation_id: int, amount: int, *, reason: str) -> LedgerEntry:
+    """An admin's correction, positive or negative, with a mandatory reason."""
+    require(db, actor, Action.MANAGE_ALLOCATIONS)
+    if not reason.strip():
+        raise InvalidInput("Say why the balance is adjusted.", errors={"reason": "A reason is required."})
+    if not isinstance(amount, int) or amount == 0:
+        raise InvalidInput("The adjustment must be a non-zero whole number.", errors={"amount": "Not zero."})
+    touched: list[tuple[Allocation, str]] = []
+
+    def work() -> LedgerEntry:
+        allocation = _lock_allocation(db, allocation_id)
+        touched.append((allocation, allocation.state))
+        if amount > 0:
+            reserve_capacity(db, allocation, amount)
+        else:
+            release_capacity(db, allocation, min(-amount, allocation.reserved))
+        entry = _move(db, allocation, EntryKind.ADJUSTMENT, amount, key=None, actor=actor, reason=reason.strip())
+        _update_state(db, allocation)
+        return entry
+
+    entry = _once(db, None, work, lambda e: e)
+    for allocation, previous in touched:
+        _after_commit(allocation, previous)
+    return entry
+
+
+def expire(db: Session, allocation_id: int, *, now: datetime | None = None) -> LedgerEntry | None:
+    """Close an allocation past its end: the remaining balance is debited and its capacity released."""
+    now = now or utcnow()
+
+    def work() -> LedgerEntry | None:
+        allocation = _lock_allocation(db, allocation_id)
+        if allocation.state == AllocationState.EXPIRED or allocation.ends_at > now:
+            return None
+        entry = None
+        if allocation.balance > 0:
+            entry = _move(
+                db,
+                allocation,
+                EntryKind.EXPIRY,
+                -allocation.balance,
+                key=f"expiry:{allocation.id}",
+                actor=None,
+                reason="the allocation's end date has passed",
+            )
+        release_capacity(db, allocation, allocation.reserved)
+        allocation.state = AllocationState.EXPIRED
+        return entry
+
+    return _once(db, None, work, lambda e: e)
+
+
+def set_suspended(db: Session, actor: User, allocation_id: int, suspended: bool, *, reason: str) -> Allocation:
+    require(db, actor, Action.MANAGE_ALLOCATIONS)
+    if not reason.strip():
+        raise InvalidInput("Say why.", errors={"reason": "A reason is required."})
+
+    def work() -> Allocation:
+        allocation = _lock_allocation(db, allocation_id)
+        if allocation.state == AllocationState.EXPIRED:
+            raise AllocationClosed("This allocation has expired.")
+        if suspended:
+            allocation.state = AllocationState.SUSPENDED
+        else:
+            allocation.state = AllocationState.ACTIVE
+            _update_state(db, allocation)
+        return allocation
+
+    return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
+
+
+# --- sites, resources and capacity -----------------------------------------------------------------
+
+
+def quarter_of(day: date) -> tuple[date, date]:
+    """The calendar quarter containing ``day``: (first day, first day of the next quarter)."""
+    first_month = 3 * ((day.month - 1) // 3) + 1
+    start = date(day.year, first_month, 1)
+    end = date(day.year + (first_month + 3 > 12), (first_month + 2) % 12 + 1, 1)
+    return start, end
+
+
+def capacity_from_gpus(units: int, starts_on: date, ends_on: date, utilisation_percent: int) -> int:
+    """Base units a period offers: devices (GPUs or cores) × seconds × target utilisation, in integers."""
+    seconds = (ends_on - starts_on).days * 86_400
+    return units * seconds * utilisation_percent // 100
+
+
+def set_capacity(
+    db: Session, actor: User | None, resource: Resource, *, starts_on: date, ends_on: date, capacity: int
+) -> CapacityPeriod:
+    """Plan (or re-plan) a resource's capacity for a period; never below what is already reserved."""
+    if actor is not None:
+        require(db, actor, Action.MANAGE_CAPACITY)
+    if ends_on <= starts_on:
+        raise InvalidInput("The period must end after it starts.", errors={"ends_on": "Before the start."})
+    if not isinstance(capacity, int) or capacity < 0:
+        raise InvalidInput("Capacity is a whole number, zero or more.", errors={"capacity": "Not negative."})
+
+    def work() -> CapacityPeriod:
+        period = db.exec(
+            select(CapacityPeriod)
+            .where(CapacityPeriod.resource_id == resource.id, CapacityPeriod.starts_on == starts_on)
+            .with_for_update()
+        ).first()
+        if period is None:
+            overlapping = db.exec(
+                select(CapacityPeriod.id).where(
+                    CapacityPeriod.resource_id == resource.id,
+                    col(CapacityPeriod.starts_on) < ends_on,
+                    col(CapacityPeriod.ends_on) > starts_on,
+                )
+            ).first()
+            if overlapping is not None:
+                raise InvalidInput(
+                    "This period overlaps another planned period of the resource.",
+                    errors={"starts_on": "Overlaps another period."},
+                )
+            period = CapacityPeriod(
+                resource_id=resource.id,
+                starts_on=starts_on,
+                ends_on=ends_on,  # type: ignore[arg-type]
+                capacity=capacity,
+            )
+            db.add(period)
+        else:
+            if ends_on != period.ends_on:
+                raise InvalidInput(
+                    "A planned period keeps its dates; change only its capacity.",
+                    errors={"ends_on": f"This period ends on {period.ends_on}."},
+                )
+            if capacity * resource.overbooking_permille < period.reserved * 1000:
+                raise CapacityExhausted(
+                    f"{period.reserved // resource.per_display_unit} {resource.display_unit}s are already "
+                    "reserved in this period; capacity cannot go below that."
+                )
+            period.capacity = capacity
+        db.flush()
+        return period
+
+    return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BalanceMismatch:
+    allocation_id: int
+    balance: int
+    entries_sum: int
+
+
+def balance_mismatches(db: Session) -> list[BalanceMismatch]:
+    """Allocations whose balance differs from the sum of their entries (should always be empty)."""
+    sums = (
+        select(LedgerEntry.allocation_id, func.coalesce(func.sum(LedgerEntry.amount), 0).label("total"))
+        .group_by(LedgerEntry.allocation_id)
+        .subquery()
+    )
+    rows = db.exec(
+        select(Allocation.id, Allocation.balance, func.coalesce(sums.c.total, 0))
+        .outerjoin(sums, sums.c.allocation_id == Allocation.id)
+        .where(Allocation.balance != func.coalesce(sums.c.total, 0))
+    ).all()
+    return [BalanceMismatch(int(a), int(b), int(s)) for a, b, s in rows]
+
+
+def entries_page(
+    db: Session, allocation_id: int, *, before_id: int | None = None, limit: int = 50
+) -> list[LedgerEntry]:
+    """A page of entries, newest first, by keyset (cost independent of the ledger's length)."""
+    stmt = select(LedgerEntry).where(LedgerEntry.allocation_id == allocation_id)
+    if before_id is not None:
+        stmt = stmt.where(col(LedgerEntry.id) < before_id)
+    return list(db.exec(stmt.order_by(col(LedgerEntry.id).desc()).limit(limit)))
+
+
+__all__ = [
+    "DEBIT_KINDS",
+    "AllocationClosed",
+    "CapacityExhausted",
+    "InsufficientBalance",
+    "NoCapacityPlanned",
+    "UsageCharge",
+    "adjust",
+    "charge_usage",
+    "charge_usage_batch",
+    "credit",
+    "expire",
+    "open_allocation",
+    "release_to_pool",
+    "reserve_capacity",
+    "transfer",
+]
