@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import sqlalchemy as sa
 from flask import Flask, current_app, g
@@ -34,6 +35,23 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class StrEnumType(sa.types.TypeDecorator[StrEnum]):
+    """A string column that hands back members of a ``StrEnum`` (plain strings on every database)."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, enum_class: type[StrEnum], length: int = 32) -> None:
+        super().__init__(length)
+        self.enum_class = enum_class
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return None if value is None else self.enum_class(value).value
+
+    def process_result_value(self, value: str | None, dialect: sa.Dialect) -> StrEnum | None:
+        return None if value is None else self.enum_class(value)
 
 
 NAMING_CONVENTION = {

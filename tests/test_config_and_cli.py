@@ -132,8 +132,12 @@ def test_serve_runs_the_portal_under_gunicorn(cli_env):
 
     assert run_portal("db", "upgrade", env=cli_env).returncode == 0
     port = free_port()
-    process = subprocess.Popen([PORTAL, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-                               env={**os.environ, **cli_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [PORTAL, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        env={**os.environ, **cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
         response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, SelectField, SelectMultipleField, StringField, widgets
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange
 
 from portal.identity.models import ApiScope, FactoryRole
@@ -11,7 +12,10 @@ class TokenForm(FlaskForm):
     name = StringField("Name", validators=[InputRequired(), Length(max=100)])
     scopes = SelectMultipleField(
         "Scopes",
-        choices=[(ApiScope.READ.value, "read: see your projects"), (ApiScope.WRITE.value, "write: change them")],
+        choices=[
+            SelectChoice(ApiScope.READ.value, "read: see your projects"),
+            SelectChoice(ApiScope.WRITE.value, "write: change them"),
+        ],
         default=[ApiScope.READ.value],
         option_widget=widgets.CheckboxInput(),
         widget=widgets.ListWidget(prefix_label=False),
@@ -20,4 +24,4 @@ class TokenForm(FlaskForm):
 
 
 class GrantRoleForm(FlaskForm):
-    role = SelectField("Role", choices=[(r.value, r.value.replace("_", " ")) for r in FactoryRole])
+    role = SelectField("Role", choices=[SelectChoice(r.value, r.value.replace("_", " ")) for r in FactoryRole])

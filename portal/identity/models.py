@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from portal.config import AssuranceLevel
-from portal.db import UTCDateTime, utcnow
+from portal.db import StrEnumType, UTCDateTime, utcnow
 
 
 class FactoryRole(StrEnum):
@@ -54,7 +54,7 @@ class ExternalIdentity(SQLModel, table=True):
     #: The provider's ``sub`` claim.
     subject: str = Field(max_length=255)
     #: Level of assurance of the most recent login.
-    level: AssuranceLevel = Field(sa_type=sa.String(16))
+    level: AssuranceLevel = Field(sa_type=StrEnumType(AssuranceLevel, 16))
     #: Verified attributes of the most recent login (names, verified e-mail, affiliations, ...).
     attributes: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
     linked_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -74,7 +74,7 @@ class Login(SQLModel, table=True):
     subject: str = Field(max_length=255)
     #: The raw ``acr`` claim, and the level it maps to.
     acr: str | None = Field(default=None, max_length=255)
-    level: AssuranceLevel = Field(sa_type=sa.String(16))
+    level: AssuranceLevel = Field(sa_type=StrEnumType(AssuranceLevel, 16))
     #: The ``amr`` claim (authentication methods).
     amr: list[str] = Field(default_factory=list, sa_type=sa.JSON)
     #: When the user authenticated at the provider (``auth_time``), if it said.
@@ -91,7 +91,7 @@ class RoleGrant(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="users.id", index=True)
-    role: FactoryRole = Field(sa_type=sa.String(32))
+    role: FactoryRole = Field(sa_type=StrEnumType(FactoryRole, 32))
     #: The admin who granted it; None for grants from the command line.
     granted_by_id: int | None = Field(default=None, foreign_key="users.id")
     granted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

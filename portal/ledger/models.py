@@ -12,7 +12,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from portal.db import UTCDateTime, utcnow
+from portal.db import StrEnumType, UTCDateTime, utcnow
 
 
 class ResourceKind(StrEnum):
@@ -55,7 +55,7 @@ class Resource(SQLModel, table=True):
     #: Unique within the site (``h200``, ``h100``, ``cpu``, ``storage``).
     code: str = Field(max_length=32)
     name: str = Field(max_length=200)
-    kind: ResourceKind = Field(sa_type=sa.String(16))
+    kind: ResourceKind = Field(sa_type=StrEnumType(ResourceKind, 16))
     #: GPU model for GPU resources (``H200``), used by notebook profiles and Slurm's gres type.
     gpu_model: str | None = Field(default=None, max_length=32)
     #: Reservations may exceed a period's capacity by this factor, in thousandths (1100 = 1.1×).
@@ -122,8 +122,8 @@ class Allocation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     project_id: int = Field(foreign_key="projects.id", index=True)
     resource_id: int = Field(foreign_key="resources.id", index=True)
-    source: AllocationSource = Field(sa_type=sa.String(16))
-    state: AllocationState = Field(sa_type=sa.String(16), index=True)
+    source: AllocationSource = Field(sa_type=StrEnumType(AllocationSource, 16))
+    state: AllocationState = Field(sa_type=StrEnumType(AllocationState, 16), index=True)
     starts_at: datetime = Field(sa_type=UTCDateTime)
     ends_at: datetime = Field(sa_type=UTCDateTime)
     #: What the allocation is called on the project page.
@@ -171,7 +171,7 @@ class LedgerEntry(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     allocation_id: int = Field(foreign_key="allocations.id")
-    kind: EntryKind = Field(sa_type=sa.String(16))
+    kind: EntryKind = Field(sa_type=StrEnumType(EntryKind, 16))
     amount: int = Field(sa_type=sa.BigInteger)
     #: The allocation's balance right after this entry.
     balance_after: int = Field(sa_type=sa.BigInteger)

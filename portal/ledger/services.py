@@ -34,6 +34,8 @@ from portal.ledger.models import (
     EntryKind,
     LedgerEntry,
     Resource,
+    ResourceKind,
+    Site,
 )
 from portal.projects.models import Project
 
@@ -639,6 +641,54 @@ def set_suspended(db: Session, actor: User, allocation_id: int, suspended: bool,
 
 
 # --- sites, resources and capacity -----------------------------------------------------------------
+
+
+def create_site(db: Session, actor: User | None, *, code: str, name: str, city: str, country: str) -> Site:
+    if actor is not None:
+        require(db, actor, Action.MANAGE_ALLOCATIONS)
+    code = code.strip().lower()
+    if not code.isalnum() or len(code) > 16:
+        raise InvalidInput("A site code is up to 16 letters or digits.", errors={"code": "Letters and digits."})
+    if db.exec(select(Site.id).where(Site.code == code)).first() is not None:
+        raise InvalidInput("This site code is taken.", errors={"code": "Already used."})
+    site = Site(code=code, name=name.strip(), city=city.strip(), country=country.strip().upper())
+    db.add(site)
+    db.commit()
+    return site
+
+
+def create_resource(
+    db: Session,
+    actor: User | None,
+    site: Site,
+    *,
+    code: str,
+    name: str,
+    kind: ResourceKind,
+    gpu_model: str | None = None,
+    overbooking_permille: int = 1000,
+) -> Resource:
+    if actor is not None:
+        require(db, actor, Action.MANAGE_ALLOCATIONS)
+    if overbooking_permille < 1000:
+        raise InvalidInput("Overbooking is a factor of at least 1.0.", errors={"overbooking": "At least 1.0."})
+    if kind == ResourceKind.GPU and not gpu_model:
+        raise InvalidInput("A GPU resource names its GPU model.", errors={"gpu_model": "Required for GPUs."})
+    resource = Resource(
+        site_id=site.id,
+        code=code.strip().lower(),
+        name=name.strip(),
+        kind=kind,  # type: ignore[arg-type]
+        gpu_model=gpu_model,
+        overbooking_permille=overbooking_permille,
+    )
+    db.add(resource)
+    try:
+        db.commit()
+    except IntegrityError as exc:
+        db.rollback()
+        raise InvalidInput("This site already has a resource with that code.", errors={"code": "Taken."}) from exc
+    return resource
 
 
 def quarter_of(day: date) -> tuple[date, date]:

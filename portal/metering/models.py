@@ -8,7 +8,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from portal.db import UTCDateTime, utcnow
+from portal.db import StrEnumType, UTCDateTime, utcnow
 
 
 class UsageSource(StrEnum):
@@ -27,7 +27,7 @@ class UsageRecord(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    source: UsageSource = Field(sa_type=sa.String(16))
+    source: UsageSource = Field(sa_type=StrEnumType(UsageSource, 16))
     #: Where it came from: the Slurm cluster, the agent's site code, the hub.
     origin: str = Field(max_length=64)
     #: The origin's own id: Slurm's JobIDRaw, the agent's record id, the hub server and interval.

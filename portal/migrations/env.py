@@ -4,9 +4,18 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import portal.models  # noqa: F401  (every table registers itself on SQLModel.metadata)
-from portal.db import make_engine
+from portal.db import StrEnumType, make_engine
 
 config = context.config
+
+
+def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+    """Enum columns are plain strings in the schema."""
+    if type_ == "type" and isinstance(obj, StrEnumType):
+        return f"sa.String(length={obj.impl.length})"
+    return False
+
+
 target_metadata = SQLModel.metadata
 
 
@@ -29,6 +38,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            render_item=render_item,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -8,7 +8,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from portal.db import UTCDateTime, utcnow
+from portal.db import StrEnumType, UTCDateTime, utcnow
 
 
 class OrganisationKind(StrEnum):
@@ -54,7 +54,7 @@ class Organisation(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200)
-    kind: OrganisationKind = Field(sa_type=sa.String(32))
+    kind: OrganisationKind = Field(sa_type=StrEnumType(OrganisationKind, 32))
     #: ISO 3166-1 alpha-2 code, upper case.
     country: str = Field(max_length=2)
     #: National business or institution registry number, normalised; validated where stdnum knows the country.
@@ -74,7 +74,7 @@ class OrganisationMembership(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     organisation_id: int = Field(foreign_key="organisations.id", index=True)
     user_id: int = Field(foreign_key="users.id", index=True)
-    role: OrganisationRole = Field(sa_type=sa.String(16))
+    role: OrganisationRole = Field(sa_type=StrEnumType(OrganisationRole, 16))
     joined_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -99,7 +99,7 @@ class ProjectMembership(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     project_id: int = Field(foreign_key="projects.id", index=True)
     user_id: int = Field(foreign_key="users.id", index=True)
-    role: ProjectRole = Field(sa_type=sa.String(16))
+    role: ProjectRole = Field(sa_type=StrEnumType(ProjectRole, 16))
     joined_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -111,7 +111,7 @@ class Invitation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     project_id: int = Field(foreign_key="projects.id", index=True)
     email: str = Field(max_length=320)
-    role: ProjectRole = Field(sa_type=sa.String(16))
+    role: ProjectRole = Field(sa_type=StrEnumType(ProjectRole, 16))
     digest: str = Field(max_length=64, unique=True)
     invited_by_id: int = Field(foreign_key="users.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

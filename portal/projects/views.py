@@ -117,7 +117,7 @@ def _project_page(project_id: int, *, invite_form: InviteForm | None = None, sta
             can_manage=can_manage,
             can_edit=allowed(db, me, Action.EDIT_PROJECT, project),
             invite_form=invite_form or InviteForm(formdata=None),
-            role_form=MemberRoleForm(formdata=None),
+            roles=list(ProjectRole),
             action_form=ActionForm(),
             now=utcnow(),
             new_link=session.pop("new_invitation_link", None),
@@ -196,7 +196,7 @@ def _members_changed(project_id: int, message: str):  # type: ignore[no-untyped-
             project=project,
             members=services.members_of(db, me, project),
             can_manage=allowed(db, me, Action.MANAGE_MEMBERS, project),
-            role_form=MemberRoleForm(formdata=None),
+            roles=list(ProjectRole),
             action_form=ActionForm(),
             message=message,
         )

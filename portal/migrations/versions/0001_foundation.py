@@ -115,7 +115,9 @@ def upgrade() -> None:
         sa.Column("attributes", sa.JSON(), nullable=False),
         sa.Column("logged_in_at", portal.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["identity_id"], ["external_identities.id"], name=op.f("fk_logins_identity_id_external_identities"),
+            ["identity_id"],
+            ["external_identities.id"],
+            name=op.f("fk_logins_identity_id_external_identities"),
             ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_logins_user_id_users")),
