@@ -21,7 +21,7 @@ class Me(BaseModel):
 
 @bp.get("/me")
 @token_required(ApiScope.READ)
-@spec.validate(resp=Response(HTTP_200=Me, HTTP_401=Problem), tags=["identity"])
+@spec.validate(resp=Response(HTTP_200=Me, HTTP_401=Problem, HTTP_403=Problem), tags=["identity"])
 def me():  # type: ignore[no-untyped-def]
     """The user the token belongs to, and their factory roles."""
     user = api_user()

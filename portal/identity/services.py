@@ -102,16 +102,28 @@ def record_login(db: Session, asserted: AssertedLogin, *, linking_user: User | N
     With ``linking_user`` the identity is attached to that (already logged-in) user instead; an identity
     already linked to someone else is refused. Identities are matched on (provider, subject) only.
     """
-    now = utcnow()
     identity = db.exec(
         select(ExternalIdentity).where(
             ExternalIdentity.provider == asserted.provider.name,
             ExternalIdentity.subject == asserted.subject,
         )
     ).first()
+    if linking_user is not None and identity is not None and identity.user_id != linking_user.id:
+        raise Conflict(f"This {asserted.provider.label} account is already linked to another portal user.")
+    try:
+        user, login = _write_login(db, asserted, identity, linking_user)
+        db.commit()
+    except IntegrityError as exc:  # a concurrent first login of the same identity
+        db.rollback()
+        raise Conflict("This identity was linked at the same moment by another login; try again.") from exc
+    return user, login
+
+
+def _write_login(
+    db: Session, asserted: AssertedLogin, identity: ExternalIdentity | None, linking_user: User | None
+) -> tuple[User, Login]:
+    now = utcnow()
     if linking_user is not None:
-        if identity is not None and identity.user_id != linking_user.id:
-            raise Conflict(f"This {asserted.provider.label} account is already linked to another portal user.")
         user = linking_user
     elif identity is not None:
         user = db.get(User, identity.user_id)  # type: ignore[assignment]
@@ -138,7 +150,7 @@ def record_login(db: Session, asserted: AssertedLogin, *, linking_user: User | N
     db.flush()
     login = Login(
         user_id=user.id,  # type: ignore[arg-type]
-        identity_id=identity.id,  # type: ignore[arg-type]
+        identity_id=identity.id,
         provider=asserted.provider.name,
         subject=asserted.subject,
         acr=asserted.acr,
@@ -149,11 +161,7 @@ def record_login(db: Session, asserted: AssertedLogin, *, linking_user: User | N
         logged_in_at=now,
     )
     db.add(login)
-    try:
-        db.commit()
-    except IntegrityError as exc:  # a concurrent first login of the same identity
-        db.rollback()
-        raise Conflict("This identity was linked at the same moment by another login; try again.") from exc
+    db.flush()
     return user, login
 
 

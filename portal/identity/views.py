@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
+from portal.authz import Action, require
 from portal.db import get_db
 from portal.errors import InvalidInput, LoginRefused
 from portal.forms import ActionForm, apply_errors
@@ -191,6 +192,7 @@ def grant_role(user_id: int):  # type: ignore[no-untyped-def]
     form = GrantRoleForm()
     if not form.validate_on_submit():
         abort(400)
+    require(db, actor(), Action.GRANT_ROLES)  # before looking the user up: ids reveal nothing
     user = db.get(User, user_id)
     if user is None:
         abort(404)
@@ -205,6 +207,7 @@ def revoke_role(user_id: int, role: str):  # type: ignore[no-untyped-def]
     db = get_db()
     if not ActionForm().validate_on_submit():
         abort(400)
+    require(db, actor(), Action.GRANT_ROLES)
     user = db.get(User, user_id)
     if user is None or role not in {r.value for r in FactoryRole}:
         abort(404)

@@ -97,7 +97,9 @@ def _dump(model: BaseModel | list[BaseModel]):  # type: ignore[no-untyped-def]
 
 @bp.get("/organisations")
 @token_required(ApiScope.READ)
-@spec.validate(resp=Response(HTTP_200=list[OrganisationOut], HTTP_401=Problem), tags=["organisations"])
+@spec.validate(
+    resp=Response(HTTP_200=list[OrganisationOut], HTTP_401=Problem, HTTP_403=Problem), tags=["organisations"]
+)
 def list_organisations():  # type: ignore[no-untyped-def]
     """Organisations the token's owner belongs to."""
     return _dump([OrganisationOut.of(o) for o, _role in services.organisations_of(get_db(), api_user())])
@@ -105,7 +107,11 @@ def list_organisations():  # type: ignore[no-untyped-def]
 
 @bp.post("/organisations")
 @token_required(ApiScope.WRITE)
-@spec.validate(json=OrganisationIn, resp=Response(HTTP_201=OrganisationOut, HTTP_422=Problem), tags=["organisations"])
+@spec.validate(
+    json=OrganisationIn,
+    resp=Response(HTTP_201=OrganisationOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_422=Problem),
+    tags=["organisations"],
+)
 def create_organisation():  # type: ignore[no-untyped-def]
     """Register an organisation; VAT and registry numbers are validated, the caller becomes its admin."""
     body: OrganisationIn = request.context.json  # type: ignore[attr-defined]
@@ -115,7 +121,10 @@ def create_organisation():  # type: ignore[no-untyped-def]
 
 @bp.get("/organisations/<int:organisation_id>")
 @token_required(ApiScope.READ)
-@spec.validate(resp=Response(HTTP_200=OrganisationOut, HTTP_404=Problem), tags=["organisations"])
+@spec.validate(
+    resp=Response(HTTP_200=OrganisationOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem),
+    tags=["organisations"],
+)
 def get_organisation(organisation_id: int):  # type: ignore[no-untyped-def]
     return _dump(OrganisationOut.of(services.get_organisation(get_db(), api_user(), organisation_id)))
 
@@ -123,7 +132,9 @@ def get_organisation(organisation_id: int):  # type: ignore[no-untyped-def]
 @bp.post("/organisations/<int:organisation_id>/projects")
 @token_required(ApiScope.WRITE)
 @spec.validate(
-    json=ProjectIn, resp=Response(HTTP_201=ProjectOut, HTTP_403=Problem, HTTP_404=Problem), tags=["projects"]
+    json=ProjectIn,
+    resp=Response(HTTP_201=ProjectOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem),
+    tags=["projects"],
 )
 def create_project(organisation_id: int):  # type: ignore[no-untyped-def]
     """Create a project owned by the organisation; the caller becomes its PI."""
@@ -136,7 +147,7 @@ def create_project(organisation_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/projects")
 @token_required(ApiScope.READ)
-@spec.validate(resp=Response(HTTP_200=list[ProjectOut], HTTP_401=Problem), tags=["projects"])
+@spec.validate(resp=Response(HTTP_200=list[ProjectOut], HTTP_401=Problem, HTTP_403=Problem), tags=["projects"])
 def list_projects():  # type: ignore[no-untyped-def]
     """The projects the token's owner is a member of."""
     return _dump([ProjectOut.of(s.project) for s in services.projects_of(get_db(), api_user())])
@@ -144,14 +155,18 @@ def list_projects():  # type: ignore[no-untyped-def]
 
 @bp.get("/projects/<int:project_id>")
 @token_required(ApiScope.READ)
-@spec.validate(resp=Response(HTTP_200=ProjectOut, HTTP_404=Problem), tags=["projects"])
+@spec.validate(
+    resp=Response(HTTP_200=ProjectOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem), tags=["projects"]
+)
 def get_project(project_id: int):  # type: ignore[no-untyped-def]
     return _dump(ProjectOut.of(services.get_project(get_db(), api_user(), project_id)))
 
 
 @bp.get("/projects/<int:project_id>/members")
 @token_required(ApiScope.READ)
-@spec.validate(resp=Response(HTTP_200=list[MemberOut], HTTP_404=Problem), tags=["projects"])
+@spec.validate(
+    resp=Response(HTTP_200=list[MemberOut], HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem), tags=["projects"]
+)
 def list_members(project_id: int):  # type: ignore[no-untyped-def]
     db, user = get_db(), api_user()
     project = services.get_project(db, user, project_id)
@@ -167,7 +182,7 @@ def list_members(project_id: int):  # type: ignore[no-untyped-def]
 @token_required(ApiScope.WRITE)
 @spec.validate(
     json=InvitationIn,
-    resp=Response(HTTP_201=InvitationOut, HTTP_403=Problem, HTTP_404=Problem, HTTP_422=Problem),
+    resp=Response(HTTP_201=InvitationOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem, HTTP_422=Problem),
     tags=["projects"],
 )
 def invite(project_id: int):  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from types import ModuleType
 
 from stdnum.eu import vat as eu_vat
 from stdnum.exceptions import ValidationError
+from stdnum.util import clean
 
 #: EU member states by ISO code; VAT numbers use "EL" for Greece.
 EU_COUNTRIES = frozenset(
@@ -40,6 +41,9 @@ EU_COUNTRIES = frozenset(
         "SK",
     ]
 )
+
+#: Prefixes of EU VAT numbers (Greece's is "EL", Northern Ireland's "XI").
+VAT_PREFIXES = frozenset((EU_COUNTRIES - {"GR"}) | {"EL", "XI"})
 
 #: Country -> stdnum module validating its business or institution registry number.
 REGISTRY_VALIDATORS: dict[str, str] = {
@@ -89,7 +93,9 @@ def _why(exc: ValidationError) -> str:
 def normalise_vat_number(country: str, value: str) -> str:
     """The VAT number in its compact form with country prefix, or IdentifierError with the reason."""
     country = country.upper()
-    compact = eu_vat.compact(value)
+    # Not eu_vat.compact(): it raises (uncaught, a 500) on a number without a known country prefix,
+    # which the form explicitly allows.
+    compact = clean(value, " -./,").upper().strip()
     if country not in EU_COUNTRIES:
         module = _cc_module(country, "vat")
         if module is None:
@@ -99,7 +105,7 @@ def normalise_vat_number(country: str, value: str) -> str:
         except ValidationError as exc:
             raise IdentifierError(f"This is not a valid {country} VAT number: {_why(exc)}.") from exc
     prefix = _vat_prefix(country)
-    if compact[:2].isalpha() and compact[:2] != prefix:
+    if compact[:2] in VAT_PREFIXES and compact[:2] != prefix:
         raise IdentifierError(
             f"This VAT number belongs to {compact[:2]}, but the organisation is in {country}; "
             f"a {country} VAT number starts with {prefix}."

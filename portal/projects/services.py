@@ -103,20 +103,26 @@ def create_organisation(
         vat_number=normalised_vat,
         created_by_id=actor.id,  # type: ignore[arg-type]
     )
-    db.add(organisation)
-    db.flush()
-    db.add(
-        OrganisationMembership(
-            organisation_id=organisation.id,  # type: ignore[arg-type]
-            user_id=actor.id,  # type: ignore[arg-type]
-            role=OrganisationRole.ADMIN,
-        )
-    )
     try:
+        db.add(organisation)
+        db.flush()
+        db.add(
+            OrganisationMembership(
+                organisation_id=organisation.id,  # type: ignore[arg-type]
+                user_id=actor.id,  # type: ignore[arg-type]
+                role=OrganisationRole.ADMIN,
+            )
+        )
         db.commit()
-    except IntegrityError as exc:
+    except IntegrityError as exc:  # the same registry number, registered at the same moment
         db.rollback()
-        raise Conflict("An organisation with this registry number was registered at the same moment.") from exc
+        raise InvalidInput(
+            "The organisation could not be registered.",
+            errors={
+                "registry_id": "An organisation with this registry number was registered at the same moment; "
+                "ask its admin to invite you."
+            },
+        ) from exc
     return organisation
 
 

@@ -1,0 +1,168 @@
+"""Turning usage from Slurm and site agents into ledger charges, each exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from portal.authz import Action, require
+from portal.errors import InvalidInput, NotFound
+from portal.identity.models import User
+from portal.ledger.models import Allocation, LedgerEntry, Resource, ResourceKind
+from portal.ledger.services import UsageCharge, charge_usage_batch
+from portal.metering.models import SlurmAccount, UsageRecord, UsageSource
+from portal.metering.sacct import SacctJob, SacctProblem, read_sacct, why_not_charged
+
+#: Charges committed per transaction while importing.
+BATCH_SIZE = 1000
+
+
+@dataclass
+class ImportReport:
+    lines: int = 0
+    charged: int = 0
+    #: Jobs charged by an earlier import (or twice in this file): nothing happened.
+    already_charged: int = 0
+    #: Reason -> how many jobs were skipped for it (steps, unfinished, ...).
+    skipped: dict[str, int] = field(default_factory=dict)
+    #: Lines that could not be read, with their numbers and why.
+    problems: list[SacctProblem] = field(default_factory=list)
+    #: Base units charged, per allocation.
+    charged_per_allocation: dict[int, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+@dataclass(frozen=True)
+class _Pending:
+    charge: UsageCharge
+    origin: str
+    external_id: str
+    username: str
+    started_at: datetime
+    ended_at: datetime
+
+
+def _record_usage(db: Session, source: UsageSource, pending: dict[str, _Pending]):  # type: ignore[no-untyped-def]
+    def record(charge: UsageCharge, entry: LedgerEntry) -> None:
+        item = pending[charge.key]
+        db.add(
+            UsageRecord(
+                source=source,
+                origin=item.origin,
+                external_id=item.external_id,
+                allocation_id=charge.allocation_id,
+                ledger_entry_id=entry.id,  # type: ignore[arg-type]
+                username=item.username,
+                started_at=item.started_at,
+                ended_at=item.ended_at,
+                quantity=charge.amount,
+            )
+        )
+
+    return record
+
+
+def _flush_batch(db: Session, source: UsageSource, batch: dict[str, _Pending], report: ImportReport) -> None:
+    if not batch:
+        return
+    charged = charge_usage_batch(db, [p.charge for p in batch.values()], record=_record_usage(db, source, batch))
+    report.charged += len(charged)
+    report.already_charged += len(batch) - len(charged)
+    for charge, _entry in charged:
+        report.charged_per_allocation[charge.allocation_id] = (
+            report.charged_per_allocation.get(charge.allocation_id, 0) + charge.amount
+        )
+    batch.clear()
+
+
+def slurm_account_map(db: Session, cluster: str) -> dict[str, tuple[int, ResourceKind]]:
+    """Account (lower case) -> (allocation id, resource kind) for one cluster."""
+    rows = db.exec(
+        select(SlurmAccount.account, Allocation.id, Resource.kind)
+        .join(Allocation, Allocation.id == SlurmAccount.allocation_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+        .where(SlurmAccount.cluster == cluster)
+    ).all()
+    return {account: (int(allocation_id), ResourceKind(kind)) for account, allocation_id, kind in rows}
+
+
+def import_sacct(db: Session, lines: Iterable[str], *, cluster: str) -> ImportReport:
+    """Charge every finished job in sacct output once; unreadable lines are reported, the rest committed."""
+    accounts = slurm_account_map(db, cluster)
+    report = ImportReport()
+    batch: dict[str, _Pending] = {}
+    for item in read_sacct(lines):
+        report.lines = item.line_number
+        if isinstance(item, SacctProblem):
+            report.problems.append(item)
+            continue
+        job: SacctJob = item
+        if job.cluster and job.cluster != cluster:
+            report.problems.append(
+                SacctProblem(job.line_number, job.job_id, f"belongs to cluster '{job.cluster}', not '{cluster}'")
+            )
+            continue
+        reason = why_not_charged(job)
+        if reason is not None:
+            report.skip(reason)
+            continue
+        mapped = accounts.get(job.account)
+        if mapped is None:
+            report.skip(f"account '{job.account}' is not mapped to an allocation")
+            continue
+        allocation_id, kind = mapped
+        units = job.gpus if kind == ResourceKind.GPU else job.cpus
+        if units == 0:
+            report.skip(f"no {'GPUs' if kind == ResourceKind.GPU else 'CPUs'} allocated for a {kind} allocation")
+            continue
+        key = f"slurm:{cluster}:{job.job_id_raw}"
+        assert job.start is not None and job.end is not None
+        batch[key] = _Pending(
+            UsageCharge(allocation_id, units * job.elapsed_seconds, key, reason=f"Slurm job {job.job_id}"),
+            origin=cluster,
+            external_id=job.job_id_raw,
+            username=job.user,
+            started_at=job.start,
+            ended_at=job.end,
+        )
+        if len(batch) >= BATCH_SIZE:
+            _flush_batch(db, UsageSource.SLURM, batch, report)
+    _flush_batch(db, UsageSource.SLURM, batch, report)
+    return report
+
+
+def map_slurm_account(
+    db: Session, actor: User | None, *, cluster: str, account: str, allocation_id: int
+) -> SlurmAccount:
+    """Let a Slurm account on a cluster draw from an allocation (admins; ``portal slurm sync`` as None)."""
+    if actor is not None:
+        require(db, actor, Action.MANAGE_ALLOCATIONS)
+    account = account.strip().lower()
+    if not account or len(account) > 64:
+        raise InvalidInput("A Slurm account name is 1 to 64 characters.", errors={"account": "1 to 64 characters."})
+    if db.get(Allocation, allocation_id) is None:
+        raise NotFound("No such allocation.")
+    existing = db.exec(
+        select(SlurmAccount).where(SlurmAccount.cluster == cluster, SlurmAccount.account == account)
+    ).first()
+    if existing is not None:
+        if existing.allocation_id != allocation_id:
+            raise InvalidInput(
+                f"Account '{account}' on {cluster} already draws from allocation {existing.allocation_id}.",
+                errors={"account": "Already mapped."},
+            )
+        return existing
+    mapping = SlurmAccount(cluster=cluster, account=account, allocation_id=allocation_id)
+    db.add(mapping)
+    try:
+        db.commit()
+    except IntegrityError as exc:
+        db.rollback()
+        raise InvalidInput(f"Account '{account}' on {cluster} was mapped at the same moment.") from exc
+    return mapping

@@ -1,0 +1,408 @@
+"""Who may see and change which project or organisation: every such route, HTML and JSON API alike.
+
+The route table below is checked against ``app.url_map``: a route added to the app that names a project,
+organisation, invitation or user and is missing from the table fails ``test_outsider_learns_and_changes_nothing``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask import session as flask_session
+from flask.testing import FlaskClient
+from flask_wtf.csrf import generate_csrf
+from sqlmodel import Session, select
+
+from portal.identity.models import FactoryRole, RoleGrant, User
+from portal.identity.services import create_api_token, grant_role
+from portal.projects import services
+from portal.projects.models import (
+    Invitation,
+    Organisation,
+    OrganisationMembership,
+    Project,
+    ProjectMembership,
+    ProjectRole,
+)
+from tests.conftest import csrf_token, post_form
+
+#: URL arguments that name an object someone may not be allowed to see.
+OBJECT_ARGUMENTS = {"project_id", "organisation_id", "invitation_id", "user_id", "token"}
+#: Paths that deal with projects or organisations even without naming one.
+OBJECT_WORDS = ("/organisations", "/projects", "/invitations")
+
+SECRET_TITLE = "Kappa Secret Research"
+SECRET_ORG = "Hiddenorg Dynamics"
+SECRET_EMAIL = "pending-invitee@example.eu"
+MISSING_ID = 987654
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    rule: str
+    #: Form fields (HTML) or JSON body (API), valid ones: a refusal must come from the permission check.
+    data: dict[str, Any] | None = None
+    #: What an outsider gets: 404 for an object they may not know of, 403 where the route reveals nothing,
+    #: 2xx/3xx for lists and creation that only ever touch the caller's own objects.
+    outsider: int = 404
+    #: URL arguments that take another value than the world's default (``user_id`` -> ``"outsider"``).
+    args: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api(self) -> bool:
+        return self.rule.startswith("/api/")
+
+    def url(self, values: dict[str, Any]) -> str:
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            return str(values[self.args.get(name, name)])
+
+        return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", fill, self.rule)
+
+
+NEW_ORG = {"name": "Outsider Two Ltd", "kind": "sme", "country": "LT", "registry_id": "", "vat_number": ""}
+
+ROUTES: list[Route] = [
+    # --- HTML pages -----------------------------------------------------------------------------------
+    Route("GET", "/", outsider=200),
+    Route("GET", "/organisations/new", outsider=200),
+    Route("POST", "/organisations/new", NEW_ORG, outsider=302),
+    Route("GET", "/organisations/<int:organisation_id>"),
+    Route("POST", "/organisations/<int:organisation_id>/verify"),
+    Route("GET", "/organisations/<int:organisation_id>/projects/new"),
+    Route("POST", "/organisations/<int:organisation_id>/projects/new", {"title": "Intruder project"}),
+    Route("GET", "/projects/<int:project_id>"),
+    Route("GET", "/projects/<int:project_id>/edit"),
+    Route("POST", "/projects/<int:project_id>/edit", {"title": "Defaced", "description": "pwned"}),
+    Route("POST", "/projects/<int:project_id>/invitations", {"email": "intruder@example.eu", "role": "manager"}),
+    Route("POST", "/projects/<int:project_id>/invitations/<int:invitation_id>/revoke"),
+    Route("POST", "/projects/<int:project_id>/members/<int:user_id>/role", {"role": "pi"}),
+    Route("POST", "/projects/<int:project_id>/members/<int:user_id>/remove"),
+    Route("POST", "/projects/<int:project_id>/leave"),
+    # an invitation link is a capability: a guessed one finds nothing
+    Route("GET", "/invitations/<token>"),
+    Route("POST", "/invitations/<token>"),
+    # factory roles: an outsider trying to make themselves admin
+    Route("POST", "/admin/users/<int:user_id>/roles", {"role": "admin"}, outsider=403, args={"user_id": "outsider"}),
+    Route("POST", "/admin/users/<int:user_id>/roles/<role>/revoke", outsider=403),
+    # --- JSON API -------------------------------------------------------------------------------------
+    Route("GET", "/api/v1/organisations", outsider=200),
+    Route("POST", "/api/v1/organisations", {**NEW_ORG, "name": "Outsider Three Ltd"}, outsider=201),
+    Route("GET", "/api/v1/organisations/<int:organisation_id>"),
+    Route("POST", "/api/v1/organisations/<int:organisation_id>/projects", {"title": "Intruder project"}),
+    Route("GET", "/api/v1/projects", outsider=200),
+    Route("GET", "/api/v1/projects/<int:project_id>"),
+    Route("GET", "/api/v1/projects/<int:project_id>/members"),
+    Route("POST", "/api/v1/projects/<int:project_id>/invitations", {"email": "intruder@example.eu", "role": "manager"}),
+]
+
+
+def object_routes(app: Flask) -> set[tuple[str, str]]:
+    """Every (rule, method) of the app that touches a project, organisation, invitation or user."""
+    found = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "api.openapi_document":
+            continue
+        touches = (
+            rule.endpoint.startswith("projects.")
+            or bool(set(rule.arguments) & OBJECT_ARGUMENTS)
+            or any(word in rule.rule for word in OBJECT_WORDS)
+        )
+        if touches:
+            found |= {(rule.rule, m) for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
+    return found
+
+
+# --- the world: project P of organisation O, seen by its owner, members, an outsider, an admin ------------
+
+
+def new_client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type: ignore[no-untyped-def]
+    owner_client = new_client(app)
+    owner = login(owner_client, given_name="Olga", family_name="Owner")
+    org = services.create_organisation(db, owner, name=SECRET_ORG, kind="sme", country="EE", registry_id="14532901")
+    project = services.create_project(db, owner, org, title=SECRET_TITLE, description="Nobody else may read this.")
+
+    def join(client: FlaskClient, role: str, **claims: Any) -> User:
+        user = login(client, **claims)
+        _invitation, link = services.invite_member(db, settings, owner, project, email=user.email or "", role=role)
+        services.accept_invitation(db, user, link.rsplit("/", 1)[1])
+        return user
+
+    member_client = new_client(app)
+    member = join(member_client, "member", given_name="Zebulon", family_name="Quartermain")
+    member2 = join(new_client(app), "member", given_name="Ysolde", family_name="Memberton")
+    invitation, _link = services.invite_member(db, settings, owner, project, email=SECRET_EMAIL, role="member")
+
+    outsider_client = new_client(app)
+    outsider = login(outsider_client, given_name="Otto", family_name="Outsider")
+    other_org = services.create_organisation(db, outsider, name="Outsider Ltd", kind="sme", country="LT")
+    other_project = services.create_project(db, outsider, other_org, title="Outsider's own project")
+    _token, outsider_token = create_api_token(db, outsider, name="probe", scopes=["read", "write"], ttl_days=30)
+
+    return SimpleNamespace(
+        owner=owner,
+        owner_client=owner_client,
+        org=org,
+        project=project,
+        member=member,
+        member_client=member_client,
+        member2=member2,
+        invitation=invitation,
+        outsider=outsider,
+        outsider_client=outsider_client,
+        outsider_token=outsider_token,
+        other_project=other_project,
+    )
+
+
+def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
+    values = {
+        "project_id": world.project.id,
+        "organisation_id": world.org.id,
+        "invitation_id": world.invitation.id,
+        "user_id": world.member.id,
+        "outsider": world.outsider.id,
+        "token": "guessed-" + "x" * 40,
+        "role": "admin",
+    }
+    values.update(overrides)
+    return values
+
+
+def snapshot(db: Session, world: SimpleNamespace) -> dict[str, Any]:
+    """Everything an outsider might try to change about P and O (and the factory roles)."""
+    db.expire_all()
+    project = db.get(Project, world.project.id)
+    org = db.get(Organisation, world.org.id)
+    assert project is not None and org is not None
+    return {
+        "project": (project.title, project.description, project.archived_at, project.organisation_id),
+        "organisation": (org.name, org.registry_id, org.vat_number, org.verified_at),
+        "projects of O": sorted(db.exec(select(Project.id).where(Project.organisation_id == org.id)).all()),
+        "members": sorted(
+            (m.user_id, m.role)
+            for m in db.exec(select(ProjectMembership).where(ProjectMembership.project_id == project.id))
+        ),
+        "organisation members": sorted(
+            (m.user_id, m.role)
+            for m in db.exec(select(OrganisationMembership).where(OrganisationMembership.organisation_id == org.id))
+        ),
+        "invitations": sorted(
+            (i.id, i.email, i.role, i.accepted_at, i.revoked_at)
+            for i in db.exec(select(Invitation).where(Invitation.project_id == project.id))
+        ),
+        "factory roles": sorted((g.user_id, g.role) for g in db.exec(select(RoleGrant))),
+    }
+
+
+def call(client: FlaskClient, route: Route, url: str, *, bearer: str | None = None, csrf: str | None = None):  # type: ignore[no-untyped-def]
+    if route.api:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        if route.method == "GET":
+            return client.get(url, headers=headers)
+        return client.post(url, json=route.data or {}, headers=headers)
+    if route.method == "GET":
+        return client.get(url)
+    return client.post(url, data={"csrf_token": csrf or csrf_token(client), **(route.data or {})})
+
+
+def scrub(body: str) -> str:
+    """A page without what differs between two requests anyway (CSRF tokens, flashed messages)."""
+    body = re.sub(r'<div class="flashes".*?</div>', "", body, flags=re.DOTALL)
+    body = re.sub(r'name="csrf_token" value="[^"]*"', "", body)
+    return re.sub(r"\s+", " ", body)
+
+
+# --- the table-driven test -------------------------------------------------------------------------------
+
+
+def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: SimpleNamespace) -> None:
+    table = {(r.rule, r.method) for r in ROUTES}
+    assert len(table) == len(ROUTES), "a route is listed twice"
+    missing = object_routes(app) - table
+    assert not missing, f"routes missing from ROUTES in {__name__}: {sorted(missing)}"
+    stale = table - object_routes(app)
+    assert not stale, f"ROUTES lists routes the app no longer has: {sorted(stale)}"
+
+    adapter = app.url_map.bind("localhost")
+    client, values = world.outsider_client, values_for(world)
+    missing_values = values_for(
+        world, project_id=MISSING_ID, organisation_id=MISSING_ID, invitation_id=MISSING_ID, user_id=MISSING_ID
+    )
+    secrets_ = [SECRET_TITLE, SECRET_ORG, SECRET_EMAIL, "Quartermain", "Memberton", "Olga Owner"]
+    before = snapshot(db, world)
+    failures: list[str] = []
+
+    for route in ROUTES:
+        url = route.url(values)
+        matched, _args = adapter.match(url, method=route.method, return_rule=True)
+        assert matched.rule == route.rule, f"{url} reaches {matched.rule}, not {route.rule}"
+        response = call(client, route, url, bearer=world.outsider_token)
+        body = response.get_data(as_text=True)
+        where = f"{route.method} {route.rule}"
+        if response.status_code != route.outsider:
+            failures.append(f"{where}: {response.status_code}, expected {route.outsider}: {body[:300]}")
+            continue
+        if route.api and response.status_code >= 400:
+            if response.mimetype != "application/problem+json":
+                failures.append(f"{where}: {response.mimetype}, expected application/problem+json")
+            elif response.json["status"] != route.outsider:
+                failures.append(f"{where}: problem status {response.json['status']}")
+        leaked = [s for s in secrets_ if s in body]
+        if leaked:
+            failures.append(f"{where}: the response shows {leaked}")
+        if route.outsider == 404 and set(OBJECT_ARGUMENTS) & set(re.findall(r"<(?:[a-z]+:)?([a-z_]+)>", route.rule)):
+            # a non-member cannot tell P from a project that does not exist
+            other = call(client, route, route.url(missing_values), bearer=world.outsider_token)
+            if other.status_code != response.status_code or scrub(other.get_data(as_text=True)) != scrub(body):
+                failures.append(f"{where}: answers differently for an existing and a missing object")
+
+    # P's invitation or member reached through the outsider's own project, where the outsider is PI
+    own_project = values_for(world, project_id=world.other_project.id)
+    for route in ROUTES:
+        if "<int:project_id>" in route.rule and ("<int:invitation_id>" in route.rule or "<int:user_id>" in route.rule):
+            response = call(client, route, route.url(own_project), bearer=world.outsider_token)
+            if response.status_code != 404:
+                failures.append(f"{route.method} {route.rule} via own project: {response.status_code}")
+
+    assert not failures, "\n".join(failures)
+    assert snapshot(db, world) == before
+
+    # the lists the outsider may see are theirs only
+    db.expire_all()
+    projects = world.outsider_client.get(
+        "/api/v1/projects", headers={"Authorization": f"Bearer {world.outsider_token}"}
+    ).json
+    assert [p["id"] for p in projects] == [world.other_project.id]
+    dashboard = world.outsider_client.get("/").get_data(as_text=True)
+    assert "Outsider&#39;s own project" in dashboard or "Outsider's own project" in dashboard
+
+
+# --- members, managers, factory staff, anonymous callers ---------------------------------------------------
+
+
+def test_plain_member_can_view_but_not_manage_members(app: Flask, db: Session, world: SimpleNamespace) -> None:
+    client = world.member_client
+    page = client.get(f"/projects/{world.project.id}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert SECRET_TITLE in html and "Quartermain" in html and "Memberton" in html
+    assert SECRET_EMAIL not in html  # pending invitations are for managers only
+    assert "Send invitation" not in html
+
+    _t, read_token = create_api_token(db, world.member, name="member", scopes=["read", "write"], ttl_days=5)
+    auth = {"Authorization": f"Bearer {read_token}"}
+    assert client.get(f"/api/v1/projects/{world.project.id}", headers=auth).status_code == 200
+    members = client.get(f"/api/v1/projects/{world.project.id}/members", headers=auth).json
+    assert {m["user_id"]: m["role"] for m in members} == {
+        world.owner.id: "pi",
+        world.member.id: "member",
+        world.member2.id: "member",
+    }
+
+    before = snapshot(db, world)
+    p = world.project.id
+    refused = {
+        f"/projects/{p}/invitations": {"email": "friend@example.eu", "role": "manager"},
+        f"/projects/{p}/invitations/{world.invitation.id}/revoke": {},
+        f"/projects/{p}/members/{world.member2.id}/role": {"role": "manager"},
+        f"/projects/{p}/members/{world.member.id}/role": {"role": "manager"},  # promoting oneself
+        f"/projects/{p}/members/{world.owner.id}/role": {"role": "member"},
+        f"/projects/{p}/members/{world.member2.id}/remove": {},
+        f"/projects/{p}/members/{world.owner.id}/remove": {},
+        f"/projects/{p}/edit": {"title": "Renamed", "description": ""},
+    }
+    for path, data in refused.items():
+        response = post_form(client, path, data)
+        assert response.status_code == 403, (path, response.get_data(as_text=True)[:300])
+        assert "Not allowed" in response.get_data(as_text=True)
+    assert client.get(f"/projects/{p}/edit").status_code == 403
+
+    response = client.post(f"/api/v1/projects/{p}/invitations", json={"email": "friend@example.eu"}, headers=auth)
+    assert response.status_code == 403
+    assert response.mimetype == "application/problem+json"
+    assert response.json["status"] == 403
+    assert snapshot(db, world) == before
+
+
+def test_factory_admin_can_view_any_project(app: Flask, db: Session, world: SimpleNamespace, login) -> None:  # type: ignore[no-untyped-def]
+    client = new_client(app)
+    admin = login(client, given_name="Ada", family_name="Admin")
+    assert client.get(f"/projects/{world.project.id}").status_code == 404  # not before the grant
+    grant_role(db, None, admin, FactoryRole.ADMIN)
+
+    page = client.get(f"/projects/{world.project.id}")
+    assert page.status_code == 200
+    assert SECRET_TITLE in page.get_data(as_text=True)
+    assert "Quartermain" in page.get_data(as_text=True)
+    org_page = client.get(f"/organisations/{world.org.id}")
+    assert org_page.status_code == 200
+    assert SECRET_TITLE in org_page.get_data(as_text=True)
+
+    _t, token = create_api_token(db, admin, name="admin", scopes=["read"], ttl_days=5)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.get(f"/api/v1/projects/{world.project.id}", headers=auth).json["title"] == SECRET_TITLE
+    assert client.get(f"/api/v1/organisations/{world.org.id}", headers=auth).json["name"] == SECRET_ORG
+    assert len(client.get(f"/api/v1/projects/{world.project.id}/members", headers=auth).json) == 3
+
+
+def anonymous_csrf_token(app: Flask, client: FlaskClient) -> str:
+    """A CSRF token for a client that is not logged in (no page shows one): so that what refuses the
+    POSTs below is the login requirement, not the CSRF check. Only the CSRF secret goes into the session."""
+    with app.test_request_context():
+        token = generate_csrf()
+        raw = flask_session["csrf_token"]
+    with client.session_transaction() as s:
+        s["csrf_token"] = raw
+    return token
+
+
+def test_anonymous_callers_are_sent_to_login_or_get_401(app: Flask, db: Session, world: SimpleNamespace) -> None:
+    client = new_client(app)
+    csrf = anonymous_csrf_token(app, client)
+    values = values_for(world)
+    before = snapshot(db, world)
+    for route in ROUTES:
+        url = route.url(values)
+        response = call(client, route, url, csrf=csrf)
+        where = f"{route.method} {route.rule}"
+        if route.api:
+            assert response.status_code == 401, where
+            assert response.mimetype == "application/problem+json", where
+            assert response.json["status"] == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        elif route.rule == "/":
+            assert response.status_code == 200  # the public welcome page
+            assert SECRET_TITLE not in response.get_data(as_text=True)
+        else:
+            assert response.status_code == 302, (where, response.get_data(as_text=True)[:300])
+            assert response.headers["Location"].startswith("/login?next="), where
+    assert snapshot(db, world) == before
+
+
+def test_manager_can_manage_members_but_not_hand_over_the_pi_role(
+    app: Flask, db: Session, world: SimpleNamespace
+) -> None:
+    services.change_member_role(db, world.owner, world.project, world.member.id, ProjectRole.MANAGER)
+    client = world.member_client
+    p = world.project.id
+    page = client.get(f"/projects/{p}").get_data(as_text=True)
+    assert SECRET_EMAIL in page and "Send invitation" in page
+
+    assert post_form(client, f"/projects/{p}/members/{world.member2.id}/role", {"role": "manager"}).status_code == 302
+    assert post_form(client, f"/projects/{p}/members/{world.member.id}/role", {"role": "pi"}).status_code == 409
+    assert post_form(client, f"/projects/{p}/members/{world.owner.id}/remove").status_code == 409
+    db.expire_all()
+    roles = {m.user_id: m.role for m in db.exec(select(ProjectMembership).where(ProjectMembership.project_id == p))}
+    assert roles == {world.owner.id: "pi", world.member.id: "manager", world.member2.id: "manager"}
