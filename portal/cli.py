@@ -108,6 +108,11 @@ def grant_role_command(email: str, role: str) -> None:
     click.echo(f"{user.display_name} <{user.email}> is now {role}")
 
 
+from portal.metering.cli import usage  # noqa: E402
+
+main.add_command(usage)
+
+
 @main.command()
 @click.option("--port", default=5000, show_default=True)
 @click.option("--provider-port", default=9400, show_default=True, help="First port of the local OIDC providers.")

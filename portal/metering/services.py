@@ -122,6 +122,9 @@ def import_sacct(db: Session, lines: Iterable[str], *, cluster: str) -> ImportRe
             report.skip(f"no {'GPUs' if kind == ResourceKind.GPU else 'CPUs'} allocated for a {kind} allocation")
             continue
         key = f"slurm:{cluster}:{job.job_id_raw}"
+        if key in batch:
+            report.already_charged += 1
+            continue
         assert job.start is not None and job.end is not None
         batch[key] = _Pending(
             UsageCharge(allocation_id, units * job.elapsed_seconds, key, reason=f"Slurm job {job.job_id}"),
