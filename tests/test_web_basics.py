@@ -12,8 +12,8 @@ def test_healthz_reports_a_migrated_database(client):
     assert response.json["database"] == {
         "dialect": "sqlite",
         "ok": True,
-        "revision": "0002",
-        "head": "0002",
+        "revision": "0003",
+        "head": "0003",
         "migrated": True,
     }
 

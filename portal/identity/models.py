@@ -100,6 +100,8 @@ class RoleGrant(SQLModel, table=True):
 class ApiScope(StrEnum):
     READ = "read"
     WRITE = "write"
+    #: Site agents reporting usage; such a token is bound to one site.
+    USAGE_WRITE = "usage:write"
 
 
 class ApiToken(SQLModel, table=True):
@@ -114,6 +116,8 @@ class ApiToken(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     digest: str = Field(max_length=64, unique=True)
     scopes: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    #: The site a ``usage:write`` token reports for; None for personal tokens.
+    site_id: int | None = Field(default=None, foreign_key="sites.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -197,3 +197,15 @@ class CapacityReservation(SQLModel, table=True):
     allocation_id: int = Field(foreign_key="allocations.id", index=True)
     period_id: int = Field(foreign_key="capacity_periods.id", index=True)
     amount: int = Field(sa_type=sa.BigInteger)
+
+
+class DailyUsage(SQLModel, table=True):
+    """Usage per allocation and UTC day, kept up to date in the charge's transaction, so that charts and
+    burn rates read a few rows instead of the whole ledger."""
+
+    __tablename__ = "daily_usage"
+
+    allocation_id: int = Field(foreign_key="allocations.id", primary_key=True)
+    day: date = Field(primary_key=True)
+    #: Base units charged as usage on that day (by the usage's end time).
+    amount: int = Field(default=0, sa_type=sa.BigInteger)
