@@ -21,6 +21,7 @@ from portal.ledger.models import (
     Allocation,
     CapacityPeriod,
     CapacityReservation,
+    DailyUsage,
     EntryKind,
     LedgerEntry,
     Resource,
@@ -113,6 +114,15 @@ class LedgerMachine(RuleBasedStateMachine):
             .group_by(LedgerEntry.idempotency_key)
         ).all()
         assert {key: (count, -total) for key, count, total in rows} == {k: (1, v) for k, v in self.usage.items()}
+
+    @invariant()
+    def daily_usage_adds_up_to_what_each_allocation_used(self) -> None:
+        for allocation in self.db.exec(select(Allocation)).all():
+            self.db.refresh(allocation)
+            daily = self.db.exec(
+                select(func.coalesce(func.sum(DailyUsage.amount), 0)).where(DailyUsage.allocation_id == allocation.id)
+            ).one()
+            assert daily == allocation.used
 
     @invariant()
     def capacity_is_never_exceeded_and_reservations_add_up(self) -> None:

@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -31,6 +33,7 @@ from portal.ledger.models import (
     AllocationState,
     CapacityPeriod,
     CapacityReservation,
+    DailyUsage,
     EntryKind,
     LedgerEntry,
     Resource,
@@ -390,6 +393,8 @@ class UsageCharge:
     amount: int
     key: str
     reason: str = ""
+    #: The UTC day the usage counts for in charts and burn rates (its end); today when not given.
+    day: date | None = None
 
 
 def charge_usage(
@@ -497,11 +502,33 @@ def _charge_batch_once(
         _update_state(db, allocation)
         touched.append((allocation, previous))
         charged.extend(zip(group, entries, strict=True))
+    _add_daily_usage(db, [charge for charge, _entry in charged])
     if record is not None:
         for charge, entry in charged:
             record(charge, entry)
         db.flush()
     return charged, touched
+
+
+def _add_daily_usage(db: Session, charges: list[UsageCharge]) -> None:
+    """Add charges to the per-day aggregates with an upsert (atomic on SQLite and PostgreSQL)."""
+    today = utcnow().date()
+    totals: dict[tuple[int, date], int] = {}
+    for charge in charges:
+        key = (charge.allocation_id, charge.day or today)
+        totals[key] = totals.get(key, 0) + charge.amount
+    if not totals:
+        return
+    dialect = db.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    table = DailyUsage.__table__  # type: ignore[attr-defined]
+    for (allocation_id, day), amount in sorted(totals.items()):
+        statement = insert(table).values(allocation_id=allocation_id, day=day, amount=amount)
+        db.execute(
+            statement.on_conflict_do_update(
+                index_elements=["allocation_id", "day"], set_={"amount": table.c.amount + statement.excluded.amount}
+            )
+        )
 
 
 def transfer(

@@ -127,7 +127,9 @@ def import_sacct(db: Session, lines: Iterable[str], *, cluster: str) -> ImportRe
             continue
         assert job.start is not None and job.end is not None
         batch[key] = _Pending(
-            UsageCharge(allocation_id, units * job.elapsed_seconds, key, reason=f"Slurm job {job.job_id}"),
+            UsageCharge(
+                allocation_id, units * job.elapsed_seconds, key, reason=f"Slurm job {job.job_id}", day=job.end.date()
+            ),
             origin=cluster,
             external_id=job.job_id_raw,
             username=job.user,
