@@ -3,7 +3,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import portal.models  # noqa: F401  (every table registers itself on SQLModel.metadata)
+import portal.models
 from portal.db import StrEnumType, make_engine
 
 config = context.config
