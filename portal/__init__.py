@@ -59,10 +59,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from portal.api import init_app as init_api
     from portal.health import bp as health_bp
     from portal.identity.views import bp as identity_bp
+    from portal.ledger.views import bp as ledger_bp
     from portal.projects.views import bp as projects_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(identity_bp)
     app.register_blueprint(projects_bp)
+    app.register_blueprint(ledger_bp)
     init_api(app)
     return app

@@ -17,6 +17,7 @@ from portal.authz import factory_roles
 from portal.config import AssuranceLevel, Settings
 from portal.db import get_db
 from portal.errors import DomainError
+from portal.formatting import quantity
 from portal.identity.models import Login, User
 
 csrf = CSRFProtect()
@@ -56,6 +57,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     login_manager.user_loader(_load_user)
 
     app.context_processor(_template_globals)
+    app.add_template_filter(quantity, "quantity")
     app.register_error_handler(DomainError, _domain_error)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -20,6 +20,7 @@ from sqlmodel import Session, select
 
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.identity.services import create_api_token, grant_role
+from portal.ledger.models import Allocation, LedgerEntry
 from portal.projects import services
 from portal.projects.models import (
     Invitation,
@@ -30,9 +31,10 @@ from portal.projects.models import (
     ProjectRole,
 )
 from tests.conftest import csrf_token, post_form
+from tests.ledger_world import make_world, open_q1
 
 #: URL arguments that name an object someone may not be allowed to see.
-OBJECT_ARGUMENTS = {"project_id", "organisation_id", "invitation_id", "user_id", "token"}
+OBJECT_ARGUMENTS = {"project_id", "organisation_id", "invitation_id", "user_id", "token", "allocation_id"}
 #: Paths that deal with projects or organisations even without naming one.
 OBJECT_WORDS = ("/organisations", "/projects", "/invitations")
 
@@ -85,6 +87,10 @@ ROUTES: list[Route] = [
     Route("POST", "/projects/<int:project_id>/members/<int:user_id>/role", {"role": "pi"}),
     Route("POST", "/projects/<int:project_id>/members/<int:user_id>/remove"),
     Route("POST", "/projects/<int:project_id>/leave"),
+    Route("GET", "/projects/<int:project_id>/allocations/<int:allocation_id>"),
+    Route("GET", "/projects/<int:project_id>/allocations/<int:allocation_id>/entries"),
+    Route("POST", "/projects/<int:project_id>/allocations/<int:allocation_id>/release", {"hours": "5"}),
+    Route("POST", "/projects/<int:project_id>/allocations/transfer", {"from_id": "0", "to_id": "0", "hours": "5"}),
     # an invitation link is a capability: a guessed one finds nothing
     Route("GET", "/invitations/<token>"),
     Route("POST", "/invitations/<token>"),
@@ -149,6 +155,9 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
     other_org = services.create_organisation(db, outsider, name="Outsider Ltd", kind="sme", country="LT")
     other_project = services.create_project(db, outsider, other_org, title="Outsider's own project")
     _token, outsider_token = create_api_token(db, outsider, name="probe", scopes=["read", "write"], ttl_days=30)
+    ledger_world = make_world(db)
+    allocation = open_q1(db, ledger_world, 100, project=project, title="Secret GPU hours")
+    second_allocation = open_q1(db, ledger_world, 50, project=project, title="Second GPU hours")
 
     return SimpleNamespace(
         owner=owner,
@@ -163,6 +172,8 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
         outsider_client=outsider_client,
         outsider_token=outsider_token,
         other_project=other_project,
+        allocation=allocation,
+        second_allocation=second_allocation,
     )
 
 
@@ -172,6 +183,7 @@ def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
         "organisation_id": world.org.id,
         "invitation_id": world.invitation.id,
         "user_id": world.member.id,
+        "allocation_id": world.allocation.id,
         "outsider": world.outsider.id,
         "token": "guessed-" + "x" * 40,
         "role": "admin",
@@ -203,6 +215,11 @@ def snapshot(db: Session, world: SimpleNamespace) -> dict[str, Any]:
             for i in db.exec(select(Invitation).where(Invitation.project_id == project.id))
         ),
         "factory roles": sorted((g.user_id, g.role) for g in db.exec(select(RoleGrant))),
+        "allocations": sorted(
+            (a.id, a.balance, a.credited, a.reserved, a.state)
+            for a in db.exec(select(Allocation).where(Allocation.project_id == project.id))
+        ),
+        "ledger entries": len(db.exec(select(LedgerEntry)).all()),
     }
 
 
@@ -238,7 +255,12 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
     adapter = app.url_map.bind("localhost")
     client, values = world.outsider_client, values_for(world)
     missing_values = values_for(
-        world, project_id=MISSING_ID, organisation_id=MISSING_ID, invitation_id=MISSING_ID, user_id=MISSING_ID
+        world,
+        project_id=MISSING_ID,
+        organisation_id=MISSING_ID,
+        invitation_id=MISSING_ID,
+        user_id=MISSING_ID,
+        allocation_id=MISSING_ID,
     )
     secrets_ = [SECRET_TITLE, SECRET_ORG, SECRET_EMAIL, "Quartermain", "Memberton", "Olga Owner"]
     before = snapshot(db, world)

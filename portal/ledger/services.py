@@ -24,6 +24,7 @@ from sqlmodel import Session, col, func, select
 from portal.authz import Action, require
 from portal.db import utcnow
 from portal.errors import Conflict, InvalidInput, NotFound
+from portal.formatting import quantity
 from portal.identity.models import User
 from portal.ledger.models import (
     CREDIT_KINDS,
@@ -112,8 +113,9 @@ def _move(
         condition = sa.and_(condition, table.c.balance + amount >= floor)
     row = db.execute(sa.update(table).where(condition).values(**values).returning(table.c.balance)).first()
     if row is None:
+        kind = _kind(db, allocation)
         raise InsufficientBalance(
-            f"The allocation has {allocation.balance} {_unit(db, allocation)} left; {-amount} were asked for."
+            f"The allocation has {quantity(allocation.balance, kind)} left; {quantity(-amount, kind)} were asked for."
         )
     entry = LedgerEntry(
         allocation_id=allocation.id,  # type: ignore[arg-type]
@@ -130,9 +132,10 @@ def _move(
     return entry
 
 
-def _unit(db: Session, allocation: Allocation) -> str:
+def _kind(db: Session, allocation: Allocation) -> ResourceKind:
     resource = db.get(Resource, allocation.resource_id)
-    return resource.base_unit + "s" if resource else "units"
+    assert resource is not None
+    return resource.kind
 
 
 def _once(db: Session, key: str | None, work: Callable[[], T], replay: Callable[[LedgerEntry], T]) -> T:
@@ -810,16 +813,6 @@ def balance_mismatches(db: Session) -> list[BalanceMismatch]:
         .where(Allocation.balance != func.coalesce(sums.c.total, 0))
     ).all()
     return [BalanceMismatch(int(a), int(b), int(s)) for a, b, s in rows]
-
-
-def entries_page(
-    db: Session, allocation_id: int, *, before_id: int | None = None, limit: int = 50
-) -> list[LedgerEntry]:
-    """A page of entries, newest first, by keyset (cost independent of the ledger's length)."""
-    stmt = select(LedgerEntry).where(LedgerEntry.allocation_id == allocation_id)
-    if before_id is not None:
-        stmt = stmt.where(col(LedgerEntry.id) < before_id)
-    return list(db.exec(stmt.order_by(col(LedgerEntry.id).desc()).limit(limit)))
 
 
 __all__ = [

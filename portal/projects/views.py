@@ -9,6 +9,8 @@ from portal.authz import Action, allowed
 from portal.db import get_db, utcnow
 from portal.errors import DomainError, InvalidInput
 from portal.forms import ActionForm, apply_errors
+from portal.ledger import statements
+from portal.ledger.forms import TransferForm
 from portal.projects import services
 from portal.projects.forms import InviteForm, MemberRoleForm, OrganisationForm, ProjectForm
 from portal.projects.models import ProjectRole
@@ -107,6 +109,9 @@ def _project_page(project_id: int, *, invite_form: InviteForm | None = None, sta
     db, me = get_db(), actor()
     project = services.get_project(db, me, project_id)
     can_manage = allowed(db, me, Action.MANAGE_MEMBERS, project)
+    allocations = statements.allocations_of_project(db, me, project)
+    transfer_form = TransferForm(formdata=None)
+    transfer_form.set_choices(allocations)
     return (
         render_template(
             "projects/project.html",
@@ -116,6 +121,9 @@ def _project_page(project_id: int, *, invite_form: InviteForm | None = None, sta
             invitations=services.invitations_of(db, me, project) if can_manage else [],
             can_manage=can_manage,
             can_edit=allowed(db, me, Action.EDIT_PROJECT, project),
+            allocations=allocations,
+            can_manage_allocations=allowed(db, me, Action.MANAGE_ALLOCATIONS_OF_PROJECT, project),
+            transfer_form=transfer_form,
             invite_form=invite_form or InviteForm(formdata=None),
             roles=list(ProjectRole),
             action_form=ActionForm(),
