@@ -108,9 +108,11 @@ def grant_role_command(email: str, role: str) -> None:
     click.echo(f"{user.display_name} <{user.email}> is now {role}")
 
 
+from portal.ledger.cli import sites  # noqa: E402
 from portal.metering.cli import usage  # noqa: E402
 
 main.add_command(usage)
+main.add_command(sites)
 
 
 @main.command()

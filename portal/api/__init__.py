@@ -13,7 +13,7 @@ from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from portal.db import get_db
 from portal.errors import AuthenticationRequired, InvalidInput
-from portal.identity.models import ApiScope, User
+from portal.identity.models import ApiScope, ApiToken, User
 from portal.identity.services import authenticate_api_token
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -77,7 +77,7 @@ def token_required(scope: ApiScope) -> Callable[[Callable[..., Any]], Callable[.
             kind, _, token = header.partition(" ")
             if kind.lower() != "bearer" or not token.strip():
                 raise AuthenticationRequired("Send a personal API token: 'Authorization: Bearer <token>'.")
-            g.api_user = authenticate_api_token(get_db(), token.strip(), scope=scope)
+            g.api_user, g.api_token = authenticate_api_token(get_db(), token.strip(), scope=scope)
             if request.method in ("POST", "PUT", "PATCH") and not request.is_json:
                 raise InvalidInput("Send the request body as application/json.")
             return view(*args, **kwargs)
@@ -91,6 +91,10 @@ def api_user() -> User:
     return g.api_user  # type: ignore[no-any-return]
 
 
+def api_token() -> ApiToken:
+    return g.api_token  # type: ignore[no-any-return]
+
+
 @bp.get("/openapi.json")
 def openapi_document():  # type: ignore[no-untyped-def]
     return jsonify(spec.spec)
@@ -99,6 +103,7 @@ def openapi_document():  # type: ignore[no-untyped-def]
 def init_app(app: Flask) -> None:
     from portal import web
     from portal.identity import api as _identity_api  # noqa: F401  (routes register on bp)
+    from portal.metering import api as _metering_api  # noqa: F401
     from portal.projects import api as _projects_api  # noqa: F401
 
     web.csrf.exempt(bp)  # token auth only: no cookie, so no CSRF

@@ -281,7 +281,7 @@ def create_api_token(db: Session, actor: User, *, name: str, scopes: list[str], 
     errors = {}
     if not name:
         errors["name"] = "Give the token a name, so you recognise it later."
-    valid_scopes = {s.value for s in ApiScope}
+    valid_scopes = {ApiScope.READ.value, ApiScope.WRITE.value}  # usage:write tokens are made for sites
     if not scopes or not set(scopes) <= valid_scopes:
         errors["scopes"] = f"Choose scopes among: {', '.join(sorted(valid_scopes))}."
     if not 1 <= ttl_days <= 366:
@@ -316,8 +316,8 @@ def revoke_api_token(db: Session, actor: User, token_id: int) -> ApiToken:
     return token
 
 
-def authenticate_api_token(db: Session, plain: str, *, scope: ApiScope) -> User:
-    """The user behind a bearer token that is unrevoked, unexpired and has ``scope``."""
+def authenticate_api_token(db: Session, plain: str, *, scope: ApiScope) -> tuple[User, ApiToken]:
+    """The user behind a bearer token that is unrevoked, unexpired and has ``scope``, and the token."""
     token = db.exec(select(ApiToken).where(ApiToken.digest == _digest(plain))).first()
     now = utcnow()
     if token is None or token.revoked_at is not None or token.expires_at <= now:
@@ -330,4 +330,32 @@ def authenticate_api_token(db: Session, plain: str, *, scope: ApiScope) -> User:
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         token.last_used_at = now
         db.commit()
-    return user
+    return user, token
+
+
+def create_agent_token(
+    db: Session, actor: User | None, *, owner: User, site_id: int, name: str, ttl_days: int = 365
+) -> tuple[ApiToken, str]:
+    """A ``usage:write`` token for a site's usage agent; it can report usage for that site only.
+
+    ``actor`` None means the command line; ``owner`` is the staff member answerable for the agent.
+    """
+    if actor is not None:
+        require(db, actor, Action.MANAGE_CAPACITY)
+    if not name.strip():
+        raise InvalidInput("Name the agent, for example 'waw-slurm-agent'.", errors={"name": "Required."})
+    if not 1 <= ttl_days <= 3 * 366:
+        raise InvalidInput("An agent token lives between 1 day and 3 years.", errors={"ttl_days": "Out of range."})
+    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        user_id=owner.id,  # type: ignore[arg-type]
+        name=name.strip()[:100],
+        prefix=plain[: len(TOKEN_PREFIX) + 6],
+        digest=_digest(plain),
+        scopes=[ApiScope.USAGE_WRITE.value],
+        site_id=site_id,
+        expires_at=utcnow() + timedelta(days=ttl_days),
+    )
+    db.add(token)
+    db.commit()
+    return token, plain

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from portal.authz import Action, require
 from portal.errors import InvalidInput, NotFound
 from portal.identity.models import User
-from portal.ledger.models import Allocation, LedgerEntry, Resource, ResourceKind
+from portal.ledger.models import Allocation, LedgerEntry, Resource, ResourceKind, Site
 from portal.ledger.services import UsageCharge, charge_usage_batch
 from portal.metering.models import SlurmAccount, UsageRecord, UsageSource
 from portal.metering.sacct import SacctJob, SacctProblem, read_sacct, why_not_charged
@@ -171,3 +171,82 @@ def map_slurm_account(
         db.rollback()
         raise InvalidInput(f"Account '{account}' on {cluster} was mapped at the same moment.") from exc
     return mapping
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """One usage record as a site agent reports it; ``quantity`` in the allocation's base unit."""
+
+    record_id: str
+    allocation_id: int
+    quantity: int
+    started_at: datetime
+    ended_at: datetime
+    username: str = ""
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    accepted: int
+    duplicates: int
+
+
+MAX_AGENT_BATCH = 1000
+
+
+def record_agent_usage(db: Session, *, site_id: int, records: list[AgentRecord]) -> AgentResult:
+    """Charge a site agent's batch, all or nothing; a record id seen before from this site changes nothing.
+
+    Every record must name an allocation of a resource at the agent's own site.
+    """
+    site = db.get(Site, site_id)
+    if site is None:
+        raise NotFound("The token's site no longer exists.")
+    if not 1 <= len(records) <= MAX_AGENT_BATCH:
+        raise InvalidInput(f"Send between 1 and {MAX_AGENT_BATCH} records at a time.")
+    allocation_ids = {r.allocation_id for r in records}
+    sites_of = dict(
+        db.exec(
+            select(Allocation.id, Resource.site_id)
+            .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+            .where(col(Allocation.id).in_(allocation_ids))
+        ).all()
+    )
+    errors: dict[str, str] = {}
+    for index, record in enumerate(records):
+        where = f"records[{index}]"
+        if record.allocation_id not in sites_of:
+            errors[where] = f"allocation {record.allocation_id} does not exist"
+        elif sites_of[record.allocation_id] != site_id:
+            errors[where] = f"allocation {record.allocation_id} is not at site {site.code}"
+        elif record.ended_at < record.started_at:
+            errors[where] = "ended_at is before started_at"
+        elif record.quantity <= 0:
+            errors[where] = "quantity must be positive"
+    if errors:
+        raise InvalidInput(f"{len(errors)} of {len(records)} records are invalid; nothing was recorded.", errors=errors)
+    pending: dict[str, _Pending] = {}
+    duplicates = 0
+    for record in records:
+        key = f"agent:{site.code}:{record.record_id}"
+        if key in pending:
+            duplicates += 1
+            continue
+        pending[key] = _Pending(
+            UsageCharge(
+                record.allocation_id,
+                record.quantity,
+                key,
+                reason=f"{site.code} agent record {record.record_id}",
+                day=record.ended_at.date(),
+            ),
+            origin=site.code,
+            external_id=record.record_id,
+            username=record.username,
+            started_at=record.started_at,
+            ended_at=record.ended_at,
+        )
+    charged = charge_usage_batch(
+        db, [p.charge for p in pending.values()], record=_record_usage(db, UsageSource.AGENT, pending)
+    )
+    return AgentResult(accepted=len(charged), duplicates=duplicates + len(pending) - len(charged))

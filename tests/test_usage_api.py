@@ -1,0 +1,152 @@
+"""Site agents report usage over the API: bound to their site, all or nothing, each record once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from portal.identity.services import create_agent_token, create_api_token
+from portal.ledger import services as ledger
+from portal.ledger.models import Allocation, LedgerEntry, Resource, Site
+from portal.metering.models import UsageRecord
+from tests.ledger_world import HOUR, make_world, open_q1, person
+
+
+@pytest.fixture
+def site_setup(db):  # type: ignore[no-untyped-def]
+    here = make_world(db)
+    elsewhere = make_world(db)
+    allocation = open_q1(db, here, 10)
+    foreign = open_q1(db, elsewhere, 10)
+    operator = person(db, "Operator")
+    _token, plain = create_agent_token(db, None, owner=operator, site_id=here.site.id, name="agent")
+    return allocation, foreign, plain, operator
+
+
+def record(allocation_id: int, record_id: str, seconds: int, **extra):  # type: ignore[no-untyped-def]
+    return {
+        "id": record_id,
+        "allocation_id": allocation_id,
+        "quantity": seconds,
+        "user": "anna",
+        "started_at": "2030-01-05T10:00:00Z",
+        "ended_at": "2030-01-05T11:00:00+00:00",
+        **extra,
+    }
+
+
+def post(client, token, records):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/usage", json={"records": records}, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_an_agent_reports_usage_once_however_often_it_resends(client, db, site_setup):
+    allocation, _foreign, token, _operator = site_setup
+    batch = [record(allocation.id, "r-1", 2 * HOUR), record(allocation.id, "r-2", HOUR)]
+    first = post(client, token, batch)
+    assert first.status_code == 200 and first.json == {"accepted": 2, "duplicates": 0}
+    again = post(client, token, [*batch, record(allocation.id, "r-3", 60)])
+    assert again.json == {"accepted": 1, "duplicates": 2}
+    db.refresh(allocation)
+    assert allocation.used == 3 * HOUR + 60
+    usage = db.exec(select(UsageRecord).where(UsageRecord.allocation_id == allocation.id)).all()
+    assert sorted(u.external_id for u in usage) == ["r-1", "r-2", "r-3"]
+    assert {u.username for u in usage} == {"anna"}
+
+
+def test_a_batch_with_one_bad_record_is_refused_whole(client, db, site_setup):
+    allocation, foreign, token, _operator = site_setup
+    response = post(
+        client,
+        token,
+        [record(allocation.id, "ok-1", 60), record(foreign.id, "bad-1", 60), record(999_999, "bad-2", 60)],
+    )
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert response.json["errors"] == {
+        "records[1]": f"allocation {foreign.id} is not at site {agent_site_code(db, allocation)}",
+        "records[2]": "allocation 999999 does not exist",
+    }
+    assert db.exec(select(UsageRecord)).all() == []
+    db.refresh(allocation)
+    assert allocation.used == 0
+
+
+def agent_site_code(db, allocation) -> str:  # type: ignore[no-untyped-def]
+    resource = db.get(Resource, allocation.resource_id)
+    return db.get(Site, resource.site_id).code
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"started_at": "2030-01-05T10:00:00"}, "started_at"), ({"quantity": 0}, "quantity"), ({"id": ""}, "id")],
+)
+def test_malformed_records_get_a_problem_naming_the_field(client, site_setup, change, field):
+    allocation, _foreign, token, _operator = site_setup
+    response = post(client, token, [record(allocation.id, "x", 60, **change)])
+    assert response.status_code == 422
+    assert any(field in error["loc"] for error in response.json["errors"])
+
+
+def test_personal_tokens_cannot_report_usage_and_agent_tokens_cannot_read_projects(client, db, site_setup):
+    allocation, _foreign, agent_token, operator = site_setup
+    _t, personal = create_api_token(db, operator, name="mine", scopes=["read", "write"], ttl_days=5)
+    response = post(client, personal, [record(allocation.id, "p-1", 60)])
+    assert response.status_code == 403
+    assert "usage:write" in response.json["detail"]
+    assert client.get("/api/v1/projects", headers={"Authorization": f"Bearer {agent_token}"}).status_code == 403
+
+
+def test_usage_past_the_balance_exhausts_the_allocation(client, db, site_setup):
+    allocation, _foreign, token, _operator = site_setup
+    post(client, token, [record(allocation.id, "big", 12 * HOUR)])
+    db.refresh(allocation)
+    assert (allocation.balance, allocation.state) == (-2 * HOUR, "exhausted")
+    assert ledger.balance_mismatches(db) == []
+
+
+def test_the_agent_token_comes_from_the_command_line_once(app, db):
+    world = make_world(db, code="waw")
+    operator = person(db, "Ops")
+    settings = app.extensions["portal.settings"]
+    env = {
+        **os.environ,
+        "PORTAL_DATABASE_URL": settings.database_url,
+        "PORTAL_SECRET_KEY": "x",
+        "PORTAL_INSTANCE_PATH": str(settings.instance_path),
+        "PORTAL_ENV": "test",
+    }
+    portal = str(Path(sys.executable).parent / "portal")
+    result = subprocess.run(
+        [portal, "sites", "agent-token", "WAW", "--owner", operator.email, "--name", "waw-agent"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token.startswith("bafp_")
+    allocation = open_q1(db, world, 5)
+    response = app.test_client().post(
+        "/api/v1/usage",
+        json={"records": [record(allocation.id, "cli-1", 60)]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.json == {"accepted": 1, "duplicates": 0}
+    missing = subprocess.run(
+        [portal, "sites", "agent-token", "nowhere", "--owner", operator.email, "--name", "x"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 1 and "No site with the code 'nowhere'" in missing.stderr
+    assert db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == allocation.id)).all()
+    assert db.get(Allocation, allocation.id) is not None
