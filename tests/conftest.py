@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import sqlalchemy as sa
+from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlmodel import Session
@@ -197,6 +201,50 @@ def post_form(
     """POST a form the way a browser does: with the CSRF token from a page of the portal."""
     payload = {"csrf_token": csrf_token(client, page), **(data or {})}
     return client.post(path, data=payload, **kwargs)
+
+
+# --- e-mail --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Mailbox:
+    """A real SMTP server's handler (aiosmtpd) that keeps every message it receives."""
+
+    port: int = 0
+    messages: list[EmailMessage] = field(default_factory=list)
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.arrived:
+            self.messages.append(message_from_bytes(envelope.original_content, policy=policy.default))  # type: ignore[arg-type]
+            self.arrived.notify_all()
+        return "250 Message accepted for delivery"
+
+    def wait_for(self, to: str, timeout: float = 10.0) -> EmailMessage:
+        def find() -> EmailMessage | None:
+            return next((m for m in self.messages if m["To"] == to), None)
+
+        with self.arrived:
+            self.arrived.wait_for(lambda: find() is not None, timeout=timeout)
+            found = find()
+        assert found is not None, f"no e-mail to {to} within {timeout} s; got {[m['To'] for m in self.messages]}"
+        return found
+
+    @staticmethod
+    def link(message: EmailMessage) -> str:
+        """The portal path of the invitation link in a message."""
+        match = re.search(r"https?://[^/\s]+(/invitations/\S+)", message.get_content())
+        assert match, message.get_content()
+        return match.group(1)
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    box = Mailbox(port=free_port())
+    controller = Controller(box, hostname="127.0.0.1", port=box.port)
+    controller.start()
+    yield box
+    controller.stop()
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------

@@ -14,18 +14,15 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from werkzeug.serving import make_server
 
 from portal import create_app
 from portal.devstack import OIDCProviderProcess, free_port
+from tests.conftest import Mailbox
 
 pytestmark = pytest.mark.browser
 
@@ -46,40 +43,6 @@ TIMEOUT_MS = 10_000
 
 
 # --- servers -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Mailbox:
-    """An aiosmtpd handler keeping every message it receives."""
-
-    port: int = 0
-    messages: list[EmailMessage] = field(default_factory=list)
-    arrived: threading.Condition = field(default_factory=threading.Condition)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.arrived:
-            self.messages.append(message_from_bytes(envelope.original_content, policy=policy.default))
-            self.arrived.notify_all()
-        return "250 Message accepted for delivery"
-
-    def wait_for(self, to: str, timeout: float = 10.0) -> EmailMessage:
-        def find() -> EmailMessage | None:
-            return next((m for m in self.messages if m["To"] == to), None)
-
-        with self.arrived:
-            self.arrived.wait_for(lambda: find() is not None, timeout=timeout)
-            found = find()
-        assert found is not None, f"no e-mail to {to} within {timeout} s; got {[m['To'] for m in self.messages]}"
-        return found
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox(port=free_port())
-    controller = Controller(box, hostname="127.0.0.1", port=box.port)
-    controller.start()
-    yield box
-    controller.stop()
 
 
 @pytest.fixture

@@ -5,21 +5,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import time_machine
-from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlmodel import Session, func, select
 
 from portal import create_app
 from portal.config import Settings
-from portal.devstack import free_port
 from portal.identity.models import User
 from portal.projects import services
 from portal.projects.models import (
@@ -31,7 +27,7 @@ from portal.projects.models import (
     ProjectRole,
 )
 from portal.worker import purge_stale_invitations
-from tests.conftest import post_form
+from tests.conftest import Mailbox, post_form
 
 ORG_FORM = {"name": "Warsaw AI Lab", "kind": "university", "country": "PL", "registry_id": "", "vat_number": ""}
 
@@ -185,41 +181,13 @@ def test_project_title_is_required(team, db):
 # --- invitations ---------------------------------------------------------------------------------------
 
 
-class Inbox:
-    """An aiosmtpd handler keeping every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.port = 0
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        self.messages.append(message_from_bytes(envelope.content, policy=policy.default))  # type: ignore[arg-type]
-        return "250 Message accepted for delivery"
-
-    def link(self, message: EmailMessage) -> str:
-        body = message.get_content()
-        match = re.search(r"http://127\.0\.0\.1:5000(/invitations/\S+)", body)
-        assert match, body
-        return match.group(1)
-
-
 @pytest.fixture
-def inbox() -> Iterator[Inbox]:
-    handler = Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    handler.port = controller.port
-    yield handler
-    controller.stop()
-
-
-@pytest.fixture
-def make_mail_app(make_settings, inbox: Inbox) -> Iterator[Callable[..., Flask]]:  # type: ignore[no-untyped-def]
-    """An app on the same database as ``app`` that sends its mail over SMTP to ``inbox``."""
+def make_mail_app(make_settings, mailbox: Mailbox) -> Iterator[Callable[..., Flask]]:  # type: ignore[no-untyped-def]
+    """An app on the same database as ``app`` that sends its mail over SMTP to ``mailbox``."""
     apps: list[Flask] = []
 
     def factory(**overrides: Any) -> Flask:
-        application = create_app(make_settings(mail_backend="smtp", smtp_port=inbox.port, **overrides))
+        application = create_app(make_settings(mail_backend="smtp", smtp_port=mailbox.port, **overrides))
         apps.append(application)
         return application
 
@@ -242,15 +210,15 @@ def invite(team: SimpleNamespace, email: str, role: str = "member"):  # type: ig
     return post_form(team.owner_client, f"/projects/{team.project.id}/invitations", {"email": email, "role": role})
 
 
-def test_invitation_mail_link_works_once(mail_team, inbox, db, login):
+def test_invitation_mail_link_works_once(mail_team, mailbox, db, login):
     response = invite(mail_team, "Ieva.Invitee@Example.EU", "manager")
     assert response.status_code == 302
-    assert len(inbox.messages) == 1
-    message = inbox.messages[0]
+    assert len(mailbox.messages) == 1
+    message = mailbox.messages[0]
     assert message["To"] == "Ieva.Invitee@example.eu"
     assert "Baltic LLM" in message["Subject"]
     assert "Petra Principal" in message.get_content()
-    link = inbox.link(message)
+    link = mailbox.link(message)
     # the PI sees the link once, and the pending invitation in the list
     project_page = page(mail_team.owner_client.get(f"/projects/{mail_team.project.id}"))
     assert link in project_page and "Ieva.Invitee@example.eu" in project_page and "pending" in project_page
@@ -280,9 +248,9 @@ def test_invitation_mail_link_works_once(mail_team, inbox, db, login):
     assert someone_else.get("/invitations/not-a-real-token").status_code == 404
 
 
-def test_expired_invitation_is_refused_with_a_clear_page(mail_team, inbox, db, login):
+def test_expired_invitation_is_refused_with_a_clear_page(mail_team, mailbox, db, login):
     assert invite(mail_team, "late@example.eu").status_code == 302
-    link = inbox.link(inbox.messages[0])
+    link = mailbox.link(mailbox.messages[0])
     invitee_client = mail_team.app.test_client()
     invitee = login(invitee_client)
     csrf_page = page(invitee_client.get("/account"))
@@ -301,9 +269,9 @@ def test_expired_invitation_is_refused_with_a_clear_page(mail_team, inbox, db, l
     assert db.exec(select(Invitation)).one().accepted_at is None
 
 
-def test_revoked_invitation_is_refused(mail_team, inbox, db, login):
+def test_revoked_invitation_is_refused(mail_team, mailbox, db, login):
     assert invite(mail_team, "withdrawn@example.eu").status_code == 302
-    link = inbox.link(inbox.messages[0])
+    link = mailbox.link(mailbox.messages[0])
     invitation = db.exec(select(Invitation)).one()
     revoked = post_form(mail_team.owner_client, f"/projects/{mail_team.project.id}/invitations/{invitation.id}/revoke")
     assert revoked.status_code == 302
@@ -316,12 +284,12 @@ def test_revoked_invitation_is_refused(mail_team, inbox, db, login):
     assert invitee.id not in members(db, mail_team.project)
 
 
-def test_invalid_invitation_is_refused_and_sends_nothing(mail_team, inbox, db):
+def test_invalid_invitation_is_refused_and_sends_nothing(mail_team, mailbox, db):
     response = invite(mail_team, "not an address")
     assert response.status_code == 422
     assert re.search(r'<p class="error" id="email-error">[^<]+</p>', page(response))
     assert invite(mail_team, "boss@example.eu", "pi").status_code == 422  # the PI role is handed over, not invited
-    assert inbox.messages == []
+    assert mailbox.messages == []
     assert count(db, Invitation) == 0
 
 
