@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,16 @@ from werkzeug.serving import run_simple
 
 from portal import create_app
 from portal.config import OIDCProvider, Settings, load_settings
+from portal.db import utcnow
 from portal.devstack import OIDCProviderProcess
 from portal.identity.models import FactoryRole, User
 from portal.identity.services import grant_role, provision_user
+from portal.ledger import services as ledger
+from portal.ledger.catalogue import ensure_sites
+from portal.ledger.models import AllocationSource, Resource, Site
 from portal.migrations import upgrade
 from portal.projects import services as projects
+from portal.projects.models import Project
 
 log = logging.getLogger("portal.demo")
 
@@ -182,20 +188,91 @@ def seed_demo_data(db: Session, settings: Settings) -> None:
         title="Polish LLM pre-training",
         description="Continued pre-training of a 7B model on Polish text.",
     )
-    projects.create_project(
+    speech = projects.create_project(
         db,
         jonas,
         vu,
         title="Lithuanian speech recognition",
         description="Fine-tuning Whisper models for Lithuanian dialects.",
     )
-    projects.create_project(
+    shelf = projects.create_project(
         db, liis, startup, title="Retail shelf vision", description="Object detection for shelf analytics."
     )
     _invitation, link = projects.invite_member(
         db, settings, anna, llm, email="jonas.petrauskas@vu.demo.lt", role="member"
     )
     projects.accept_invitation(db, jonas, link.rsplit("/", 1)[1])
+    _seed_compute(db, llm, speech, shelf)
+
+
+def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) -> None:
+    """Sites with planned capacity, three allocations and a month of usage, so pages have something to show."""
+    today = utcnow().date()
+    month_ago = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=30)
+    ensure_sites(db, plan_quarters_from=month_ago.date(), quarters=4)
+
+    def resource(site: str, code: str) -> Resource:
+        return db.exec(
+            select(Resource).join(Site, Site.id == Resource.site_id).where(Site.code == site, Resource.code == code)  # type: ignore[arg-type]
+        ).one()
+
+    hour = 3600
+    award = ledger.open_allocation(
+        db,
+        None,
+        project=llm,
+        resource=resource("waw", "h200"),
+        amount=5_000 * hour,
+        starts_at=month_ago,
+        ends_at=month_ago + timedelta(days=180),
+        source=AllocationSource.AWARD,
+        title="Fast Lane award (H200)",
+        idempotency_key="demo:award:llm",
+    )
+    ledger.open_allocation(
+        db,
+        None,
+        project=speech,
+        resource=resource("vno", "h200"),
+        amount=800 * hour,
+        starts_at=month_ago,
+        ends_at=month_ago + timedelta(days=90),
+        source=AllocationSource.AWARD,
+        title="Playground (H200)",
+        idempotency_key="demo:award:speech",
+    )
+    purchase = ledger.open_allocation(
+        db,
+        None,
+        project=shelf,
+        resource=resource("tll", "h200"),
+        amount=200 * hour,
+        starts_at=month_ago,
+        ends_at=month_ago + timedelta(days=180),
+        source=AllocationSource.PURCHASE,
+        title="Purchased GPU-hours",
+        idempotency_key="demo:purchase:shelf",
+    )
+    charges = [
+        ledger.UsageCharge(
+            award.id,
+            (40 + 7 * (i % 5)) * hour,
+            f"demo:llm:{i}",
+            "demo job",  # type: ignore[arg-type]
+            day=today - timedelta(days=29 - i),
+        )
+        for i in range(30)
+    ] + [
+        ledger.UsageCharge(
+            purchase.id,
+            (3 + i % 4) * hour,
+            f"demo:shelf:{i}",
+            "demo job",  # type: ignore[arg-type]
+            day=today - timedelta(days=29 - i),
+        )
+        for i in range(30)
+    ]
+    ledger.charge_usage_batch(db, charges)
 
 
 def run_demo(*, port: int, provider_port: int) -> None:
