@@ -38,6 +38,9 @@ class Action(StrEnum):
     MANAGE_ALLOCATIONS = "factory.manage_allocations"
     MANAGE_CAPACITY = "factory.manage_capacity"
     MANAGE_ALLOCATIONS_OF_PROJECT = "project.manage_allocations"
+    CREATE_CALLS = "grants.create_calls"
+    MANAGE_CALL = "grants.manage_call"
+    VIEW_CALL = "grants.view_call"
 
 
 def factory_roles(db: Session, user: User) -> set[FactoryRole]:
@@ -107,6 +110,9 @@ RULES: dict[Action, tuple[Rule, Action | None]] = {
     Action.VIEW_ALL: (lambda db, u, _t: False, None),
     Action.MANAGE_ALLOCATIONS: (lambda db, u, _t: False, None),
     Action.MANAGE_CAPACITY: (lambda db, u, _t: False, None),
+    Action.CREATE_CALLS: (lambda db, u, _t: False, None),
+    Action.MANAGE_CALL: (lambda db, u, call: call.manager_id == u.id, Action.VIEW_CALL),
+    Action.VIEW_CALL: (lambda db, u, call: call.state != "draft" or call.manager_id == u.id, None),
     Action.MANAGE_ALLOCATIONS_OF_PROJECT: (
         lambda db, u, p: project_role(db, u, p) in (ProjectRole.PI, ProjectRole.MANAGER),
         Action.VIEW_PROJECT,

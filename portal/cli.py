@@ -109,9 +109,10 @@ def grant_role_command(email: str, role: str) -> None:
 
 
 from portal.ledger.cli import sites  # noqa: E402
-from portal.metering.cli import usage  # noqa: E402
+from portal.metering.cli import slurm, usage  # noqa: E402
 
 main.add_command(usage)
+main.add_command(slurm)
 main.add_command(sites)
 
 

@@ -115,6 +115,21 @@ class OIDCProvider(BaseModel):
         return {**DEFAULT_CLAIM_MAP, **self.claim_map}[attribute]
 
 
+class SlurmClusterConfig(BaseModel):
+    """A Slurm cluster whose accounts ``portal slurm sync`` manages and whose usage the portal charges."""
+
+    #: The cluster's ``ClusterName`` (lower case, as sacct prints it).
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    #: Code of the site whose allocations run on this cluster (``waw``).
+    site: str = Field(pattern=r"^[a-z0-9]{1,16}$")
+    #: The ``sacct`` program (a path, or a name looked up on PATH).
+    sacct: str = "sacct"
+    #: The ``sacctmgr`` program (a path, or a name looked up on PATH).
+    sacctmgr: str = "sacctmgr"
+    #: ``SLURM_CONF`` for both programs, when not the host's default slurm.conf.
+    slurm_conf: str | None = None
+
+
 class Settings(BaseSettings):
     """Every setting of the portal. Environment variables are ``PORTAL_`` + the upper-cased name."""
 
@@ -156,11 +171,24 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Languages offered in the interface.
     languages: list[str] = Field(default_factory=lambda: ["en"])
+    #: Slurm clusters kept in step with the allocations (a JSON list, ``[[slurm_clusters]]`` in TOML): name, site, ...
+    slurm_clusters: list[SlurmClusterConfig] = Field(default_factory=list)
 
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("slurm_clusters")
+    @classmethod
+    def _unique_cluster_names(cls, value: list[SlurmClusterConfig]) -> list[SlurmClusterConfig]:
+        names = [c.name for c in value]
+        if len(names) != len(set(names)):
+            raise ValueError("Slurm cluster names must be unique")
+        return value
+
+    def slurm_cluster(self, name: str) -> SlurmClusterConfig | None:
+        return next((c for c in self.slurm_clusters if c.name == name), None)
 
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:

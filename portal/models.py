@@ -1,5 +1,16 @@
 """Imports every package's models so that SQLModel.metadata knows all tables (Alembic, tests)."""
 
+from portal.grants.models import (
+    Application,
+    ApplicationFile,
+    ApplicationVersion,
+    Award,
+    Call,
+    CallBudget,
+    Reply,
+    ResourceRequest,
+    Review,
+)
 from portal.identity.models import ApiToken, ExternalIdentity, Login, RoleGrant, User
 from portal.ledger.models import (
     Allocation,
@@ -11,6 +22,7 @@ from portal.ledger.models import (
     Site,
 )
 from portal.metering.models import SlurmAccount, SlurmPull, UsageRecord
+from portal.notifications.models import Notification
 from portal.projects.models import (
     Invitation,
     Organisation,
@@ -22,6 +34,12 @@ from portal.projects.models import (
 __all__ = [
     "Allocation",
     "ApiToken",
+    "Application",
+    "ApplicationFile",
+    "ApplicationVersion",
+    "Award",
+    "Call",
+    "CallBudget",
     "CapacityPeriod",
     "CapacityReservation",
     "DailyUsage",
@@ -29,11 +47,15 @@ __all__ = [
     "Invitation",
     "LedgerEntry",
     "Login",
+    "Notification",
     "Organisation",
     "OrganisationMembership",
     "Project",
     "ProjectMembership",
+    "Reply",
     "Resource",
+    "ResourceRequest",
+    "Review",
     "RoleGrant",
     "Site",
     "SlurmAccount",

@@ -42,7 +42,27 @@ def purge_stale_invitations(db: Session, _settings: Settings) -> int:
     return int(result.rowcount or 0)
 
 
-JOBS: list[Job] = [Job("purge_stale_invitations", every=3600, run=purge_stale_invitations)]
+def pull_slurm_usage(db: Session, settings: Settings) -> int:
+    """Charge the finished jobs of every configured Slurm cluster (``portal usage pull-sacct``); returns
+    how many jobs were charged. Several workers may run it: each cluster is pulled under a lock."""
+    from portal.metering.slurm import pull_all
+
+    return pull_all(db, settings.slurm_clusters)
+
+
+def sync_slurm_accounts(db: Session, settings: Settings) -> int:
+    """Bring every configured cluster's accounts and limits in line (``portal slurm sync``): holds
+    exhausted allocations soon after their usage is charged; returns the number of sacctmgr changes."""
+    from portal.metering.slurm import sync_all
+
+    return sync_all(db, settings.slurm_clusters)
+
+
+JOBS: list[Job] = [
+    Job("purge_stale_invitations", every=3600, run=purge_stale_invitations),
+    Job("pull_slurm_usage", every=300, run=pull_slurm_usage),
+    Job("sync_slurm_accounts", every=300, run=sync_slurm_accounts),
+]
 
 
 def run_due_jobs(engine: Engine, settings: Settings, last_run: dict[str, float], now: float) -> dict[str, int]:

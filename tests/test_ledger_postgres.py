@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, CapacityPeriod, EntryKind, LedgerEntry
@@ -135,10 +135,6 @@ def test_concurrent_transfers_in_both_directions_neither_deadlock_nor_lose_hours
     results = all_at_once(THREADS, move)
     assert [r for r in results if r is not None] == []
     with Session(engine) as db:
-        total = db.exec(select(func.sum(Allocation.balance)).where(col_in(Allocation.id, [a.id, b.id]))).one()
+        total = db.exec(select(func.sum(Allocation.balance)).where(col(Allocation.id).in_([a.id, b.id]))).one()
         assert total == 200 * HOUR
         assert ledger.balance_mismatches(db) == []
-
-
-def col_in(column, values):  # type: ignore[no-untyped-def]
-    return column.in_(values)

@@ -10,15 +10,18 @@ oversold. A movement with an ``idempotency_key`` happens at most once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, func, select
 
 from portal.authz import Action, require
@@ -138,13 +141,49 @@ def _kind(db: Session, allocation: Allocation) -> ResourceKind:
     return resource.kind
 
 
+@contextmanager
+def unit_of_work(db: Session) -> Iterator[None]:
+    """Make several ledger calls (and the caller's own writes) one transaction, committed at the end.
+
+    Inside it, ledger functions do not commit; each runs in a savepoint, so a replayed idempotency key
+    or a refusal undoes only that call's part until the caller decides. Any exception rolls back all.
+    """
+    depth = db.info.get("ledger_unit_depth", 0)
+    db.info["ledger_unit_depth"] = depth + 1
+    try:
+        yield
+        if depth == 0:
+            db.commit()
+    except BaseException:
+        if depth == 0:
+            db.rollback()
+        raise
+    finally:
+        db.info["ledger_unit_depth"] = depth
+
+
+def _in_unit(db: Session) -> bool:
+    return bool(db.info.get("ledger_unit_depth"))
+
+
 def _once(db: Session, key: str | None, work: Callable[[], T], replay: Callable[[LedgerEntry], T]) -> T:
     """Run ``work`` and commit, as one transaction. A key seen before (now, or by a concurrent
-    transaction that committed first) replays the earlier result instead; a domain error rolls back."""
+    transaction that committed first) replays the earlier result instead; a domain error rolls back.
+    Inside ``unit_of_work`` the same happens in a savepoint and the commit is left to the unit."""
     existing = _existing_entry(db, key)
     if existing is not None:
-        db.rollback()
+        if not _in_unit(db):
+            db.rollback()
         return replay(existing)
+    if _in_unit(db):
+        try:
+            with db.begin_nested():
+                return work()
+        except IntegrityError:
+            existing = _existing_entry(db, key)
+            if existing is None:
+                raise
+            return replay(existing)
     try:
         result = work()
         db.commit()
@@ -424,12 +463,13 @@ def charge_usage_batch(
     db: Session,
     charges: list[UsageCharge],
     *,
-    record: Callable[[UsageCharge, LedgerEntry], None] | None = None,
+    record: Callable[[list[tuple[UsageCharge, LedgerEntry]]], None] | None = None,
 ) -> list[tuple[UsageCharge, LedgerEntry]]:
     """Charge many pieces of usage in one transaction; those whose key was charged before are skipped.
 
-    ``record`` runs inside the transaction for every new charge (metering adds its usage record there),
-    so a charge and its record exist together or not at all. Returns the new charges with their entries.
+    ``record`` runs once inside the transaction with all the new charges and their entries (metering adds
+    its usage records there), so charges and their records exist together or not at all. Returns the new
+    charges with their entries.
     """
     for charge in charges:
         _validate_amount(charge.amount)
@@ -452,69 +492,149 @@ def charge_usage_batch(
     raise AssertionError("unreachable")
 
 
+def _charged_keys(db: Session, keys: list[str]) -> set[str]:
+    """Which of ``keys`` already have a ledger entry, in a few look-ups on the unique index.
+
+    On PostgreSQL the keys go as one array (``= ANY(:keys)``), not as an ``IN`` list of 500 parameters: the
+    driver prepares statements it sees often, and PostgreSQL's generic plan for such an ``IN`` list, made
+    while the ledger is small (or has no statistics yet), is a sequential scan that then stays, so that
+    every look-up reads the whole, growing table. The array's generic plan uses the index.
+    """
+    column = col(LedgerEntry.idempotency_key)
+    postgres = db.get_bind().dialect.name == "postgresql"
+    seen: set[str] = set()
+    for i in range(0, len(keys), KEY_CHUNK):
+        chunk = keys[i : i + KEY_CHUNK]
+        condition = (
+            column == sa.any_(sa.bindparam("keys", chunk, type_=postgresql.ARRAY(sa.String)))
+            if postgres
+            else column.in_(chunk)
+        )
+        seen.update(db.exec(select(LedgerEntry.idempotency_key).where(condition)).all())  # type: ignore[arg-type]
+    return seen
+
+
+def _lock_allocations(db: Session, allocation_ids: list[int]) -> dict[int, Allocation]:
+    """Lock the allocations in one statement, in id order (the order every locker uses), freshly loaded."""
+    allocations = db.exec(
+        select(Allocation)
+        .where(col(Allocation.id).in_(allocation_ids))
+        .order_by(col(Allocation.id))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    found = {a.id: a for a in allocations}
+    if len(found) != len(set(allocation_ids)):
+        raise NotFound("No such allocation.")
+    return found  # type: ignore[return-value]
+
+
 def _charge_batch_once(
-    db: Session, charges: list[UsageCharge], record: Callable[[UsageCharge, LedgerEntry], None] | None
+    db: Session,
+    charges: list[UsageCharge],
+    record: Callable[[list[tuple[UsageCharge, LedgerEntry]]], None] | None,
 ) -> tuple[list[tuple[UsageCharge, LedgerEntry]], list[tuple[Allocation, str]]]:
     unique: dict[str, UsageCharge] = {}
     for charge in charges:
         unique.setdefault(charge.key, charge)
-    keys = list(unique)
-    seen: set[str] = set()
-    for i in range(0, len(keys), KEY_CHUNK):
-        chunk = keys[i : i + KEY_CHUNK]
-        seen.update(
-            db.exec(select(LedgerEntry.idempotency_key).where(col(LedgerEntry.idempotency_key).in_(chunk))).all()  # type: ignore[arg-type]
-        )
+    seen = _charged_keys(db, list(unique))
     new = [c for k, c in unique.items() if k not in seen]
     if not new:
         return [], []
     by_allocation: dict[int, list[UsageCharge]] = {}
     for charge in new:
         by_allocation.setdefault(charge.allocation_id, []).append(charge)
+    ids = sorted(by_allocation)
+    allocations = _lock_allocations(db, ids)
     table = Allocation.__table__  # type: ignore[attr-defined]
-    charged: list[tuple[UsageCharge, LedgerEntry]] = []
+    now = utcnow()
+    ordered: list[UsageCharge] = []
+    rows: list[dict[str, object]] = []
     touched: list[tuple[Allocation, str]] = []
-    for allocation_id in sorted(by_allocation):
-        allocation = _lock_allocation(db, allocation_id)
+    for allocation_id in ids:
+        allocation = allocations[allocation_id]
         previous = allocation.state
         group = by_allocation[allocation_id]
         total = sum(c.amount for c in group)
-        new_balance = db.execute(
+        balance, used = db.execute(
             sa.update(table)
             .where(table.c.id == allocation_id)
             .values(balance=table.c.balance - total, used=table.c.used + total)
-            .returning(table.c.balance)
-        ).scalar_one()
-        running = int(new_balance) + total
-        entries = []
+            .returning(table.c.balance, table.c.used)
+        ).one()
+        set_committed_value(allocation, "balance", int(balance))
+        set_committed_value(allocation, "used", int(used))
+        running = int(balance) + total
         for charge in group:
             running -= charge.amount
-            entries.append(
-                LedgerEntry(
-                    allocation_id=allocation_id,
-                    kind=EntryKind.USAGE,
-                    amount=-charge.amount,
-                    balance_after=running,
-                    idempotency_key=charge.key,
-                    reason=charge.reason,
-                )
+            ordered.append(charge)
+            rows.append(
+                {
+                    "allocation_id": allocation_id,
+                    "kind": EntryKind.USAGE,
+                    "amount": -charge.amount,
+                    "balance_after": running,
+                    "idempotency_key": charge.key,
+                    "actor_id": None,
+                    "reason": charge.reason,
+                    "created_at": now,
+                }
             )
-        db.add_all(entries)
-        db.flush()
-        db.refresh(allocation)
         _update_state(db, allocation)
         touched.append((allocation, previous))
-        charged.extend(zip(group, entries, strict=True))
-    _add_daily_usage(db, [charge for charge, _entry in charged])
+    charged = list(zip(ordered, _insert_entries(db, rows), strict=True))
+    _add_daily_usage(db, ordered)
     if record is not None:
-        for charge, entry in charged:
-            record(charge, entry)
+        record(charged)
         db.flush()
     return charged, touched
 
 
+#: The columns ``_insert_entries`` sends to PostgreSQL as arrays, with their element types.
+_ENTRY_ARRAYS = (
+    ("allocation_id", sa.Integer),
+    ("amount", sa.BigInteger),
+    ("balance_after", sa.BigInteger),
+    ("idempotency_key", sa.String),
+    ("reason", sa.String),
+)
+
+
+def _insert_entries(db: Session, rows: list[dict[str, object]]) -> list[LedgerEntry]:
+    """Insert usage entries (all of the same ``kind`` and ``created_at``, without actor) in one statement;
+    the entries in the rows' order, their ids ascending in that order.
+
+    On PostgreSQL the rows travel as one array per column (``INSERT ... SELECT FROM unnest(...) WITH
+    ORDINALITY ... ORDER BY``), which costs a fraction of a multi-row VALUES list of the same rows.
+    """
+    if db.get_bind().dialect.name != "postgresql":
+        return list(db.scalars(sa.insert(LedgerEntry).returning(LedgerEntry, sort_by_parameter_order=True), rows))
+    table = LedgerEntry.__table__  # type: ignore[attr-defined]
+    names = [name for name, _element in _ENTRY_ARRAYS]
+    arrays = [
+        sa.bindparam(name, [row[name] for row in rows], type_=postgresql.ARRAY(element))
+        for name, element in _ENTRY_ARRAYS
+    ]
+    source = sa.func.unnest(*arrays).table_valued(*names, with_ordinality="n").render_derived()
+    constants = [
+        sa.literal(rows[0]["kind"], table.c.kind.type),
+        sa.literal(rows[0]["created_at"], table.c.created_at.type),
+    ]
+    statement = (
+        sa.insert(LedgerEntry)
+        .from_select(
+            [*names, "kind", "created_at"],
+            sa.select(*(source.c[name] for name in names), *constants).order_by(source.c.n),
+        )
+        .returning(LedgerEntry)
+    )
+    by_key = {entry.idempotency_key: entry for entry in db.scalars(statement)}
+    return [by_key[row["idempotency_key"]] for row in rows]  # type: ignore[index]
+
+
 def _add_daily_usage(db: Session, charges: list[UsageCharge]) -> None:
-    """Add charges to the per-day aggregates with an upsert (atomic on SQLite and PostgreSQL)."""
+    """Add charges to the per-day aggregates with one upsert per (allocation, day), executed as one batch
+    (atomic on SQLite and PostgreSQL), in key order."""
     today = utcnow().date()
     totals: dict[tuple[int, date], int] = {}
     for charge in charges:
@@ -525,13 +645,14 @@ def _add_daily_usage(db: Session, charges: list[UsageCharge]) -> None:
     dialect = db.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     table = DailyUsage.__table__  # type: ignore[attr-defined]
-    for (allocation_id, day), amount in sorted(totals.items()):
-        statement = insert(table).values(allocation_id=allocation_id, day=day, amount=amount)
-        db.execute(
-            statement.on_conflict_do_update(
-                index_elements=["allocation_id", "day"], set_={"amount": table.c.amount + statement.excluded.amount}
-            )
-        )
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["allocation_id", "day"], set_={"amount": table.c.amount + statement.excluded.amount}
+    )
+    db.execute(
+        statement,
+        [{"allocation_id": a, "day": d, "amount": amount} for (a, d), amount in sorted(totals.items())],
+    )
 
 
 def transfer(

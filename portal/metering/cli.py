@@ -1,14 +1,19 @@
-"""``portal usage ...``: charging usage from Slurm accounting."""
+"""``portal usage ...`` (charging usage from Slurm accounting) and ``portal slurm ...`` (accounts and limits)."""
 
 from __future__ import annotations
 
+import shlex
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from flask import current_app
 from flask.cli import with_appcontext
 
+from portal.config import SlurmClusterConfig
 from portal.db import get_db
+from portal.errors import DomainError
 from portal.metering.services import ImportReport, import_sacct
 
 
@@ -48,3 +53,100 @@ def import_sacct_command(file: Path, cluster: str) -> None:
     print_report(report)
     if report.problems:
         raise click.ClickException(f"{len(report.problems)} lines could not be read (listed above)")
+
+
+def _cluster(name: str) -> SlurmClusterConfig:
+    cluster = current_app.extensions["portal.settings"].slurm_cluster(name)
+    if cluster is None:
+        raise click.ClickException(f"Slurm cluster '{name}' is not configured (PORTAL_SLURM_CLUSTERS).")
+    return cluster
+
+
+@usage.command("pull-sacct")
+@click.option("--cluster", "cluster_name", required=True, help="A configured Slurm cluster (PORTAL_SLURM_CLUSTERS).")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    help="Read from this UTC time instead of from the last pull (to catch up after an outage).",
+)
+@with_appcontext
+def pull_sacct_command(cluster_name: str, since: datetime | None) -> None:
+    """Run sacct for the window since the last pull and charge the finished jobs, each once.
+
+    What ``portal worker`` does every few minutes for every configured cluster. Unreadable lines are
+    reported (exit status 1); the window is recorded all the same.
+    """
+    from portal.metering.slurm import pull_sacct
+
+    try:
+        report = pull_sacct(get_db(), _cluster(cluster_name), since=since.replace(tzinfo=UTC) if since else None)
+    except DomainError as exc:
+        raise click.ClickException(exc.detail) from exc
+    if report.locked_out:
+        click.echo(f"{cluster_name}: another worker is pulling this cluster now; nothing done")
+        return
+    if report.window is None or report.imported is None:
+        click.echo(f"{cluster_name}: {report.note}")
+        return
+    start, end = report.window
+    click.echo(f"{cluster_name}: sacct from {start:%Y-%m-%dT%H:%M:%S} to {end:%Y-%m-%dT%H:%M:%S} UTC")
+    print_report(report.imported)
+    if report.imported.problems:
+        raise click.ClickException(f"{len(report.imported.problems)} lines could not be read (listed above)")
+
+
+@click.group()
+def slurm() -> None:
+    """Slurm accounts, users and limits of the configured clusters."""
+
+
+@slurm.command("sync")
+@click.option("--cluster", "cluster_name", required=True, help="A configured Slurm cluster (PORTAL_SLURM_CLUSTERS).")
+@click.option("--dry-run", is_flag=True, help="Print the sacctmgr commands instead of running them; change nothing.")
+@with_appcontext
+def sync_command(cluster_name: str, dry_run: bool) -> None:
+    """Bring the cluster's Slurm accounts, users and GrpTRESMins limits in line with the allocations.
+
+    One account per allocation at the cluster's site (<site>-<allocation id>), the project's members
+    with a login on the cluster as its users, and a limit of the minutes the allocation may still use
+    (0 holds exhausted, expired, suspended and pending allocations). Only what differs is changed.
+    """
+    from portal.metering.slurm import sync_cluster
+
+    try:
+        report = sync_cluster(get_db(), _cluster(cluster_name), dry_run=dry_run)
+    except DomainError as exc:
+        raise click.ClickException(exc.detail) from exc
+    if report.locked_out:
+        click.echo(f"{cluster_name}: another worker is syncing this cluster now; nothing done")
+        return
+    for command in report.commands:
+        click.echo(shlex.join(command))
+    if report.commands:
+        summary = f"{len(report.commands)} sacctmgr commands {'to run (dry run)' if dry_run else 'run'}"
+    else:
+        summary = "nothing to change"
+    click.echo(f"{cluster_name}: {report.accounts} accounts ({report.held} held); {summary}")
+    for problem in report.problems:
+        click.echo(problem, err=True)
+    if report.problems:
+        raise click.ClickException(f"{len(report.problems)} changes failed (listed above)")
+
+
+@slurm.command("set-username")
+@click.option("--cluster", "cluster_name", required=True, help="A configured Slurm cluster (PORTAL_SLURM_CLUSTERS).")
+@click.argument("email")
+@click.argument("username")
+@with_appcontext
+def set_username_command(cluster_name: str, email: str, username: str) -> None:
+    """Record that the user with EMAIL logs in to the cluster as USERNAME (the next sync adds them)."""
+    from portal.identity.services import find_user_by_email
+    from portal.metering.slurm import set_slurm_username
+
+    _cluster(cluster_name)
+    try:
+        user = find_user_by_email(get_db(), email)
+        row = set_slurm_username(get_db(), None, cluster=cluster_name, user=user, username=username)
+    except DomainError as exc:
+        raise click.ClickException(exc.detail) from exc
+    click.echo(f"{user.display_name} <{user.email}> is {row.username} on {cluster_name}")

@@ -1,4 +1,4 @@
-"""Usage records from Slurm, site agents and JupyterHub, and the Slurm account mapping."""
+"""Usage records from Slurm, site agents and JupyterHub; the Slurm account and user name mappings."""
 
 from __future__ import annotations
 
@@ -64,3 +64,17 @@ class SlurmPull(SQLModel, table=True):
 
     cluster: str = Field(primary_key=True, max_length=64)
     pulled_until: datetime = Field(sa_type=UTCDateTime)
+
+
+class SlurmUser(SQLModel, table=True):
+    """A portal user's login name on a Slurm cluster: whom ``portal slurm sync`` adds to project accounts."""
+
+    __tablename__ = "slurm_users"
+    __table_args__ = (sa.UniqueConstraint("cluster", "user_id"), sa.UniqueConstraint("cluster", "username"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    cluster: str = Field(max_length=64)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    #: The Unix login on the cluster, lower case (as sacctmgr stores it).
+    username: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,240 @@
+"""Calls for proposals, applications, reviews and awards of compute hours."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from portal.db import StrEnumType, UTCDateTime, utcnow
+
+
+class AccessMode(StrEnum):
+    """Modelled on the EuroHPC AI Factories' access modes."""
+
+    PLAYGROUND = "playground"
+    FAST_LANE = "fast_lane"
+    LARGE_SCALE = "large_scale"
+
+    @property
+    def label(self) -> str:
+        return {"playground": "Playground", "fast_lane": "Fast Lane", "large_scale": "Large Scale"}[self.value]
+
+
+class ReviewMode(StrEnum):
+    #: Awarded automatically once the administrative (eligibility) check passes.
+    AUTOMATIC = "automatic"
+    #: Administrative check and technical assessment, then the call manager decides.
+    TECHNICAL = "technical"
+    #: Administrative check, technical assessment, scientific peer review, right to reply, ranking.
+    PEER_REVIEW = "peer_review"
+
+
+class CallState(StrEnum):
+    DRAFT = "draft"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Call(SQLModel, table=True):
+    __tablename__ = "calls"
+    __table_args__ = (
+        sa.CheckConstraint("duration_months IN (3, 6, 12)", name="duration_3_6_12"),
+        sa.CheckConstraint("closes_at > opens_at", name="dates_ordered"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(max_length=200)
+    description: str = Field(default="", max_length=20_000)
+    access_mode: AccessMode = Field(sa_type=StrEnumType(AccessMode, 16))
+    review_mode: ReviewMode = Field(sa_type=StrEnumType(ReviewMode, 16))
+    state: CallState = Field(default=CallState.DRAFT, sa_type=StrEnumType(CallState, 16))
+    #: Organisation kinds that may apply (values of OrganisationKind).
+    eligible_kinds: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    #: ISO country codes whose organisations may apply; empty means any country.
+    eligible_countries: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    #: Smallest and largest request per application, in base units summed over resources of one kind.
+    min_request: int = Field(default=0, sa_type=sa.BigInteger)
+    max_request: int = Field(sa_type=sa.BigInteger)
+    #: Months an awarded allocation runs.
+    duration_months: int = Field(default=6)
+    opens_at: datetime = Field(sa_type=UTCDateTime)
+    closes_at: datetime = Field(sa_type=UTCDateTime)
+    #: First cut-off; applications submitted by a cut-off are evaluated together.
+    first_cutoff: date
+    #: Days between cut-offs for recurring calls (14 = every two weeks); None for a single cut-off.
+    cutoff_every_days: int | None = Field(default=None)
+    #: Working days after a cut-off by which a decision is due (10 for Fast Lane).
+    decision_within_working_days: int | None = Field(default=None)
+    #: Typed questions of the application form (see ``portal.grants.forms_schema``).
+    questions: list[dict[str, Any]] = Field(default_factory=list, sa_type=sa.JSON)
+    #: Scientific review criteria: [{"key", "label", "weight"}], weights summing to 100.
+    criteria: list[dict[str, Any]] = Field(default_factory=list, sa_type=sa.JSON)
+    manager_id: int = Field(foreign_key="users.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class CallBudget(SQLModel, table=True):
+    """Hours of one resource a call may award; ``awarded`` only grows through conditional updates."""
+
+    __tablename__ = "call_budgets"
+    __table_args__ = (
+        sa.UniqueConstraint("call_id", "resource_id"),
+        sa.CheckConstraint("awarded <= budget", name="awarded_within_budget"),
+        sa.CheckConstraint("awarded >= 0", name="awarded_not_negative"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    call_id: int = Field(foreign_key="calls.id", index=True)
+    resource_id: int = Field(foreign_key="resources.id")
+    budget: int = Field(sa_type=sa.BigInteger)
+    awarded: int = Field(default=0, sa_type=sa.BigInteger)
+
+
+class ApplicationState(StrEnum):
+    DRAFT = "draft"
+    SUBMITTED = "submitted"
+    TECHNICAL_ASSESSMENT = "technical_assessment"
+    PEER_REVIEW = "peer_review"
+    REPLY = "reply"
+    RANKED = "ranked"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ")
+
+
+class Application(SQLModel, table=True):
+    __tablename__ = "applications"
+
+    id: int | None = Field(default=None, primary_key=True)
+    call_id: int = Field(foreign_key="calls.id", index=True)
+    project_id: int = Field(foreign_key="projects.id", index=True)
+    #: The PI who applies.
+    applicant_id: int = Field(foreign_key="users.id", index=True)
+    state: ApplicationState = Field(default=ApplicationState.DRAFT, sa_type=StrEnumType(ApplicationState, 24))
+    title: str = Field(max_length=200)
+    abstract: str = Field(default="", max_length=5000)
+    #: Question key -> answer (text, number, choice, or the id of an uploaded PDF).
+    answers: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    #: E-mail addresses of co-applicants.
+    co_applicants: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    #: Submitted versions so far; the latest is frozen in ``application_versions``.
+    version: int = Field(default=0)
+    #: Weighted score (0–500: 1–5 scale × 100 weight points), set when ranked.
+    score: int | None = Field(default=None)
+    decision_reason: str = Field(default="", max_length=5000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ResourceRequest(SQLModel, table=True):
+    """Hours of one resource an application asks for, and (after the decision) what was awarded."""
+
+    __tablename__ = "resource_requests"
+    __table_args__ = (
+        sa.UniqueConstraint("application_id", "resource_id"),
+        sa.CheckConstraint("requested > 0", name="requested_positive"),
+        sa.CheckConstraint("awarded IS NULL OR (awarded >= 0 AND awarded <= requested)", name="award_within_request"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    application_id: int = Field(foreign_key="applications.id", index=True)
+    resource_id: int = Field(foreign_key="resources.id")
+    requested: int = Field(sa_type=sa.BigInteger)
+    justification: str = Field(default="", max_length=5000)
+    awarded: int | None = Field(default=None, sa_type=sa.BigInteger)
+
+
+class ApplicationVersion(SQLModel, table=True):
+    """A submitted application as it was at submission: what the reviewers read."""
+
+    __tablename__ = "application_versions"
+    __table_args__ = (sa.UniqueConstraint("application_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    application_id: int = Field(foreign_key="applications.id", index=True)
+    version: int
+    content: dict[str, Any] = Field(sa_type=sa.JSON)
+    submitted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ReviewKind(StrEnum):
+    TECHNICAL = "technical"
+    SCIENTIFIC = "scientific"
+
+
+class ReviewState(StrEnum):
+    ASSIGNED = "assigned"
+    CONFLICT = "conflict"
+    SUBMITTED = "submitted"
+
+
+class Review(SQLModel, table=True):
+    __tablename__ = "reviews"
+    __table_args__ = (sa.UniqueConstraint("application_id", "reviewer_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    application_id: int = Field(foreign_key="applications.id", index=True)
+    reviewer_id: int = Field(foreign_key="users.id", index=True)
+    kind: ReviewKind = Field(sa_type=StrEnumType(ReviewKind, 16))
+    state: ReviewState = Field(default=ReviewState.ASSIGNED, sa_type=StrEnumType(ReviewState, 16))
+    due_on: date | None = Field(default=None)
+    conflict_reason: str = Field(default="", max_length=1000)
+    #: Technical assessment: feasible or not.
+    feasible: bool | None = Field(default=None)
+    #: Scientific review: criterion key -> score 1..5.
+    scores: dict[str, int] = Field(default_factory=dict, sa_type=sa.JSON)
+    comment_to_applicant: str = Field(default="", max_length=10_000)
+    comment_to_panel: str = Field(default="", max_length=10_000)
+    assigned_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Reply(SQLModel, table=True):
+    """The applicant's answer to the reviews, before ranking."""
+
+    __tablename__ = "replies"
+
+    id: int | None = Field(default=None, primary_key=True)
+    application_id: int = Field(foreign_key="applications.id", unique=True)
+    text: str = Field(max_length=10_000)
+    submitted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Award(SQLModel, table=True):
+    """A tranche of an accepted application: opened now, or later after a progress report."""
+
+    __tablename__ = "awards"
+
+    id: int | None = Field(default=None, primary_key=True)
+    application_id: int = Field(foreign_key="applications.id", index=True)
+    resource_id: int = Field(foreign_key="resources.id")
+    tranche: int = Field(default=1)
+    amount: int = Field(sa_type=sa.BigInteger)
+    #: The allocation it opened or credited; None while the tranche waits for its progress report.
+    allocation_id: int | None = Field(default=None, foreign_key="allocations.id")
+    released_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ApplicationFile(SQLModel, table=True):
+    """A PDF uploaded as the answer to a question; kept in the database with the application it belongs to."""
+
+    __tablename__ = "application_files"
+
+    id: int | None = Field(default=None, primary_key=True)
+    application_id: int = Field(foreign_key="applications.id", index=True)
+    question_key: str = Field(max_length=64)
+    filename: str = Field(max_length=255)
+    size: int
+    sha256: str = Field(max_length=64)
+    content: bytes = Field(sa_type=sa.LargeBinary)
+    uploaded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

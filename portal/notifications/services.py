@@ -1,0 +1,64 @@
+"""Telling people things: an inbox entry (in the caller's transaction) and an e-mail."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlmodel import Session, col, func, select
+
+from portal.config import Settings
+from portal.db import utcnow
+from portal.errors import NotFound
+from portal.identity.models import User
+from portal.mail import send_mail
+from portal.notifications.models import Notification
+
+log = logging.getLogger("portal.notifications")
+
+
+def notify(db: Session, settings: Settings, user: User, *, subject: str, body: str, link: str = "") -> Notification:
+    """Add an inbox entry for ``user`` (committed with the caller's work) and e-mail it.
+
+    A failing mail server does not undo the caller's work: the notice stays in the inbox and the
+    failure is logged.
+    """
+    notification = Notification(user_id=user.id, subject=subject[:300], body=body, link=link)  # type: ignore[arg-type]
+    db.add(notification)
+    if user.email:
+        try:
+            send_mail(
+                settings,
+                to=user.email,
+                subject=subject,
+                body=body + (f"\n\n{settings.base_url}{link}\n" if link else ""),
+            )
+        except OSError:
+            log.exception("could not e-mail %s about %r", user.email, subject)
+    return notification
+
+
+def inbox(db: Session, actor: User, *, limit: int = 50) -> list[Notification]:
+    return list(
+        db.exec(
+            select(Notification)
+            .where(Notification.user_id == actor.id)
+            .order_by(col(Notification.created_at).desc(), col(Notification.id).desc())
+            .limit(limit)
+        )
+    )
+
+
+def unread_count(db: Session, actor: User) -> int:
+    return int(
+        db.exec(select(func.count()).where(Notification.user_id == actor.id, col(Notification.read_at).is_(None))).one()
+    )
+
+
+def mark_read(db: Session, actor: User, notification_id: int) -> Notification:
+    notification = db.get(Notification, notification_id)
+    if notification is None or notification.user_id != actor.id:
+        raise NotFound("No such notification.")
+    if notification.read_at is None:
+        notification.read_at = utcnow()
+        db.commit()
+    return notification
