@@ -1,4 +1,4 @@
-"""``portal worker``: periodic jobs. Later packages add jobs (metering, expiry) to ``JOBS``."""
+"""``portal worker``: periodic jobs, each safe to run from several workers at once."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlmodel import Session, col, delete
 
 from portal.config import Settings
 from portal.db import session_scope, utcnow
+from portal.ledger import jobs as ledger_jobs
 from portal.projects.models import Invitation
 
 log = logging.getLogger("portal.worker")
@@ -62,6 +63,9 @@ JOBS: list[Job] = [
     Job("purge_stale_invitations", every=3600, run=purge_stale_invitations),
     Job("pull_slurm_usage", every=300, run=pull_slurm_usage),
     Job("sync_slurm_accounts", every=300, run=sync_slurm_accounts),
+    Job("start_and_expire_allocations", every=300, run=ledger_jobs.start_and_expire_allocations),
+    Job("notify_usage_thresholds", every=600, run=ledger_jobs.notify_usage_thresholds),
+    Job("check_balances", every=86_400, run=ledger_jobs.check_balances),
 ]
 
 

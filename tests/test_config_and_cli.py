@@ -122,7 +122,9 @@ def test_worker_runs_its_jobs_once_and_exits(cli_env):
     assert run_portal("db", "upgrade", env=cli_env).returncode == 0
     result = run_portal("worker", "--once", env=cli_env)
     assert result.returncode == 0, result.stderr
-    assert "job purge_stale_invitations done: 0" in result.stderr
+    for job in ("purge_stale_invitations", "start_and_expire_allocations", "notify_usage_thresholds",
+                "check_balances", "pull_slurm_usage", "sync_slurm_accounts"):
+        assert f"job {job} done: 0" in result.stderr, result.stderr
 
 
 def test_serve_runs_the_portal_under_gunicorn(cli_env):
