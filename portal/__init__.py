@@ -24,6 +24,16 @@ def _secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def _install_enforcement_hooks(settings: Settings) -> None:
+    """What happens the moment an allocation is exhausted: its Slurm accounts are held at once."""
+    from functools import partial
+
+    from portal.ledger.services import register_enforcement_hook
+    from portal.metering.slurm import hold_allocation_now
+
+    register_enforcement_hook("slurm_hold", partial(hold_allocation_now, settings) if settings.slurm_clusters else None)
+
+
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     settings = settings or load_settings(**overrides)
     Path(settings.instance_path).mkdir(parents=True, exist_ok=True)
@@ -67,4 +77,5 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(projects_bp)
     app.register_blueprint(ledger_bp)
     init_api(app)
+    _install_enforcement_hooks(settings)
     return app

@@ -122,8 +122,14 @@ def test_worker_runs_its_jobs_once_and_exits(cli_env):
     assert run_portal("db", "upgrade", env=cli_env).returncode == 0
     result = run_portal("worker", "--once", env=cli_env)
     assert result.returncode == 0, result.stderr
-    for job in ("purge_stale_invitations", "start_and_expire_allocations", "notify_usage_thresholds",
-                "check_balances", "pull_slurm_usage", "sync_slurm_accounts"):
+    for job in (
+        "purge_stale_invitations",
+        "start_and_expire_allocations",
+        "notify_usage_thresholds",
+        "check_balances",
+        "pull_slurm_usage",
+        "sync_slurm_accounts",
+    ):
         assert f"job {job} done: 0" in result.stderr, result.stderr
 
 

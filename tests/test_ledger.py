@@ -120,12 +120,12 @@ def test_usage_is_charged_once_per_record(db, world):
 def test_usage_beyond_the_balance_is_recorded_in_full_and_exhausts_the_allocation(db, world):
     allocation = open_q1(db, world, 1)
     exhausted = []
-    ledger.ENFORCEMENT_HOOKS.append(exhausted.append)
+    ledger.register_enforcement_hook("test", exhausted.append)
     try:
         ledger.charge_usage(db, allocation.id, 3 * HOUR, idempotency_key="job-1")
         ledger.charge_usage(db, allocation.id, HOUR, idempotency_key="job-2")
     finally:
-        ledger.ENFORCEMENT_HOOKS.remove(exhausted.append)
+        ledger.register_enforcement_hook("test", None)
     db.refresh(allocation)
     assert allocation.balance == -3 * HOUR
     assert allocation.state == AllocationState.EXHAUSTED

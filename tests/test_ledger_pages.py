@@ -233,3 +233,29 @@ def test_an_admin_opens_an_allocation_by_hand_with_a_reason(client, login, db):
     assert (allocation.balance, allocation.source) == (40 * HOUR, "admin")
     entry = db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == allocation.id)).one()
     assert (entry.actor_id, entry.reason) == (admin.id, "Pilot agreed with the Riga centre")
+
+
+def test_an_overbooking_factor_lets_the_site_book_beyond_capacity(client, login, db):
+    admin = login(client)
+    grant_role(db, None, admin, FactoryRole.ADMIN)
+    world = make_world(db)
+    open_q1(db, world, 1000)
+    with pytest.raises(ledger.CapacityExhausted):
+        open_q1(db, world, 50, project=world.other_project)
+    response = post_form(
+        client,
+        "/admin/capacity/overbooking",
+        {"resource_id": world.gpu.id, "factor": "1.05"},
+        page="/admin/capacity",
+        follow_redirects=True,
+    )
+    assert "may now be booked to 1.050× its capacity" in text(response)
+    open_q1(db, world, 50, project=world.other_project)
+    response = post_form(
+        client,
+        "/admin/capacity/overbooking",
+        {"resource_id": world.gpu.id, "factor": "1.0"},
+        page="/admin/capacity",
+        follow_redirects=True,
+    )
+    assert "already has more reserved than that factor allows" in text(response)

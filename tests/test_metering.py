@@ -163,3 +163,40 @@ def test_the_command_reports_problems_on_stderr_and_exits_non_zero(make_settings
         check=False,
     )
     assert "0 jobs charged, 11 already charged before" in again.stdout
+
+
+def test_an_existing_slurm_account_is_mapped_from_the_command_line(app, db):
+    from tests.ledger_world import make_world, open_q1
+
+    world = make_world(db)
+    allocation = open_q1(db, world, 10)
+    settings = app.extensions["portal.settings"]
+    env = {
+        **os.environ,
+        "PORTAL_DATABASE_URL": settings.database_url,
+        "PORTAL_SECRET_KEY": "x",
+        "PORTAL_INSTANCE_PATH": str(settings.instance_path),
+        "PORTAL_ENV": "test",
+        "PORTAL_SLURM_CLUSTERS": f'[{{"name": "factory", "site": "{world.site.code}"}}]',
+    }
+    portal = str(Path(sys.executable).parent / "portal")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [portal, "slurm", "map", "--cluster", "factory", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    done = run("--account", "Legacy-GPU", "--allocation", str(allocation.id))
+    assert done.returncode == 0, done.stderr
+    assert f"legacy-gpu on factory now draws from allocation {allocation.id}" in done.stdout
+    line = (
+        "9001|9001|factory|legacy-gpu|anna|gpu|cpu=4,gres/gpu=1|60|2030-02-01T08:00:00|2030-02-01T08:01:00|COMPLETED\n"
+    )
+    assert import_sacct(db, [line], cluster="factory").charged == 1
+    missing = run("--account", "other", "--allocation", "424242")
+    assert missing.returncode == 1 and "No such allocation" in missing.stderr

@@ -47,3 +47,8 @@ class ManualAllocationForm(FlaskForm):
     starts_on = DateField("Starts on", validators=[InputRequired()])
     ends_on = DateField("Ends on (exclusive)", validators=[InputRequired()])
     reason = TextAreaField("Reason", validators=[InputRequired(), Length(max=1000)])
+
+
+class OverbookingForm(FlaskForm):
+    resource_id = SelectField("Resource", coerce=int)
+    factor = StringField("Overbooking factor (1.0 = none)", validators=[InputRequired(), Length(max=8)])

@@ -74,7 +74,15 @@ class AllocationClosed(Conflict):
 
 #: Called after a commit that left an allocation exhausted (notebooks stop sessions, Slurm holds accounts).
 EnforcementHook = Callable[[Allocation], None]
-ENFORCEMENT_HOOKS: list[EnforcementHook] = []
+ENFORCEMENT_HOOKS: dict[str, EnforcementHook] = {}
+
+
+def register_enforcement_hook(name: str, hook: EnforcementHook | None) -> None:
+    """Install (or, with None, remove) the hook called ``name``; installing again replaces it."""
+    if hook is None:
+        ENFORCEMENT_HOOKS.pop(name, None)
+    else:
+        ENFORCEMENT_HOOKS[name] = hook
 
 
 def _lock_allocation(db: Session, allocation_id: int) -> Allocation:
@@ -201,7 +209,7 @@ def _once(db: Session, key: str | None, work: Callable[[], T], replay: Callable[
 
 def _after_commit(allocation: Allocation, previous_state: str) -> None:
     if allocation.state == AllocationState.EXHAUSTED and previous_state != AllocationState.EXHAUSTED:
-        for hook in ENFORCEMENT_HOOKS:
+        for hook in list(ENFORCEMENT_HOOKS.values()):
             try:
                 hook(allocation)
             except Exception:
@@ -265,6 +273,9 @@ def reserve_capacity(db: Session, allocation: Allocation, amount: int) -> None:
     assert resource is not None
     periods = _periods_for(db, resource.id, allocation.starts_at, allocation.ends_at)  # type: ignore[arg-type]
     table = CapacityPeriod.__table__  # type: ignore[attr-defined]
+    resources = Resource.__table__  # type: ignore[attr-defined]
+    # read in the statement itself, so a factor changed by someone else a moment ago counts
+    overbooking = sa.select(resources.c.overbooking_permille).where(resources.c.id == resource.id).scalar_subquery()
     for period, share in _split_over_periods(periods, allocation.starts_at, allocation.ends_at, amount):
         if share == 0:
             continue
@@ -272,7 +283,7 @@ def reserve_capacity(db: Session, allocation: Allocation, amount: int) -> None:
             sa.update(table)
             .where(
                 table.c.id == period.id,
-                (table.c.reserved + share) * 1000 <= table.c.capacity * resource.overbooking_permille,
+                (table.c.reserved + share) * 1000 <= table.c.capacity * overbooking,
             )
             .values(reserved=table.c.reserved + share)
         )
@@ -840,6 +851,30 @@ def create_resource(
         db.rollback()
         raise InvalidInput("This site already has a resource with that code.", errors={"code": "Taken."}) from exc
     return resource
+
+
+def set_overbooking(db: Session, actor: User | None, resource: Resource, permille: int) -> Resource:
+    """Change how far reservations may exceed capacity (1000 = none); never below what is reserved."""
+    if actor is not None:
+        require(db, actor, Action.MANAGE_CAPACITY)
+    if not isinstance(permille, int) or not 1000 <= permille <= 3000:
+        raise InvalidInput("Overbooking is a factor from 1.0 to 3.0.", errors={"overbooking": "From 1.0 to 3.0."})
+
+    def work() -> Resource:
+        periods = db.exec(
+            select(CapacityPeriod).where(CapacityPeriod.resource_id == resource.id).with_for_update()
+        ).all()
+        for period in periods:
+            if period.reserved * 1000 > period.capacity * permille:
+                raise CapacityExhausted(
+                    f"{period.starts_on} to {period.ends_on} already has more reserved than that factor allows."
+                )
+        locked = db.get(Resource, resource.id)
+        assert locked is not None
+        locked.overbooking_permille = permille
+        return locked
+
+    return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
 
 
 def quarter_of(day: date) -> tuple[date, date]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import login_required
@@ -15,7 +16,7 @@ from portal.formatting import parse_quantity
 from portal.forms import apply_errors
 from portal.ledger import services as ledger
 from portal.ledger import statements
-from portal.ledger.forms import CapacityForm, ManualAllocationForm, ReleaseForm, TransferForm
+from portal.ledger.forms import CapacityForm, ManualAllocationForm, OverbookingForm, ReleaseForm, TransferForm
 from portal.ledger.models import AllocationSource, CapacityPeriod, Resource, Site
 from portal.projects import services as projects
 from portal.web import actor
@@ -154,7 +155,36 @@ def capacity():  # type: ignore[no-untyped-def]
             return redirect(url_for("ledger.capacity"))
     elif form.is_submitted():
         status = 422
-    return render_template("ledger/capacity.html", rows=_capacity_rows(db), form=form), status
+    overbooking_form = OverbookingForm(formdata=None)
+    overbooking_form.resource_id.choices = form.resource_id.choices
+    return render_template(
+        "ledger/capacity.html", rows=_capacity_rows(db), form=form, overbooking_form=overbooking_form
+    ), status
+
+
+@bp.post("/admin/capacity/overbooking")
+@login_required
+def overbooking():  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    require(db, me, Action.MANAGE_CAPACITY)
+    form = OverbookingForm()
+    form.resource_id.choices = [(r.id, r.name) for r in db.exec(select(Resource)).all()]  # type: ignore[assignment]
+    if not form.validate_on_submit():
+        flash("Choose a resource and a factor.", "error")
+        return redirect(url_for("ledger.capacity"))
+    resource = db.get(Resource, form.resource_id.data)
+    try:
+        permille = int(Decimal(form.factor.data.strip().replace(",", ".")) * 1000)  # type: ignore[union-attr]
+        ledger.set_overbooking(db, me, resource, permille)  # type: ignore[arg-type]
+    except (InvalidOperation, ValueError):
+        flash("Enter the factor as a number, for example 1.1.", "error")
+    except InvalidInput as exc:
+        flash(" ".join(exc.errors.values()) or exc.detail, "error")
+    except Conflict as exc:
+        flash(exc.detail, "error")
+    else:
+        flash(f"{resource.name} may now be booked to {permille / 1000:.3f}× its capacity.", "success")  # type: ignore[union-attr]
+    return redirect(url_for("ledger.capacity"))
 
 
 @bp.route("/admin/allocations/new", methods=["GET", "POST"])

@@ -150,3 +150,20 @@ def set_username_command(cluster_name: str, email: str, username: str) -> None:
     except DomainError as exc:
         raise click.ClickException(exc.detail) from exc
     click.echo(f"{user.display_name} <{user.email}> is {row.username} on {cluster_name}")
+
+
+@slurm.command("map")
+@click.option("--cluster", "cluster_name", required=True, help="A configured Slurm cluster (PORTAL_SLURM_CLUSTERS).")
+@click.option("--account", required=True, help="An existing Slurm account on the cluster.")
+@click.option("--allocation", "allocation_id", required=True, type=int, help="The allocation it draws from.")
+@with_appcontext
+def map_command(cluster_name: str, account: str, allocation_id: int) -> None:
+    """Let an existing Slurm account (not created by the sync) draw from an allocation."""
+    from portal.metering.services import map_slurm_account
+
+    _cluster(cluster_name)
+    try:
+        mapping = map_slurm_account(get_db(), None, cluster=cluster_name, account=account, allocation_id=allocation_id)
+    except DomainError as exc:
+        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
+    click.echo(f"{mapping.account} on {cluster_name} now draws from allocation {mapping.allocation_id}")

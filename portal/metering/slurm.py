@@ -61,7 +61,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from portal.authz import Action, require
-from portal.config import SlurmClusterConfig
+from portal.config import Settings, SlurmClusterConfig
 from portal.db import utcnow
 from portal.errors import DomainError, InvalidInput, NotFound
 from portal.identity.models import User
@@ -530,3 +530,45 @@ def pull_all(db: Session, clusters: list[SlurmClusterConfig]) -> int:
     if failed:
         raise RuntimeError(f"sacct pull failed for {', '.join(failed)}")
     return charged
+
+
+def hold_allocation_now(settings: Settings, allocation: Allocation) -> int:
+    """Enforcement hook: the moment an allocation is exhausted, set its accounts' limit to 0 on every
+    configured cluster of its site, without waiting for the next sync. Returns the accounts held."""
+    db = Session.object_session(allocation)
+    if db is None:
+        return 0
+    row = db.exec(
+        select(Site.code, Resource.kind)
+        .join(Resource, Resource.site_id == Site.id)  # type: ignore[arg-type]
+        .where(Resource.id == allocation.resource_id)
+    ).first()
+    if row is None or row[1] not in LIMITED_TRES:
+        return 0
+    site_code, kind = row
+    held = 0
+    for cluster in settings.slurm_clusters:
+        if cluster.site != site_code:
+            continue
+        accounts = db.exec(
+            select(SlurmAccount.account).where(
+                SlurmAccount.cluster == cluster.name, SlurmAccount.allocation_id == allocation.id
+            )
+        ).all()
+        for account in accounts:
+            _run(
+                cluster,
+                [
+                    cluster.sacctmgr,
+                    "-i",
+                    "modify",
+                    "account",
+                    "where",
+                    f"name={account}",
+                    f"cluster={cluster.name}",
+                    "set",
+                    f"GrpTRESMins={LIMITED_TRES[kind]}=0",
+                ],
+            )
+            held += 1
+    return held
