@@ -1,0 +1,128 @@
+"""EU VAT for sales of compute: which rate applies to whom, as data with validity dates.
+
+Compute sold through the portal is an electronically supplied service. The rules:
+
+- Business customer with a valid VAT number of *another* EU member state: reverse charge, 0 %, and the
+  invoice says so (Article 196 of the VAT Directive).
+- Customer in the seller's own country (business or consumer): the seller country's standard rate.
+- Consumer in another EU member state: the rate of the consumer's country (One-Stop Shop).
+- Customer outside the EU: outside the scope of EU VAT (Articles 44 and 59), 0 %, stated on the invoice.
+
+Rates are basis points (2300 = 23 %); amounts are integer cents, VAT rounded half up once per invoice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from portal.errors import InvalidInput
+from portal.projects.identifiers import EU_COUNTRIES, IdentifierError, normalise_vat_number
+
+
+@dataclass(frozen=True)
+class VatRate:
+    country: str
+    #: Basis points: 2300 is 23 %.
+    basis_points: int
+    valid_from: date
+    #: First day it no longer applies; None while in force.
+    valid_until: date | None = None
+
+
+_ALWAYS = date(2000, 1, 1)
+
+#: Standard VAT rates of the EU member states; a change adds a row and closes the previous one.
+STANDARD_RATES: tuple[VatRate, ...] = (
+    VatRate("AT", 2000, _ALWAYS),
+    VatRate("BE", 2100, _ALWAYS),
+    VatRate("BG", 2000, _ALWAYS),
+    VatRate("CY", 1900, _ALWAYS),
+    VatRate("CZ", 2100, _ALWAYS),
+    VatRate("DE", 1900, _ALWAYS),
+    VatRate("DK", 2500, _ALWAYS),
+    VatRate("EE", 2000, _ALWAYS, date(2024, 1, 1)),
+    VatRate("EE", 2200, date(2024, 1, 1), date(2025, 7, 1)),
+    VatRate("EE", 2400, date(2025, 7, 1)),
+    VatRate("ES", 2100, _ALWAYS),
+    VatRate("FI", 2400, _ALWAYS, date(2024, 9, 1)),
+    VatRate("FI", 2550, date(2024, 9, 1)),
+    VatRate("FR", 2000, _ALWAYS),
+    VatRate("GR", 2400, _ALWAYS),
+    VatRate("HR", 2500, _ALWAYS),
+    VatRate("HU", 2700, _ALWAYS),
+    VatRate("IE", 2300, _ALWAYS),
+    VatRate("IT", 2200, _ALWAYS),
+    VatRate("LT", 2100, _ALWAYS),
+    VatRate("LU", 1700, _ALWAYS),
+    VatRate("LV", 2100, _ALWAYS),
+    VatRate("MT", 1800, _ALWAYS),
+    VatRate("NL", 2100, _ALWAYS),
+    VatRate("PL", 2300, _ALWAYS),
+    VatRate("PT", 2300, _ALWAYS),
+    VatRate("RO", 1900, _ALWAYS, date(2025, 8, 1)),
+    VatRate("RO", 2100, date(2025, 8, 1)),
+    VatRate("SE", 2500, _ALWAYS),
+    VatRate("SI", 2200, _ALWAYS),
+    VatRate("SK", 2000, _ALWAYS, date(2025, 1, 1)),
+    VatRate("SK", 2300, date(2025, 1, 1)),
+)
+
+REVERSE_CHARGE_MENTION = (
+    "Reverse charge: VAT to be accounted for by the recipient (Article 196 of Council Directive 2006/112/EC)."
+)
+OUTSIDE_EU_MENTION = (
+    "Not subject to EU VAT: place of supply outside the EU (Articles 44 and 59 of Directive 2006/112/EC)."
+)
+
+
+def standard_rate(country: str, on: date) -> int:
+    """The standard rate of an EU member state on a day, in basis points."""
+    for rate in STANDARD_RATES:
+        if rate.country == country and rate.valid_from <= on and (rate.valid_until is None or on < rate.valid_until):
+            return rate.basis_points
+    raise LookupError(f"no VAT rate for {country} on {on}")
+
+
+@dataclass(frozen=True)
+class VatTreatment:
+    basis_points: int
+    #: Where the VAT is due (the seller's or the customer's country), or None outside the EU.
+    country: str | None
+    scheme: str  # "domestic", "reverse_charge", "oss", "outside_eu"
+    #: The legal mention the invoice must carry, if any.
+    mention: str = ""
+    #: The customer's normalised VAT number, when one was given and accepted.
+    customer_vat_number: str | None = None
+
+    @property
+    def percent(self) -> str:
+        whole, rest = divmod(self.basis_points, 100)
+        return f"{whole}.{rest:02d}".rstrip("0").rstrip(".") + " %"
+
+
+def treatment_for(
+    *, seller_country: str, customer_country: str, customer_vat_number: str | None, on: date
+) -> VatTreatment:
+    """The VAT of a sale on ``on``; an invalid VAT number is refused with the reason, never ignored."""
+    seller_country, customer_country = seller_country.upper(), customer_country.upper()
+    vat_number = None
+    if customer_vat_number and customer_vat_number.strip():
+        try:
+            vat_number = normalise_vat_number(customer_country, customer_vat_number)
+        except IdentifierError as exc:
+            raise InvalidInput(str(exc), errors={"vat_number": str(exc)}) from exc
+    if customer_country not in EU_COUNTRIES:
+        return VatTreatment(0, None, "outside_eu", OUTSIDE_EU_MENTION, vat_number)
+    if customer_country == seller_country:
+        return VatTreatment(standard_rate(seller_country, on), seller_country, "domestic", "", vat_number)
+    if vat_number is not None:
+        return VatTreatment(0, customer_country, "reverse_charge", REVERSE_CHARGE_MENTION, vat_number)
+    return VatTreatment(standard_rate(customer_country, on), customer_country, "oss")
+
+
+def vat_cents(net_cents: int, basis_points: int) -> int:
+    """VAT on a net amount, rounded half up to the cent, in integers only."""
+    if net_cents < 0:
+        return -vat_cents(-net_cents, basis_points)
+    return (net_cents * basis_points + 5_000) // 10_000
