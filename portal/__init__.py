@@ -67,15 +67,19 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     oidc.init_app(app, settings)
 
     from portal.api import init_app as init_api
+    from portal.grants.views import bp as grants_bp
     from portal.health import bp as health_bp
     from portal.identity.views import bp as identity_bp
     from portal.ledger.views import bp as ledger_bp
+    from portal.notifications.views import bp as notifications_bp
     from portal.projects.views import bp as projects_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(identity_bp)
     app.register_blueprint(projects_bp)
     app.register_blueprint(ledger_bp)
+    app.register_blueprint(grants_bp)
+    app.register_blueprint(notifications_bp)
     init_api(app)
     _install_enforcement_hooks(settings)
     return app

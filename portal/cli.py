@@ -108,12 +108,14 @@ def grant_role_command(email: str, role: str) -> None:
     click.echo(f"{user.display_name} <{user.email}> is now {role}")
 
 
+from portal.grants.cli import calls  # noqa: E402
 from portal.ledger.cli import sites  # noqa: E402
 from portal.metering.cli import slurm, usage  # noqa: E402
 
 main.add_command(usage)
 main.add_command(slurm)
 main.add_command(sites)
+main.add_command(calls)
 
 
 @main.command()

@@ -16,11 +16,12 @@ from portal import create_app
 from portal.config import OIDCProvider, Settings, load_settings
 from portal.db import utcnow
 from portal.devstack import OIDCProviderProcess
+from portal.grants.catalogue import ensure_default_calls
 from portal.identity.models import FactoryRole, User
 from portal.identity.services import grant_role, provision_user
 from portal.ledger import services as ledger
 from portal.ledger.catalogue import ensure_sites
-from portal.ledger.models import AllocationSource, Resource, Site
+from portal.ledger.models import AllocationSource, Resource, ResourceKind, Site
 from portal.migrations import upgrade
 from portal.projects import services as projects
 from portal.projects.models import Project
@@ -203,6 +204,8 @@ def seed_demo_data(db: Session, settings: Settings) -> None:
     )
     projects.accept_invitation(db, jonas, link.rsplit("/", 1)[1])
     _seed_compute(db, llm, speech, shelf)
+    gpus = db.exec(select(Resource).where(Resource.kind == ResourceKind.GPU).order_by(Resource.id)).all()
+    ensure_default_calls(db, admin, list(gpus))
 
 
 def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,9 +19,25 @@ from flask.testing import FlaskClient
 from flask_wtf.csrf import generate_csrf
 from sqlmodel import Session, select
 
+from portal.grants import services as grants
+from portal.grants.models import (
+    AccessMode,
+    Application,
+    ApplicationFile,
+    Award,
+    Call,
+    CallBudget,
+    CallState,
+    Reply,
+    Review,
+    ReviewKind,
+    ReviewMode,
+)
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.identity.services import create_api_token, grant_role
+from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, LedgerEntry
+from portal.notifications.models import Notification
 from portal.projects import services
 from portal.projects.models import (
     Invitation,
@@ -31,16 +48,33 @@ from portal.projects.models import (
     ProjectRole,
 )
 from tests.conftest import csrf_token, post_form
-from tests.ledger_world import make_world, open_q1
+from tests.grants_world import login_of
+from tests.ledger_world import HOUR, make_world, open_q1
 
 #: URL arguments that name an object someone may not be allowed to see.
-OBJECT_ARGUMENTS = {"project_id", "organisation_id", "invitation_id", "user_id", "token", "allocation_id"}
-#: Paths that deal with projects or organisations even without naming one.
-OBJECT_WORDS = ("/organisations", "/projects", "/invitations")
+OBJECT_ARGUMENTS = {
+    "project_id",
+    "organisation_id",
+    "invitation_id",
+    "user_id",
+    "token",
+    "allocation_id",
+    "call_id",
+    "application_id",
+    "review_id",
+    "file_id",
+    "award_id",
+    "notification_id",
+}
+#: Paths that deal with projects or organisations (or their applications, reviews and notices) even
+#: without naming one.
+OBJECT_WORDS = ("/organisations", "/projects", "/invitations", "/calls", "/applications", "/reviews", "/inbox")
 
 SECRET_TITLE = "Kappa Secret Research"
 SECRET_ORG = "Hiddenorg Dynamics"
 SECRET_EMAIL = "pending-invitee@example.eu"
+SECRET_APPLICATION = "Zeta Confidential Proposal"
+SECRET_ABSTRACT = "Nobody else may read this abstract."
 MISSING_ID = 987654
 
 
@@ -97,6 +131,42 @@ ROUTES: list[Route] = [
     # factory roles: an outsider trying to make themselves admin
     Route("POST", "/admin/users/<int:user_id>/roles", {"role": "admin"}, outsider=403, args={"user_id": "outsider"}),
     Route("POST", "/admin/users/<int:user_id>/roles/<role>/revoke", outsider=403),
+    # --- calls, applications, reviews, the inbox --------------------------------------------------------
+    # open calls are public; applying takes a project of one's own (P is not among the outsider's choices)
+    Route("GET", "/calls", outsider=200),
+    Route("GET", "/calls/<int:call_id>", outsider=200),
+    Route("POST", "/calls/<int:call_id>/apply", {"project_id": "0", "title": "Intrusion"}, outsider=422),
+    # the call manager's pages: the call is public, so its manager's pages only refuse
+    Route("GET", "/calls/<int:call_id>/manage", outsider=403),
+    Route("GET", "/calls/<int:call_id>/applications.csv", outsider=403),
+    Route("POST", "/calls/<int:call_id>/state", {"state": "closed"}, outsider=403),
+    Route("GET", "/admin/calls/new", outsider=403),
+    Route("POST", "/admin/calls/new", {"title": "Intruder call", "manager_email": "x@example.eu"}, outsider=403),
+    # P's application: its project's members, the call's manager and its reviewers only
+    Route("GET", "/applications/<int:application_id>"),
+    Route("GET", "/applications/<int:application_id>/edit"),
+    Route("POST", "/applications/<int:application_id>/edit", {"title": "Defaced", "abstract": "pwned"}),
+    Route("POST", "/applications/<int:application_id>/save", {"title": "Defaced", "abstract": "pwned"}),
+    Route("POST", "/applications/<int:application_id>/files", {"question": "plan"}),
+    Route("GET", "/files/<int:file_id>"),
+    Route("POST", "/applications/<int:application_id>/submit"),
+    Route("POST", "/applications/<int:application_id>/withdraw"),
+    Route("POST", "/applications/<int:application_id>/reply", {"reply": "pwned"}),
+    Route("POST", "/applications/<int:application_id>/check", {"decision": "fail", "fail_reason": "pwned"}),
+    Route("POST", "/applications/<int:application_id>/reviewers", {"email": "x@example.eu", "kind": "technical"}),
+    Route("POST", "/applications/<int:application_id>/complete-technical-assessment"),
+    Route("POST", "/applications/<int:application_id>/request-reply"),
+    Route("POST", "/applications/<int:application_id>/rank"),
+    Route("POST", "/applications/<int:application_id>/accept", {"first_tranche_percent": "100"}),
+    Route("POST", "/applications/<int:application_id>/reject", {"reject_reason": "pwned"}),
+    Route("POST", "/applications/<int:application_id>/tranches/<int:award_id>/release"),
+    # somebody else's review and notice
+    Route("GET", "/reviews", outsider=200),
+    Route("GET", "/reviews/<int:review_id>"),
+    Route("POST", "/reviews/<int:review_id>", {"feasible": "no", "comment_to_applicant": "pwned"}),
+    Route("POST", "/reviews/<int:review_id>/conflict", {"conflict_reason": "pwned"}),
+    Route("GET", "/inbox", outsider=200),
+    Route("POST", "/inbox/<int:notification_id>/read"),
     # --- JSON API -------------------------------------------------------------------------------------
     Route("GET", "/api/v1/organisations", outsider=200),
     Route("POST", "/api/v1/organisations", {**NEW_ORG, "name": "Outsider Three Ltd"}, outsider=201),
@@ -158,8 +228,10 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
     ledger_world = make_world(db)
     allocation = open_q1(db, ledger_world, 100, project=project, title="Secret GPU hours")
     second_allocation = open_q1(db, ledger_world, 50, project=project, title="Second GPU hours")
+    grant = grant_world(app, db, login, settings, owner, project, ledger_world.gpu)
 
     return SimpleNamespace(
+        **grant,
         owner=owner,
         owner_client=owner_client,
         org=org,
@@ -177,6 +249,65 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
     )
 
 
+def grant_world(app: Flask, db: Session, login, settings, owner: User, project: Project, gpu) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """P's application to an open Fast Lane call, through to an award with a held second tranche: with a
+    PDF, a technical review by a site operator and the owner's notices."""
+    manager = login(new_client(app), given_name="Magda", family_name="Callmanager")
+    operator = login(new_client(app), given_name="Oskar", family_name="Operator")
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR)
+    start = date.today()
+    for _ in range(3):  # awards start today
+        q_start, q_end = ledger.quarter_of(start)
+        ledger.set_capacity(db, None, gpu, starts_on=q_start, ends_on=q_end, capacity=10_000 * HOUR)
+        start = q_end
+    now = datetime.now(UTC)
+    call = grants.create_call(
+        db,
+        None,
+        title="Open call for everyone",
+        access_mode=AccessMode.FAST_LANE,
+        review_mode=ReviewMode.TECHNICAL,
+        manager=manager,
+        budgets={gpu.id: 1000 * HOUR},
+        max_request=500 * HOUR,
+        opens_at=now - timedelta(days=1),
+        closes_at=now + timedelta(days=30),
+        first_cutoff=date.today(),
+        questions=[{"key": "plan", "label": "Work plan", "type": "pdf"}],
+    )
+    grants.set_call_state(db, manager, call, CallState.OPEN)
+    application = grants.start_application(
+        db, owner, login_of(owner), call=call, project=project, title=SECRET_APPLICATION
+    )
+    grants.save_draft(
+        db,
+        owner,
+        application,
+        abstract=SECRET_ABSTRACT,
+        requests=[grants.RequestInput(gpu.id, 100 * HOUR, "Secret justification")],
+    )
+    upload = grants.upload_pdf(
+        db, owner, application, question_key="plan", filename="secret-plan.pdf", content=b"%PDF-1.4 secret"
+    )
+    grants.submit(db, settings, owner, application)
+    grants.administrative_check(db, settings, manager, application, passed=True)
+    review = grants.assign_reviewer(db, settings, manager, application, operator, kind=ReviewKind.TECHNICAL)
+    grants.submit_review(db, operator, review.id, comment_to_applicant="Feasible.", feasible=True)  # type: ignore[arg-type]
+    grants.complete_technical_assessment(db, settings, manager, application)
+    grants.decide_accept(db, settings, manager, application, awarded={gpu.id: 100 * HOUR}, first_tranche_percent=50)
+    held = db.exec(select(Award).where(Award.application_id == application.id, Award.tranche == 2)).one()
+    notice = db.exec(select(Notification).where(Notification.user_id == owner.id)).first()
+    assert notice is not None
+    return {
+        "call": call,
+        "application": application,
+        "review": review,
+        "upload": upload,
+        "held_award": held,
+        "notice": notice,
+    }
+
+
 def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
     values = {
         "project_id": world.project.id,
@@ -184,6 +315,12 @@ def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
         "invitation_id": world.invitation.id,
         "user_id": world.member.id,
         "allocation_id": world.allocation.id,
+        "call_id": world.call.id,
+        "application_id": world.application.id,
+        "review_id": world.review.id,
+        "file_id": world.upload.id,
+        "award_id": world.held_award.id,
+        "notification_id": world.notice.id,
         "outsider": world.outsider.id,
         "token": "guessed-" + "x" * 40,
         "role": "admin",
@@ -220,6 +357,17 @@ def snapshot(db: Session, world: SimpleNamespace) -> dict[str, Any]:
             for a in db.exec(select(Allocation).where(Allocation.project_id == project.id))
         ),
         "ledger entries": len(db.exec(select(LedgerEntry)).all()),
+        "calls": sorted((c.id, c.title, c.state) for c in db.exec(select(Call))),
+        "call budgets": sorted((b.id, b.budget, b.awarded) for b in db.exec(select(CallBudget))),
+        "applications": sorted(
+            (a.id, a.state, a.title, a.abstract, repr(a.answers), a.version, a.decision_reason)
+            for a in db.exec(select(Application))
+        ),
+        "reviews": sorted((r.id, r.state, r.feasible, r.comment_to_applicant) for r in db.exec(select(Review))),
+        "replies": len(db.exec(select(Reply)).all()),
+        "files": len(db.exec(select(ApplicationFile)).all()),
+        "awards": sorted((a.id, a.amount, a.released_at) for a in db.exec(select(Award))),
+        "notices read": sorted((n.id, n.read_at) for n in db.exec(select(Notification))),
     }
 
 
@@ -261,8 +409,24 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
         invitation_id=MISSING_ID,
         user_id=MISSING_ID,
         allocation_id=MISSING_ID,
+        call_id=MISSING_ID,
+        application_id=MISSING_ID,
+        review_id=MISSING_ID,
+        file_id=MISSING_ID,
+        award_id=MISSING_ID,
+        notification_id=MISSING_ID,
     )
-    secrets_ = [SECRET_TITLE, SECRET_ORG, SECRET_EMAIL, "Quartermain", "Memberton", "Olga Owner"]
+    secrets_ = [
+        SECRET_TITLE,
+        SECRET_ORG,
+        SECRET_EMAIL,
+        "Quartermain",
+        "Memberton",
+        "Olga Owner",
+        SECRET_APPLICATION,
+        SECRET_ABSTRACT,
+        "secret-plan.pdf",
+    ]
     before = snapshot(db, world)
     failures: list[str] = []
 

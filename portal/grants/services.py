@@ -487,7 +487,10 @@ def get_file(db: Session, actor: User, file_id: int) -> ApplicationFile:
     upload = db.get(ApplicationFile, file_id)
     if upload is None:
         raise NotFound("No such file.")
-    get_application(db, actor, upload.application_id)
+    try:
+        get_application(db, actor, upload.application_id)
+    except NotFound as exc:  # the same answer as for a file that does not exist
+        raise NotFound("No such file.") from exc
     return upload
 
 
@@ -714,6 +717,7 @@ def assign_reviewer(
         raise Conflict(f"{reviewer.display_name} is already assigned.")
     review = Review(application_id=application.id, reviewer_id=reviewer.id, kind=kind, due_on=due_on)  # type: ignore[arg-type]
     db.add(review)
+    db.flush()
     notify(
         db,
         settings,
@@ -722,7 +726,7 @@ def assign_reviewer(
         body=f"You are asked for a {kind.value} review of “{application.title}” in “{call.title}”"
         + (f", due {due_on}." if due_on else ".")
         + " Declare a conflict of interest if you have one.",
-        link=f"/reviews/{application.id}",
+        link=f"/reviews/{review.id}",
     )
     db.commit()
     return review
