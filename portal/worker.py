@@ -15,6 +15,7 @@ from sqlmodel import Session, col, delete
 
 from portal.config import Settings
 from portal.db import session_scope, utcnow
+from portal.grants import jobs as grants_jobs
 from portal.ledger import jobs as ledger_jobs
 from portal.projects.models import Invitation
 
@@ -66,6 +67,7 @@ JOBS: list[Job] = [
     Job("start_and_expire_allocations", every=300, run=ledger_jobs.start_and_expire_allocations),
     Job("notify_usage_thresholds", every=600, run=ledger_jobs.notify_usage_thresholds),
     Job("check_balances", every=86_400, run=ledger_jobs.check_balances),
+    Job("remind_due_reviews", every=3600, run=grants_jobs.remind_due_reviews),
 ]
 
 

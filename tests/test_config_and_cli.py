@@ -127,6 +127,7 @@ def test_worker_runs_its_jobs_once_and_exits(cli_env):
         "start_and_expire_allocations",
         "notify_usage_thresholds",
         "check_balances",
+        "remind_due_reviews",
         "pull_slurm_usage",
         "sync_slurm_accounts",
     ):

@@ -370,3 +370,33 @@ def test_recurring_cutoffs_come_every_two_weeks(db):
     assert grants.next_cutoff(g.call, datetime.combine(first + timedelta(days=1), time(), tzinfo=UTC)) == (
         first + timedelta(days=14)
     )
+
+
+def test_reviewers_are_reminded_once_a_day_when_a_review_is_due_or_late(db, make_settings, mailbox):
+    import time_machine
+
+    from portal.grants.jobs import remind_due_reviews
+    from tests.ledger_world import at
+
+    settings = make_settings(mail_backend="smtp", smtp_port=mailbox.port)
+    g = make_grant_world(db)
+    application = complete_draft(db, g)
+    grants.submit(db, SETTINGS, g.pi, application)
+    grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
+    operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
+    grants.assign_reviewer(
+        db, SETTINGS, g.manager, application, operator, kind=ReviewKind.TECHNICAL, due_on=date(2030, 3, 10)
+    )
+    with time_machine.travel(at(2030, 3, 1), tick=False):
+        assert remind_due_reviews(db, settings) == 0  # not due for nine days
+    with time_machine.travel(at(2030, 3, 8), tick=False):
+        assert remind_due_reviews(db, settings) == 1
+        assert remind_due_reviews(db, settings) == 0  # once a day
+    with time_machine.travel(at(2030, 3, 11), tick=False):
+        assert remind_due_reviews(db, settings) == 1
+    subjects = [m["Subject"] for m in mailbox.messages]
+    assert subjects == [
+        "Review due: Speech models for Baltic languages",
+        "Review overdue: Speech models for Baltic languages",
+    ]
+    assert mailbox.messages[0]["To"] == operator.email

@@ -188,6 +188,8 @@ class Review(SQLModel, table=True):
     kind: ReviewKind = Field(sa_type=StrEnumType(ReviewKind, 16))
     state: ReviewState = Field(default=ReviewState.ASSIGNED, sa_type=StrEnumType(ReviewState, 16))
     due_on: date | None = Field(default=None)
+    #: When the reviewer was last reminded that the review is due.
+    reminded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     conflict_reason: str = Field(default="", max_length=1000)
     #: Technical assessment: feasible or not.
     feasible: bool | None = Field(default=None)
