@@ -427,7 +427,7 @@ def credit(
 
 def _update_state(db: Session, allocation: Allocation) -> None:
     now = utcnow()
-    if allocation.state in (AllocationState.EXPIRED, AllocationState.SUSPENDED):
+    if allocation.state in (AllocationState.EXPIRED, AllocationState.SUSPENDED, AllocationState.AWAITING_PAYMENT):
         return
     if allocation.balance <= 0 and allocation.credited > 0:
         allocation.state = AllocationState.EXHAUSTED
@@ -507,9 +507,9 @@ def _charged_keys(db: Session, keys: list[str]) -> set[str]:
     """Which of ``keys`` already have a ledger entry, in a few look-ups on the unique index.
 
     On PostgreSQL the keys go as one array (``= ANY(:keys)``), not as an ``IN`` list of 500 parameters: the
-    driver prepares statements it sees often, and PostgreSQL's generic plan for such an ``IN`` list, made
-    while the ledger is small (or has no statistics yet), is a sequential scan that then stays, so that
-    every look-up reads the whole, growing table. The array's generic plan uses the index.
+    driver prepares statements it sees often, and without fresh statistics PostgreSQL's generic plan for
+    such an ``IN`` list is a sequential scan comparing every row with every parameter (1.5 s a look-up at
+    200,000 entries), kept until the next ANALYZE. The array's generic plan uses the unique index.
     """
     column = col(LedgerEntry.idempotency_key)
     postgres = db.get_bind().dialect.name == "postgresql"
@@ -562,20 +562,17 @@ def _charge_batch_once(
     ordered: list[UsageCharge] = []
     rows: list[dict[str, object]] = []
     touched: list[tuple[Allocation, str]] = []
+    moves: list[dict[str, int]] = []
     for allocation_id in ids:
         allocation = allocations[allocation_id]
         previous = allocation.state
         group = by_allocation[allocation_id]
         total = sum(c.amount for c in group)
-        balance, used = db.execute(
-            sa.update(table)
-            .where(table.c.id == allocation_id)
-            .values(balance=table.c.balance - total, used=table.c.used + total)
-            .returning(table.c.balance, table.c.used)
-        ).one()
-        set_committed_value(allocation, "balance", int(balance))
-        set_committed_value(allocation, "used", int(used))
-        running = int(balance) + total
+        # The row is locked and was loaded after the lock, so its balance is the current one.
+        running = allocation.balance
+        moves.append({"allocation_id": allocation_id, "total": total})
+        set_committed_value(allocation, "balance", allocation.balance - total)
+        set_committed_value(allocation, "used", allocation.used + total)
         for charge in group:
             running -= charge.amount
             ordered.append(charge)
@@ -593,6 +590,13 @@ def _charge_batch_once(
             )
         _update_state(db, allocation)
         touched.append((allocation, previous))
+    # One executemany moves every balance by its total, relative to the row as every movement does.
+    db.execute(
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("allocation_id"))
+        .values(balance=table.c.balance - sa.bindparam("total"), used=table.c.used + sa.bindparam("total")),
+        moves,
+    )
     charged = list(zip(ordered, _insert_entries(db, rows), strict=True))
     _add_daily_usage(db, ordered)
     if record is not None:
@@ -781,6 +785,93 @@ def expire(db: Session, allocation_id: int, *, now: datetime | None = None) -> L
         return entry
 
     return _once(db, None, work, lambda e: e)
+
+
+# --- purchases -------------------------------------------------------------------------------------------
+
+
+def hold_for_purchase(
+    db: Session,
+    *,
+    project: Project,
+    resource: Resource,
+    amount: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    title: str,
+) -> Allocation:
+    """Reserve capacity for an order before it is paid: an allocation awaiting payment, with no hours yet."""
+    _validate_amount(amount)
+
+    def work() -> Allocation:
+        allocation = Allocation(
+            project_id=project.id,  # type: ignore[arg-type]
+            resource_id=resource.id,  # type: ignore[arg-type]
+            source=AllocationSource.PURCHASE,
+            state=AllocationState.AWAITING_PAYMENT,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            title=title.strip()[:200] or resource.name,
+        )
+        db.add(allocation)
+        db.flush()
+        reserve_capacity(db, allocation, amount)
+        return allocation
+
+    return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
+
+
+def fulfil_purchase(
+    db: Session, allocation_id: int, amount: int, *, idempotency_key: str, reason: str = ""
+) -> LedgerEntry:
+    """Credit a paid purchase, once per key. Its capacity is already held; if the hold was released (a
+    late payment after the checkout expired) it is reserved again, or ``CapacityExhausted``."""
+    _validate_amount(amount)
+
+    def work() -> LedgerEntry:
+        allocation = _lock_allocation(db, allocation_id)
+        if allocation.state == AllocationState.EXPIRED:
+            if allocation.ends_at <= utcnow():
+                raise AllocationClosed("The purchase's validity ended before it was paid.")
+            reserve_capacity(db, allocation, amount)
+        elif allocation.state != AllocationState.AWAITING_PAYMENT:
+            raise AllocationClosed("This purchase has been paid already.")
+        entry = _move(db, allocation, EntryKind.PURCHASE, amount, key=idempotency_key, actor=None, reason=reason)
+        allocation.state = AllocationState.ACTIVE
+        _update_state(db, allocation)
+        return entry
+
+    return _once(db, idempotency_key, work, lambda e: e)
+
+
+def release_purchase_hold(db: Session, allocation_id: int) -> bool:
+    """The checkout expired or was cancelled: give the held capacity back. True if a hold was released."""
+
+    def work() -> bool:
+        allocation = _lock_allocation(db, allocation_id)
+        if allocation.state != AllocationState.AWAITING_PAYMENT:
+            return False
+        release_capacity(db, allocation, allocation.reserved)
+        allocation.state = AllocationState.EXPIRED
+        return True
+
+    return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
+
+
+def refund_unused(db: Session, allocation_id: int, amount: int, *, idempotency_key: str, reason: str) -> LedgerEntry:
+    """Debit refunded hours (never more than the unused balance) and free their capacity, once per key."""
+    _validate_amount(amount)
+
+    def work() -> LedgerEntry:
+        allocation = _lock_allocation(db, allocation_id)
+        entry = _move(
+            db, allocation, EntryKind.REFUND, -amount, key=idempotency_key, actor=None, floor=0, reason=reason
+        )
+        release_capacity(db, allocation, min(amount, allocation.reserved))
+        _update_state(db, allocation)
+        return entry
+
+    return _once(db, idempotency_key, work, lambda e: e)
 
 
 def set_suspended(db: Session, actor: User, allocation_id: int, suspended: bool, *, reason: str) -> Allocation:

@@ -59,7 +59,9 @@ def _burn_rates(db: Session, allocation_ids: list[int], today: date) -> dict[int
 def _statement(allocation: Allocation, resource: Resource, site: Site, burn: int, today: date) -> AllocationStatement:
     projected = None
     if burn > 0 and allocation.balance > 0:
-        projected = today + timedelta(days=-(-allocation.balance // burn))
+        days = -(-allocation.balance // burn)
+        # beyond a century the rate says nothing useful (and dates would overflow)
+        projected = today + timedelta(days=days) if days <= 36_500 else None
     elif allocation.balance <= 0 and allocation.credited > 0:
         projected = today
     return AllocationStatement(allocation, resource, site, burn, projected)

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from portal.authz import Action, require
-from portal.db import UTCDateTime, utcnow
+from portal.db import utcnow
 from portal.errors import InvalidInput, NotFound
 from portal.identity.models import User
 from portal.ledger.models import Allocation, LedgerEntry, Resource, ResourceKind, Site
@@ -51,32 +50,17 @@ class _Pending:
     ended_at: datetime
 
 
-#: The usage record columns sent to PostgreSQL as arrays, with their element types.
-_RECORD_ARRAYS = (
-    ("origin", sa.String),
-    ("external_id", sa.String),
-    ("allocation_id", sa.Integer),
-    ("ledger_entry_id", sa.Integer),
-    ("username", sa.String),
-    ("started_at", UTCDateTime),
-    ("ended_at", UTCDateTime),
-    ("quantity", sa.BigInteger),
-)
-
-
 def _record_usage(db: Session, source: UsageSource, pending: dict[str, _Pending]):  # type: ignore[no-untyped-def]
-    """The usage records of a batch's new charges, written with one statement.
-
-    On PostgreSQL the rows travel as one array per column (``INSERT ... SELECT FROM unnest(...)``), which
-    costs a fraction of one INSERT per row; elsewhere they are an ``executemany``.
-    """
+    """The usage records of a batch's new charges, written with one ``executemany``."""
 
     def record(charged: list[tuple[UsageCharge, LedgerEntry]]) -> None:
+        now = utcnow()
         rows = []
         for charge, entry in charged:
             item = pending[charge.key]
             rows.append(
                 {
+                    "source": source,
                     "origin": item.origin,
                     "external_id": item.external_id,
                     "allocation_id": charge.allocation_id,
@@ -85,25 +69,10 @@ def _record_usage(db: Session, source: UsageSource, pending: dict[str, _Pending]
                     "started_at": item.started_at,
                     "ended_at": item.ended_at,
                     "quantity": charge.amount,
+                    "recorded_at": now,
                 }
             )
-        table = UsageRecord.__table__  # type: ignore[attr-defined]
-        now = utcnow()
-        if db.get_bind().dialect.name != "postgresql":
-            db.execute(sa.insert(table), [{**row, "source": source, "recorded_at": now} for row in rows])
-            return
-        names = [name for name, _element in _RECORD_ARRAYS]
-        arrays = [
-            sa.bindparam(name, [row[name] for row in rows], type_=postgresql.ARRAY(element))
-            for name, element in _RECORD_ARRAYS
-        ]
-        values = sa.func.unnest(*arrays).table_valued(*names).render_derived()
-        constants = [sa.literal(source, table.c.source.type), sa.literal(now, table.c.recorded_at.type)]
-        db.execute(
-            sa.insert(table).from_select(
-                [*names, "source", "recorded_at"], sa.select(*(values.c[name] for name in names), *constants)
-            )
-        )
+        db.execute(sa.insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
 
     return record
 
