@@ -81,5 +81,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(grants_bp)
     app.register_blueprint(notifications_bp)
     init_api(app)
+    from portal.market.views import init_app as init_market
+
+    init_market(app)
     _install_enforcement_hooks(settings)
     return app

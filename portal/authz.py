@@ -41,6 +41,7 @@ class Action(StrEnum):
     CREATE_CALLS = "grants.create_calls"
     MANAGE_CALL = "grants.manage_call"
     VIEW_CALL = "grants.view_call"
+    MANAGE_BILLING = "market.manage_billing"
 
 
 def factory_roles(db: Session, user: User) -> set[FactoryRole]:
@@ -111,6 +112,7 @@ RULES: dict[Action, tuple[Rule, Action | None]] = {
     Action.MANAGE_ALLOCATIONS: (lambda db, u, _t: False, None),
     Action.MANAGE_CAPACITY: (lambda db, u, _t: False, None),
     Action.CREATE_CALLS: (lambda db, u, _t: False, None),
+    Action.MANAGE_BILLING: (lambda db, u, _t: False, None),
     Action.MANAGE_CALL: (lambda db, u, call: call.manager_id == u.id, Action.VIEW_CALL),
     Action.VIEW_CALL: (lambda db, u, call: call.state != "draft" or call.manager_id == u.id, None),
     Action.MANAGE_ALLOCATIONS_OF_PROJECT: (
@@ -122,7 +124,7 @@ RULES: dict[Action, tuple[Rule, Action | None]] = {
 #: What each factory role may do on any target, beyond the rules above.
 FACTORY_ROLE_ACTIONS: dict[FactoryRole, frozenset[Action]] = {
     FactoryRole.ADMIN: frozenset(Action),
-    FactoryRole.FINANCE: frozenset({Action.VIEW_ORGANISATION, Action.VIEW_ALL}),
+    FactoryRole.FINANCE: frozenset({Action.VIEW_ORGANISATION, Action.VIEW_ALL, Action.MANAGE_BILLING}),
     FactoryRole.SITE_OPERATOR: frozenset(
         {Action.VIEW_PROJECT, Action.VIEW_ORGANISATION, Action.VIEW_ALL, Action.MANAGE_CAPACITY}
     ),

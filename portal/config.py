@@ -167,6 +167,19 @@ class Settings(BaseSettings):
     serve_workers: int = Field(default=2, gt=0)
     #: Seconds between two rounds of ``portal worker``.
     worker_interval_seconds: int = Field(default=60, gt=0)
+    #: Stripe secret key (``sk_live_...``); the demo's stand-in accepts any ``sk_test_...``.
+    stripe_api_key: str = "sk_test_devstripe"
+    #: Signing secret of the portal's Stripe webhook endpoint (``whsec_...``).
+    stripe_webhook_secret: str = "whsec_devstripe"  # noqa: S105  (the local stand-in's; production refuses it)
+    #: Another Stripe API address (the local stand-in); empty for Stripe itself.
+    stripe_api_base: str = ""
+    #: The seller printed on invoices: name, address, country and EU VAT number.
+    seller_name: str = "Baltic AI Factory (demo)"
+    seller_address: str = "ul. Przykładowa 1, 00-001 Warszawa"
+    seller_country: str = "PL"
+    seller_vat_number: str = "PL5260250274"
+    #: Prefix of invoice numbers (``BAIF-2026-000042``).
+    invoice_prefix: str = "BAIF"
     #: Log level of the portal's loggers (DEBUG, INFO, WARNING, ERROR).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Languages offered in the interface.
@@ -197,6 +210,9 @@ class Settings(BaseSettings):
                 raise ValueError("PORTAL_SECRET_KEY must be set in production")
             if not self.base_url.startswith("https://"):
                 raise ValueError("PORTAL_BASE_URL must be an https:// URL in production")
+            stand_in = self.stripe_api_key == "sk_test_devstripe" or self.stripe_webhook_secret == "whsec_devstripe"  # noqa: S105
+            if stand_in:
+                raise ValueError("PORTAL_STRIPE_API_KEY and PORTAL_STRIPE_WEBHOOK_SECRET must be set in production")
         names = [p.name for p in self.oidc_providers]
         if len(names) != len(set(names)):
             raise ValueError("OIDC provider names must be unique")

@@ -21,6 +21,14 @@ from portal.ledger.models import (
     Resource,
     Site,
 )
+from portal.market.models import (
+    Invoice,
+    InvoiceSequence,
+    Offering,
+    OfferingPrice,
+    Order,
+    StripeEvent,
+)
 from portal.metering.models import SlurmAccount, SlurmPull, UsageRecord
 from portal.notifications.models import Notification
 from portal.projects.models import (
@@ -45,9 +53,14 @@ __all__ = [
     "DailyUsage",
     "ExternalIdentity",
     "Invitation",
+    "Invoice",
+    "InvoiceSequence",
     "LedgerEntry",
     "Login",
     "Notification",
+    "Offering",
+    "OfferingPrice",
+    "Order",
     "Organisation",
     "OrganisationMembership",
     "Project",
@@ -60,6 +73,7 @@ __all__ = [
     "Site",
     "SlurmAccount",
     "SlurmPull",
+    "StripeEvent",
     "UsageRecord",
     "User",
 ]

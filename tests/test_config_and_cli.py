@@ -49,6 +49,15 @@ def test_production_refuses_insecure_defaults():
         load_settings(env="production", base_url="https://portal.example.eu")
     with pytest.raises(ValidationError, match="https"):
         load_settings(env="production", secret_key="x" * 40, base_url="http://portal.example.eu")
+    with pytest.raises(ValidationError, match="PORTAL_STRIPE_API_KEY"):
+        load_settings(env="production", secret_key="x" * 40, base_url="https://portal.example.eu")
+    load_settings(
+        env="production",
+        secret_key="x" * 40,
+        base_url="https://portal.example.eu",
+        stripe_api_key="sk_live_x",
+        stripe_webhook_secret="whsec_live",
+    )
 
 
 def test_acr_values_map_to_levels_per_provider():

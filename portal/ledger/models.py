@@ -111,6 +111,8 @@ class AllocationState(StrEnum):
     EXHAUSTED = "exhausted"
     EXPIRED = "expired"
     SUSPENDED = "suspended"
+    #: A purchase whose capacity is held until the payment arrives (or the checkout expires).
+    AWAITING_PAYMENT = "awaiting_payment"
 
 
 class Allocation(SQLModel, table=True):

@@ -1,0 +1,580 @@
+"""The marketplace: offerings, orders paid through Stripe Checkout, invoices with EU VAT, refunds.
+
+Hours are credited only by a verified webhook: the event id is stored in the same transaction that
+credits the allocation and issues the invoice, so a redelivered, late or out-of-order event changes
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from portal.authz import Action, allowed, organisation_role, require
+from portal.config import AssuranceLevel, Settings
+from portal.db import utcnow
+from portal.errors import Conflict, InvalidInput, NotAuthorised, NotFound
+from portal.identity.models import Login, User
+from portal.ledger import services as ledger
+from portal.ledger.models import UNITS, Allocation, CapacityPeriod, Resource, Site
+from portal.market.models import (
+    Invoice,
+    InvoiceKind,
+    InvoiceSequence,
+    Offering,
+    OfferingPrice,
+    OfferingState,
+    Order,
+    OrderState,
+    StripeEvent,
+)
+from portal.market.stripe_gateway import StripeGateway
+from portal.market.vat import treatment_for, vat_cents
+from portal.notifications.services import notify
+from portal.projects.models import Organisation, OrganisationRole, Project
+
+log = logging.getLogger("portal.market")
+
+
+class OrderRefused(Conflict):
+    title = "Order not possible"
+
+
+# --- offerings ------------------------------------------------------------------------------------------
+
+
+def create_offering(
+    db: Session,
+    actor: User | None,
+    *,
+    resource: Resource,
+    title: str,
+    price_cents: int,
+    max_quantity: int,
+    min_quantity: int = 1,
+    validity_months: int = 6,
+    description: str = "",
+) -> Offering:
+    if actor is not None:
+        require(db, actor, Action.MANAGE_CAPACITY)
+    errors = {}
+    if not title.strip():
+        errors["title"] = "Enter a title."
+    if not isinstance(price_cents, int) or price_cents <= 0:
+        errors["price"] = "The price is a positive amount."
+    if not 1 <= min_quantity <= max_quantity:
+        errors["max_quantity"] = "The largest quantity is at least the smallest, which is at least 1."
+    if validity_months not in (3, 6, 12):
+        errors["validity_months"] = "Bought hours are valid 3, 6 or 12 months."
+    if errors:
+        raise InvalidInput("The offering could not be saved.", errors=errors)
+    offering = Offering(
+        resource_id=resource.id,
+        title=title.strip(),
+        description=description,
+        price_cents=price_cents,  # type: ignore[arg-type]
+        min_quantity=min_quantity,
+        max_quantity=max_quantity,
+        validity_months=validity_months,
+    )
+    db.add(offering)
+    db.flush()
+    db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id if actor else None))  # type: ignore[arg-type]
+    db.commit()
+    return offering
+
+
+def change_price(db: Session, actor: User, offering: Offering, price_cents: int) -> Offering:
+    """A new price for new orders; orders placed before keep theirs (each order stores its unit price)."""
+    require(db, actor, Action.MANAGE_CAPACITY)
+    if not isinstance(price_cents, int) or price_cents <= 0:
+        raise InvalidInput("The price is a positive amount.", errors={"price": "Must be positive."})
+    offering.price_cents = price_cents
+    db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id))  # type: ignore[arg-type]
+    db.commit()
+    return offering
+
+
+def set_offering_state(db: Session, actor: User | None, offering: Offering, state: OfferingState) -> Offering:
+    if actor is not None:
+        require(db, actor, Action.MANAGE_CAPACITY)
+    offering.state = state
+    db.commit()
+    return offering
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    offering: Offering
+    resource: Resource
+    site: Site
+    #: Display units still free over the offering's validity from today (capacity × overbooking − reserved).
+    available: int
+
+
+def catalogue(db: Session, *, site_code: str | None = None, gpu_model: str | None = None) -> list[CatalogueItem]:
+    """Published offerings with the capacity honestly left for a purchase made today."""
+    stmt = (
+        select(Offering, Resource, Site)
+        .join(Resource, Resource.id == Offering.resource_id)  # type: ignore[arg-type]
+        .join(Site, Site.id == Resource.site_id)  # type: ignore[arg-type]
+        .where(Offering.state == OfferingState.PUBLISHED)
+        .order_by(Site.name, Offering.price_cents)
+    )
+    if site_code:
+        stmt = stmt.where(Site.code == site_code)
+    if gpu_model:
+        stmt = stmt.where(Resource.gpu_model == gpu_model)
+    rows = db.exec(stmt).all()
+    items = []
+    for offering, resource, site in rows:
+        starts_at, ends_at = _validity(offering)
+        free = _free_capacity(db, resource, starts_at, ends_at)
+        items.append(CatalogueItem(offering, resource, site, free // UNITS[resource.kind][2]))
+    return items
+
+
+def _validity(offering: Offering) -> tuple[datetime, datetime]:
+    today = utcnow().date()
+    starts_at = datetime.combine(today, time.min, tzinfo=UTC)
+    return starts_at, starts_at + timedelta(days=round(offering.validity_months * 30.44))
+
+
+def _free_capacity(db: Session, resource: Resource, starts_at: datetime, ends_at: datetime) -> int:
+    """The most an allocation over these dates could still reserve: the tightest period decides."""
+    periods = db.exec(
+        select(CapacityPeriod)
+        .where(
+            CapacityPeriod.resource_id == resource.id,
+            col(CapacityPeriod.starts_on) < ends_at.date(),
+            col(CapacityPeriod.ends_on) > starts_at.date(),
+        )
+        .order_by(CapacityPeriod.starts_on)
+    ).all()
+    if not periods or periods[0].starts_on > starts_at.date() or periods[-1].ends_on < ends_at.date():
+        return 0
+    total = int((ends_at - starts_at).total_seconds())
+    best: int | None = None
+    for period in periods:
+        start = max(starts_at, datetime.combine(period.starts_on, time.min, tzinfo=UTC))
+        end = min(ends_at, datetime.combine(period.ends_on, time.min, tzinfo=UTC))
+        seconds = int((end - start).total_seconds())
+        if seconds <= 0:
+            continue
+        room = period.capacity * resource.overbooking_permille // 1000 - period.reserved
+        fits = max(0, room) * total // seconds  # the share of an allocation that lands in this period
+        best = fits if best is None else min(best, fits)
+    return best or 0
+
+
+# --- ordering ---------------------------------------------------------------------------------------------
+
+
+def _require_buyer(db: Session, actor: User, login: Login | None, organisation: Organisation) -> None:
+    role = organisation_role(db, actor, organisation.id)  # type: ignore[arg-type]
+    if role not in (OrganisationRole.BILLING, OrganisationRole.ADMIN):
+        raise NotAuthorised(f"Only {organisation.name}'s admins and billing members may buy for it.")
+    if organisation.verified_at is None:
+        raise OrderRefused(f"{organisation.name} is not verified yet; the factory's staff check it first.")
+    if login is None or AssuranceLevel(login.level) < AssuranceLevel.SUBSTANTIAL:
+        raise OrderRefused("Buying for an organisation needs a login at level substantial or higher (eIDAS).")
+
+
+def place_order(
+    db: Session,
+    settings: Settings,
+    gateway: StripeGateway,
+    actor: User,
+    login: Login | None,
+    *,
+    offering: Offering,
+    project: Project,
+    quantity: int,
+) -> tuple[Order, str]:
+    """Hold the capacity, create the order and its Checkout Session; returns the order and the page to pay on."""
+    require(db, actor, Action.VIEW_PROJECT, project)
+    organisation = db.get(Organisation, project.organisation_id)
+    assert organisation is not None
+    _require_buyer(db, actor, login, organisation)
+    if offering.state != OfferingState.PUBLISHED:
+        raise OrderRefused("This offering is not on sale.")
+    if not isinstance(quantity, int) or not offering.min_quantity <= quantity <= offering.max_quantity:
+        raise InvalidInput(
+            "Choose another quantity.",
+            errors={"quantity": f"Between {offering.min_quantity} and {offering.max_quantity}."},
+        )
+    resource = db.get(Resource, offering.resource_id)
+    assert resource is not None
+    treatment = treatment_for(
+        seller_country=settings.seller_country,
+        customer_country=organisation.country,
+        customer_vat_number=organisation.vat_number,
+        on=utcnow().date(),
+    )
+    net = offering.price_cents * quantity
+    vat = vat_cents(net, treatment.basis_points)
+    starts_at, ends_at = _validity(offering)
+    with ledger.unit_of_work(db):
+        allocation = ledger.hold_for_purchase(
+            db,
+            project=project,
+            resource=resource,
+            amount=quantity * UNITS[resource.kind][2],
+            starts_at=starts_at,
+            ends_at=ends_at,
+            title=f"Purchase: {offering.title}",
+        )
+        order = Order(
+            organisation_id=organisation.id,
+            project_id=project.id,
+            buyer_id=actor.id,
+            offering_id=offering.id,  # type: ignore[arg-type]
+            quantity=quantity,
+            unit_price_cents=offering.price_cents,
+            net_cents=net,
+            vat_basis_points=treatment.basis_points,
+            vat_cents=vat,
+            gross_cents=net + vat,
+            currency=offering.currency,
+            vat_scheme=treatment.scheme,
+            vat_country=treatment.country,
+            customer_vat_number=treatment.customer_vat_number,
+            allocation_id=allocation.id,  # type: ignore[arg-type]
+        )
+        db.add(order)
+    try:
+        session = gateway.create_checkout_session(
+            order_id=order.id,
+            name=f"{offering.title} ({quantity} {resource.display_unit}s)",  # type: ignore[arg-type]
+            unit_amount_cents=order.gross_cents,
+            quantity=1,
+            currency=order.currency,
+            success_url=f"{settings.base_url}/market/orders/{order.id}",
+            cancel_url=f"{settings.base_url}/market/orders/{order.id}?cancelled=1",
+            customer_email=actor.email,
+            # the order and the moment it was placed: unique even across databases sharing one Stripe account
+            idempotency_key=f"order-{order.id}-{order.created_at.timestamp():.6f}-checkout",
+        )
+    except Exception:
+        _expire_order(db, order)
+        raise
+    order.checkout_session_id = session.id
+    db.commit()
+    return order, session.url
+
+
+def _expire_order(db: Session, order: Order) -> None:
+    with ledger.unit_of_work(db):
+        ledger.release_purchase_hold(db, order.allocation_id)
+        if order.state == OrderState.PENDING:
+            order.state = OrderState.EXPIRED
+
+
+def get_order(db: Session, actor: User, order_id: int) -> Order:
+    """An order its organisation's admins and billing members, and finance staff, may see."""
+    order = db.get(Order, order_id)
+    if order is None:
+        raise NotFound("No such order.")
+    role = organisation_role(db, actor, order.organisation_id)
+    if (
+        role not in (OrganisationRole.ADMIN, OrganisationRole.BILLING)
+        and order.buyer_id != actor.id
+        and not allowed(db, actor, Action.VIEW_ALL)
+    ):
+        raise NotFound("No such order.")
+    return order
+
+
+# --- webhooks ----------------------------------------------------------------------------------------------
+
+
+def handle_stripe_event(db: Session, settings: Settings, event: Any) -> str:
+    """Apply a verified Stripe event once; returns what happened (for the log)."""
+    if db.get(StripeEvent, event.id) is not None:
+        return "duplicate"
+    data: dict[str, Any] = event.data.object.to_dict()
+    order = _order_of(db, event.type, data)
+    if order is None:
+        log.warning("Stripe event %s (%s) names no known order", event.id, event.type)
+        return _record(db, event, None, "unknown order")
+    if event.type in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        if data.get("payment_status") != "paid":
+            return _record(db, event, order, "not paid yet")
+        return _fulfil(db, settings, event, order, data)
+    if event.type in ("checkout.session.expired", "checkout.session.async_payment_failed"):
+        if order.state == OrderState.PENDING:
+            with ledger.unit_of_work(db):
+                db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id))
+                db.flush()
+                ledger.release_purchase_hold(db, order.allocation_id)
+                order.state = OrderState.EXPIRED
+            return "expired"
+        return _record(db, event, order, "ignored: order not pending")
+    if event.type == "charge.refunded":
+        return _reconcile_refund(db, settings, event, order, data)
+    return _record(db, event, order, "ignored")
+
+
+def _order_of(db: Session, event_type: str, data: Any) -> Order | None:
+    metadata = data.get("metadata") or {}
+    if event_type.startswith("checkout.session."):
+        if str(metadata.get("order_id", "")).isdigit():
+            order = db.get(Order, int(metadata["order_id"]))
+            if order is not None and order.checkout_session_id in (None, data.get("id")):
+                return order
+        return db.exec(select(Order).where(Order.checkout_session_id == data.get("id"))).first()
+    if event_type.startswith("charge."):
+        payment_intent = data.get("payment_intent")
+        return (
+            db.exec(select(Order).where(Order.payment_intent_id == payment_intent)).first() if payment_intent else None
+        )
+    return None
+
+
+def _record(db: Session, event: Any, order: Order | None, outcome: str) -> str:
+    db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id if order else None))
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        return "duplicate"
+    return outcome
+
+
+def _fulfil(db: Session, settings: Settings, event: Any, order: Order, data: Any) -> str:
+    if order.state != OrderState.PENDING and order.paid_at is not None:
+        return _record(db, event, order, "already paid")
+    resource = db.exec(
+        select(Resource)
+        .join(Allocation, Allocation.resource_id == Resource.id)  # type: ignore[arg-type]
+        .where(Allocation.id == order.allocation_id)
+    ).one()
+    try:
+        with ledger.unit_of_work(db):
+            db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id))
+            db.flush()
+            ledger.fulfil_purchase(
+                db,
+                order.allocation_id,
+                order.quantity * UNITS[resource.kind][2],
+                idempotency_key=f"order:{order.id}:paid",
+                reason=f"order {order.id}",
+            )
+            order.state, order.paid_at = OrderState.PAID, utcnow()
+            order.payment_intent_id = data.get("payment_intent")
+            invoice = issue_invoice(
+                db, settings, order, InvoiceKind.INVOICE, quantity=order.quantity, net_cents=order.net_cents
+            )
+            buyer = db.get(User, order.buyer_id)
+            if buyer is not None:
+                notify(
+                    db,
+                    settings,
+                    buyer,
+                    subject=f"Payment received: order {order.id}",
+                    body=f"{order.quantity} hours are on the project page. Invoice {invoice.reference}.",
+                    link=f"/market/orders/{order.id}",
+                )
+    except IntegrityError:
+        db.rollback()
+        return "duplicate"
+    except ledger.CapacityExhausted:
+        db.rollback()
+        log.error("order %s was paid after its hold was released and the capacity is gone: refund it", order.id)
+        return _record(db, event, order, "paid but capacity gone: needs a refund")
+    return "fulfilled"
+
+
+def next_invoice_number(db: Session, seller_vat_number: str, year: int) -> int:
+    """The next number of the seller's year, taken under a row lock: no gaps, no duplicates."""
+    table = InvoiceSequence.__table__  # type: ignore[attr-defined]
+    insert = postgresql_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(table).values(seller_vat_number=seller_vat_number, year=year, last_number=1)
+    number = db.execute(
+        statement.on_conflict_do_update(
+            index_elements=["seller_vat_number", "year"], set_={"last_number": table.c.last_number + 1}
+        ).returning(table.c.last_number)
+    ).scalar_one()
+    return int(number)
+
+
+def issue_invoice(
+    db: Session,
+    settings: Settings,
+    order: Order,
+    kind: InvoiceKind,
+    *,
+    quantity: int,
+    net_cents: int,
+    corrects: Invoice | None = None,
+) -> Invoice:
+    """Write an invoice (or, with negative amounts, a credit note) in the caller's transaction."""
+    organisation = db.get(Organisation, order.organisation_id)
+    offering = db.get(Offering, order.offering_id)
+    assert organisation is not None and offering is not None
+    now = utcnow()
+    number = next_invoice_number(db, settings.seller_vat_number, now.year)
+    vat = vat_cents(net_cents, order.vat_basis_points)
+    mention = ""
+    if order.vat_scheme in ("reverse_charge", "outside_eu"):
+        mention = treatment_for(
+            seller_country=settings.seller_country,
+            customer_country=organisation.country,
+            customer_vat_number=organisation.vat_number,
+            on=order.created_at.date(),
+        ).mention
+    invoice = Invoice(
+        kind=kind,
+        seller_vat_number=settings.seller_vat_number,
+        year=now.year,
+        number=number,
+        reference=f"{settings.invoice_prefix}-{now.year}-{number:06d}"
+        + ("-CN" if kind == InvoiceKind.CREDIT_NOTE else ""),
+        order_id=order.id,
+        organisation_id=organisation.id,
+        corrects_id=corrects.id if corrects else None,  # type: ignore[arg-type]
+        issued_at=now,
+        seller={
+            "name": settings.seller_name,
+            "address": settings.seller_address,
+            "country": settings.seller_country,
+            "vat_number": settings.seller_vat_number,
+        },
+        buyer={
+            "name": organisation.name,
+            "country": organisation.country,
+            "vat_number": organisation.vat_number,
+            "registry_id": organisation.registry_id,
+        },
+        lines=[
+            {
+                "description": offering.title,
+                "quantity": quantity,
+                "unit": "hour",
+                "unit_price_cents": order.unit_price_cents,
+                "net_cents": net_cents,
+            }
+        ],
+        currency=order.currency,
+        net_cents=net_cents,
+        vat_basis_points=order.vat_basis_points,
+        vat_cents=vat,
+        gross_cents=net_cents + vat,
+        mention=mention,
+    )
+    db.add(invoice)
+    db.flush()
+    return invoice
+
+
+# --- refunds ------------------------------------------------------------------------------------------------
+
+
+def refundable_quantity(db: Session, order: Order) -> int:
+    """Bought hours not yet used or refunded: the allocation's balance, capped by what was bought."""
+    allocation = db.get(Allocation, order.allocation_id)
+    resource = db.get(Resource, allocation.resource_id) if allocation else None
+    if allocation is None or resource is None or order.state not in (OrderState.PAID, OrderState.PARTIALLY_REFUNDED):
+        return 0
+    return min(max(0, allocation.balance) // UNITS[resource.kind][2], order.quantity - _refunded_quantity(order))
+
+
+def _refunded_quantity(order: Order) -> int:
+    return order.refunded_cents // (order.gross_cents // order.quantity) if order.quantity else 0
+
+
+def refund_order(
+    db: Session, settings: Settings, gateway: StripeGateway, actor: User, order: Order, *, quantity: int
+) -> Invoice:
+    """Finance refunds unused hours: a Stripe refund (idempotency key), a ledger debit and a credit note."""
+    require(db, actor, Action.MANAGE_BILLING)
+    available = refundable_quantity(db, order)
+    if not isinstance(quantity, int) or not 1 <= quantity <= available:
+        raise InvalidInput(
+            "Choose how many unused hours to refund.",
+            errors={"quantity": f"Between 1 and {available} (the unused hours of the order)."},
+        )
+    per_hour_gross = order.gross_cents // order.quantity
+    amount = (
+        per_hour_gross * quantity
+        if quantity < order.quantity - _refunded_quantity(order)
+        else order.gross_cents - order.refunded_cents
+    )
+    key = f"order-{order.id}-{order.created_at.timestamp():.6f}-refund-{order.refunded_cents}-{amount}"
+    assert order.payment_intent_id is not None
+    gateway.refund(payment_intent=order.payment_intent_id, amount_cents=amount, idempotency_key=key)
+    return _book_refund(db, settings, order, quantity=quantity, gross_cents=amount, key=key)
+
+
+def _book_refund(
+    db: Session, settings: Settings, order: Order, *, quantity: int, gross_cents: int, key: str
+) -> Invoice:
+    resource = db.exec(
+        select(Resource)
+        .join(Allocation, Allocation.resource_id == Resource.id)  # type: ignore[arg-type]
+        .where(Allocation.id == order.allocation_id)
+    ).one()
+    original = db.exec(select(Invoice).where(Invoice.order_id == order.id, Invoice.kind == InvoiceKind.INVOICE)).one()
+    net = -(order.net_cents * gross_cents // order.gross_cents)
+    with ledger.unit_of_work(db):
+        ledger.refund_unused(
+            db,
+            order.allocation_id,
+            quantity * UNITS[resource.kind][2],
+            idempotency_key=key,
+            reason=f"refund of order {order.id}",
+        )
+        order.refunded_cents += gross_cents
+        order.state = (
+            OrderState.REFUNDED if order.refunded_cents >= order.gross_cents else OrderState.PARTIALLY_REFUNDED
+        )
+        note = issue_invoice(
+            db, settings, order, InvoiceKind.CREDIT_NOTE, quantity=-quantity, net_cents=net, corrects=original
+        )
+    return note
+
+
+def _reconcile_refund(db: Session, settings: Settings, event: Any, order: Order, charge: Any) -> str:
+    """A refund made in Stripe's dashboard: book what the portal has not booked yet."""
+    refunded = int(charge.get("amount_refunded") or 0)
+    missing = refunded - order.refunded_cents
+    if missing <= 0:
+        return _record(db, event, order, "refund already booked")
+    per_hour_gross = order.gross_cents // order.quantity
+    quantity = min(refundable_quantity(db, order), -(-missing // per_hour_gross))
+    db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id))
+    db.flush()
+    if quantity <= 0:
+        order.refunded_cents = refunded
+        db.commit()
+        return "refund booked (no unused hours left to take back)"
+    _book_refund(db, settings, order, quantity=quantity, gross_cents=missing, key=f"stripe-refund:{event.id}")
+    return "refund reconciled"
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+
+def orders_of_organisation(db: Session, actor: User, organisation: Organisation) -> list[Order]:
+    role = organisation_role(db, actor, organisation.id)  # type: ignore[arg-type]
+    if role not in (OrganisationRole.ADMIN, OrganisationRole.BILLING) and not allowed(db, actor, Action.VIEW_ALL):
+        raise NotFound("No such organisation.")
+    return list(
+        db.exec(select(Order).where(Order.organisation_id == organisation.id).order_by(col(Order.created_at).desc()))
+    )
+
+
+def invoices_of_organisation(db: Session, actor: User, organisation: Organisation) -> list[Invoice]:
+    orders_of_organisation(db, actor, organisation)  # the same permission
+    return list(
+        db.exec(
+            select(Invoice).where(Invoice.organisation_id == organisation.id).order_by(col(Invoice.issued_at).desc())
+        )
+    )

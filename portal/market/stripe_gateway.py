@@ -1,0 +1,95 @@
+"""The one place the portal talks to Stripe: the real ``stripe`` library, pointed at Stripe or at the local
+stand-in by ``PORTAL_STRIPE_API_BASE``; the same code path in the demo, the tests and production."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from portal.config import Settings
+from portal.errors import DomainError
+
+
+class PaymentServiceError(DomainError):
+    status = 502
+    title = "Payment service unavailable"
+
+
+@dataclass(frozen=True)
+class CheckoutSession:
+    id: str
+    url: str
+
+
+class StripeGateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        kwargs: dict[str, Any] = {"max_network_retries": 2}
+        if settings.stripe_api_base:
+            kwargs["base_addresses"] = {"api": settings.stripe_api_base}
+        self.client = stripe.StripeClient(settings.stripe_api_key, **kwargs)
+
+    def create_checkout_session(
+        self,
+        *,
+        order_id: int,
+        name: str,
+        unit_amount_cents: int,
+        quantity: int,
+        currency: str,
+        success_url: str,
+        cancel_url: str,
+        customer_email: str | None,
+        idempotency_key: str,
+    ) -> CheckoutSession:
+        """A Checkout Session for the order's gross amount, computed by the portal; the order id is in the
+        metadata and in the idempotency key, so a retried request cannot charge twice."""
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": currency.lower(),
+                        "unit_amount": unit_amount_cents,
+                        "product_data": {"name": name},
+                    },
+                    "quantity": quantity,
+                }
+            ],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "metadata": {"order_id": str(order_id)},
+            "payment_intent_data": {"metadata": {"order_id": str(order_id)}},
+            "client_reference_id": str(order_id),
+        }
+        if customer_email:
+            params["customer_email"] = customer_email
+        try:
+            session = self.client.v1.checkout.sessions.create(
+                params,
+                options={"idempotency_key": idempotency_key},  # type: ignore[arg-type]
+            )
+        except stripe.StripeError as exc:
+            raise PaymentServiceError(f"The payment could not be started: {exc.user_message or exc}") from exc
+        return CheckoutSession(session.id, session.url or "")
+
+    def expire_checkout_session(self, session_id: str) -> None:
+        with contextlib.suppress(stripe.InvalidRequestError):  # already complete or expired
+            self.client.v1.checkout.sessions.expire(session_id)
+
+    def refund(self, *, payment_intent: str, amount_cents: int, idempotency_key: str) -> str:
+        try:
+            refund = self.client.v1.refunds.create(
+                {"payment_intent": payment_intent, "amount": amount_cents},
+                options={"idempotency_key": idempotency_key},  # type: ignore[arg-type]
+            )
+        except stripe.StripeError as exc:
+            raise PaymentServiceError(f"The refund failed at Stripe: {exc.user_message or exc}") from exc
+        return refund.id
+
+    def verified_event(self, payload: bytes, signature: str) -> stripe.Event:
+        """The event if its signature is right; ``stripe.SignatureVerificationError`` otherwise."""
+        return stripe.Webhook.construct_event(payload, signature, self.settings.stripe_webhook_secret)
