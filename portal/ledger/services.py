@@ -425,7 +425,7 @@ def credit(
     return _once(db, idempotency_key, work, lambda e: e)
 
 
-def _update_state(db: Session, allocation: Allocation) -> None:
+def _update_state(db: Session, allocation: Allocation, *, flush: bool = True) -> None:
     now = utcnow()
     if allocation.state in (AllocationState.EXPIRED, AllocationState.SUSPENDED, AllocationState.AWAITING_PAYMENT):
         return
@@ -435,7 +435,8 @@ def _update_state(db: Session, allocation: Allocation) -> None:
         allocation.state = AllocationState.PENDING
     else:
         allocation.state = AllocationState.ACTIVE
-    db.flush()
+    if flush:
+        db.flush()
 
 
 @dataclass(frozen=True)
@@ -588,7 +589,7 @@ def _charge_batch_once(
                     "created_at": now,
                 }
             )
-        _update_state(db, allocation)
+        _update_state(db, allocation, flush=False)  # flushed with the batch's other writes
         touched.append((allocation, previous))
     # One executemany moves every balance by its total, relative to the row as every movement does.
     db.execute(
