@@ -16,12 +16,15 @@ from portal import create_app
 from portal.config import OIDCProvider, Settings, load_settings
 from portal.db import utcnow
 from portal.devstack import OIDCProviderProcess
+from portal.devstripe import StripeStandIn
 from portal.grants.catalogue import ensure_default_calls
 from portal.identity.models import FactoryRole, User
 from portal.identity.services import grant_role, provision_user
 from portal.ledger import services as ledger
 from portal.ledger.catalogue import ensure_sites
 from portal.ledger.models import AllocationSource, Resource, ResourceKind, Site
+from portal.market import services as market
+from portal.market.models import OfferingState
 from portal.migrations import upgrade
 from portal.projects import services as projects
 from portal.projects.models import Project
@@ -127,6 +130,11 @@ DEMO_PROVIDERS = [
 ]
 
 
+#: Offset of the Stripe stand-in's port from the first provider port.
+STRIPE_OFFSET = 20
+DEMO_WEBHOOK_SECRET = "whsec_devstripe"  # noqa: S105  (the local stand-in's, never a real one)
+
+
 def demo_settings(port: int, provider_port: int) -> Settings:
     providers = [
         OIDCProvider(
@@ -143,6 +151,9 @@ def demo_settings(port: int, provider_port: int) -> Settings:
         env="development",
         base_url=f"http://127.0.0.1:{port}",
         oidc_providers=providers,
+        stripe_api_base=f"http://127.0.0.1:{provider_port + STRIPE_OFFSET}",
+        stripe_api_key=StripeStandIn.api_key,
+        stripe_webhook_secret=DEMO_WEBHOOK_SECRET,
     )
 
 
@@ -206,6 +217,19 @@ def seed_demo_data(db: Session, settings: Settings) -> None:
     _seed_compute(db, llm, speech, shelf)
     gpus = db.exec(select(Resource).where(Resource.kind == ResourceKind.GPU).order_by(Resource.id)).all()
     ensure_default_calls(db, admin, list(gpus))
+    projects.verify_organisation(db, admin, startup)
+    for resource in gpus[:4]:
+        offering = market.create_offering(
+            db,
+            None,
+            resource=resource,
+            title=f"{resource.name}",
+            price_cents=290 if resource.gpu_model == "H200" else 210,
+            max_quantity=2_000,
+            min_quantity=10,
+            validity_months=6,
+        )
+        market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
 
 
 def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) -> None:
@@ -291,6 +315,11 @@ def run_demo(*, port: int, provider_port: int) -> None:
                     port=provider_port + p.offset, users=p.users, log_path=logs / f"oidc-{p.name}.log"
                 ).start()
             )
+        stripe = StripeStandIn(
+            port=provider_port + STRIPE_OFFSET, data_dir=Path(settings.instance_path) / "stripe"
+        ).start()
+        processes.append(stripe)
+        stripe.configure_webhook(f"{settings.base_url}/market/stripe/webhook", DEMO_WEBHOOK_SECRET)
         upgrade(settings.resolved_database_url)
         app = create_app(settings)
         with app.app_context():
@@ -323,6 +352,8 @@ def _print_banner(settings: Settings, provider_port: int) -> None:
     lines += [
         "",
         "Admin Ozola holds the factory admin role; Kadri Kask (TARA, acr low) shows a refused login.",
+        f"Liis Tamm can buy GPU hours for Tallinn Vision OÜ at {settings.base_url}/market; payments go to the",
+        f"local Stripe stand-in at {settings.stripe_api_base} (its page has Pay / declined card / Cancel).",
         "Ctrl-C stops the portal and the providers.",
         "",
     ]

@@ -295,10 +295,24 @@ def get_order(db: Session, actor: User, order_id: int) -> Order:
 # --- webhooks ----------------------------------------------------------------------------------------------
 
 
+#: The Stripe events the portal acts on; others are acknowledged and recorded.
+HANDLED_EVENTS = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.expired",
+        "checkout.session.async_payment_failed",
+        "charge.refunded",
+    }
+)
+
+
 def handle_stripe_event(db: Session, settings: Settings, event: Any) -> str:
     """Apply a verified Stripe event once; returns what happened (for the log)."""
     if db.get(StripeEvent, event.id) is not None:
         return "duplicate"
+    if event.type not in HANDLED_EVENTS:
+        return _record(db, event, None, "ignored")
     data: dict[str, Any] = event.data.object.to_dict()
     order = _order_of(db, event.type, data)
     if order is None:
