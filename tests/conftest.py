@@ -6,9 +6,12 @@ endpoints; no session is forged.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -201,6 +204,29 @@ def post_form(
     """POST a form the way a browser does: with the CSRF token from a page of the portal."""
     payload = {"csrf_token": csrf_token(client, page), **(data or {})}
     return client.post(path, data=payload, **kwargs)
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+PORTAL_COMMAND = str(Path(sys.executable).parent / "portal")
+
+
+def portal_cli(app: Flask, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The ``portal`` command, as an operator runs it, against the test app's database (and clusters)."""
+    settings = app.extensions["portal.settings"]
+    environment = {
+        **os.environ,
+        "PORTAL_DATABASE_URL": settings.database_url,
+        "PORTAL_SECRET_KEY": "x",
+        "PORTAL_INSTANCE_PATH": str(settings.instance_path),
+        "PORTAL_ENV": "test",
+        "PORTAL_LOG_LEVEL": "WARNING",
+        "PORTAL_SLURM_CLUSTERS": json.dumps([c.model_dump() for c in settings.slurm_clusters]),
+        **env,
+    }
+    return subprocess.run(
+        [PORTAL_COMMAND, *args], capture_output=True, text=True, env=environment, timeout=120, check=False
+    )
 
 
 # --- e-mail --------------------------------------------------------------------------------------------

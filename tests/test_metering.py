@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, EntryKind, LedgerEntry, ResourceKind
 from portal.metering.models import UsageRecord
 from portal.metering.services import import_sacct, map_slurm_account
+from tests.conftest import portal_cli
 from tests.ledger_world import HOUR, Q1, at, make_world, open_q1
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sacct-factory.txt"
@@ -133,35 +132,12 @@ def test_lines_of_another_cluster_are_refused(db, accounts):
     assert report.problems[0].reason == "belongs to cluster 'other', not 'factory'"
 
 
-def test_the_command_reports_problems_on_stderr_and_exits_non_zero(make_settings, accounts, app):
-    settings = app.extensions["portal.settings"]
-    env = {
-        **os.environ,
-        "PORTAL_DATABASE_URL": settings.database_url,
-        "PORTAL_SECRET_KEY": "x",
-        "PORTAL_INSTANCE_PATH": str(settings.instance_path),
-        "PORTAL_ENV": "test",
-    }
-    portal = str(Path(sys.executable).parent / "portal")
-    result = subprocess.run(
-        [portal, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+def test_the_command_reports_problems_on_stderr_and_exits_non_zero(accounts, app):
+    result = portal_cli(app, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory")
     assert result.returncode == 1
     assert "22 lines read: 10 jobs charged, 1 already charged before" in result.stdout
     assert "line 18:" in result.stderr and "line 19: ElapsedRaw 'ten' is not a number of seconds" in result.stderr
-    again = subprocess.run(
-        [portal, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    again = portal_cli(app, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory")
     assert "0 jobs charged, 11 already charged before" in again.stdout
 
 
@@ -170,26 +146,10 @@ def test_an_existing_slurm_account_is_mapped_from_the_command_line(app, db):
 
     world = make_world(db)
     allocation = open_q1(db, world, 10)
-    settings = app.extensions["portal.settings"]
-    env = {
-        **os.environ,
-        "PORTAL_DATABASE_URL": settings.database_url,
-        "PORTAL_SECRET_KEY": "x",
-        "PORTAL_INSTANCE_PATH": str(settings.instance_path),
-        "PORTAL_ENV": "test",
-        "PORTAL_SLURM_CLUSTERS": f'[{{"name": "factory", "site": "{world.site.code}"}}]',
-    }
-    portal = str(Path(sys.executable).parent / "portal")
+    clusters = f'[{{"name": "factory", "site": "{world.site.code}"}}]'
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [portal, "slurm", "map", "--cluster", "factory", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        return portal_cli(app, "slurm", "map", "--cluster", "factory", *args, PORTAL_SLURM_CLUSTERS=clusters)
 
     done = run("--account", "Legacy-GPU", "--allocation", str(allocation.id))
     assert done.returncode == 0, done.stderr

@@ -9,9 +9,6 @@ has its own site, so its accounts (``<site>-<allocation id>``) are its own on th
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -44,6 +41,7 @@ from portal.migrations import upgrade
 from portal.projects import services as projects
 from portal.projects.models import Project
 from portal.worker import run_due_jobs
+from tests.conftest import portal_cli
 from tests.ledger_world import HOUR, admin, person
 
 pytestmark = pytest.mark.xdist_group("slurm")
@@ -141,21 +139,6 @@ def world(db: Session, app, site_code: str) -> World:  # type: ignore[no-untyped
     assert gpu_allocation.state == "active"
     config = settings.slurm_cluster(CLUSTER)
     return World(config, site, gpu, cpu, pi, member, project, gpu_allocation, cpu_allocation)
-
-
-def portal_cli(app, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    """The ``portal`` command, as an operator runs it, against the test's database and cluster."""
-    settings = app.extensions["portal.settings"]
-    env = {
-        **os.environ,
-        "PORTAL_DATABASE_URL": settings.database_url,
-        "PORTAL_SECRET_KEY": "x",
-        "PORTAL_INSTANCE_PATH": str(settings.instance_path),
-        "PORTAL_ENV": "test",
-        "PORTAL_LOG_LEVEL": "WARNING",
-        "PORTAL_SLURM_CLUSTERS": json.dumps([c.model_dump() for c in settings.slurm_clusters]),
-    }
-    return subprocess.run([PORTAL, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 def associations(cluster: SlurmCluster) -> dict[str, dict[str, str]]:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from sqlmodel import select
 
@@ -14,6 +9,7 @@ from portal.identity.services import create_agent_token, create_api_token
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, LedgerEntry, Resource, Site
 from portal.metering.models import UsageRecord
+from tests.conftest import portal_cli
 from tests.ledger_world import HOUR, make_world, open_q1, person
 
 
@@ -112,23 +108,7 @@ def test_usage_past_the_balance_exhausts_the_allocation(client, db, site_setup):
 def test_the_agent_token_comes_from_the_command_line_once(app, db):
     world = make_world(db, code="waw")
     operator = person(db, "Ops")
-    settings = app.extensions["portal.settings"]
-    env = {
-        **os.environ,
-        "PORTAL_DATABASE_URL": settings.database_url,
-        "PORTAL_SECRET_KEY": "x",
-        "PORTAL_INSTANCE_PATH": str(settings.instance_path),
-        "PORTAL_ENV": "test",
-    }
-    portal = str(Path(sys.executable).parent / "portal")
-    result = subprocess.run(
-        [portal, "sites", "agent-token", "WAW", "--owner", operator.email, "--name", "waw-agent"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    result = portal_cli(app, "sites", "agent-token", "WAW", "--owner", operator.email, "--name", "waw-agent")
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token.startswith("bafp_")
@@ -139,14 +119,7 @@ def test_the_agent_token_comes_from_the_command_line_once(app, db):
         headers={"Authorization": f"Bearer {token}"},
     )
     assert response.json == {"accepted": 1, "duplicates": 0}
-    missing = subprocess.run(
-        [portal, "sites", "agent-token", "nowhere", "--owner", operator.email, "--name", "x"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    missing = portal_cli(app, "sites", "agent-token", "nowhere", "--owner", operator.email, "--name", "x")
     assert missing.returncode == 1 and "No site with the code 'nowhere'" in missing.stderr
     assert db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == allocation.id)).all()
     assert db.get(Allocation, allocation.id) is not None

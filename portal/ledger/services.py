@@ -714,26 +714,40 @@ def transfer(
 
 def release_to_pool(db: Session, actor: User, allocation_id: int, amount: int) -> LedgerEntry:
     """Give unused hours back to the site's pool: the balance and the reserved capacity shrink."""
+    return _take_back_unused(
+        db,
+        allocation_id,
+        amount,
+        kind=EntryKind.RELEASE,
+        key=None,
+        actor=actor,
+        reason="unused hours given back to the pool",
+    )
+
+
+def _take_back_unused(
+    db: Session,
+    allocation_id: int,
+    amount: int,
+    *,
+    kind: EntryKind,
+    key: str | None,
+    actor: User | None,
+    reason: str,
+) -> LedgerEntry:
+    """Debit unused hours (never below zero) and free their capacity; ``actor`` must manage the project."""
     _validate_amount(amount)
 
     def work() -> LedgerEntry:
         allocation = _lock_allocation(db, allocation_id)
-        require(db, actor, Action.MANAGE_ALLOCATIONS_OF_PROJECT, db.get(Project, allocation.project_id))
-        entry = _move(
-            db,
-            allocation,
-            EntryKind.RELEASE,
-            -amount,
-            key=None,
-            actor=actor,
-            floor=0,
-            reason="unused hours given back to the pool",
-        )
-        release_capacity(db, allocation, amount)
+        if actor is not None:
+            require(db, actor, Action.MANAGE_ALLOCATIONS_OF_PROJECT, db.get(Project, allocation.project_id))
+        entry = _move(db, allocation, kind, -amount, key=key, actor=actor, floor=0, reason=reason)
+        release_capacity(db, allocation, min(amount, allocation.reserved))
         _update_state(db, allocation)
         return entry
 
-    return _once(db, None, work, lambda e: e)
+    return _once(db, key, work, lambda e: e)
 
 
 def adjust(db: Session, actor: User, allocation_id: int, amount: int, *, reason: str) -> LedgerEntry:
@@ -861,18 +875,9 @@ def release_purchase_hold(db: Session, allocation_id: int) -> bool:
 
 def refund_unused(db: Session, allocation_id: int, amount: int, *, idempotency_key: str, reason: str) -> LedgerEntry:
     """Debit refunded hours (never more than the unused balance) and free their capacity, once per key."""
-    _validate_amount(amount)
-
-    def work() -> LedgerEntry:
-        allocation = _lock_allocation(db, allocation_id)
-        entry = _move(
-            db, allocation, EntryKind.REFUND, -amount, key=idempotency_key, actor=None, floor=0, reason=reason
-        )
-        release_capacity(db, allocation, min(amount, allocation.reserved))
-        _update_state(db, allocation)
-        return entry
-
-    return _once(db, idempotency_key, work, lambda e: e)
+    return _take_back_unused(
+        db, allocation_id, amount, kind=EntryKind.REFUND, key=idempotency_key, actor=None, reason=reason
+    )
 
 
 def set_suspended(db: Session, actor: User, allocation_id: int, suspended: bool, *, reason: str) -> Allocation:
