@@ -37,6 +37,8 @@ from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.identity.services import create_api_token, grant_role
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, LedgerEntry
+from portal.market import services as market
+from portal.market.models import Invoice, InvoiceKind, Offering, OfferingPrice, OfferingState, Order, OrderState
 from portal.notifications.models import Notification
 from portal.projects import services
 from portal.projects.models import (
@@ -65,6 +67,9 @@ OBJECT_ARGUMENTS = {
     "file_id",
     "award_id",
     "notification_id",
+    "offering_id",
+    "order_id",
+    "invoice_id",
 }
 #: Paths that deal with projects or organisations (or their applications, reviews and notices) even
 #: without naming one.
@@ -167,6 +172,19 @@ ROUTES: list[Route] = [
     Route("POST", "/reviews/<int:review_id>/conflict", {"conflict_reason": "pwned"}),
     Route("GET", "/inbox", outsider=200),
     Route("POST", "/inbox/<int:notification_id>/read"),
+    # --- the marketplace --------------------------------------------------------------------------------
+    # a published offering is public; buying it for P takes being P's buyer (a "<name>" value is the world's)
+    Route("GET", "/market/offerings/<int:offering_id>/order", outsider=200),
+    Route("POST", "/market/offerings/<int:offering_id>/order", {"project_id": "<project_id>", "quantity": "10"}),
+    # O's order, invoice and billing page: O's admins and billing members, and finance staff only
+    Route("GET", "/market/orders/<int:order_id>"),
+    Route("GET", "/market/invoices/<int:invoice_id>.pdf"),
+    Route("GET", "/organisations/<int:organisation_id>/billing"),
+    # staff pages: the offering is public, so they only refuse
+    Route("GET", "/admin/offerings/<int:offering_id>", outsider=403),
+    Route("POST", "/admin/offerings/<int:offering_id>", {"price": "0.01"}, outsider=403),
+    Route("POST", "/admin/offerings/<int:offering_id>/state", {"state": "retired"}, outsider=403),
+    Route("POST", "/finance/orders/<int:order_id>/refund", {"quantity": "1"}, outsider=403),
     # --- JSON API -------------------------------------------------------------------------------------
     Route("GET", "/api/v1/organisations", outsider=200),
     Route("POST", "/api/v1/organisations", {**NEW_ORG, "name": "Outsider Three Ltd"}, outsider=201),
@@ -229,9 +247,11 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
     allocation = open_q1(db, ledger_world, 100, project=project, title="Secret GPU hours")
     second_allocation = open_q1(db, ledger_world, 50, project=project, title="Second GPU hours")
     grant = grant_world(app, db, login, settings, owner, project, ledger_world.gpu)
+    shop = market_world(db, settings, owner, org, project, allocation, ledger_world.gpu)
 
     return SimpleNamespace(
         **grant,
+        **shop,
         owner=owner,
         owner_client=owner_client,
         org=org,
@@ -308,6 +328,37 @@ def grant_world(app: Flask, db: Session, login, settings, owner: User, project: 
     }
 
 
+def market_world(db: Session, settings, owner: User, org, project, allocation, gpu) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """A published offering and O's paid order of it for P, with its invoice (written as the webhook would)."""
+    offering = market.create_offering(
+        db, None, resource=gpu, title="Public H100 hours", price_cents=250, max_quantity=50
+    )
+    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
+    order = Order(
+        organisation_id=org.id,
+        project_id=project.id,
+        buyer_id=owner.id,
+        offering_id=offering.id,  # type: ignore[arg-type]
+        quantity=10,
+        unit_price_cents=250,
+        net_cents=2_500,
+        vat_basis_points=2_400,
+        vat_cents=600,
+        gross_cents=3_100,
+        vat_scheme="oss",
+        vat_country="EE",
+        state=OrderState.PAID,
+        allocation_id=allocation.id,
+        payment_intent_id="pi_secret_order",
+        paid_at=datetime.now(UTC),
+    )
+    db.add(order)
+    db.flush()
+    invoice = market.issue_invoice(db, settings, order, InvoiceKind.INVOICE, quantity=10, net_cents=2_500)
+    db.commit()
+    return {"offering": offering, "order": order, "invoice": invoice}
+
+
 def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
     values = {
         "project_id": world.project.id,
@@ -321,6 +372,9 @@ def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
         "file_id": world.upload.id,
         "award_id": world.held_award.id,
         "notification_id": world.notice.id,
+        "offering_id": world.offering.id,
+        "order_id": world.order.id,
+        "invoice_id": world.invoice.id,
         "outsider": world.outsider.id,
         "token": "guessed-" + "x" * 40,
         "role": "admin",
@@ -368,18 +422,34 @@ def snapshot(db: Session, world: SimpleNamespace) -> dict[str, Any]:
         "files": len(db.exec(select(ApplicationFile)).all()),
         "awards": sorted((a.id, a.amount, a.released_at) for a in db.exec(select(Award))),
         "notices read": sorted((n.id, n.read_at) for n in db.exec(select(Notification))),
+        "offerings": sorted((o.id, o.state, o.price_cents) for o in db.exec(select(Offering))),
+        "offering prices": len(db.exec(select(OfferingPrice)).all()),
+        "orders": sorted((o.id, o.state, o.refunded_cents) for o in db.exec(select(Order))),
+        "invoices": len(db.exec(select(Invoice)).all()),
     }
 
 
-def call(client: FlaskClient, route: Route, url: str, *, bearer: str | None = None, csrf: str | None = None):  # type: ignore[no-untyped-def]
+def call(  # type: ignore[no-untyped-def]
+    client: FlaskClient,
+    route: Route,
+    url: str,
+    *,
+    bearer: str | None = None,
+    csrf: str | None = None,
+    values: dict[str, Any] | None = None,
+):
+    data = {
+        k: (str(values[v[1:-1]]) if values and isinstance(v, str) and v.startswith("<") else v)
+        for k, v in (route.data or {}).items()
+    }
     if route.api:
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         if route.method == "GET":
             return client.get(url, headers=headers)
-        return client.post(url, json=route.data or {}, headers=headers)
+        return client.post(url, json=data, headers=headers)
     if route.method == "GET":
         return client.get(url)
-    return client.post(url, data={"csrf_token": csrf or csrf_token(client), **(route.data or {})})
+    return client.post(url, data={"csrf_token": csrf or csrf_token(client), **data})
 
 
 def scrub(body: str) -> str:
@@ -415,6 +485,9 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
         file_id=MISSING_ID,
         award_id=MISSING_ID,
         notification_id=MISSING_ID,
+        order_id=MISSING_ID,
+        invoice_id=MISSING_ID,
+        # offering_id stays: a published offering is public, and the POST names the missing project
     )
     secrets_ = [
         SECRET_TITLE,
@@ -434,7 +507,7 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
         url = route.url(values)
         matched, _args = adapter.match(url, method=route.method, return_rule=True)
         assert matched.rule == route.rule, f"{url} reaches {matched.rule}, not {route.rule}"
-        response = call(client, route, url, bearer=world.outsider_token)
+        response = call(client, route, url, bearer=world.outsider_token, values=values)
         body = response.get_data(as_text=True)
         where = f"{route.method} {route.rule}"
         if response.status_code != route.outsider:
@@ -450,7 +523,7 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
             failures.append(f"{where}: the response shows {leaked}")
         if route.outsider == 404 and set(OBJECT_ARGUMENTS) & set(re.findall(r"<(?:[a-z]+:)?([a-z_]+)>", route.rule)):
             # a non-member cannot tell P from a project that does not exist
-            other = call(client, route, route.url(missing_values), bearer=world.outsider_token)
+            other = call(client, route, route.url(missing_values), bearer=world.outsider_token, values=missing_values)
             if other.status_code != response.status_code or scrub(other.get_data(as_text=True)) != scrub(body):
                 failures.append(f"{where}: answers differently for an existing and a missing object")
 
@@ -458,7 +531,7 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
     own_project = values_for(world, project_id=world.other_project.id)
     for route in ROUTES:
         if "<int:project_id>" in route.rule and ("<int:invitation_id>" in route.rule or "<int:user_id>" in route.rule):
-            response = call(client, route, route.url(own_project), bearer=world.outsider_token)
+            response = call(client, route, route.url(own_project), bearer=world.outsider_token, values=own_project)
             if response.status_code != 404:
                 failures.append(f"{route.method} {route.rule} via own project: {response.status_code}")
 
@@ -561,7 +634,7 @@ def test_anonymous_callers_are_sent_to_login_or_get_401(app: Flask, db: Session,
     before = snapshot(db, world)
     for route in ROUTES:
         url = route.url(values)
-        response = call(client, route, url, csrf=csrf)
+        response = call(client, route, url, csrf=csrf, values=values)
         where = f"{route.method} {route.rule}"
         if route.api:
             assert response.status_code == 401, where

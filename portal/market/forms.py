@@ -1,0 +1,54 @@
+"""The marketplace's forms: offerings for factory staff, refunds for finance."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, IntegerField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import AnyOf, InputRequired, Length, NumberRange, Optional
+
+from portal.errors import InvalidInput
+
+VALIDITY_CHOICES = [SelectChoice(3, "3 months"), SelectChoice(6, "6 months"), SelectChoice(12, "12 months")]
+
+
+def parse_price(text: str | None, *, field: str = "price") -> int:
+    """``"2.50"`` (or ``"2,50"``) EUR -> 250 cents, exactly: Decimal, never a float."""
+    raw = (text or "").strip().replace(",", ".")
+    message = "Enter the price in EUR with at most two decimals, for example 2.50."
+    try:
+        amount = Decimal(raw)
+    except InvalidOperation:
+        raise InvalidInput(message, errors={field: message}) from None
+    if not amount.is_finite() or amount != amount.quantize(Decimal("0.01")) or "e" in raw.lower():
+        raise InvalidInput(message, errors={field: message})
+    if amount <= 0:
+        raise InvalidInput("The price is a positive amount.", errors={field: "The price is a positive amount."})
+    cents = int(amount * 100)
+    if cents > 10**12:
+        raise InvalidInput(message, errors={field: "That price is too large."})
+    return cents
+
+
+class OfferingForm(FlaskForm):
+    resource_id = SelectField("Resource", coerce=int)
+    title = StringField("Title", validators=[InputRequired(), Length(max=200)])
+    description = TextAreaField("Description", validators=[Optional(), Length(max=5000)])
+    price = StringField("Price per hour in EUR, before VAT", validators=[InputRequired(), Length(max=20)])
+    min_quantity = IntegerField("Smallest order (hours)", default=1, validators=[InputRequired(), NumberRange(min=1)])
+    max_quantity = IntegerField("Largest order (hours)", validators=[InputRequired(), NumberRange(min=1)])
+    validity_months = SelectField("Bought hours are valid for", coerce=int, choices=VALIDITY_CHOICES, default=6)
+
+
+class PriceForm(FlaskForm):
+    price = StringField("New price per hour in EUR, before VAT", validators=[InputRequired(), Length(max=20)])
+
+
+class OfferingStateForm(FlaskForm):
+    state = HiddenField("State", validators=[InputRequired(), AnyOf(["draft", "published", "retired"])])
+
+
+class RefundForm(FlaskForm):
+    quantity = IntegerField("Unused hours to refund", validators=[InputRequired(), NumberRange(min=1)])
