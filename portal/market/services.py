@@ -362,6 +362,10 @@ def _record(db: Session, event: Any, order: Order | None, outcome: str) -> str:
     return outcome
 
 
+class _AlreadyPaid(Exception):
+    """Raised inside the fulfilment's transaction to undo it when a concurrent event paid the order first."""
+
+
 def _fulfil(db: Session, settings: Settings, event: Any, order: Order, data: Any) -> str:
     if order.state != OrderState.PENDING and order.paid_at is not None:
         return _record(db, event, order, "already paid")
@@ -381,6 +385,16 @@ def _fulfil(db: Session, settings: Settings, event: Any, order: Order, data: Any
                 idempotency_key=f"order:{order.id}:paid",
                 reason=f"order {order.id}",
             )
+            # Another event for the same payment may have committed since the order was read: then
+            # fulfil_purchase replayed its entry, and the order, read again under a lock, is paid.
+            db.exec(
+                select(Order)
+                .where(Order.id == order.id)
+                .with_for_update(key_share=True)  # NO KEY UPDATE: the stripe_events FK holds KEY SHARE
+                .execution_options(populate_existing=True)
+            ).one()
+            if order.paid_at is not None:
+                raise _AlreadyPaid
             order.state, order.paid_at = OrderState.PAID, utcnow()
             order.payment_intent_id = data.get("payment_intent")
             invoice = issue_invoice(
@@ -399,10 +413,19 @@ def _fulfil(db: Session, settings: Settings, event: Any, order: Order, data: Any
     except IntegrityError:
         db.rollback()
         return "duplicate"
+    except _AlreadyPaid:
+        db.rollback()
+        return _record(db, event, order, "already paid")
     except ledger.CapacityExhausted:
         db.rollback()
         log.error("order %s was paid after its hold was released and the capacity is gone: refund it", order.id)
         return _record(db, event, order, "paid but capacity gone: needs a refund")
+    except ledger.AllocationClosed:
+        db.rollback()  # expires the order: paid_at is read again, as committed
+        if order.paid_at is not None:  # another event for the same payment, applied a moment ago
+            return _record(db, event, order, "already paid")
+        log.error("order %s was paid after its validity ended: refund it", order.id)
+        return _record(db, event, order, "paid after the validity ended: needs a refund")
     return "fulfilled"
 
 
