@@ -178,6 +178,7 @@ ROUTES: list[Route] = [
     Route("POST", "/market/offerings/<int:offering_id>/order", {"project_id": "<project_id>", "quantity": "10"}),
     # O's order, invoice and billing page: O's admins and billing members, and finance staff only
     Route("GET", "/market/orders/<int:order_id>"),
+    Route("POST", "/market/orders/<int:order_id>/cancel"),
     Route("GET", "/market/invoices/<int:invoice_id>.pdf"),
     Route("GET", "/organisations/<int:organisation_id>/billing"),
     # staff pages: the offering is public, so they only refuse

@@ -296,3 +296,50 @@ def test_the_catalogue_shows_what_is_honestly_left(shop, db):
     order(shop, 100)
     assert market.catalogue(db)[0].available == before - 100
     assert db.exec(select(CapacityPeriod)).all()
+
+
+def test_the_buyer_cancels_a_pending_order_and_the_hold_is_released(shop, db):
+    pay_url = order(shop, 25)
+    placed = db.exec(select(Order).where(Order.project_id == shop.project.id)).one()
+    response = post_form(shop.client, f"/market/orders/{placed.id}/cancel", page=f"/market/orders/{placed.id}")
+    assert response.status_code == 302
+    assert fresh(db, Order, placed.id).state == OrderState.EXPIRED
+    allocation = fresh(db, Allocation, placed.allocation_id)
+    assert (allocation.state, allocation.reserved) == (AllocationState.EXPIRED, 0)
+    assert requests.get(pay_url, timeout=10).status_code == 410  # the session is expired at Stripe too
+    again = post_form(
+        shop.client, f"/market/orders/{placed.id}/cancel", page=f"/market/orders/{placed.id}", follow_redirects=True
+    )
+    assert "only a pending order can be cancelled" in again.get_data(as_text=True)
+
+
+def test_a_refund_made_in_stripes_dashboard_is_booked_from_its_webhook(shop, db):
+    pay_url = order(shop, 20)
+    placed = db.exec(select(Order).where(Order.project_id == shop.project.id)).one()
+    pay(pay_url)
+    wait_for("payment", lambda: fresh(db, Order, placed.id).state == OrderState.PAID)
+    placed = fresh(db, Order, placed.id)
+    client = stripe.StripeClient(shop.stand_in.api_key, base_addresses={"api": shop.stand_in.url})
+    client.v1.refunds.create({"payment_intent": placed.payment_intent_id, "amount": 1_000})  # 4 of 20 hours
+    wait_for("the refund", lambda: fresh(db, Order, placed.id).refunded_cents == 1_000)
+    placed = fresh(db, Order, placed.id)
+    assert placed.state == OrderState.PARTIALLY_REFUNDED
+    assert fresh(db, Allocation, placed.allocation_id).balance == 16 * HOUR
+    note = db.exec(select(Invoice).where(Invoice.order_id == placed.id, Invoice.kind == InvoiceKind.CREDIT_NOTE)).one()
+    assert (note.gross_cents, note.lines[0]["quantity"]) == (-1_000, -4)
+    assert ledger.balance_mismatches(db) == []
+
+
+def test_issued_invoices_cannot_be_changed_or_deleted(shop, db):
+    import sqlalchemy as sa
+
+    pay_url = order(shop, 10)
+    placed = db.exec(select(Order).where(Order.project_id == shop.project.id)).one()
+    pay(pay_url)
+    wait_for("payment", lambda: fresh(db, Order, placed.id).state == OrderState.PAID)
+    with pytest.raises(sa.exc.DatabaseError, match="immutable"):
+        db.execute(sa.text("UPDATE invoices SET gross_cents = 1 WHERE order_id = :o"), {"o": placed.id})
+    db.rollback()
+    with pytest.raises(sa.exc.DatabaseError, match="immutable"):
+        db.execute(sa.text("DELETE FROM invoices WHERE order_id = :o"), {"o": placed.id})
+    db.rollback()

@@ -277,6 +277,18 @@ def _expire_order(db: Session, order: Order) -> None:
             order.state = OrderState.EXPIRED
 
 
+def cancel_order(db: Session, gateway: StripeGateway, actor: User, order: Order) -> Order:
+    """The buyer gives up before paying: the Checkout Session is expired at Stripe and the hold released."""
+    if order.buyer_id != actor.id and organisation_role(db, actor, order.organisation_id) != OrganisationRole.ADMIN:
+        raise NotAuthorised("Only the buyer or the organisation's admins cancel an order.")
+    if order.state != OrderState.PENDING:
+        raise OrderRefused(f"This order is {order.state.replace('_', ' ')}; only a pending order can be cancelled.")
+    if order.checkout_session_id:
+        gateway.expire_checkout_session(order.checkout_session_id)
+    _expire_order(db, order)
+    return order
+
+
 def get_order(db: Session, actor: User, order_id: int) -> Order:
     """An order its organisation's admins and billing members, and finance staff, may see."""
     order = db.get(Order, order_id)

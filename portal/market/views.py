@@ -14,7 +14,7 @@ from wtforms.fields.choices import SelectChoice
 from portal.authz import Action, require
 from portal.db import get_db
 from portal.errors import Conflict, InvalidInput, NotFound
-from portal.forms import apply_errors
+from portal.forms import ActionForm, apply_errors
 from portal.identity.models import User
 from portal.ledger.models import Resource, Site
 from portal.market import services
@@ -74,6 +74,22 @@ def order_status(order_id: int):  # type: ignore[no-untyped-def]
     placed = services.get_order(get_db(), actor(), order_id)
     template = "market/_order_state.html" if request.headers.get("HX-Request") == "true" else "market/order_status.html"
     return render_template(template, order=placed, cancelled=request.args.get("cancelled") == "1")
+
+
+@bp.post("/market/orders/<int:order_id>/cancel")
+@login_required
+def cancel(order_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    placed = services.get_order(db, me, order_id)
+    try:
+        services.cancel_order(db, gateway(), me, placed)
+    except Conflict as exc:
+        flash(exc.detail, "error")
+    else:
+        flash("The order is cancelled and its hours are free again.", "success")
+    return redirect(url_for("market.order_status", order_id=order_id))
 
 
 @bp.get("/market/invoices/<int:invoice_id>.pdf")
