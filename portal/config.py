@@ -178,6 +178,10 @@ class Settings(BaseSettings):
     seller_address: str = "ul. Przykładowa 1, 00-001 Warszawa"
     seller_country: str = "PL"
     seller_vat_number: str = "PL5260250274"
+    #: Confirm customers' VAT numbers online with the EU's VIES service before a reverse-charge sale.
+    vies_check: bool = False
+    #: The VIES REST endpoint (the EU's; another one for a test stand-in).
+    vies_url: str = "https://ec.europa.eu/taxation_customs/vies/rest-api/check-vat-number"
     #: Prefix of invoice numbers (``BAIF-2026-000042``).
     invoice_prefix: str = "BAIF"
     #: Log level of the portal's loggers (DEBUG, INFO, WARNING, ERROR).

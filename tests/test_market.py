@@ -343,3 +343,84 @@ def test_issued_invoices_cannot_be_changed_or_deleted(shop, db):
     with pytest.raises(sa.exc.DatabaseError, match="immutable"):
         db.execute(sa.text("DELETE FROM invoices WHERE order_id = :o"), {"o": placed.id})
     db.rollback()
+
+
+class _Vies:
+    """A local stand-in for the EU's VIES REST service: registered numbers are the ones it is given."""
+
+    def __init__(self, registered: set[str]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        registered_numbers, asked = registered, []
+        self.asked = asked
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                asked.append(body)
+                answer = json.dumps(
+                    {
+                        "countryCode": body["countryCode"],
+                        "vatNumber": body["vatNumber"],
+                        "valid": body["countryCode"] + body["vatNumber"] in registered_numbers,
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/check-vat-number"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_with_the_vies_check_on_an_unregistered_vat_number_stops_the_order(shop, db):
+    vies = _Vies(registered=set())
+    try:
+        settings = shop.settings.model_copy(update={"vies_check": True, "vies_url": vies.url})
+        from portal.market.vat import VatNumberNotConfirmed
+
+        with pytest.raises(VatNumberNotConfirmed, match="VIES does not know LT119511515"):
+            market.place_order(
+                db,
+                settings,
+                market.StripeGateway(settings),
+                shop.buyer,
+                _login(shop.buyer),
+                offering=shop.offering,
+                project=shop.project,
+                quantity=10,
+            )
+        assert vies.asked == [{"countryCode": "LT", "vatNumber": "119511515"}]
+        assert db.exec(select(Order)).all() == []
+        vies_ok = _Vies(registered={"LT119511515"})
+        try:
+            settings = settings.model_copy(update={"vies_url": vies_ok.url})
+            placed, _url = market.place_order(
+                db,
+                settings,
+                market.StripeGateway(settings),
+                shop.buyer,
+                _login(shop.buyer),
+                offering=shop.offering,
+                project=shop.project,
+                quantity=10,
+            )
+            assert placed.vat_scheme == "reverse_charge"
+        finally:
+            vies_ok.close()
+    finally:
+        vies.close()
+
+
+def _login(user):  # type: ignore[no-untyped-def]
+    from tests.grants_world import login_of
+
+    return login_of(user)

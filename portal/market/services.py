@@ -36,7 +36,7 @@ from portal.market.models import (
     StripeEvent,
 )
 from portal.market.stripe_gateway import StripeGateway
-from portal.market.vat import treatment_for, vat_cents
+from portal.market.vat import confirm_with_vies, treatment_for, vat_cents
 from portal.notifications.services import notify
 from portal.projects.models import Organisation, OrganisationRole, Project
 
@@ -218,6 +218,8 @@ def place_order(
         customer_vat_number=organisation.vat_number,
         on=utcnow().date(),
     )
+    if settings.vies_check and treatment.scheme == "reverse_charge" and treatment.customer_vat_number:
+        confirm_with_vies(settings.vies_url, treatment.customer_vat_number)
     net = offering.price_cents * quantity
     vat = vat_cents(net, treatment.basis_points)
     starts_at, ends_at = _validity(offering)

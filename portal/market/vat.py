@@ -126,3 +126,31 @@ def vat_cents(net_cents: int, basis_points: int) -> int:
     if net_cents < 0:
         return -vat_cents(-net_cents, basis_points)
     return (net_cents * basis_points + 5_000) // 10_000
+
+
+class VatNumberNotConfirmed(InvalidInput):
+    """VIES did not confirm a VAT number (or could not be asked)."""
+
+    status = 409
+    title = "VAT number not confirmed"
+
+
+def confirm_with_vies(url: str, vat_number: str, *, timeout: float = 10.0) -> None:
+    """Ask the EU's VIES service whether a VAT number is registered; raise with the reason if not."""
+    import requests
+
+    country, number = vat_number[:2], vat_number[2:]
+    try:
+        response = requests.post(url, json={"countryCode": country, "vatNumber": number}, timeout=timeout)
+        response.raise_for_status()
+        answer = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise VatNumberNotConfirmed(
+            "The EU's VIES service could not confirm the VAT number right now; try again later.",
+            errors={"vat_number": "VIES did not answer."},
+        ) from exc
+    if answer.get("valid") is not True:
+        raise VatNumberNotConfirmed(
+            f"VIES does not know {vat_number} as a registered VAT number; reverse charge cannot apply.",
+            errors={"vat_number": "Not registered in VIES."},
+        )
