@@ -424,3 +424,17 @@ def _login(user):  # type: ignore[no-untyped-def]
     from tests.grants_world import login_of
 
     return login_of(user)
+
+
+def test_site_operators_do_not_see_organisations_orders(shop, db, login):
+    order(shop, 10)
+    placed = db.exec(select(Order).where(Order.project_id == shop.project.id)).one()
+    operator_client = shop.app.test_client()
+    operator = login(operator_client)
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR)
+    assert operator_client.get(f"/market/orders/{placed.id}").status_code == 404
+    assert operator_client.get(f"/organisations/{shop.org.id}/billing").status_code == 404
+    finance_client = shop.app.test_client()
+    grant_role(db, None, login(finance_client), FactoryRole.FINANCE)
+    assert finance_client.get(f"/market/orders/{placed.id}").status_code == 200
+    assert finance_client.get(f"/organisations/{shop.org.id}/billing").status_code == 200

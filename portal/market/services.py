@@ -300,7 +300,7 @@ def get_order(db: Session, actor: User, order_id: int) -> Order:
     if (
         role not in (OrganisationRole.ADMIN, OrganisationRole.BILLING)
         and order.buyer_id != actor.id
-        and not allowed(db, actor, Action.VIEW_ALL)
+        and not allowed(db, actor, Action.MANAGE_BILLING)
     ):
         raise NotFound("No such order.")
     return order
@@ -615,7 +615,7 @@ def _reconcile_refund(db: Session, settings: Settings, event: Any, order: Order,
 
 def orders_of_organisation(db: Session, actor: User, organisation: Organisation) -> list[Order]:
     role = organisation_role(db, actor, organisation.id)  # type: ignore[arg-type]
-    if role not in (OrganisationRole.ADMIN, OrganisationRole.BILLING) and not allowed(db, actor, Action.VIEW_ALL):
+    if role not in (OrganisationRole.ADMIN, OrganisationRole.BILLING) and not allowed(db, actor, Action.MANAGE_BILLING):
         raise NotFound("No such organisation.")
     return list(
         db.exec(select(Order).where(Order.organisation_id == organisation.id).order_by(col(Order.created_at).desc()))
