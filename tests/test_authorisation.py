@@ -185,6 +185,12 @@ ROUTES: list[Route] = [
     Route("GET", "/admin/offerings/<int:offering_id>", outsider=403),
     Route("POST", "/admin/offerings/<int:offering_id>", {"price": "0.01"}, outsider=403),
     Route("POST", "/admin/offerings/<int:offering_id>/state", {"state": "retired"}, outsider=403),
+    Route(
+        "POST",
+        "/admin/offerings/<int:offering_id>/details",
+        {"title": "Defaced", "min_quantity": "1", "max_quantity": "2", "validity_months": "6"},
+        outsider=403,
+    ),
     Route("POST", "/finance/orders/<int:order_id>/refund", {"quantity": "1"}, outsider=403),
     # --- JSON API -------------------------------------------------------------------------------------
     Route("GET", "/api/v1/organisations", outsider=200),

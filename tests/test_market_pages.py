@@ -277,3 +277,37 @@ def test_the_navigation_follows_the_roles(shop, db, login):  # type: ignore[no-u
     admin, _a = staff(shop, login, db, FactoryRole.ADMIN)
     page = admin.get("/").get_data(as_text=True)
     assert 'href="/finance/orders"' in page and 'href="/admin/offerings"' in page
+
+
+def test_staff_edit_an_offerings_details_and_bad_values_are_refused(shop, db, login):
+    admin_client = shop.app.test_client()
+    grant_role(db, None, login(admin_client), FactoryRole.ADMIN)
+    page = f"/admin/offerings/{shop.offering.id}"
+    bad = post_form(
+        admin_client,
+        f"{page}/details",
+        {"title": "H100 hours", "description": "", "min_quantity": "50", "max_quantity": "10", "validity_months": "6"},
+        page=page,
+    )
+    assert bad.status_code == 422 and "at least the smallest" in bad.get_data(as_text=True)
+    good = post_form(
+        admin_client,
+        f"{page}/details",
+        {
+            "title": "H100 hours, Riga",
+            "description": "Fast NVLink",
+            "min_quantity": "10",
+            "max_quantity": "800",
+            "validity_months": "12",
+        },
+        page=page,
+    )
+    assert good.status_code == 302
+    db.expire_all()
+    offering = db.get(Offering, shop.offering.id)
+    assert (offering.title, offering.min_quantity, offering.max_quantity, offering.validity_months) == (
+        "H100 hours, Riga",
+        10,
+        800,
+        12,
+    )

@@ -42,6 +42,14 @@ class OfferingForm(FlaskForm):
     validity_months = SelectField("Bought hours are valid for", coerce=int, choices=VALIDITY_CHOICES, default=6)
 
 
+class OfferingDetailsForm(FlaskForm):
+    title = StringField("Title", validators=[InputRequired(), Length(max=200)])
+    description = TextAreaField("Description", validators=[Optional(), Length(max=5000)])
+    min_quantity = IntegerField("Smallest order (hours)", validators=[InputRequired(), NumberRange(min=1)])
+    max_quantity = IntegerField("Largest order (hours)", validators=[InputRequired(), NumberRange(min=1)])
+    validity_months = SelectField("Bought hours are valid for", coerce=int, choices=VALIDITY_CHOICES)
+
+
 class PriceForm(FlaskForm):
     price = StringField("New price per hour in EUR, before VAT", validators=[InputRequired(), Length(max=20)])
 

@@ -91,6 +91,34 @@ def create_offering(
     return offering
 
 
+def update_offering(
+    db: Session,
+    actor: User,
+    offering: Offering,
+    *,
+    title: str,
+    description: str,
+    min_quantity: int,
+    max_quantity: int,
+    validity_months: int,
+) -> Offering:
+    """Edit what an offering says and allows; orders already placed keep what they bought."""
+    require(db, actor, Action.MANAGE_CAPACITY)
+    errors = {}
+    if not title.strip():
+        errors["title"] = "Enter a title."
+    if not 1 <= min_quantity <= max_quantity:
+        errors["max_quantity"] = "The largest quantity is at least the smallest, which is at least 1."
+    if validity_months not in (3, 6, 12):
+        errors["validity_months"] = "Bought hours are valid 3, 6 or 12 months."
+    if errors:
+        raise InvalidInput("The offering could not be saved.", errors=errors)
+    offering.title, offering.description = title.strip()[:200], description[:5000]
+    offering.min_quantity, offering.max_quantity, offering.validity_months = min_quantity, max_quantity, validity_months
+    db.commit()
+    return offering
+
+
 def change_price(db: Session, actor: User, offering: Offering, price_cents: int) -> Offering:
     """A new price for new orders; orders placed before keep theirs (each order stores its unit price)."""
     require(db, actor, Action.MANAGE_CAPACITY)

@@ -18,7 +18,14 @@ from portal.forms import ActionForm, apply_errors
 from portal.identity.models import User
 from portal.ledger.models import Resource, Site
 from portal.market import services
-from portal.market.forms import OfferingForm, OfferingStateForm, PriceForm, RefundForm, parse_price
+from portal.market.forms import (
+    OfferingDetailsForm,
+    OfferingForm,
+    OfferingStateForm,
+    PriceForm,
+    RefundForm,
+    parse_price,
+)
 from portal.market.invoice_pdf import invoice_pdf
 from portal.market.models import Invoice, Offering, OfferingPrice, OfferingState, Order, OrderState
 from portal.market.stripe_gateway import StripeGateway
@@ -209,12 +216,11 @@ def offerings():  # type: ignore[no-untyped-def]
 
 @bp.route("/admin/offerings/<int:offering_id>", methods=["GET", "POST"])
 @login_required
-def offering(offering_id: int):  # type: ignore[no-untyped-def]
-    """One offering: its price history, a new price (for new orders only), publish and retire."""
+def offering(offering_id: int, details_form: OfferingDetailsForm | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+    """One offering: its details, its price history, a new price (for new orders only), publish and retire."""
     db, me = get_db(), actor()
     item = _staff_offering(offering_id)
-    form = PriceForm()
-    status = 200
+    form = PriceForm(formdata=None) if details_form is not None else PriceForm()
     if form.validate_on_submit():
         try:
             services.change_price(db, me, item, parse_price(form.price.data))
@@ -239,7 +245,35 @@ def offering(offering_id: int):  # type: ignore[no-untyped-def]
         order_count=len(orders),
         form=form,
         state_form=OfferingStateForm(formdata=None),
+        details_form=details_form or OfferingDetailsForm(obj=item, formdata=None),
     ), status
+
+
+@bp.post("/admin/offerings/<int:offering_id>/details")
+@login_required
+def offering_details(offering_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    item = _staff_offering(offering_id)
+    form = OfferingDetailsForm()
+    if form.validate_on_submit():
+        try:
+            services.update_offering(
+                db,
+                me,
+                item,
+                title=form.title.data or "",
+                description=form.description.data or "",
+                min_quantity=form.min_quantity.data or 0,
+                max_quantity=form.max_quantity.data or 0,
+                validity_months=form.validity_months.data or 0,
+            )
+        except InvalidInput as exc:
+            db.rollback()
+            apply_errors(form, exc)
+        else:
+            flash("The offering is saved.", "success")
+            return redirect(url_for("market.offering", offering_id=offering_id))
+    return offering(offering_id, details_form=form, status=422)
 
 
 @bp.post("/admin/offerings/<int:offering_id>/state")
