@@ -81,6 +81,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(grants_bp)
     app.register_blueprint(notifications_bp)
     init_api(app)
+    from portal.compute.oauth import init_app as init_hub_oauth
+
+    init_hub_oauth(app)
     from portal.market.views import init_app as init_market
 
     init_market(app)

@@ -130,6 +130,52 @@ class SlurmClusterConfig(BaseModel):
     slurm_conf: str | None = None
 
 
+class NotebookProfile(BaseModel):
+    """A size of notebook server users may start through the hub (``[[notebook_profiles]]`` in TOML)."""
+
+    #: Short name sent in the spawn's ``user_options`` (``1x-h100``).
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+    #: What the portal's start form shows.
+    label: str
+    #: GPUs of the server; 0 for a CPU-only server.
+    gpus: int = Field(default=0, ge=0)
+    #: The GPU model; must equal the allocation's resource ``gpu_model`` when ``gpus`` > 0.
+    gpu_model: str | None = None
+    #: CPU cores (the spawner's ``cpu_limit``).
+    cpus: int = Field(default=2, gt=0)
+    #: Memory in GB (the spawner's ``mem_limit``).
+    memory_gb: int = Field(default=4, gt=0)
+
+    @model_validator(mode="after")
+    def _gpu_model_with_gpus(self) -> NotebookProfile:
+        if self.gpus > 0 and not self.gpu_model:
+            raise ValueError(f"notebook profile {self.name} has GPUs but no gpu_model")
+        if self.gpus == 0 and self.gpu_model:
+            raise ValueError(f"notebook profile {self.name} names a gpu_model but has no GPUs")
+        return self
+
+
+def _default_notebook_profiles() -> list[NotebookProfile]:
+    return [
+        NotebookProfile(name="cpu", label="CPU only: 2 cores, 4 GB", gpus=0, cpus=2, memory_gb=4),
+        NotebookProfile(
+            name="1x-h100", label="1 × H100, 8 cores, 64 GB", gpus=1, gpu_model="H100", cpus=8, memory_gb=64
+        ),
+        NotebookProfile(
+            name="2x-h100", label="2 × H100, 16 cores, 128 GB", gpus=2, gpu_model="H100", cpus=16, memory_gb=128
+        ),
+        NotebookProfile(
+            name="1x-h200", label="1 × H200, 8 cores, 96 GB", gpus=1, gpu_model="H200", cpus=8, memory_gb=96
+        ),
+    ]
+
+
+#: Development stand-ins for the hub's secrets; production refuses them.
+DEV_HUB_OAUTH_CLIENT_SECRET = "dev-hub-oauth-secret"  # noqa: S105
+DEV_HUB_SPAWN_CHECK_TOKEN = "dev-hub-spawn-check-token"  # noqa: S105
+DEV_HUB_API_TOKEN = "dev-hub-api-token"  # noqa: S105
+
+
 class Settings(BaseSettings):
     """Every setting of the portal. Environment variables are ``PORTAL_`` + the upper-cased name."""
 
@@ -190,11 +236,43 @@ class Settings(BaseSettings):
     languages: list[str] = Field(default_factory=lambda: ["en"])
     #: Slurm clusters kept in step with the allocations (a JSON list, ``[[slurm_clusters]]`` in TOML): name, site, ...
     slurm_clusters: list[SlurmClusterConfig] = Field(default_factory=list)
+    #: The JupyterHub's address (its REST API is under ``/hub/api``).
+    hub_url: str = "http://127.0.0.1:8081"
+    #: The hub's client id at the portal's OAuth2 server.
+    hub_oauth_client_id: str = "jupyterhub"
+    #: The hub's client secret at the portal's OAuth2 server. Outside production it defaults to a development
+    #: stand-in; production refuses that stand-in, and while it is unset there the hub cannot log anyone in.
+    hub_oauth_client_secret: str = ""
+    #: The only redirect URI the portal's OAuth2 server sends the hub's authorization codes to.
+    hub_oauth_redirect_uri: str = "http://127.0.0.1:8081/hub/oauth_callback"
+    #: The bearer token the hub sends to ``POST /api/v1/hub/spawn-check`` (development stand-in outside
+    #: production; production refuses the stand-in, and while it is unset there every spawn check is refused).
+    hub_spawn_check_token: str = ""
+    #: The portal's service token for the hub's REST API (starting, listing and stopping servers); as above.
+    hub_api_token: str = ""
+    #: Notebook server sizes (a JSON list, ``[[notebook_profiles]]`` in TOML): name, label, gpus, gpu_model, ...
+    notebook_profiles: list[NotebookProfile] = Field(default_factory=_default_notebook_profiles)
 
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("hub_url")
+    @classmethod
+    def _hub_url_no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("notebook_profiles")
+    @classmethod
+    def _unique_profile_names(cls, value: list[NotebookProfile]) -> list[NotebookProfile]:
+        names = [p.name for p in value]
+        if len(names) != len(set(names)):
+            raise ValueError("notebook profile names must be unique")
+        return value
+
+    def notebook_profile(self, name: str) -> NotebookProfile | None:
+        return next((p for p in self.notebook_profiles if p.name == name), None)
 
     @field_validator("slurm_clusters")
     @classmethod
@@ -217,6 +295,19 @@ class Settings(BaseSettings):
             stand_in = self.stripe_api_key == "sk_test_devstripe" or self.stripe_webhook_secret == "whsec_devstripe"  # noqa: S105
             if stand_in:
                 raise ValueError("PORTAL_STRIPE_API_KEY and PORTAL_STRIPE_WEBHOOK_SECRET must be set in production")
+            hub_stand_in = {
+                "PORTAL_HUB_OAUTH_CLIENT_SECRET": self.hub_oauth_client_secret == DEV_HUB_OAUTH_CLIENT_SECRET,
+                "PORTAL_HUB_SPAWN_CHECK_TOKEN": self.hub_spawn_check_token == DEV_HUB_SPAWN_CHECK_TOKEN,
+                "PORTAL_HUB_API_TOKEN": self.hub_api_token == DEV_HUB_API_TOKEN,
+            }
+            refused = [name for name, dev in hub_stand_in.items() if dev]
+            if refused:
+                raise ValueError(f"{', '.join(refused)} must be set to a secret of its own in production")
+        else:
+            # Outside production the hub's secrets default to the development stand-ins (the demo's hub uses them).
+            self.hub_oauth_client_secret = self.hub_oauth_client_secret or DEV_HUB_OAUTH_CLIENT_SECRET
+            self.hub_spawn_check_token = self.hub_spawn_check_token or DEV_HUB_SPAWN_CHECK_TOKEN
+            self.hub_api_token = self.hub_api_token or DEV_HUB_API_TOKEN
         names = [p.name for p in self.oidc_providers]
         if len(names) != len(set(names)):
             raise ValueError("OIDC provider names must be unique")

@@ -1,5 +1,6 @@
 """Imports every package's models so that SQLModel.metadata knows all tables (Alembic, tests)."""
 
+from portal.compute.models import NotebookSession, OAuthCode, OAuthToken
 from portal.grants.models import (
     Application,
     ApplicationFile,
@@ -57,7 +58,10 @@ __all__ = [
     "InvoiceSequence",
     "LedgerEntry",
     "Login",
+    "NotebookSession",
     "Notification",
+    "OAuthCode",
+    "OAuthToken",
     "Offering",
     "OfferingPrice",
     "Order",
