@@ -1,0 +1,149 @@
+"""JupyterHub configuration of the Baltic AI Factory: users log in through the portal, which also decides
+who may start what.
+
+    jupyterhub -f hub_config/jupyterhub_config.py      (portal/devhub.py's HubProcess does this)
+
+Everything is read from environment variables:
+
+PORTAL_URL                  the portal's base URL (default http://127.0.0.1:5000): OAuth2 authorize/token/
+                            userinfo endpoints and the spawn check at /api/v1/hub/spawn-check
+HUB_OAUTH_CLIENT_ID         the hub's OAuth2 client at the portal (default "jupyterhub")
+HUB_OAUTH_CLIENT_SECRET     its secret
+HUB_OAUTH_CALLBACK_URL      default {HUB_PUBLIC_URL}/hub/oauth_callback
+HUB_IP, HUB_PORT            where the proxy serves users (default 127.0.0.1:8000)
+HUB_PUBLIC_URL              the URL users reach the hub at (default http://{HUB_IP}:{HUB_PORT})
+HUB_API_PORT                the hub's own port behind the proxy (default 8081)
+HUB_PROXY_API_PORT          configurable-http-proxy's API port (default 8001)
+PORTAL_API_TOKEN            the bearer token the hub sends to the portal's spawn check
+HUB_PORTAL_SERVICE_TOKEN    the API token of the hub service "portal" (the portal calls the hub with it)
+HUB_STATE_DIR               database, cookie secret, users' homes, Dask scratch (default ./instance/hub)
+HUB_CULL_IDLE_SECONDS       idle servers are stopped after this many seconds (default 3600; 0: no culler)
+HUB_SPAWN_CHECK_TIMEOUT     seconds the hub waits for the portal's spawn check (default 10)
+HUB_DEBUG                   "1": debug logging
+
+Spawner: SimpleLocalProcessSpawner (demo and tests; everything runs as the hub's user, homes under
+HUB_STATE_DIR/homes). KubeSpawner, BatchSpawner and Dask Gateway are documented in hub_config/README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from portal_spawn import PortalSpawnCheck  # noqa: E402
+
+c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub when it loads this file
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, "") or default
+
+
+portal_url = env("PORTAL_URL", "http://127.0.0.1:5000").rstrip("/")
+hub_ip = env("HUB_IP", "127.0.0.1")
+hub_port = int(env("HUB_PORT", "8000"))
+public_url = env("HUB_PUBLIC_URL", f"http://{hub_ip}:{hub_port}").rstrip("/")
+state_dir = Path(env("HUB_STATE_DIR", str(REPO / "instance" / "hub"))).resolve()
+state_dir.mkdir(parents=True, exist_ok=True)
+
+# --- the hub, its database and the proxy --------------------------------------------------------------
+c.JupyterHub.bind_url = f"http://{hub_ip}:{hub_port}/"
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = int(env("HUB_API_PORT", "8081"))
+c.JupyterHub.db_url = f"sqlite:///{state_dir / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(state_dir / "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = str(state_dir / "jupyterhub.pid")
+c.JupyterHub.cleanup_servers = True
+c.JupyterHub.cleanup_proxy = True
+c.ConfigurableHTTPProxy.pid_file = str(state_dir / "jupyterhub-proxy.pid")
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(env('HUB_PROXY_API_PORT', '8001'))}"
+local_chp = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
+c.ConfigurableHTTPProxy.command = [
+    str(local_chp) if local_chp.exists() else shutil.which("configurable-http-proxy") or "configurable-http-proxy"
+]
+if env("HUB_DEBUG") == "1":
+    c.JupyterHub.log_level = "DEBUG"
+    c.Spawner.debug = True
+
+# --- login through the portal (OAuth2) ------------------------------------------------------------------
+c.JupyterHub.authenticator_class = "generic-oauth"
+c.GenericOAuthenticator.client_id = env("HUB_OAUTH_CLIENT_ID", "jupyterhub")
+c.GenericOAuthenticator.client_secret = env("HUB_OAUTH_CLIENT_SECRET")
+c.GenericOAuthenticator.oauth_callback_url = env("HUB_OAUTH_CALLBACK_URL", f"{public_url}/hub/oauth_callback")
+c.GenericOAuthenticator.authorize_url = f"{portal_url}/oauth/authorize"
+c.GenericOAuthenticator.token_url = f"{portal_url}/oauth/token"
+c.GenericOAuthenticator.userdata_url = f"{portal_url}/oauth/userinfo"
+c.GenericOAuthenticator.scope = ["openid", "profile"]
+c.GenericOAuthenticator.username_claim = "name"
+c.GenericOAuthenticator.login_service = "Baltic AI Factory portal"
+# Whoever the portal logs in may use the hub: what they may start is checked per spawn (below).
+c.GenericOAuthenticator.allow_all = True
+c.Authenticator.auto_login = True
+
+# --- single-user servers ---------------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "simple"  # SimpleLocalProcessSpawner
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 5
+c.SimpleLocalProcessSpawner.home_dir_template = str(state_dir / "homes" / "{username}")
+c.Spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 60
+if os.geteuid() == 0:
+    c.Spawner.args = ["--ServerApp.allow_root=True"]
+
+
+def _dask_scratch(spawner) -> str:
+    path = state_dir / "dask-scratch" / spawner.user.name / (spawner.name or "default")
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+c.Spawner.environment = {
+    # hub_config/kernels/python3-dask-gpu: the "Python 3 (Dask GPU)" kernel
+    "JUPYTER_PATH": str(HERE),
+    "DASK_TEMPORARY_DIRECTORY": _dask_scratch,
+    "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+}
+
+# Every spawn, from the portal or from the hub's own pages, is checked by the portal first.
+c.Spawner.apply_user_options = PortalSpawnCheck(
+    portal_url, env("PORTAL_API_TOKEN"), timeout=float(env("HUB_SPAWN_CHECK_TIMEOUT", "10"))
+)
+
+# --- services: the portal and the idle culler --------------------------------------------------------------
+services: list[dict] = []
+roles: list[dict] = []
+portal_service_token = env("HUB_PORTAL_SERVICE_TOKEN")
+if portal_service_token:
+    services.append({"name": "portal", "api_token": portal_service_token})
+    roles.append(
+        {
+            "name": "portal",
+            "scopes": ["admin:users", "start:servers", "delete:servers", "read:servers", "access:servers"],
+            "services": ["portal"],
+        }
+    )
+cull_seconds = int(env("HUB_CULL_IDLE_SECONDS", "3600"))
+if cull_seconds > 0:
+    services.append(
+        {
+            "name": "idle-culler",
+            "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={cull_seconds}"],
+        }
+    )
+    roles.append(
+        {
+            "name": "idle-culler",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        }
+    )
+c.JupyterHub.services = services
+c.JupyterHub.load_roles = roles

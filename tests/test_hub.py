@@ -1,0 +1,376 @@
+"""The hub side of the notebooks: the portal's spawn check as seen by the hub, and a real JupyterHub.
+
+The portal's /api/v1/hub/spawn-check is played here by a tiny local HTTP server (``FakePortal``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
+websocket = pytest.importorskip("websocket", reason="needs websocket-client (the [hub] extra)")
+
+from portal.devhub import REPO, HubProcess  # noqa: E402
+from portal.devstack import free_port  # noqa: E402
+
+sys.path.insert(0, str(REPO / "hub_config"))
+from jupyterhub.spawner import SpawnException  # noqa: E402
+from portal_spawn import PortalSpawnCheck  # noqa: E402
+
+pytestmark = pytest.mark.hub
+
+PORTAL_API_TOKEN = "portal-api-token-for-the-hub"
+SERVICE_TOKEN = "hub-service-token-for-the-portal"
+
+
+@dataclass
+class FakePortal:
+    """Answers POST /api/v1/hub/spawn-check with ``status`` and ``body``; records what it was sent."""
+
+    status: int = 200
+    body: dict[str, Any] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> FakePortal:
+        portal = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                payload = json.loads(self.rfile.read(length) or b"null")
+                portal.requests.append(
+                    {"path": self.path, "authorization": self.headers.get("Authorization"), "json": payload}
+                )
+                if self.path != "/api/v1/hub/spawn-check":
+                    status, body = 404, {"detail": "not found"}
+                elif self.headers.get("Authorization") != f"Bearer {PORTAL_API_TOKEN}":
+                    status, body = 401, {"detail": "bad token"}
+                else:
+                    status, body = portal.status, portal.body
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def fake_portal() -> Iterator[FakePortal]:
+    portal = FakePortal().start()
+    yield portal
+    portal.stop()
+
+
+class FakeUser:
+    name = "alice"
+
+
+class FakeSpawner:
+    """The attributes of a Spawner that the check reads and writes."""
+
+    def __init__(self) -> None:
+        self.user = FakeUser()
+        self.name = "gpu-notebook"
+        self.environment: dict[str, Any] = {"JUPYTER_PATH": "/srv/hub_config"}
+        self.cpu_limit: float | None = None
+        self.mem_limit: Any = None
+
+
+# --- the spawn check against a fake portal ------------------------------------------------------------------
+
+
+def test_valid_options_apply_the_portals_environment_and_limits(fake_portal: FakePortal) -> None:
+    fake_portal.body = {
+        "environment": {"PORTAL_ALLOCATION": "A-7", "CUDA_VISIBLE_DEVICES": "2,3"},
+        "cpu_limit": 8,
+        "mem_limit": "32G",
+        "gpus": 2,
+    }
+    spawner = FakeSpawner()
+    options = {"allocation": "A-7", "profile": "gpu-2", "hours": 4}
+    asyncio.run(PortalSpawnCheck(fake_portal.url, PORTAL_API_TOKEN)(spawner, options))
+
+    assert fake_portal.requests == [
+        {
+            "path": "/api/v1/hub/spawn-check",
+            "authorization": f"Bearer {PORTAL_API_TOKEN}",
+            "json": {"user": "alice", "server_name": "gpu-notebook", "user_options": options},
+        }
+    ]
+    assert spawner.environment == {
+        "JUPYTER_PATH": "/srv/hub_config",
+        "PORTAL_ALLOCATION": "A-7",
+        "CUDA_VISIBLE_DEVICES": "2,3",
+    }
+    assert spawner.cpu_limit == 8.0
+    assert spawner.mem_limit == "32G"
+
+    # The next spawn of the same server (options reused) is checked again; nothing stale survives.
+    fake_portal.body = {"environment": {}, "cpu_limit": None, "mem_limit": None, "gpus": 0}
+    asyncio.run(PortalSpawnCheck(fake_portal.url, PORTAL_API_TOKEN)(spawner, {}))
+    assert len(fake_portal.requests) == 2
+    assert fake_portal.requests[1]["json"]["user_options"] == {}
+    assert spawner.environment == {"JUPYTER_PATH": "/srv/hub_config", "CUDA_VISIBLE_DEVICES": ""}
+    assert spawner.cpu_limit is None
+    assert spawner.mem_limit is None
+
+
+def test_gpus_without_device_list_get_the_first_devices(fake_portal: FakePortal) -> None:
+    fake_portal.body = {"environment": {}, "gpus": 2}
+    spawner = FakeSpawner()
+    asyncio.run(PortalSpawnCheck(fake_portal.url, PORTAL_API_TOKEN)(spawner, {"allocation": "A-7"}))
+    assert spawner.environment["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_a_refusal_is_a_quota_spawn_exception_with_the_portals_message(fake_portal: FakePortal) -> None:
+    fake_portal.status = 403
+    fake_portal.body = {"detail": "Allocation A-7 has no GPU hours left."}
+    spawner = FakeSpawner()
+    with pytest.raises(SpawnException) as raised:
+        asyncio.run(PortalSpawnCheck(fake_portal.url, PORTAL_API_TOKEN)(spawner, {"allocation": "A-7"}))
+    assert raised.value.reason == "quota"
+    assert raised.value.message == "Allocation A-7 has no GPU hours left."
+    assert raised.value.status_code == 403
+    assert spawner.environment == {"JUPYTER_PATH": "/srv/hub_config"}
+
+
+def test_a_wrong_token_refuses_without_blaming_the_user(fake_portal: FakePortal) -> None:
+    with pytest.raises(SpawnException) as raised:
+        asyncio.run(PortalSpawnCheck(fake_portal.url, "wrong")(FakeSpawner(), {}))
+    assert raised.value.reason == "portal_unavailable"
+    assert raised.value.status_code == 503
+
+
+@pytest.mark.parametrize("answer", ["unreachable", "500", "not-json"])
+def test_an_unavailable_portal_refuses_the_spawn(fake_portal: FakePortal, answer: str) -> None:
+    url = fake_portal.url
+    if answer == "unreachable":
+        url = f"http://127.0.0.1:{free_port()}"
+    elif answer == "500":
+        fake_portal.status = 500
+    else:
+        fake_portal.body = ["not", "an", "object"]  # type: ignore[assignment]
+    spawner = FakeSpawner()
+    with pytest.raises(SpawnException) as raised:
+        asyncio.run(PortalSpawnCheck(url, PORTAL_API_TOKEN, timeout=3)(spawner, {"allocation": "A-7"}))
+    assert raised.value.reason == "portal_unavailable"
+    assert raised.value.status_code == 503
+    assert "try again later" in raised.value.message
+    assert spawner.environment == {"JUPYTER_PATH": "/srv/hub_config"}
+
+
+# --- a real JupyterHub -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub_portal() -> Iterator[FakePortal]:
+    portal = FakePortal().start()
+    yield portal
+    portal.stop()
+
+
+@pytest.fixture(scope="module")
+def hub(hub_portal: FakePortal, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
+        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    state = tmp_path_factory.mktemp("hub")
+    process = HubProcess(
+        state,
+        portal_url=hub_portal.url,
+        portal_api_token=PORTAL_API_TOKEN,
+        service_token=SERVICE_TOKEN,
+        env={"HUB_OAUTH_CLIENT_SECRET": "test-secret", "DASK_KERNEL_N_WORKERS": "2"},
+        log_path=state / "hub.log",
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+def api(hub: HubProcess, method: str, path: str, **kwargs: Any) -> requests.Response:
+    headers = {"Authorization": f"token {SERVICE_TOKEN}"}
+    return requests.request(method, f"{hub.api_url}{path}", headers=headers, timeout=30, **kwargs)
+
+
+def wait_for(predicate: Any, *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_in_kernel(hub: HubProcess, server_path: str, kernel_id: str, code: str, *, timeout: float = 30) -> str:
+    """Executes ``code`` over the kernel's WebSocket channels and returns its stdout."""
+    ws_url = hub.url.replace("http://", "ws://") + f"{server_path}api/kernels/{kernel_id}/channels"
+    ws = websocket.create_connection(ws_url, header=[f"Authorization: token {SERVICE_TOKEN}"], timeout=timeout)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "date": "",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                    "buffers": [],
+                }
+            )
+        )
+        stdout: list[str] = []
+        reply: dict[str, Any] | None = None
+        idle = False
+        deadline = time.monotonic() + timeout
+        while not (reply and idle):
+            assert time.monotonic() < deadline, f"no reply from the kernel; stdout so far: {stdout}"
+            message = json.loads(ws.recv())
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = message["header"]["msg_type"]
+            if kind == "stream":
+                stdout.append(message["content"]["text"])
+            elif kind == "error":
+                raise AssertionError("\n".join(message["content"]["traceback"]))
+            elif kind == "execute_reply":
+                reply = message["content"]
+            elif kind == "status" and message["content"]["execution_state"] == "idle":
+                idle = True
+        assert reply["status"] == "ok", reply
+        return "".join(stdout)
+    finally:
+        ws.close()
+
+
+def test_a_checked_server_runs_the_dask_kernel(hub: HubProcess, hub_portal: FakePortal) -> None:
+    hub_portal.status = 200
+    hub_portal.body = {
+        "environment": {"PORTAL_ALLOCATION": "A-7"},
+        "cpu_limit": 2,
+        "mem_limit": "2G",
+        "gpus": 0,
+    }
+    hub_portal.requests.clear()
+    assert api(hub, "POST", "/users/alice").status_code == 201
+    options = {"allocation": "A-7", "profile": "cpu", "hours": 1}
+    started = api(hub, "POST", "/users/alice/servers/lab1", json=options)
+    assert started.status_code in (201, 202), started.text
+    assert hub_portal.requests[-1]["json"] == {"user": "alice", "server_name": "lab1", "user_options": options}
+
+    def ready() -> dict[str, Any] | None:
+        server = api(hub, "GET", "/users/alice").json()["servers"].get("lab1")
+        return server if server and server["ready"] else None
+
+    server = wait_for(ready, timeout=40, what="the server to be ready")
+    path = server["url"]  # /user/alice/lab1/
+    headers = {"Authorization": f"token {SERVICE_TOKEN}"}
+    specs = requests.get(f"{hub.url}{path}api/kernelspecs", headers=headers, timeout=10).json()
+    assert specs["kernelspecs"]["python3-dask-gpu"]["spec"]["display_name"] == "Python 3 (Dask GPU)"
+    kernel = requests.post(
+        f"{hub.url}{path}api/kernels", headers=headers, json={"name": "python3-dask-gpu"}, timeout=30
+    )
+    assert kernel.status_code == 201, kernel.text
+    code = (
+        "import json, os\n"
+        "print(json.dumps({'result': client.submit(sum, [1, 2, 3]).result(),\n"
+        "    'cluster': type(cluster).__name__, 'workers': len(client.scheduler_info()['workers']),\n"
+        "    'allocation': os.environ.get('PORTAL_ALLOCATION'), 'cuda': os.environ.get('CUDA_VISIBLE_DEVICES'),\n"
+        "    'cpu_limit': os.environ.get('CPU_LIMIT'), 'dask_tmp': os.environ.get('DASK_TEMPORARY_DIRECTORY'),\n"
+        "    'dashboard': dask.config.get('distributed.dashboard.link'),\n"
+        "    'port': client.scheduler_info()['services'].get('dashboard')}))\n"
+    )
+    out = run_in_kernel(hub, path, kernel.json()["id"], "import dask\n" + code, timeout=40)
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["result"] == 6
+    assert seen["cluster"] == "LocalCluster"  # no GPU visible: the CPU fallback
+    assert seen["workers"] == 2
+    assert seen["allocation"] == "A-7"
+    assert seen["cuda"] == ""
+    assert seen["cpu_limit"] == "2.0"
+    assert seen["dask_tmp"].startswith(str(hub.state_dir))
+    assert seen["dashboard"] == "/user/alice/lab1/proxy/{port}/status"
+    # The dashboard, through jupyter-server-proxy as the kernel's link says.
+    dashboard = requests.get(f"{hub.url}{path}proxy/{seen['port']}/status", headers=headers, timeout=20)
+    assert dashboard.status_code == 200
+    assert "Dask" in dashboard.text
+
+    stopped = api(hub, "DELETE", "/users/alice/servers/lab1")
+    assert stopped.status_code in (202, 204), stopped.text
+    wait_for(
+        lambda: "lab1" not in api(hub, "GET", "/users/alice").json()["servers"],
+        timeout=20,
+        what="the server to stop",
+    )
+
+
+def test_a_refused_spawn_fails_with_the_portals_message(hub: HubProcess, hub_portal: FakePortal) -> None:
+    hub_portal.status = 403
+    hub_portal.body = {"detail": "Allocation A-9 has no GPU hours left."}
+    hub_portal.requests.clear()
+    assert api(hub, "POST", "/users/bob").status_code == 201
+    refused = api(hub, "POST", "/users/bob/servers/gpu", json={"allocation": "A-9", "profile": "gpu-1", "hours": 2})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["message"] == "Allocation A-9 has no GPU hours left."
+    assert hub_portal.requests[-1]["json"]["user_options"] == {"allocation": "A-9", "profile": "gpu-1", "hours": 2}
+    assert "gpu" not in api(hub, "GET", "/users/bob").json()["servers"]
+
+
+def test_stop_leaves_no_process_behind(tmp_path: Path, hub_portal: FakePortal) -> None:
+    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
+        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    process = HubProcess(
+        tmp_path, portal_url=hub_portal.url, service_token=SERVICE_TOKEN, env={"HUB_CULL_IDLE_SECONDS": "0"}
+    )
+    process.start()
+    process.stop()
+    assert process.process is not None and process.process.poll() is not None
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{process.api_url}/", timeout=2)
