@@ -13,6 +13,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete
 
+from portal.compute.launch import meter_job
 from portal.config import Settings
 from portal.db import session_scope, utcnow
 from portal.grants import jobs as grants_jobs
@@ -68,6 +69,7 @@ JOBS: list[Job] = [
     Job("notify_usage_thresholds", every=600, run=ledger_jobs.notify_usage_thresholds),
     Job("check_balances", every=86_400, run=ledger_jobs.check_balances),
     Job("remind_due_reviews", every=3600, run=grants_jobs.remind_due_reviews),
+    Job("meter_notebooks", every=60, run=meter_job),
 ]
 
 

@@ -137,6 +137,7 @@ def test_worker_runs_its_jobs_once_and_exits(cli_env):
         "notify_usage_thresholds",
         "check_balances",
         "remind_due_reviews",
+        "meter_notebooks",
         "pull_slurm_usage",
         "sync_slurm_accounts",
     ):

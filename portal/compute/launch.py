@@ -1,0 +1,318 @@
+"""Starting, stopping and metering notebook servers at the hub, on behalf of the portal's users.
+
+- ``launch_notebook`` checks quickly that the user may use the allocation, then asks the hub to start a
+  named server ``a<allocation>-<n>`` with ``user_options`` ``{allocation, profile, hours}``. The hub asks the
+  portal's spawn check (``check_spawn``) before it starts anything, so every rule is enforced there again,
+  and the spawn check records the ``NotebookSession``.
+- ``meter_notebooks`` (a periodic worker job: ``meter_job``) notices when the hub reports a server ready
+  (``started_at``), charges the running time since the last charge to the allocation (GPUs × seconds, or
+  cores × seconds for a CPU profile; once per session and interval end), and stops servers whose allocation
+  is exhausted or whose hours are up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from portal.compute.hub_client import HubClient, HubError, HubRefused, HubServer, HubUnavailable, ServerStatus
+from portal.compute.models import NotebookSession
+from portal.compute.services import SpawnRefused, hub_username
+from portal.config import Settings
+from portal.db import utcnow
+from portal.errors import InvalidInput, NotFound
+from portal.identity.models import User
+from portal.ledger import services as ledger
+from portal.ledger.models import Allocation, AllocationState, LedgerEntry
+from portal.projects.models import ProjectMembership
+
+log = logging.getLogger(__name__)
+
+#: A session the spawn check accepted whose server the hub never reported is closed after this long.
+NEVER_STARTED_AFTER = timedelta(minutes=10)
+
+EXHAUSTED = "allocation exhausted"
+TIME_LIMIT = "time limit reached"
+BY_USER = "stopped by user"
+AT_HUB = "stopped at the hub"
+NOT_STARTED = "not started"
+REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class Launch:
+    hub_user: str
+    server_name: str
+    #: READY when the hub answered 201, PENDING while it is still spawning (202).
+    status: ServerStatus
+    #: The spawn check's record of this server.
+    session: NotebookSession | None
+
+
+@dataclass
+class MeterReport:
+    started: list[int] = field(default_factory=list)
+    #: Session id -> base units charged in this run.
+    charged: dict[int, int] = field(default_factory=dict)
+    #: Session id -> stop reason.
+    stopped: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.started) + len(self.charged) + len(self.stopped)
+
+
+class _MeteredMeanwhile(Exception):
+    """Another worker charged this session first; this run's charge is rolled back."""
+
+
+# --- launching and stopping ----------------------------------------------------------------------------------
+
+
+def _member_allocation(db: Session, actor: User, allocation_id: int) -> Allocation:
+    allocation = db.get(Allocation, allocation_id)
+    member = (
+        allocation is not None
+        and db.exec(
+            select(ProjectMembership.id).where(
+                ProjectMembership.project_id == allocation.project_id, ProjectMembership.user_id == actor.id
+            )
+        ).first()
+        is not None
+    )
+    if allocation is None or not member or not actor.is_active:
+        raise NotFound(f"Allocation {allocation_id} is not one of your projects' allocations.")
+    return allocation
+
+
+def _next_server_name(db: Session, client: HubClient, hub_user: str, allocation_id: int) -> str:
+    prefix = f"a{allocation_id}-"
+    taken = set(
+        db.exec(
+            select(NotebookSession.server_name).where(
+                NotebookSession.hub_user == hub_user, col(NotebookSession.server_name).startswith(prefix)
+            )
+        ).all()
+    )
+    taken |= set(((client.get_user(hub_user) or {}).get("servers") or {}).keys())
+    numbers = [int(name[len(prefix) :]) for name in taken if name[len(prefix) :].isdigit()]
+    return f"{prefix}{max(numbers, default=0) + 1}"
+
+
+def _latest_session(db: Session, hub_user: str, server_name: str) -> NotebookSession | None:
+    return db.exec(
+        select(NotebookSession)
+        .where(NotebookSession.hub_user == hub_user, NotebookSession.server_name == server_name)
+        .order_by(col(NotebookSession.id).desc())
+    ).first()
+
+
+def launch_notebook(
+    db: Session,
+    settings: Settings,
+    client: HubClient,
+    actor: User,
+    *,
+    allocation_id: int,
+    profile: str,
+    hours: float,
+) -> Launch:
+    """Start a notebook server for ``actor`` on ``allocation_id``; the hub's spawn check decides the rest.
+
+    Raises ``NotFound`` (not the actor's allocation), ``InvalidInput`` (unknown profile, hours), ``SpawnRefused``
+    (the portal's spawn check refused it, with its message) or ``HubUnavailable``.
+    """
+    allocation = _member_allocation(db, actor, allocation_id)
+    if settings.notebook_profile(profile) is None:
+        raise InvalidInput(f"There is no notebook profile {profile!r}.", errors={"profile": "unknown profile"})
+    if not hours > 0:
+        raise InvalidInput("Ask for a positive number of hours.", errors={"hours": "must be positive"})
+    if allocation.state != AllocationState.ACTIVE:
+        raise SpawnRefused(f"Allocation {allocation.title!r} is {allocation.state}, so nothing can run on it.")
+    hub_user = hub_username(actor)
+    client.ensure_user(hub_user)
+    server_name = _next_server_name(db, client, hub_user, allocation_id)
+    db.rollback()  # hold no read transaction while the spawn check writes to the database
+    options = {"allocation": allocation_id, "profile": profile, "hours": hours}
+    try:
+        status = client.start_server(hub_user, server_name, options)
+    except HubRefused as exc:
+        with suppress(HubError):  # forget the refused server, which counts against the named-server limit
+            client.stop_server(hub_user, server_name)
+        raise SpawnRefused(exc.message) from exc
+    return Launch(hub_user, server_name, status, _latest_session(db, hub_user, server_name))
+
+
+def stop_notebook(
+    db: Session,
+    settings: Settings,
+    client: HubClient,
+    actor: User,
+    *,
+    session_id: int,
+    now: datetime | None = None,
+) -> NotebookSession:
+    """The owner stops a notebook: its time is charged up to now, then the hub stops (and forgets) it."""
+    session = db.get(NotebookSession, session_id)
+    if session is None or session.user_id != actor.id:
+        raise NotFound(f"Notebook session {session_id} is not one of yours.")
+    if session.stopped_at is not None:
+        return session
+    now = now or utcnow()
+    if session.started_at is None:
+        found = client.server(session.hub_user, session.server_name)
+        if found is not None and found.ready:
+            _mark_started(db, session, found, now)
+    _charge(db, session, now)
+    client.stop_server(session.hub_user, session.server_name)
+    _close(db, session, now, BY_USER)
+    return session
+
+
+# --- metering -------------------------------------------------------------------------------------------------
+
+
+def _mark_started(db: Session, session: NotebookSession, server: HubServer, now: datetime) -> None:
+    started = server.started or now
+    started = min(max(started, session.requested_at), now)
+    session.started_at = started
+    db.add(session)
+    db.commit()
+
+
+def _close(db: Session, session: NotebookSession, now: datetime, reason: str) -> None:
+    session.stopped_at = now
+    session.stop_reason = reason
+    db.add(session)
+    db.commit()
+
+
+def _elapsed(session: NotebookSession, now: datetime) -> int:
+    """Whole seconds the server has run by ``now``, at most its ``max_seconds``."""
+    assert session.started_at is not None
+    end = min(now, session.started_at + timedelta(seconds=session.max_seconds))
+    return max(0, int((end - session.started_at).total_seconds()))
+
+
+def _charge(db: Session, session: NotebookSession, now: datetime) -> int:
+    """Charges the running time since the last charge; returns the base units charged (0: nothing new).
+
+    The key ``hub:<session>:<interval end, epoch seconds>`` makes each interval's charge happen once, and the
+    session's ``charged_seconds`` moves in the same transaction as the ledger entry, only from the value this
+    run read (another worker that charged first makes this run's charge roll back).
+    """
+    if session.started_at is None:
+        return 0
+    elapsed = _elapsed(session, now)
+    previous = session.charged_seconds
+    seconds = elapsed - previous
+    if seconds <= 0:
+        return 0
+    units = session.gpus if session.gpus > 0 else session.cpus
+    interval_end = int(session.started_at.timestamp()) + elapsed
+    charge = ledger.UsageCharge(
+        allocation_id=session.allocation_id,
+        amount=seconds * units,
+        key=f"hub:{session.id}:{interval_end}",
+        reason=f"notebook {session.hub_user}/{session.server_name} ({session.profile}): {seconds} s",
+    )
+    table = NotebookSession.__table__  # type: ignore[attr-defined]
+
+    def record(_charged: Sequence[tuple[ledger.UsageCharge, LedgerEntry]]) -> None:
+        moved = db.execute(
+            sa.update(table)
+            .where(table.c.id == session.id, table.c.charged_seconds == previous)
+            .values(charged_seconds=elapsed)
+        )
+        if moved.rowcount != 1:
+            raise _MeteredMeanwhile
+
+    try:
+        charged = ledger.charge_usage_batch(db, [charge], record=record)  # type: ignore[arg-type]
+    except _MeteredMeanwhile:
+        charged = []
+    db.refresh(session)
+    return charge.amount if charged else 0
+
+
+def _stop_reason(db: Session, session: NotebookSession, now: datetime) -> str | None:
+    allocation = db.get(Allocation, session.allocation_id)
+    assert allocation is not None
+    db.refresh(allocation)
+    if allocation.state == AllocationState.EXHAUSTED or allocation.balance <= 0:
+        return EXHAUSTED
+    if allocation.state != AllocationState.ACTIVE:
+        return f"allocation {allocation.state}"
+    if now >= allocation.ends_at:
+        return "allocation ended"
+    if session.started_at is not None and _elapsed(session, now) >= session.max_seconds:
+        return TIME_LIMIT
+    return None
+
+
+def meter_notebooks(db: Session, settings: Settings, client: HubClient, now: datetime | None = None) -> MeterReport:
+    """One round of metering: start times from the hub, charges, and stops (see the module's docstring)."""
+    now = now or utcnow()
+    report = MeterReport()
+    servers = {(s.user, s.name): s for s in client.active_servers()}
+    open_sessions = db.exec(
+        select(NotebookSession).where(col(NotebookSession.stopped_at).is_(None)).order_by(col(NotebookSession.id))
+    ).all()
+    latest: dict[tuple[str, str], NotebookSession] = {}
+    for session in open_sessions:
+        key = (session.hub_user, session.server_name)
+        older = latest.get(key)
+        if older is not None:  # the server was spawned again: the older record is over
+            _charge(db, older, now)
+            _close(db, older, now, REPLACED)
+            report.stopped[older.id] = REPLACED  # type: ignore[index]
+        latest[key] = session
+
+    for key, session in latest.items():
+        server = servers.get(key)
+        if session.started_at is None:
+            if server is not None and server.ready:
+                _mark_started(db, session, server, now)
+                report.started.append(session.id)  # type: ignore[arg-type]
+            elif server is None and now - session.requested_at > NEVER_STARTED_AFTER:
+                _close(db, session, now, NOT_STARTED)
+                report.stopped[session.id] = NOT_STARTED  # type: ignore[index]
+                continue
+            else:
+                continue
+        if server is None:
+            # Stopped at the hub (by its user or the idle culler) since the last round: its time after the
+            # last charge is not known, so it is not charged.
+            _close(db, session, now, AT_HUB)
+            report.stopped[session.id] = AT_HUB  # type: ignore[index]
+            continue
+        amount = _charge(db, session, now)
+        if amount:
+            report.charged[session.id] = amount  # type: ignore[index]
+        reason = _stop_reason(db, session, now)
+        if reason is None:
+            continue
+        try:
+            client.stop_server(session.hub_user, session.server_name)
+        except HubError:
+            log.exception("could not stop %s/%s (%s); trying again next round", *key, reason)
+            continue
+        _close(db, session, now, reason)
+        report.stopped[session.id] = reason  # type: ignore[index]
+    return report
+
+
+def meter_job(db: Session, settings: Settings) -> int:
+    """``portal worker``'s job: one metering round against ``settings.hub_url``; returns how much it did.
+    An unreachable hub skips the round (logged): nothing is charged or stopped until it answers again."""
+    try:
+        return meter_notebooks(db, settings, HubClient.from_settings(settings)).total
+    except HubUnavailable as exc:
+        log.warning("notebook metering skipped: %s", exc)
+        return 0

@@ -1,0 +1,267 @@
+"""Notebooks end to end: the portal (served over HTTP with its real OAuth2 server and spawn check), a real
+JupyterHub configured against it, and the portal's hub client, launcher and metering."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+import requests
+from flask import Flask
+from sqlmodel import Session, col, select
+from werkzeug.serving import make_server
+
+pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
+pytest.importorskip("websocket", reason="needs websocket-client (the [hub] extra)")
+
+from portal import create_app
+from portal.compute.hub_client import HubClient, HubRefused, ServerStatus
+from portal.compute.launch import EXHAUSTED, launch_notebook, meter_notebooks
+from portal.compute.models import NotebookSession
+from portal.compute.services import SpawnRefused
+from portal.config import Settings
+from portal.db import utcnow
+from portal.devhub import REPO, HubProcess
+from portal.devstack import free_port
+from portal.errors import NotFound
+from portal.identity.models import User
+from portal.ledger import services as ledger
+from portal.ledger.models import Allocation, AllocationState, LedgerEntry, ResourceKind
+from tests.conftest import EIDAS
+from tests.ledger_world import HOUR, make_world
+from tests.test_compute import open_now, plan_capacity_around_now
+from tests.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for
+
+pytestmark = pytest.mark.hub
+
+
+@dataclass
+class Stack:
+    app: Flask
+    settings: Settings
+    portal_url: str
+    hub: HubProcess
+    client: HubClient
+
+
+@pytest.fixture
+def stack(make_settings, tmp_path: Path) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
+        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    hub_port = free_port()
+    hub_url = f"http://127.0.0.1:{hub_port}"
+    # run_in_kernel (tests/test_hub.py) talks to the servers with its SERVICE_TOKEN: the portal's hub token.
+    settings: Settings = make_settings(
+        hub_url=hub_url, hub_oauth_redirect_uri=f"{hub_url}/hub/oauth_callback", hub_api_token=SERVICE_TOKEN
+    )
+    app = create_app(settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    portal_url = f"http://127.0.0.1:{server.server_port}"
+    state = tmp_path / "hub"
+    hub = HubProcess(
+        state,
+        port=hub_port,
+        portal_url=portal_url,
+        portal_api_token=settings.hub_spawn_check_token,
+        service_token=settings.hub_api_token,
+        env={
+            "HUB_OAUTH_CLIENT_ID": settings.hub_oauth_client_id,
+            "HUB_OAUTH_CLIENT_SECRET": settings.hub_oauth_client_secret,
+            "HUB_CULL_IDLE_SECONDS": "0",
+            "DASK_KERNEL_N_WORKERS": "2",
+        },
+        log_path=tmp_path / "hub.log",
+    )
+    try:
+        hub.start()
+        yield Stack(app, settings, portal_url, hub, HubClient.from_settings(settings))
+    finally:
+        hub.stop()
+        server.shutdown()
+        thread.join(timeout=5)
+        server.server_close()
+        app.extensions["portal.engine"].dispose()
+
+
+def entries(db: Session, allocation: Allocation) -> list[LedgerEntry]:
+    db.expire_all()
+    return list(
+        db.exec(
+            select(LedgerEntry)
+            .where(LedgerEntry.allocation_id == allocation.id, col(LedgerEntry.idempotency_key).startswith("hub:"))
+            .order_by(col(LedgerEntry.id))
+        ).all()
+    )
+
+
+def test_a_notebook_is_launched_checked_run_metered_and_stopped_when_exhausted(stack: Stack) -> None:
+    settings, client = stack.settings, stack.client
+    with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
+        world = make_world(db)
+        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        plan_capacity_around_now(db, cpu, 100_000 * HOUR)
+        allocation = open_now(db, world.project, cpu, 10)  # 10 core-hours: 5 hours of the 2-core profile
+        theirs = open_now(db, world.other_project, cpu, 10)
+        pi = world.pi
+        hub_user = f"u{pi.id}"
+
+        # --- launch: the hub asks the portal's spawn check, which records the session ------------------
+        launch = launch_notebook(db, settings, client, pi, allocation_id=allocation.id, profile="cpu", hours=1)
+        assert (launch.hub_user, launch.server_name) == (hub_user, f"a{allocation.id}-1")
+        assert launch.status in (ServerStatus.READY, ServerStatus.PENDING)
+        session = launch.session
+        assert session is not None
+        assert (session.allocation_id, session.profile, session.cpus, session.gpus) == (allocation.id, "cpu", 2, 0)
+        assert session.max_seconds == HOUR and session.started_at is None
+
+        wait_for(
+            lambda: client.server_status(hub_user, launch.server_name) == ServerStatus.READY,
+            timeout=40,
+            what="the server to be ready",
+        )
+        first = meter_notebooks(db, settings, client)
+        assert first.started == [session.id]
+        db.refresh(session)
+        assert session.started_at is not None
+
+        # --- a Dask computation in the "Python 3 (Dask GPU)" kernel ------------------------------------
+        server = client.server(hub_user, launch.server_name)
+        assert server is not None
+        headers = {"Authorization": f"token {SERVICE_TOKEN}"}
+        kernel = requests.post(
+            f"{stack.hub.url}{server.url}api/kernels", headers=headers, json={"name": "python3-dask-gpu"}, timeout=30
+        )
+        assert kernel.status_code == 201, kernel.text
+        code = (
+            "import json, os\n"
+            "import dask.array as da\n"
+            "print(json.dumps({'sum': client.submit(sum, [1, 2, 3]).result(),\n"
+            "    'array': int(da.ones((1000, 1000), chunks=(250, 250)).sum().compute()),\n"
+            "    'cluster': type(cluster).__name__, 'allocation': os.environ.get('PORTAL_ALLOCATION'),\n"
+            "    'session': os.environ.get('PORTAL_NOTEBOOK_SESSION'),\n"
+            "    'cuda': os.environ.get('CUDA_VISIBLE_DEVICES')}))\n"
+        )
+        seen = json.loads(run_in_kernel(stack.hub, server.url, kernel.json()["id"], code, timeout=40).splitlines()[-1])
+        assert seen == {
+            "sum": 6,
+            "array": 1_000_000,
+            "cluster": "LocalCluster",
+            "allocation": str(allocation.id),
+            "session": str(session.id),
+            "cuda": "",
+        }
+
+        # --- metering: core-seconds since the last charge, once per interval -----------------------------
+        wait_for(lambda: (utcnow() - session.started_at).total_seconds() >= 2, timeout=5, what="2 s of running")
+        now = utcnow()
+        report = meter_notebooks(db, settings, client, now)
+        db.refresh(session)
+        elapsed = int((now - session.started_at).total_seconds())
+        assert session.charged_seconds == elapsed >= 2
+        charged = entries(db, allocation)
+        assert charged, "no usage entry"
+        assert -sum(e.amount for e in charged) == 2 * elapsed  # two cores
+        last = charged[-1]
+        assert last.idempotency_key == f"hub:{session.id}:{int(session.started_at.timestamp()) + elapsed}"
+        assert report.charged[session.id] == -last.amount
+        db.refresh(allocation)
+        assert allocation.used == 2 * elapsed
+
+        again = meter_notebooks(db, settings, client, now)  # the same interval: nothing changes
+        assert again.charged == {} and again.stopped == {}
+        assert entries(db, allocation) == charged
+        db.refresh(session)
+        assert session.charged_seconds == elapsed
+
+        # --- tampered launches are refused by the hub with the portal's message ---------------------------
+        with pytest.raises(HubRefused) as other:
+            client.start_server(hub_user, "tampered", {"allocation": theirs.id, "profile": "cpu", "hours": 1})
+        assert other.value.status == 403
+        assert other.value.message == f"Allocation {theirs.id} is not one of your projects' allocations."
+        with pytest.raises(HubRefused) as gpus:
+            client.start_server(
+                hub_user, "tampered", {"allocation": allocation.id, "profile": "cpu", "hours": 1, "gpus": 8}
+            )
+        assert gpus.value.status == 403
+        assert "'gpus'" in gpus.value.message and "does not set" in gpus.value.message
+        client.stop_server(hub_user, "tampered")
+        # The launcher refuses another project's allocation itself, and passes on the hub's refusals.
+        with pytest.raises(NotFound):
+            launch_notebook(db, settings, client, pi, allocation_id=theirs.id, profile="cpu", hours=1)
+        with pytest.raises(SpawnRefused, match=r"at most 4\.9\d? hours"):
+            launch_notebook(db, settings, client, pi, allocation_id=allocation.id, profile="cpu", hours=6)
+        assert client.server_status(hub_user, f"a{allocation.id}-2") == ServerStatus.STOPPED
+        db.expire_all()
+        assert [s.id for s in db.exec(select(NotebookSession)).all()] == [session.id]
+
+        # --- an exhausted allocation stops the server ------------------------------------------------------
+        db.refresh(allocation)
+        ledger.charge_usage(db, allocation.id, allocation.balance, idempotency_key="use-it-all")
+        db.refresh(allocation)
+        assert allocation.state == AllocationState.EXHAUSTED
+        stopped = meter_notebooks(db, settings, client)
+        assert stopped.stopped == {session.id: EXHAUSTED}
+        db.refresh(session)
+        assert session.stop_reason == EXHAUSTED and session.stopped_at is not None
+        wait_for(
+            lambda: client.server_status(hub_user, launch.server_name) == ServerStatus.STOPPED,
+            timeout=20,
+            what="the server to stop",
+        )
+        assert all(s.name != launch.server_name for s in client.active_servers())
+        with pytest.raises(SpawnRefused, match="exhausted"):
+            launch_notebook(db, settings, client, pi, allocation_id=allocation.id, profile="cpu", hours=1)
+        # Stopped sessions are not metered again.
+        assert meter_notebooks(db, settings, client).total == 0
+
+
+def test_the_hub_logs_users_in_through_the_portal(stack: Stack, oidc_provider) -> None:  # type: ignore[no-untyped-def]
+    """A browser logged in at the portal follows the hub's login: hub -> portal /oauth/authorize -> hub."""
+    browser = requests.Session()
+    sub = f"hubuser-{uuid.uuid4().hex[:10]}"
+    oidc_provider.add_user(
+        sub,
+        acr=EIDAS + "substantial",
+        email=f"{sub}@example.eu",
+        email_verified=True,
+        given_name="Hub",
+        family_name="Tester",
+    )
+    # The portal's own login (OIDC), in the browser's cookie jar.
+    start = browser.get(f"{stack.portal_url}/login/eidas", allow_redirects=False, timeout=10)
+    assert start.status_code == 302, start.text
+    at_provider = requests.post(start.headers["Location"], data={"sub": sub}, allow_redirects=False, timeout=10)
+    assert at_provider.status_code == 302, at_provider.text
+    callback = urlsplit(at_provider.headers["Location"])
+    back = browser.get(f"{stack.portal_url}{callback.path}?{callback.query}", allow_redirects=False, timeout=10)
+    assert back.status_code == 302, back.text
+
+    # The hub's login: to the portal's authorize endpoint, which sends the code back to the hub.
+    response = browser.get(f"{stack.hub.url}/hub/oauth_login", allow_redirects=False, timeout=10)
+    assert response.status_code == 302, response.text
+    authorize_url = urljoin(f"{stack.hub.url}/hub/oauth_login", response.headers["Location"])
+    assert authorize_url.startswith(f"{stack.portal_url}/oauth/authorize?")
+    response = browser.get(authorize_url, allow_redirects=False, timeout=10)
+    assert response.status_code == 302, response.text
+    hub_callback = response.headers["Location"]
+    assert hub_callback.startswith(f"{stack.hub.url}/hub/oauth_callback?")
+    response = browser.get(hub_callback, allow_redirects=False, timeout=30)
+    assert response.status_code == 302, response.text
+    assert "jupyterhub-hub-login" in browser.cookies
+
+    with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
+        user = db.exec(select(User).where(User.email == f"{sub}@example.eu")).one()
+    hub_user = stack.client.get_user(f"u{user.id}")
+    assert hub_user is not None and hub_user["name"] == f"u{user.id}"
+    # The hub session cookie identifies the user at the hub's API.
+    me = browser.get(f"{stack.hub.url}/hub/api/user", timeout=10)
+    assert me.status_code == 200, me.text
+    assert me.json()["name"] == f"u{user.id}"
