@@ -80,6 +80,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(ledger_bp)
     app.register_blueprint(grants_bp)
     app.register_blueprint(notifications_bp)
+    from portal.compute.views import bp as notebooks_bp
+
+    app.register_blueprint(notebooks_bp)
     init_api(app)
     from portal.compute.oauth import init_app as init_hub_oauth
 

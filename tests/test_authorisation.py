@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from flask_wtf.csrf import generate_csrf
 from sqlmodel import Session, select
 
+from portal.compute.services import check_spawn, hub_username
 from portal.grants import services as grants
 from portal.grants.models import (
     AccessMode,
@@ -36,7 +37,7 @@ from portal.grants.models import (
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.identity.services import create_api_token, grant_role
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, LedgerEntry
+from portal.ledger.models import Allocation, LedgerEntry, ResourceKind
 from portal.market import services as market
 from portal.market.models import Invoice, InvoiceKind, Offering, OfferingPrice, OfferingState, Order, OrderState
 from portal.notifications.models import Notification
@@ -52,6 +53,7 @@ from portal.projects.models import (
 from tests.conftest import csrf_token, post_form
 from tests.grants_world import login_of
 from tests.ledger_world import HOUR, make_world, open_q1
+from tests.test_compute import open_now, plan_capacity_around_now
 
 #: URL arguments that name an object someone may not be allowed to see.
 OBJECT_ARGUMENTS = {
@@ -70,6 +72,7 @@ OBJECT_ARGUMENTS = {
     "offering_id",
     "order_id",
     "invoice_id",
+    "session_id",
 }
 #: Paths that deal with projects or organisations (or their applications, reviews and notices) even
 #: without naming one.
@@ -179,6 +182,10 @@ ROUTES: list[Route] = [
     # O's order, invoice and billing page: O's admins and billing members, and finance staff only
     Route("GET", "/market/orders/<int:order_id>"),
     Route("POST", "/market/orders/<int:order_id>/cancel"),
+    Route("GET", "/projects/<int:project_id>/notebooks"),
+    Route("POST", "/projects/<int:project_id>/notebooks", {"allocation_id": "1", "profile": "cpu", "hours": "1"}),
+    Route("GET", "/notebooks/<int:session_id>"),
+    Route("POST", "/notebooks/<int:session_id>/stop"),
     Route("GET", "/market/invoices/<int:invoice_id>.pdf"),
     Route("GET", "/organisations/<int:organisation_id>/billing"),
     # staff pages: the offering is public, so they only refuse
@@ -253,6 +260,12 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
     ledger_world = make_world(db)
     allocation = open_q1(db, ledger_world, 100, project=project, title="Secret GPU hours")
     second_allocation = open_q1(db, ledger_world, 50, project=project, title="Second GPU hours")
+    cpu = ledger.create_resource(db, None, ledger_world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    plan_capacity_around_now(db, cpu, 1000 * HOUR)
+    running = open_now(db, project, cpu, 10)
+    notebook = check_spawn(
+        db, settings, hub_username(owner), "a1-1", {"allocation": running.id, "profile": "cpu", "hours": 1}
+    ).session
     grant = grant_world(app, db, login, settings, owner, project, ledger_world.gpu)
     shop = market_world(db, settings, owner, org, project, allocation, ledger_world.gpu)
 
@@ -273,6 +286,7 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
         other_project=other_project,
         allocation=allocation,
         second_allocation=second_allocation,
+        notebook=notebook,
     )
 
 
@@ -382,6 +396,7 @@ def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
         "offering_id": world.offering.id,
         "order_id": world.order.id,
         "invoice_id": world.invoice.id,
+        "session_id": world.notebook.id,
         "outsider": world.outsider.id,
         "token": "guessed-" + "x" * 40,
         "role": "admin",
@@ -494,6 +509,7 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
         notification_id=MISSING_ID,
         order_id=MISSING_ID,
         invoice_id=MISSING_ID,
+        session_id=MISSING_ID,
         # offering_id stays: a published offering is public, and the POST names the missing project
     )
     secrets_ = [

@@ -265,3 +265,51 @@ def test_the_hub_logs_users_in_through_the_portal(stack: Stack, oidc_provider) -
     me = browser.get(f"{stack.hub.url}/hub/api/user", timeout=10)
     assert me.status_code == 200, me.text
     assert me.json()["name"] == f"u{user.id}"
+
+
+def test_a_member_launches_from_the_project_page_follows_the_start_and_stops_it(stack: Stack, login) -> None:  # type: ignore[no-untyped-def]
+    from portal.projects import services as projects
+    from tests.conftest import post_form
+
+    browser = stack.app.test_client()
+    user = login(browser)
+    with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
+        world = make_world(db)
+        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        plan_capacity_around_now(db, cpu, 100_000 * HOUR)
+        org = projects.create_organisation(db, user, name="Notebook Uni", kind="university", country="LV")
+        project = projects.create_project(db, user, org, title="Notebook project")
+        allocation = open_now(db, project, cpu, 10)
+
+    page = browser.get(f"/projects/{project.id}/notebooks").get_data(as_text=True)
+    assert "CPU core-hours" in page and 'value="cpu"' in page
+    refused = post_form(
+        browser,
+        f"/projects/{project.id}/notebooks",
+        {"allocation_id": allocation.id, "profile": "1x-h100", "hours": "1"},
+        page=f"/projects/{project.id}/notebooks",
+    )
+    assert refused.status_code == 403 and "GPU" in refused.get_data(as_text=True)  # the hub's spawn check said no
+    launched = post_form(
+        browser,
+        f"/projects/{project.id}/notebooks",
+        {"allocation_id": allocation.id, "profile": "cpu", "hours": "1"},
+        page=f"/projects/{project.id}/notebooks",
+    )
+    assert launched.status_code == 302, launched.get_data(as_text=True)
+    session_page = launched.headers["Location"]
+    wait_for(
+        lambda: "Open the notebook" in browser.get(session_page, headers={"HX-Request": "true"}).get_data(as_text=True),
+        timeout=40,
+        what="the session page to show the notebook ready",
+    )
+    mine = browser.get("/notebooks").get_data(as_text=True)
+    assert f"a{allocation.id}-1" in mine and "Stop" in mine
+    session_id = int(session_page.rsplit("/", 1)[1])
+    stopped = post_form(browser, f"/notebooks/{session_id}/stop", page="/notebooks")
+    assert stopped.status_code == 302
+    assert stack.client.server_status(f"u{user.id}", f"a{allocation.id}-1") == ServerStatus.STOPPED
+    assert "No notebook is running" in browser.get("/notebooks").get_data(as_text=True)
+    other = stack.app.test_client()
+    login(other)
+    assert other.get(session_page).status_code == 404  # someone else's session

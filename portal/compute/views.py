@@ -1,0 +1,129 @@
+"""Notebook pages: launch from a project, follow the start, "My sessions" with Stop."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import login_required
+from sqlmodel import col, select
+
+from portal.compute.hub_client import HubClient, HubError, ServerStatus
+from portal.compute.launch import launch_notebook, stop_notebook
+from portal.compute.models import NotebookSession
+from portal.db import get_db, utcnow
+from portal.errors import DomainError, InvalidInput
+from portal.forms import ActionForm
+from portal.ledger import statements
+from portal.ledger.models import Allocation, AllocationState, Resource
+from portal.projects import services as projects
+from portal.web import actor, settings
+
+bp = Blueprint("notebooks", __name__)
+
+
+def _client() -> HubClient:
+    return HubClient.from_settings(settings())
+
+
+def _hub_unavailable(exc: HubError):  # type: ignore[no-untyped-def]
+    detail = f"The notebook service is not reachable right now ({exc}). Try again in a minute."
+    return render_template("error.html", title="Notebooks unavailable", detail=detail, status=503), 503
+
+
+@bp.route("/projects/<int:project_id>/notebooks", methods=["GET", "POST"])
+@login_required
+def launch(project_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    project = projects.get_project(db, me, project_id)
+    active = [
+        s
+        for s in statements.allocations_of_project(db, me, project)
+        if s.allocation.state == AllocationState.ACTIVE and s.allocation.balance > 0
+    ]
+    error, status = None, 200
+    if request.method == "POST":
+        if not ActionForm().validate_on_submit():
+            abort(400)
+        try:
+            started = launch_notebook(
+                db,
+                settings(),
+                _client(),
+                me,
+                allocation_id=request.form.get("allocation_id", type=int) or 0,
+                profile=request.form.get("profile", ""),
+                hours=request.form.get("hours", type=float) or 0.0,
+            )
+        except InvalidInput as exc:
+            error, status = " ".join(exc.errors.values()) or exc.detail, 422
+        except DomainError as exc:
+            error, status = exc.detail, exc.status
+        except HubError as exc:
+            return _hub_unavailable(exc)
+        else:
+            if started.session is None:
+                abort(502)
+            return redirect(url_for("notebooks.session", session_id=started.session.id))
+    return render_template(
+        "compute/launch.html", project=project, allocations=active, profiles=settings().notebook_profiles, error=error
+    ), status
+
+
+def _my_session(session_id: int) -> NotebookSession:
+    found = get_db().get(NotebookSession, session_id)
+    if found is None or found.user_id != actor().id:
+        abort(404)
+    return found
+
+
+def _notebook_url(found: NotebookSession) -> str:
+    return f"{settings().hub_url}/user/{found.hub_user}/{found.server_name}/lab"
+
+
+@bp.get("/notebooks/<int:session_id>")
+@login_required
+def session(session_id: int):  # type: ignore[no-untyped-def]
+    found = _my_session(session_id)
+    state = _state(found)
+    template = "compute/_session_state.html" if request.headers.get("HX-Request") == "true" else "compute/session.html"
+    return render_template(template, s=found, state=state, url=_notebook_url(found))
+
+
+def _state(found: NotebookSession) -> str:
+    if found.stopped_at is not None:
+        return "stopped"
+    try:
+        status = _client().server_status(found.hub_user, found.server_name)
+    except HubError:
+        return "unknown"
+    return {ServerStatus.READY: "ready", ServerStatus.PENDING: "starting"}.get(status, "stopped")
+
+
+@bp.post("/notebooks/<int:session_id>/stop")
+@login_required
+def stop(session_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    _my_session(session_id)
+    try:
+        stop_notebook(get_db(), settings(), _client(), actor(), session_id=session_id)
+    except HubError as exc:
+        return _hub_unavailable(exc)
+    flash("The notebook is stopped; its time up to now is charged.", "success")
+    return redirect(url_for("notebooks.mine"))
+
+
+@bp.get("/notebooks")
+@login_required
+def mine():  # type: ignore[no-untyped-def]
+    """My running notebooks: elapsed time, hours charged so far, the allocation's remaining hours."""
+    db, me = get_db(), actor()
+    rows = db.exec(
+        select(NotebookSession, Allocation, Resource)
+        .join(Allocation, Allocation.id == NotebookSession.allocation_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+        .where(NotebookSession.user_id == me.id, col(NotebookSession.stopped_at).is_(None))
+        .order_by(col(NotebookSession.requested_at).desc())
+    ).all()
+    return render_template(
+        "compute/mine.html", rows=rows, now=utcnow(), hub_url=settings().hub_url, action_form=ActionForm()
+    )
