@@ -15,6 +15,7 @@ from werkzeug.serving import run_simple
 from portal import create_app
 from portal.config import OIDCProvider, Settings, load_settings
 from portal.db import utcnow
+from portal.devhub import HubProcess
 from portal.devstack import OIDCProviderProcess
 from portal.devstripe import StripeStandIn
 from portal.grants.catalogue import ensure_default_calls
@@ -130,8 +131,9 @@ DEMO_PROVIDERS = [
 ]
 
 
-#: Offset of the Stripe stand-in's port from the first provider port.
+#: Offsets of the Stripe stand-in's and the JupyterHub's ports from the first provider port.
 STRIPE_OFFSET = 20
+HUB_OFFSET = 30
 DEMO_WEBHOOK_SECRET = "whsec_devstripe"  # noqa: S105  (the local stand-in's, never a real one)
 
 
@@ -154,6 +156,8 @@ def demo_settings(port: int, provider_port: int) -> Settings:
         stripe_api_base=f"http://127.0.0.1:{provider_port + STRIPE_OFFSET}",
         stripe_api_key=StripeStandIn.api_key,
         stripe_webhook_secret=DEMO_WEBHOOK_SECRET,
+        hub_url=f"http://127.0.0.1:{provider_port + HUB_OFFSET}",
+        hub_oauth_redirect_uri=f"http://127.0.0.1:{provider_port + HUB_OFFSET}/hub/oauth_callback",
     )
 
 
@@ -268,6 +272,18 @@ def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) ->
         title="Playground (H200)",
         idempotency_key="demo:award:speech",
     )
+    ledger.open_allocation(
+        db,
+        None,
+        project=llm,
+        resource=resource("waw", "cpu"),
+        amount=200 * hour,
+        starts_at=month_ago,
+        ends_at=month_ago + timedelta(days=180),
+        source=AllocationSource.AWARD,
+        title="CPU for notebooks",
+        idempotency_key="demo:award:llm-cpu",
+    )
     purchase = ledger.open_allocation(
         db,
         None,
@@ -320,12 +336,25 @@ def run_demo(*, port: int, provider_port: int) -> None:
         ).start()
         processes.append(stripe)
         stripe.configure_webhook(f"{settings.base_url}/market/stripe/webhook", DEMO_WEBHOOK_SECRET)
+        hub = HubProcess(
+            Path(settings.instance_path) / "hub",
+            port=provider_port + HUB_OFFSET,
+            portal_url=settings.base_url,
+            portal_api_token=settings.hub_spawn_check_token,
+            service_token=settings.hub_api_token,
+            env={
+                "HUB_OAUTH_CLIENT_ID": settings.hub_oauth_client_id,
+                "HUB_OAUTH_CLIENT_SECRET": settings.hub_oauth_client_secret,
+            },
+            log_path=logs / "jupyterhub.log",
+        )
         upgrade(settings.resolved_database_url)
         app = create_app(settings)
         with app.app_context():
             from portal.db import get_db
 
             seed_demo_data(get_db(), settings)
+        processes.append(hub.start())  # it asks the portal, which answers once it serves (below)
         _print_banner(settings, provider_port)
         run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
     except KeyboardInterrupt:
@@ -354,6 +383,7 @@ def _print_banner(settings: Settings, provider_port: int) -> None:
         "Admin Ozola holds the factory admin role; Kadri Kask (TARA, acr low) shows a refused login.",
         f"Liis Tamm can buy GPU hours for Tallinn Vision OÜ at {settings.base_url}/market; payments go to the",
         f"local Stripe stand-in at {settings.stripe_api_base} (its page has Pay / declined card / Cancel).",
+        f"Notebooks: 'Start a notebook' on a project page; JupyterHub runs at {settings.hub_url}.",
         "Ctrl-C stops the portal and the providers.",
         "",
     ]
