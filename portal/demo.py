@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -318,7 +319,12 @@ def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) ->
     ledger.charge_usage_batch(db, charges)
 
 
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # a terminated demo stops its providers, stand-in and hub like Ctrl-C does
+
+
 def run_demo(*, port: int, provider_port: int) -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     settings = demo_settings(port, provider_port)
     Path(settings.instance_path).mkdir(parents=True, exist_ok=True)
     logs = Path(settings.instance_path) / "logs"
