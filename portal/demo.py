@@ -249,54 +249,29 @@ def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) ->
         ).one()
 
     hour = 3600
-    award = ledger.open_allocation(
-        db,
-        None,
-        project=llm,
-        resource=resource("waw", "h200"),
-        amount=5_000 * hour,
-        starts_at=month_ago,
-        ends_at=month_ago + timedelta(days=180),
-        source=AllocationSource.AWARD,
-        title="Fast Lane award (H200)",
-        idempotency_key="demo:award:llm",
-    )
-    ledger.open_allocation(
-        db,
-        None,
-        project=speech,
-        resource=resource("vno", "h200"),
-        amount=800 * hour,
-        starts_at=month_ago,
-        ends_at=month_ago + timedelta(days=90),
-        source=AllocationSource.AWARD,
-        title="Playground (H200)",
-        idempotency_key="demo:award:speech",
-    )
-    ledger.open_allocation(
-        db,
-        None,
-        project=llm,
-        resource=resource("waw", "cpu"),
-        amount=200 * hour,
-        starts_at=month_ago,
-        ends_at=month_ago + timedelta(days=180),
-        source=AllocationSource.AWARD,
-        title="CPU for notebooks",
-        idempotency_key="demo:award:llm-cpu",
-    )
-    purchase = ledger.open_allocation(
-        db,
-        None,
-        project=shelf,
-        resource=resource("tll", "h200"),
-        amount=200 * hour,
-        starts_at=month_ago,
-        ends_at=month_ago + timedelta(days=180),
-        source=AllocationSource.PURCHASE,
-        title="Purchased GPU-hours",
-        idempotency_key="demo:purchase:shelf",
-    )
+    #: (key, project, site, resource, hours, days, source, title)
+    planned = [
+        ("llm", llm, "waw", "h200", 5_000, 180, AllocationSource.AWARD, "Fast Lane award (H200)"),
+        ("speech", speech, "vno", "h200", 800, 90, AllocationSource.AWARD, "Playground (H200)"),
+        ("llm-cpu", llm, "waw", "cpu", 200, 180, AllocationSource.AWARD, "CPU for notebooks"),
+        ("shelf", shelf, "tll", "h200", 200, 180, AllocationSource.PURCHASE, "Purchased GPU-hours"),
+    ]
+    opened = {
+        key: ledger.open_allocation(
+            db,
+            None,
+            project=project,
+            resource=resource(site, code),
+            amount=hours * hour,
+            starts_at=month_ago,
+            ends_at=month_ago + timedelta(days=days),
+            source=source,
+            title=title,
+            idempotency_key=f"demo:{key}",
+        )
+        for key, project, site, code, hours, days, source, title in planned
+    }
+    award, purchase = opened["llm"], opened["shelf"]
     charges = [
         ledger.UsageCharge(
             award.id,
