@@ -11,6 +11,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.orm import Session as SASession
 from sqlmodel import Session, select
 
 from portal.errors import NotAuthorised, NotFound
@@ -44,9 +46,27 @@ class Action(StrEnum):
     MANAGE_BILLING = "market.manage_billing"
 
 
+_ROLES_CACHE = "portal.factory_roles"
+
+
 def factory_roles(db: Session, user: User) -> set[FactoryRole]:
-    rows = db.exec(select(RoleGrant.role).where(RoleGrant.user_id == user.id)).all()
-    return {FactoryRole(r) for r in rows}
+    """The user's factory roles, read once per transaction (every permission check asks for them)."""
+    cache: dict[int, set[FactoryRole]] = db.info.setdefault(_ROLES_CACHE, {})
+    if user.id not in cache:
+        rows = db.exec(select(RoleGrant.role).where(RoleGrant.user_id == user.id)).all()
+        cache[user.id] = {FactoryRole(r) for r in rows}  # type: ignore[index]
+    return set(cache[user.id])  # type: ignore[index]
+
+
+@sa.event.listens_for(SASession, "after_transaction_end")
+def _forget_roles(session: SASession, _transaction: object) -> None:
+    session.info.pop(_ROLES_CACHE, None)
+
+
+@sa.event.listens_for(SASession, "before_flush")
+def _forget_roles_on_grant(session: SASession, _context: object, _instances: object) -> None:
+    if any(isinstance(o, RoleGrant) for o in (*session.new, *session.deleted)):
+        session.info.pop(_ROLES_CACHE, None)
 
 
 def project_role(db: Session, user: User, project: Project) -> ProjectRole | None:
