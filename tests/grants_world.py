@@ -55,7 +55,7 @@ class GrantWorld:
 
 def make_call(
     db: Session,
-    world: World,
+    gpu_id: int,
     manager: User,
     *,
     mode: ReviewMode = ReviewMode.PEER_REVIEW,
@@ -63,12 +63,14 @@ def make_call(
     max_hours: int = 400,
     kinds: list[str] | None = None,
     countries: list[str] | None = None,
+    questions: list[dict] | None = None,  # type: ignore[type-arg]
+    title: str | None = None,
 ) -> Call:
     now = datetime.now(UTC)
     call = grants.create_call(
         db,
         None,
-        title=f"{mode.value} call",
+        title=title or f"{mode.value} call",
         access_mode={
             ReviewMode.AUTOMATIC: AccessMode.PLAYGROUND,
             ReviewMode.TECHNICAL: AccessMode.FAST_LANE,
@@ -76,7 +78,7 @@ def make_call(
         }[mode],
         review_mode=mode,
         manager=manager,
-        budgets={world.gpu.id: budget_hours * HOUR},  # type: ignore[dict-item]
+        budgets={gpu_id: budget_hours * HOUR},
         max_request=max_hours * HOUR,
         min_request=HOUR,
         opens_at=now - timedelta(days=1),
@@ -86,7 +88,7 @@ def make_call(
         decision_within_working_days=10,
         eligible_kinds=kinds if kinds is not None else ["university"],
         eligible_countries=countries if countries is not None else ["PL", "LT", "LV", "EE"],
-        questions=QUESTIONS,
+        questions=QUESTIONS if questions is None else questions,
         criteria=CRITERIA if mode == ReviewMode.PEER_REVIEW else [],
         duration_months=3,
     )
@@ -94,17 +96,22 @@ def make_call(
     return call
 
 
+def plan_capacity_from_today(db: Session, resource, hours: int = 10_000) -> None:  # type: ignore[no-untyped-def]
+    """Awards start today: plan this quarter and the next two."""
+    start = date.today()
+    for _ in range(3):
+        q_start, q_end = ledger.quarter_of(start)
+        ledger.set_capacity(db, None, resource, starts_on=q_start, ends_on=q_end, capacity=hours * HOUR)
+        start = q_end
+
+
 def make_grant_world(  # type: ignore[no-untyped-def]
     db: Session, *, mode: ReviewMode = ReviewMode.PEER_REVIEW, capacity_hours: int = 10_000, **call_options
 ) -> GrantWorld:
     world = make_world(db, q1_gpu_hours=10_000, q2_gpu_hours=10_000)
-    start = date.today()
-    for _ in range(3):  # awards start today: plan this quarter and the next two
-        q_start, q_end = ledger.quarter_of(start)
-        ledger.set_capacity(db, None, world.gpu, starts_on=q_start, ends_on=q_end, capacity=capacity_hours * HOUR)
-        start = q_end
+    plan_capacity_from_today(db, world.gpu, capacity_hours)
     manager = person(db, "Manager")
-    call = make_call(db, world, manager, mode=mode, **call_options)
+    call = make_call(db, world.gpu.id, manager, mode=mode, **call_options)  # type: ignore[arg-type]
     pi = person(db, "Applicant")
     org = projects.create_organisation(db, pi, name="Vilnius Uni", kind="university", country="LT")
     project = projects.create_project(db, pi, org, title="Baltic speech")

@@ -37,12 +37,11 @@ from portal.grants.models import (
 )
 from portal.identity.models import FactoryRole, User
 from portal.identity.services import grant_role
-from portal.ledger import services as ledger
 from portal.ledger.models import Allocation
 from portal.notifications.models import Notification
 from portal.projects import services as projects
 from tests.conftest import EIDAS, post_form
-from tests.grants_world import CRITERIA, QUESTIONS, login_of
+from tests.grants_world import QUESTIONS, login_of, make_call, plan_capacity_from_today
 from tests.ledger_world import HOUR, make_world
 
 S = ApplicationState
@@ -61,42 +60,15 @@ def text(response) -> str:  # type: ignore[no-untyped-def]
 def open_call(
     db: Session, manager: User, gpu_id: int, *, mode: ReviewMode = ReviewMode.PEER_REVIEW, budget_hours: int = 500
 ) -> Call:
-    now = datetime.now(UTC)
-    call = grants.create_call(
+    return make_call(
         db,
-        None,
-        title=f"{mode.value.replace('_', ' ').title()} pages call",
-        access_mode={
-            ReviewMode.AUTOMATIC: AccessMode.PLAYGROUND,
-            ReviewMode.TECHNICAL: AccessMode.FAST_LANE,
-            ReviewMode.PEER_REVIEW: AccessMode.LARGE_SCALE,
-        }[mode],
-        review_mode=mode,
-        manager=manager,
-        budgets={gpu_id: budget_hours * HOUR},
-        max_request=400 * HOUR,
-        min_request=HOUR,
-        opens_at=now - timedelta(days=1),
-        closes_at=now + timedelta(days=60),
-        first_cutoff=date.today() + timedelta(days=14),
-        cutoff_every_days=14,
-        decision_within_working_days=10,
-        eligible_kinds=["university"],
-        eligible_countries=["PL", "LT", "LV", "EE"],
+        gpu_id,
+        manager,
+        mode=mode,
+        budget_hours=budget_hours,
         questions=PAGE_QUESTIONS,
-        criteria=CRITERIA if mode == ReviewMode.PEER_REVIEW else [],
-        duration_months=3,
+        title=f"{mode.value.replace('_', ' ').title()} pages call",
     )
-    return grants.set_call_state(db, manager, call, CallState.OPEN)
-
-
-def plan_capacity(db: Session, resource, hours: int = 10_000) -> None:  # type: ignore[no-untyped-def]
-    """Awards start today: plan this quarter and the next two."""
-    start = date.today()
-    for _ in range(3):
-        q_start, q_end = ledger.quarter_of(start)
-        ledger.set_capacity(db, None, resource, starts_on=q_start, ends_on=q_end, capacity=hours * HOUR)
-        start = q_end
 
 
 def logged_in(app: Flask, login, db: Session, given: str, role: FactoryRole | None = None):  # type: ignore[no-untyped-def]
@@ -114,7 +86,7 @@ def g(app: Flask, db: Session, login, client: FlaskClient, settings) -> SimpleNa
     pi = login(client, given_name="Paula", family_name="Pietarinen")
     manager_client, manager = logged_in(app, login, db, "Mona")
     world = make_world(db)
-    plan_capacity(db, world.gpu)
+    plan_capacity_from_today(db, world.gpu)
     call = open_call(db, manager, world.gpu.id)  # type: ignore[arg-type]
     org = projects.create_organisation(db, pi, name="Vilnius Uni", kind="university", country="LT")
     project = projects.create_project(db, pi, org, title="Baltic speech")
