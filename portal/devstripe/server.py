@@ -119,16 +119,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "on 127.0.0.1.",
     )
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 only inside a container)")
     parser.add_argument("--data-dir", type=Path, required=True, help="where its state file is kept")
     parser.add_argument("--from-scratch", action="store_true", help="ignore the state saved in --data-dir")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = build_app(args.data_dir, from_scratch=args.from_scratch)
-    log.info("Stripe stand-in on http://127.0.0.1:%d, state in %s", args.port, args.data_dir / STATE_FILE)
+    log.info("Stripe stand-in on http://%s:%d, state in %s", args.host, args.port, args.data_dir / STATE_FILE)
     web.run_app(
         app,
-        host="127.0.0.1",
+        host=args.host,
         port=args.port,
         access_log=logging.getLogger("aiohttp.access"),
         print=None,

@@ -1,0 +1,274 @@
+"""Course pages: the teacher's courses and dashboard, joining with a code, the student's launcher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask_login import login_required
+from flask_wtf import FlaskForm
+from sqlmodel import col, select
+from wtforms.fields.choices import SelectChoice
+
+from portal.authz import Action, allowed
+from portal.classroom import services as classroom
+from portal.classroom.forms import CapForm, CourseForm, JoinForm, LaunchForm
+from portal.classroom.models import Course, CourseState
+from portal.compute.hub_client import HubClient, HubError
+from portal.compute.launch import launch_notebook
+from portal.compute.models import NotebookSession
+from portal.db import get_db
+from portal.errors import DomainError, InvalidInput
+from portal.formatting import display_amount, parse_quantity
+from portal.forms import ActionForm, apply_errors
+from portal.ledger.models import Allocation, Resource
+from portal.web import actor, current_login, settings
+
+bp = Blueprint("classroom", __name__)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _submit(form: FlaskForm, work: Callable[[], str]) -> tuple[str | None, int]:
+    """Run ``work`` for a valid submitted form: where to go next, or None and the status to show the form
+    again with (a domain error goes to the form: field errors next to their fields)."""
+    if not form.validate_on_submit():
+        return None, 422 if request.method == "POST" else 200
+    try:
+        return work(), 302
+    except InvalidInput as exc:
+        apply_errors(form, exc)
+        return None, 422
+    except DomainError as exc:
+        form.form_errors.append(exc.detail)
+        return None, exc.status
+
+
+@bp.get("/courses")
+@login_required
+def index():  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    return render_template(
+        "classroom/index.html",
+        mine=classroom.courses_of(db, me),
+        join_form=JoinForm(formdata=None),
+        can_teach=bool(classroom.funding_options(db, me)),
+    )
+
+
+@bp.route("/courses/new", methods=["GET", "POST"])
+@login_required
+def new():  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    options = classroom.funding_options(db, me)
+    form = CourseForm()
+    form.allocation_id.choices = [  # type: ignore[assignment]
+        SelectChoice(
+            o.allocation.id,  # type: ignore[arg-type]
+            f"{o.project.title} · {o.allocation.title} · {display_amount(o.allocation.balance, o.resource.kind)} "
+            f"{o.resource.display_unit}s left",
+        )
+        for o in options
+    ]
+    form.profiles.choices = [(p.name, p.label) for p in settings().notebook_profiles]  # type: ignore[assignment]
+
+    def create() -> str:
+        chosen = next((o for o in options if o.allocation.id == form.allocation_id.data), None)
+        if chosen is None:
+            raise InvalidInput("Choose an allocation.", errors={"allocation_id": "Choose one."})
+        course = classroom.create_course(
+            db,
+            settings(),
+            me,
+            parent_allocation_id=chosen.allocation.id,  # type: ignore[arg-type]
+            title=form.title.data or "",
+            starts_at=_day_start(form.starts_on.data),  # type: ignore[arg-type]
+            ends_at=_day_start(form.ends_on.data),  # type: ignore[arg-type]
+            student_cap=parse_quantity(form.student_hours.data or "", chosen.resource.kind, field="student_hours"),
+            max_seats=form.max_seats.data or 0,
+            profiles=list(form.profiles.data or []),
+            required_affiliation=form.required_affiliation.data or "",
+            required_entitlement=form.required_entitlement.data or "",
+            materials_url=form.materials_url.data or "",
+        )
+        flash("The course is open. Give your students its join code.", "success")
+        return url_for("classroom.course", course_id=course.id)
+
+    target, status = _submit(form, create)
+    if target:
+        return redirect(target)
+    return render_template("classroom/new.html", form=form, has_options=bool(options)), status
+
+
+@bp.route("/courses/join", methods=["GET", "POST"])
+@login_required
+def join():  # type: ignore[no-untyped-def]
+    """The join form; a link ``/courses/join?code=...`` fills it in, and the student confirms."""
+    form = JoinForm() if request.method == "POST" else JoinForm(formdata=None, code=request.args.get("code", ""))
+
+    def take_seat() -> str:
+        seat = classroom.join_course(get_db(), actor(), current_login(), form.code.data or "")
+        flash("You joined the course.", "success")
+        return url_for("classroom.course", course_id=seat.course_id)
+
+    target, status = _submit(form, take_seat)
+    if target:
+        return redirect(target)
+    return render_template("classroom/join.html", form=form), status
+
+
+def _course(course_id: int, action: Action = Action.VIEW_COURSE) -> Course:
+    return classroom.get_course(get_db(), actor(), course_id, action)
+
+
+@bp.get("/courses/<int:course_id>")
+@login_required
+def course(course_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    found = _course(course_id)
+    if allowed(db, me, Action.MANAGE_COURSE, found):
+        view = classroom.overview(db, me, found)
+        per = view.resource.per_display_unit
+        chart = {
+            "unit": view.resource.display_unit + "s",
+            "names": [row.student.display_name for row in view.students],
+            "used": [round(row.seat.used / per, 2) for row in view.students],
+            "caps": [round(row.seat.cap / per, 2) for row in view.students],
+        }
+        join_link = f"{settings().base_url}{url_for('classroom.join', code=found.join_code)}"
+        return render_template(
+            "classroom/teacher.html",
+            view=view,
+            c=found,
+            chart=chart,
+            join_link=join_link,
+            cap_form=CapForm(formdata=None),
+            action_form=ActionForm(),
+        )
+    return _student_page(found)
+
+
+def _student_page(found: Course, form: LaunchForm | None = None, error: str | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    seat = classroom.seat_of(db, me, found)
+    if seat is None:  # pragma: no cover - VIEW_COURSE admits only the teacher and students
+        abort(404)
+    allocation = db.get(Allocation, found.allocation_id)
+    resource = db.get(Resource, allocation.resource_id)  # type: ignore[union-attr]
+    profiles = [p for p in settings().notebook_profiles if p.name in found.profiles]
+    form = form or LaunchForm(formdata=None)
+    form.profile.choices = [(p.name, p.label) for p in profiles]  # type: ignore[assignment]
+    sessions = db.exec(
+        select(NotebookSession)
+        .where(NotebookSession.course_seat_id == seat.id)
+        .order_by(col(NotebookSession.requested_at).desc())
+        .limit(20)
+    ).all()
+    open_now = found.state == CourseState.OPEN and seat.removed_at is None
+    return render_template(
+        "classroom/student.html",
+        c=found,
+        seat=seat,
+        resource=resource,
+        form=form,
+        error=error,
+        sessions=sessions,
+        can_launch=open_now and seat.used < seat.cap,
+    ), status
+
+
+@bp.post("/courses/<int:course_id>/notebooks")
+@login_required
+def launch(course_id: int):  # type: ignore[no-untyped-def]
+    """A student starts a notebook on the course's allocation (the hub's spawn check enforces the cap)."""
+    db, me = get_db(), actor()
+    found = _course(course_id)
+    if classroom.seat_of(db, me, found) is None:
+        abort(403)  # the teacher: course hours are the students'
+    form = LaunchForm()
+    form.profile.choices = [(name, name) for name in found.profiles]  # type: ignore[assignment]
+    if not form.validate_on_submit():
+        return _student_page(found, form, "Choose a profile and the hours.", 422)
+    try:
+        hours = float((form.hours.data or "0").replace(",", "."))
+    except ValueError:
+        return _student_page(found, form, "Enter the hours as a number.", 422)
+    try:
+        started = launch_notebook(
+            db,
+            settings(),
+            HubClient.from_settings(settings()),
+            me,
+            allocation_id=found.allocation_id,
+            profile=form.profile.data or "",
+            hours=hours,
+        )
+    except InvalidInput as exc:
+        return _student_page(found, form, " ".join(exc.errors.values()) or exc.detail, 422)
+    except DomainError as exc:
+        return _student_page(found, form, exc.detail, exc.status)
+    except HubError as exc:
+        detail = f"The notebook service is not reachable right now ({exc}). Try again in a minute."
+        return render_template("error.html", title="Notebooks unavailable", detail=detail, status=503), 503
+    if started.session is None:
+        abort(502)
+    return redirect(url_for("notebooks.session", session_id=started.session.id))
+
+
+@bp.get("/courses/<int:course_id>/usage.csv")
+@login_required
+def usage_csv(course_id: int):  # type: ignore[no-untyped-def]
+    found = _course(course_id, Action.MANAGE_COURSE)
+    body = classroom.usage_csv(get_db(), actor(), found)
+    return Response(
+        body,
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="course-{found.id}-usage.csv"'},
+    )
+
+
+@bp.post("/courses/<int:course_id>/seats/<int:seat_id>/cap")
+@login_required
+def raise_cap(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
+    db, me = get_db(), actor()
+    found = _course(course_id, Action.MANAGE_COURSE)
+    form = CapForm()
+    target = url_for("classroom.course", course_id=course_id)
+    if not form.validate_on_submit():
+        flash("Enter the new cap in hours.", "error")
+        return redirect(target)
+    allocation = db.get(Allocation, found.allocation_id)
+    resource = db.get(Resource, allocation.resource_id)  # type: ignore[union-attr]
+    try:
+        amount = parse_quantity(form.hours.data or "", resource.kind, field="hours")  # type: ignore[union-attr]
+        classroom.raise_cap(db, me, found, seat_id, amount)
+    except InvalidInput as exc:
+        flash(" ".join(exc.errors.values()) or exc.detail, "error")
+    except classroom.Conflict as exc:
+        flash(exc.detail, "error")
+    else:
+        flash("The student's cap is raised.", "success")
+    return redirect(target)
+
+
+@bp.post("/courses/<int:course_id>/seats/<int:seat_id>/remove")
+@login_required
+def remove(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    classroom.remove_student(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE), seat_id)
+    flash("The student is removed; their running notebooks stop within a minute.", "success")
+    return redirect(url_for("classroom.course", course_id=course_id))
+
+
+@bp.post("/courses/<int:course_id>/close")
+@login_required
+def close(course_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    classroom.close_course(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE))
+    flash("The course is closed; its unused hours went back to your allocation.", "success")
+    return redirect(url_for("classroom.course", course_id=course_id))

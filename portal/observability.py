@@ -1,0 +1,272 @@
+"""Metrics in Prometheus's format and structured logs: what operators watch, in one place.
+
+- ``/metrics`` (portal) answers only with ``Authorization: Bearer <PORTAL_METRICS_TOKEN>``; without the
+  setting it is 404. Several gunicorn workers share their metrics through ``PROMETHEUS_MULTIPROC_DIR``
+  (prometheus_client's multiprocess mode; ``portal/gunicorn_conf.py`` empties the folder at start and marks
+  dead workers). ``portal worker`` serves its own metrics on ``PORTAL_WORKER_METRICS_PORT`` behind the same
+  token, so that two containers never share one folder (their process ids would collide).
+- Logs: ``PORTAL_LOG_FORMAT=json`` writes one JSON object per line (python-json-logger) with ``request_id``;
+  a request's id is a sane incoming ``X-Request-ID`` or a new one, and goes back in the response header.
+
+The domain code records events through the small functions below (one line at each place), never by
+touching the metric objects.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from flask import Flask, Response, abort, g, has_request_context, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from pythonjsonlogger.json import JsonFormatter
+
+from portal.config import Settings
+
+# --- the metrics ---------------------------------------------------------------------------------------------
+
+REQUEST_SECONDS = Histogram(
+    "portal_http_request_duration_seconds",
+    "Time to answer a request, by Flask endpoint, method and status code.",
+    ["endpoint", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LEDGER_ENTRIES = Counter(
+    "portal_ledger_entries_written",
+    "Ledger entries written, by kind (award, purchase, usage, transfer, ...), including any whose "
+    "transaction was rolled back afterwards.",
+    ["kind"],
+)
+STRIPE_WEBHOOKS = Counter(
+    "portal_stripe_webhooks",
+    "Stripe webhook deliveries by outcome (fulfilled, duplicate, bad signature, ...).",
+    ["outcome"],
+)
+NEWEST_USAGE = Gauge(
+    "portal_metering_newest_usage_end_timestamp_seconds",
+    "End time (Unix seconds) of the newest usage charged, per source (slurm, agent, hub).",
+    ["source"],
+    multiprocess_mode="max",
+)
+HUB_SPAWN_CHECKS = Counter(
+    "portal_hub_spawn_checks",
+    "The hub's spawn checks by outcome (accepted, refused, unauthorised, invalid).",
+    ["outcome"],
+)
+HUB_SPAWN_SECONDS = Histogram(
+    "portal_hub_spawn_duration_seconds",
+    "Seconds from a notebook's spawn check to the hub reporting its server ready, by profile.",
+    ["profile"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+WORKER_JOB_RUNS = Counter(
+    "portal_worker_job_runs", "Runs of ``portal worker``'s jobs by outcome (ok, failed).", ["job", "outcome"]
+)
+WORKER_JOB_SECONDS = Histogram(
+    "portal_worker_job_duration_seconds",
+    "Duration of ``portal worker``'s job runs.",
+    ["job"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+
+#: The metering lag a scrape reports is computed from this gauge at scrape time (see ``MeteringLag``).
+LAG_NAME = "portal_metering_lag_seconds"
+_newest_lock = threading.Lock()
+_newest_seen: dict[str, float] = {}
+
+
+def ledger_entries_written(kind: object, count: int = 1) -> None:
+    LEDGER_ENTRIES.labels(kind=str(kind)).inc(count)
+
+
+def stripe_webhook_handled(outcome: str) -> None:
+    STRIPE_WEBHOOKS.labels(outcome=outcome).inc()
+
+
+def usage_charged(source: object, newest_end: datetime) -> None:
+    """Usage from ``source`` that ended at ``newest_end`` (the newest of a batch) has been charged."""
+    stamp = newest_end.timestamp()
+    with _newest_lock:
+        stamp = max(stamp, _newest_seen.get(str(source), stamp))
+        _newest_seen[str(source)] = stamp
+    NEWEST_USAGE.labels(source=str(source)).set(stamp)
+
+
+def hub_server_started(profile: str, waited: timedelta) -> None:
+    HUB_SPAWN_SECONDS.labels(profile=profile).observe(max(0.0, waited.total_seconds()))
+
+
+def worker_job_ran(job: str, seconds: float, *, failed: bool) -> None:
+    WORKER_JOB_RUNS.labels(job=job, outcome="failed" if failed else "ok").inc()
+    WORKER_JOB_SECONDS.labels(job=job).observe(seconds)
+
+
+#: The spawn check's answers and what they mean for the spawn.
+_SPAWN_OUTCOMES = {200: "accepted", 403: "refused", 401: "unauthorised"}
+
+
+class MeteringLag:
+    """Adds ``portal_metering_lag_seconds{source}`` = now - the newest usage end charged, computed when
+    scraped (so a stalled import shows a growing lag even though nothing is charged)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            LAG_NAME, "Seconds since the end of the newest usage charged, per source.", labels=["source"]
+        )
+        now = time.time()
+        for metric in self.source.collect():
+            yield metric
+            if metric.name == NEWEST_USAGE._name:
+                newest: dict[str, float] = {}
+                for sample in metric.samples:
+                    source = sample.labels.get("source", "")
+                    newest[source] = max(sample.value, newest.get(source, sample.value))
+                for source, stamp in sorted(newest.items()):
+                    lag.add_metric([source], max(0.0, now - stamp))
+        yield lag
+
+
+def registry() -> CollectorRegistry:
+    """All metrics of this process, or of every process sharing ``PROMETHEUS_MULTIPROC_DIR``."""
+    collected = CollectorRegistry(auto_describe=False)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        source = CollectorRegistry()
+        multiprocess.MultiProcessCollector(source)
+    else:
+        source = REGISTRY
+    collected.register(MeteringLag(source))  # type: ignore[arg-type]
+    return collected
+
+
+def token_accepted(authorization: str, token: str) -> bool:
+    kind, _, given = authorization.partition(" ")
+    return bool(token) and kind.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+# --- request ids and JSON logs ---------------------------------------------------------------------------------
+
+#: Incoming ids are kept when they look like ids (proxies' UUIDs, trace ids), never arbitrary text.
+SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id (or ``-`` outside a request) on every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    """Root handlers write text or JSON lines (``PORTAL_LOG_FORMAT``), each with the request id."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    for handler in root.handlers:
+        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
+            handler.addFilter(RequestIdFilter())
+        if settings.log_format == "json":
+            handler.setFormatter(
+                JsonFormatter(
+                    "{levelname}{name}{message}{request_id}",
+                    style="{",
+                    timestamp="time",
+                    rename_fields={"levelname": "level", "name": "logger"},
+                )
+            )
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+
+
+def _start_request() -> None:
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_started = time.perf_counter()
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    endpoint = request.endpoint or "unmatched"
+    seconds = time.perf_counter() - g.get("request_started", time.perf_counter())
+    REQUEST_SECONDS.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).observe(seconds)
+    if endpoint == "api.spawn_check":
+        HUB_SPAWN_CHECKS.labels(outcome=_SPAWN_OUTCOMES.get(response.status_code, "invalid")).inc()
+    logging.getLogger("portal.request").info(
+        "%s %s %s %.1f ms",
+        request.method,
+        request.path,
+        response.status_code,
+        seconds * 1000,
+        extra={"method": request.method, "path": request.path, "status": response.status_code},
+    )
+    return response
+
+
+def metrics_response(settings: Settings) -> Response:
+    if not settings.metrics_token:
+        abort(404)
+    if not token_accepted(request.headers.get("Authorization", ""), settings.metrics_token):
+        return Response("Send 'Authorization: Bearer <PORTAL_METRICS_TOKEN>'.\n", 401, {"WWW-Authenticate": "Bearer"})
+    return Response(generate_latest(registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:  # every metric has labels, so no process writes there before this point
+        os.makedirs(folder, exist_ok=True)
+    configure_logging(settings)
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.add_url_rule("/metrics", "metrics", lambda: metrics_response(settings), methods=["GET"])
+
+
+# --- the worker's metrics endpoint ----------------------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve_worker_metrics(settings: Settings, host: str = "0.0.0.0") -> WSGIServer | None:  # noqa: S104 - inside its container
+    """``portal worker``'s ``/metrics`` on ``PORTAL_WORKER_METRICS_PORT`` (0: none), in a daemon thread."""
+    if not settings.worker_metrics_port:
+        return None
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if not settings.metrics_token or environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"Not found\n"]
+        if not token_accepted(environ.get("HTTP_AUTHORIZATION", ""), settings.metrics_token):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+            return [b"Send 'Authorization: Bearer <PORTAL_METRICS_TOKEN>'.\n"]
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+        return [generate_latest(registry())]
+
+    server = make_server(host, settings.worker_metrics_port, app, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    logging.getLogger("portal.worker").info("metrics on port %s", server.server_port)
+    return server

@@ -1,0 +1,316 @@
+"""``docker-compose.yml`` checked without a Docker engine: what it runs, what it sets, what it exposes.
+
+No Docker engine runs on the development machines, so these tests check what can be checked from the files:
+the compose file parses with ``.env.example``, every service's command is a real ``portal`` or hub command,
+every ``PORTAL_*`` variable is a documented setting and together they make valid production settings, only
+the proxy listens on the host, the Keycloak realm holds the redirect URI the portal really uses, and the hub
+image's pins satisfy the project's ``hub`` extra. The end-to-end tests run the same topology as processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import yaml
+from flask import url_for
+from packaging.requirements import Requirement
+
+from portal import create_app
+from portal.cli import main
+from portal.config import DEFAULT_ACR_MAP, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE = REPO / "docker-compose.yml"
+REALM = REPO / "deploy" / "keycloak" / "realm-baltic-ai-factory.json"
+PORTAL_SERVICES = ("migrate", "portal", "worker")
+STAGING = {"stripe", "mailpit", "keycloak-demo-users"}
+ONE_SHOT = {"migrate", "keycloak-demo-users"}
+
+VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def example_env() -> dict[str, str]:
+    """``.env.example`` as compose reads it (KEY=VALUE lines; comments and blank lines skipped)."""
+    values = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``; an unset required variable fails."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        value = env.get(name)
+        if op in (":-", "-"):
+            return value if value not in (None, "") else arg
+        if op in (":?", "?") and not value:
+            raise AssertionError(f"{name} is required ({arg}) but .env.example does not set it")
+        assert value is not None, f"${{{name}}} is used but .env.example does not set it and it has no default"
+        return value
+
+    return VARIABLE.sub(replace, text)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), example_env()))
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def test_the_compose_file_parses_with_the_example_env_and_runs_the_whole_topology(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"proxy", "migrate", "portal", "worker", "db", "keycloak", "hub", *STAGING}
+    assert compose["services"]["db"]["image"].startswith("postgres:")
+    assert compose["services"]["keycloak"]["image"].startswith("quay.io/keycloak/keycloak:")
+    assert compose["services"]["portal"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_the_stripe_stand_in_and_the_smtp_catcher_run_only_in_staging(compose: dict[str, Any]) -> None:
+    profiled = {name: s.get("profiles") for name, s in compose["services"].items() if s.get("profiles")}
+    assert profiled == {name: ["staging"] for name in STAGING}
+    assert "standin" not in compose["services"]["portal"]["build"].get("target", "")
+
+
+def test_only_the_proxy_listens_on_the_host_and_staging_stand_ins_only_on_loopback(compose: dict[str, Any]) -> None:
+    published = {name: s["ports"] for name, s in compose["services"].items() if s.get("ports")}
+    assert sorted(published["proxy"]) == ["443:443", "443:443/udp", "80:80"]
+    for name in set(published) - {"proxy"}:
+        assert name in STAGING, f"{name} publishes ports in production"
+        assert all(port.startswith("127.0.0.1:") for port in published[name]), name
+
+
+def test_every_long_running_service_has_a_healthcheck_and_restarts(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if name in ONE_SHOT:
+            assert service["restart"] == "no", name
+            continue
+        assert service["healthcheck"]["test"], name
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_named_volumes_are_declared_and_bind_mounts_name_files_of_the_repository(compose: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    used = set()
+    for name, service in compose["services"].items():
+        for mount in service.get("volumes", []):
+            source = mount.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (REPO / source).is_file(), f"{name} mounts {source}, which is not in the repository"
+            else:
+                assert source in declared, f"{name} uses volume {source}, which is not declared"
+                used.add(source)
+    assert used == declared
+    assert "postgres-data" in used and "hub-data" in used
+
+
+def resolve_portal_command(argv: list[str]) -> click.Command:
+    """Walks ``portal.cli.main`` as click would for ``argv`` and parses the options of the command found."""
+    assert argv[0] == "portal", argv
+    command: click.Command = main
+    args = list(argv[1:])
+    context = click.Context(main, info_name="portal")
+    while isinstance(command, click.Group):
+        name = args.pop(0)
+        found = command.commands.get(name)
+        assert found is not None, f"`portal` has no command {' '.join(argv[1:])!r}"
+        context = click.Context(found, info_name=name, parent=context)
+        command = found
+    command.parse_args(context, args)  # unknown options or bad values raise click.UsageError
+    return command
+
+
+def test_portal_worker_and_migrate_run_real_portal_commands(compose: dict[str, Any]) -> None:
+    commands = {name: compose["services"][name]["command"] for name in PORTAL_SERVICES}
+    assert commands == {
+        "migrate": ["portal", "db", "upgrade"],
+        "portal": ["portal", "serve", "--bind", "0.0.0.0:8000"],
+        "worker": ["portal", "worker"],
+    }
+    for argv in commands.values():
+        resolve_portal_command(argv)
+    with pytest.raises(click.UsageError):
+        resolve_portal_command(["portal", "serve", "--port", "8000"])  # the resolver does refuse what is wrong
+    stripe = compose["services"]["stripe"]["command"]
+    assert stripe[:3] == ["python", "-m", "portal.devstripe"]
+    from portal.devstripe.server import main as devstripe_main
+
+    with pytest.raises(SystemExit) as parsed:
+        devstripe_main([*stripe[3:], "--help"])
+    assert parsed.value.code == 0
+
+
+def documented_hub_variables() -> set[str]:
+    docstring = (REPO / "hub_config" / "jupyterhub_config.py").read_text().split('"""')[1]
+    return set(re.findall(r"^([A-Z][A-Z0-9_]+)", docstring, re.MULTILINE)) | set(
+        re.findall(r"^[A-Z_]+, ([A-Z][A-Z0-9_]+)", docstring, re.MULTILINE)
+    )
+
+
+def test_the_hub_runs_jupyterhub_with_the_repositorys_config_and_documented_variables(compose: dict[str, Any]) -> None:
+    hub = compose["services"]["hub"]
+    assert hub["command"] == ["jupyterhub", "-f", "/srv/hub_config/jupyterhub_config.py"]
+    dockerfile = (REPO / hub["build"]["dockerfile"]).read_text()
+    assert "COPY hub_config /srv/hub_config" in dockerfile
+    assert set(environment(hub)) <= documented_hub_variables(), set(environment(hub)) - documented_hub_variables()
+    gpus = hub["deploy"]["resources"]["reservations"]["devices"]
+    assert gpus == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+
+
+def portal_variables(compose: dict[str, Any]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for name in PORTAL_SERVICES:
+        merged.update(environment(compose["services"][name]))
+    return merged
+
+
+def test_every_portal_variable_is_a_documented_setting(compose: dict[str, Any]) -> None:
+    readme = (REPO / "README.md").read_text()
+    providers = json.loads(portal_variables(compose)["PORTAL_OIDC_PROVIDERS"])
+    secrets = {f"PORTAL_OIDC_{p['name'].upper()}_CLIENT_SECRET" for p in providers}
+    names = {n for n in portal_variables(compose) if n.startswith("PORTAL_")}
+    names |= {n for n in example_env() if n.startswith("PORTAL_")}
+    for name in names - secrets - {"PORTAL_CONFIG"}:
+        assert name.removeprefix("PORTAL_").lower() in Settings.model_fields, f"{name} is no setting"
+        assert f"`{name}`" in readme, f"{name} is not in README's settings table"
+    for key in tomllib.loads((REPO / "deploy" / "portal.toml").read_text()):
+        assert key in Settings.model_fields, f"deploy/portal.toml sets {key}, which is no setting"
+
+
+@pytest.fixture
+def compose_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """The portal's settings exactly as the portal container gets them (production rules included)."""
+    for key, value in portal_variables(compose).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PORTAL_CONFIG", str(REPO / "deploy" / "portal.toml"))
+    monkeypatch.setenv("PORTAL_INSTANCE_PATH", str(tmp_path))
+    return Settings()
+
+
+def test_the_compose_environment_makes_valid_production_settings(compose_settings: Settings) -> None:
+    assert compose_settings.env == "production"
+    assert compose_settings.base_url == "https://portal.factory.example.eu"
+    assert compose_settings.log_format == "json" and compose_settings.metrics_token
+    assert [p.name for p in compose_settings.oidc_providers] == ["factory"]
+    assert compose_settings.oidc_providers[0].client_secret == example_env()["KEYCLOAK_PORTAL_CLIENT_SECRET"]
+    assert compose_settings.resolved_database_url.startswith("postgresql+psycopg://portal:")
+    assert compose_settings.notebook_profile("1x-h100") is not None  # from deploy/portal.toml
+
+
+def test_the_hub_and_the_portal_share_their_secrets_and_addresses(
+    compose: dict[str, Any], compose_settings: Settings
+) -> None:
+    hub = environment(compose["services"]["hub"])
+    assert hub["PORTAL_URL"] == compose_settings.base_url
+    assert hub["HUB_OAUTH_CLIENT_ID"] == compose_settings.hub_oauth_client_id
+    assert hub["HUB_OAUTH_CLIENT_SECRET"] == compose_settings.hub_oauth_client_secret
+    assert hub["PORTAL_API_TOKEN"] == compose_settings.hub_spawn_check_token
+    assert hub["HUB_PORTAL_SERVICE_TOKEN"] == compose_settings.hub_api_token
+    # The hub sends users back to {HUB_PUBLIC_URL}/hub/oauth_callback: the one URI the portal allows.
+    assert compose_settings.hub_oauth_redirect_uri == f"{hub['HUB_PUBLIC_URL']}/hub/oauth_callback"
+    # The portal reaches the hub's proxy on the compose network.
+    address = urlsplit(compose_settings.hub_url)
+    assert (address.hostname, str(address.port)) == ("hub", hub["HUB_PORT"]) and hub["HUB_IP"] == "0.0.0.0"  # noqa: S104
+
+
+def realm(env: dict[str, str]) -> dict[str, Any]:
+    """The realm export with Keycloak's ``${VAR}`` placeholders filled from the keycloak service's environment."""
+    return json.loads(interpolate(REALM.read_text(), env))
+
+
+def test_the_realm_holds_the_portals_confidential_client_with_its_real_callback(
+    compose: dict[str, Any], compose_settings: Settings
+) -> None:
+    keycloak = environment(compose["services"]["keycloak"])
+    placeholders = set(VARIABLE.findall(REALM.read_text()))
+    assert {name for name, _op, _arg in placeholders} <= set(keycloak), "a placeholder Keycloak cannot fill"
+    exported = realm(keycloak)
+    provider = compose_settings.oidc_providers[0]
+    assert provider.discovery_url == (
+        f"https://{example_env()['PUBLIC_KEYCLOAK_HOST']}/realms/{exported['realm']}/.well-known/openid-configuration"
+    )
+    clients = {c["clientId"]: c for c in exported["clients"]}
+    assert set(clients) == {provider.client_id}  # the hub logs in through the portal, not through Keycloak
+    client = clients[provider.client_id]
+    assert client["publicClient"] is False and client["standardFlowEnabled"] is True
+    assert client["directAccessGrantsEnabled"] is False and client["implicitFlowEnabled"] is False
+    assert client["secret"] == provider.client_secret
+    app = create_app(compose_settings.model_copy(update={"database_url": "sqlite://"}))
+    with app.test_request_context():
+        callback = compose_settings.base_url + url_for("identity.callback", name=provider.name)
+    assert client["redirectUris"] == [callback]
+
+
+def test_the_realm_maps_upstream_logins_to_eidas_levels_the_portal_understands() -> None:
+    exported = json.loads(REALM.read_text())
+    client = exported["clients"][0]
+    assert "acr" not in client["defaultClientScopes"]  # Keycloak's own acr ("0"/"1") would mean nothing here
+    scopes = {s["name"]: s for s in exported["clientScopes"]}
+    emitted = {
+        m["config"]["claim.name"]: m["config"]["user.attribute"]
+        for name in client["defaultClientScopes"]
+        if name in scopes
+        for m in scopes[name]["protocolMappers"]
+    }
+    assert emitted["acr"] == "eidas_loa"
+    assert {"voperson_external_affiliation", "eduperson_entitlement", "person_identifier"} <= set(emitted)
+    providers = {p["alias"] for p in exported["identityProviders"]}
+    assert providers == {"eidas", "academic"}
+    level_mappers = [m for m in exported["identityProviderMappers"] if "eidas_loa" in m["config"].values()]
+    assert {m["identityProviderAlias"] for m in level_mappers} == providers  # every login gets a level
+    for mapper in level_mappers:
+        if mapper["identityProviderMapper"] == "hardcoded-attribute-idp-mapper":
+            assert mapper["config"]["attribute.value"] in DEFAULT_ACR_MAP
+        else:
+            assert mapper["config"]["claim"] == "acr"  # the eIDAS broker's own LoA URI, passed on as it is
+
+
+def test_the_hub_image_pins_satisfy_the_projects_hub_extra() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extra = [Requirement(line) for line in pyproject["project"]["optional-dependencies"]["hub"]]
+    pins = {}
+    for line in (REPO / "deploy" / "hub-requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            pins[requirement.name.lower()] = requirement
+    for wanted in extra:
+        pinned = pins.get(wanted.name.lower())
+        assert pinned is not None, f"the hub image does not install {wanted.name}"
+        version = str(pinned.specifier).removeprefix("==")
+        assert wanted.specifier.contains(version), f"{pinned} does not satisfy the hub extra's {wanted}"
+        assert wanted.extras <= pinned.extras, f"{pinned} lacks the extras of {wanted}"
+        try:
+            installed = metadata.version(wanted.name)
+        except metadata.PackageNotFoundError:
+            continue
+        assert installed == version, f"the tests run {wanted.name} {installed}, the image pins {version}"
+    proxy = json.loads((REPO / "package.json").read_text())["dependencies"]["configurable-http-proxy"]
+    image = re.search(r"configurable-http-proxy@(\d+)\.(\d+)\.(\d+)", (REPO / "deploy" / "hub.Dockerfile").read_text())
+    assert image is not None
+    major, minor, _patch = map(int, proxy.lstrip("^").split("."))
+    assert int(image[1]) == major and int(image[2]) >= minor, f"the image's proxy {image[0]} is not {proxy}"
+
+
+def test_images_use_the_python_the_project_requires() -> None:
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    for dockerfile in ("portal.Dockerfile", "hub.Dockerfile"):
+        base = re.search(r"^FROM python:(\d+\.\d+)", (REPO / "deploy" / dockerfile).read_text(), re.MULTILINE)
+        assert base is not None, dockerfile
+        assert Requirement(f"python{required}").specifier.contains(base[1] + ".0"), dockerfile
