@@ -17,7 +17,8 @@ HUB_PROXY_API_PORT          configurable-http-proxy's API port (default 8001)
 PORTAL_API_TOKEN            the bearer token the hub sends to the portal's spawn check
 HUB_PORTAL_SERVICE_TOKEN    the API token of the hub service "portal" (the portal calls the hub with it)
 HUB_STATE_DIR               database, cookie secret, users' homes, Dask scratch (default ./instance/hub)
-HUB_CULL_IDLE_SECONDS       idle servers are stopped after this many seconds (default 3600; 0: no culler)
+HUB_CULL_IDLE_SECONDS       idle servers are stopped and removed after this many seconds (default 3600; 0: off)
+HUB_CULL_EVERY_SECONDS      how often the culler looks for idle servers (default: half of HUB_CULL_IDLE_SECONDS)
 HUB_SPAWN_CHECK_TIMEOUT     seconds the hub waits for the portal's spawn check (default 10)
 HUB_DEBUG                   "1": debug logging
 
@@ -36,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from course_materials import clone_course_materials  # noqa: E402
 from portal_spawn import PortalSpawnCheck  # noqa: E402
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub when it loads this file
@@ -116,6 +118,8 @@ c.Spawner.environment = {
 c.Spawner.apply_user_options = PortalSpawnCheck(
     portal_url, env("PORTAL_API_TOKEN"), timeout=float(env("HUB_SPAWN_CHECK_TIMEOUT", "10"))
 )
+# A course's materials (a git repository) are cloned into the student's home at the first start.
+c.Spawner.pre_spawn_hook = clone_course_materials
 
 # --- services: the portal and the idle culler --------------------------------------------------------------
 services: list[dict] = []
@@ -135,7 +139,15 @@ if cull_seconds > 0:
     services.append(
         {
             "name": "idle-culler",
-            "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={cull_seconds}"],
+            "command": [
+                sys.executable,
+                "-m",
+                "jupyterhub_idle_culler",
+                f"--timeout={cull_seconds}",
+                f"--cull-every={int(env('HUB_CULL_EVERY_SECONDS', str(max(1, cull_seconds // 2))))}",
+                # A culled named server is removed, so that it does not count against named_server_limit_per_user.
+                "--remove-named-servers=True",
+            ],
         }
     )
     roles.append(

@@ -27,7 +27,9 @@ HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
 class HubProcess:
     """JupyterHub with its proxy on 127.0.0.1; its single-user servers run as local processes.
 
-    ``env`` adds to (and overrides) the variables documented in hub_config/jupyterhub_config.py.
+    ``env`` adds to (and overrides) the variables documented in hub_config/jupyterhub_config.py; ``config`` is
+    the configuration file (another file may ``load_subconfig`` the usual one and change it, as the notebook
+    benchmark does).
     """
 
     state_dir: Path
@@ -40,6 +42,7 @@ class HubProcess:
     process: subprocess.Popen[bytes] | None = None
     api_port: int = 0
     proxy_api_port: int = 0
+    config: Path = HUB_CONFIG
 
     @property
     def url(self) -> str:
@@ -77,7 +80,7 @@ class HubProcess:
         }
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [executable, "-f", str(HUB_CONFIG)],
+            [executable, "-f", str(self.config)],
             cwd=self.state_dir,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -50,25 +51,20 @@ class Stack:
     client: HubClient
 
 
-@pytest.fixture
-def stack(make_settings, tmp_path: Path) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
-        pytest.skip("configurable-http-proxy is not installed (npm ci)")
-    hub_port = free_port()
+def hub_settings(make: Callable[..., Settings], hub_port: int) -> Settings:
+    """Settings for a portal whose hub listens on ``hub_port`` (``make``: the ``make_settings`` fixture or
+    ``load_settings`` with the same values)."""
     hub_url = f"http://127.0.0.1:{hub_port}"
     # run_in_kernel (tests/test_hub.py) talks to the servers with its SERVICE_TOKEN: the portal's hub token.
-    settings: Settings = make_settings(
-        hub_url=hub_url, hub_oauth_redirect_uri=f"{hub_url}/hub/oauth_callback", hub_api_token=SERVICE_TOKEN
-    )
-    app = create_app(settings)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    portal_url = f"http://127.0.0.1:{server.server_port}"
-    state = tmp_path / "hub"
+    return make(hub_url=hub_url, hub_oauth_redirect_uri=f"{hub_url}/hub/oauth_callback", hub_api_token=SERVICE_TOKEN)
+
+
+def start_hub(settings: Settings, portal_url: str, state: Path, **env: str) -> HubProcess:
+    """A real hub for the portal at ``portal_url`` on ``settings.hub_url``'s port; ``env`` overrides its
+    configuration (hub_config/jupyterhub_config.py), e.g. ``HUB_CULL_IDLE_SECONDS``."""
     hub = HubProcess(
         state,
-        port=hub_port,
+        port=int(settings.hub_url.rsplit(":", 1)[1]),
         portal_url=portal_url,
         portal_api_token=settings.hub_spawn_check_token,
         service_token=settings.hub_api_token,
@@ -77,18 +73,41 @@ def stack(make_settings, tmp_path: Path) -> Iterator[Stack]:  # type: ignore[no-
             "HUB_OAUTH_CLIENT_SECRET": settings.hub_oauth_client_secret,
             "HUB_CULL_IDLE_SECONDS": "0",
             "DASK_KERNEL_N_WORKERS": "2",
+            **env,
         },
-        log_path=tmp_path / "hub.log",
+        log_path=state.parent / f"{state.name}.log",
     )
+    return hub.start()
+
+
+@contextmanager
+def running_stack(settings: Settings, state: Path, *, port: int = 0) -> Iterator[Stack]:
+    """The portal served over HTTP on ``port`` (any free one with 0; its enforcement hooks installed last) and a
+    real hub against it."""
+    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
+        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    app = create_app(settings)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    portal_url = f"http://127.0.0.1:{server.server_port}"
+    hub = None
     try:
-        hub.start()
+        hub = start_hub(settings, portal_url, state)
         yield Stack(app, settings, portal_url, hub, HubClient.from_settings(settings))
     finally:
-        hub.stop()
+        if hub is not None:
+            hub.stop()
         server.shutdown()
         thread.join(timeout=5)
         server.server_close()
         app.extensions["portal.engine"].dispose()
+
+
+@pytest.fixture
+def stack(make_settings, tmp_path: Path) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    with running_stack(hub_settings(make_settings, free_port()), tmp_path / "hub") as running:
+        yield running
 
 
 def entries(db: Session, allocation: Allocation) -> list[LedgerEntry]:
@@ -202,15 +221,14 @@ def test_a_notebook_is_launched_checked_run_metered_and_stopped_when_exhausted(s
         db.expire_all()
         assert [s.id for s in db.exec(select(NotebookSession)).all()] == [session.id]
 
-        # --- an exhausted allocation stops the server ------------------------------------------------------
+        # --- an exhausted allocation stops the server at once (the enforcement hook), not a round later ---
         db.refresh(allocation)
         ledger.charge_usage(db, allocation.id, allocation.balance, idempotency_key="use-it-all")
         db.refresh(allocation)
         assert allocation.state == AllocationState.EXHAUSTED
-        stopped = meter_notebooks(db, settings, client)
-        assert stopped.stopped == {session.id: EXHAUSTED}
         db.refresh(session)
         assert session.stop_reason == EXHAUSTED and session.stopped_at is not None
+        assert meter_notebooks(db, settings, client).stopped == {}
         wait_for(
             lambda: client.server_status(hub_user, launch.server_name) == ServerStatus.STOPPED,
             timeout=20,

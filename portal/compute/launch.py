@@ -21,6 +21,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from portal import observability
+from portal.classroom.services import course_stop_reason, record_seat_usage, student_seat
 from portal.compute.hub_client import HubClient, HubError, HubRefused, HubServer, HubUnavailable, ServerStatus
 from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused, hub_username
@@ -86,6 +88,8 @@ def _member_allocation(db: Session, actor: User, allocation_id: int) -> Allocati
         ).first()
         is not None
     )
+    if allocation is not None and not member:  # a course's student uses the course's allocation
+        member = student_seat(db, actor, allocation.id) is not None  # type: ignore[arg-type]
     if allocation is None or not member or not actor.is_active:
         raise NotFound(f"Allocation {allocation_id} is not one of your projects' allocations.")
     return allocation
@@ -184,6 +188,7 @@ def _mark_started(db: Session, session: NotebookSession, server: HubServer, now:
     session.started_at = started
     db.add(session)
     db.commit()
+    observability.hub_server_started(session.profile, started - session.requested_at)
 
 
 def _close(db: Session, session: NotebookSession, now: datetime, reason: str) -> None:
@@ -232,16 +237,24 @@ def _charge(db: Session, session: NotebookSession, now: datetime) -> int:
         )
         if moved.rowcount != 1:
             raise _MeteredMeanwhile
+        if session.course_seat_id is not None:
+            record_seat_usage(db, session.course_seat_id, charge.amount, now=now)
 
     try:
         charged = ledger.charge_usage_batch(db, [charge], record=record)  # type: ignore[arg-type]
     except _MeteredMeanwhile:
         charged = []
     db.refresh(session)
+    if charged:
+        observability.usage_charged("hub", session.started_at + timedelta(seconds=elapsed))  # type: ignore[operator]
     return charge.amount if charged else 0
 
 
 def _stop_reason(db: Session, session: NotebookSession, now: datetime) -> str | None:
+    if session.course_seat_id is not None:
+        reason = course_stop_reason(db, session.course_seat_id, now)
+        if reason is not None:
+            return reason
     allocation = db.get(Allocation, session.allocation_id)
     assert allocation is not None
     db.refresh(allocation)
@@ -275,6 +288,9 @@ def meter_notebooks(db: Session, settings: Settings, client: HubClient, now: dat
         latest[key] = session
 
     for key, session in latest.items():
+        if session.stopped_at is not None:  # stopped by the enforcement hook when an earlier charge exhausted
+            report.stopped[session.id] = session.stop_reason  # type: ignore[index]
+            continue
         server = servers.get(key)
         if session.started_at is None:
             if server is not None and server.ready:
@@ -295,6 +311,9 @@ def meter_notebooks(db: Session, settings: Settings, client: HubClient, now: dat
         amount = _charge(db, session, now)
         if amount:
             report.charged[session.id] = amount  # type: ignore[index]
+        if session.stopped_at is not None:  # this charge exhausted the allocation: the hook stopped it
+            report.stopped[session.id] = session.stop_reason  # type: ignore[index]
+            continue
         reason = _stop_reason(db, session, now)
         if reason is None:
             continue
@@ -304,6 +323,7 @@ def meter_notebooks(db: Session, settings: Settings, client: HubClient, now: dat
             log.exception("could not stop %s/%s (%s); trying again next round", *key, reason)
             continue
         _close(db, session, now, reason)
+        _tell_owner(db, settings, session, reason)
         report.stopped[session.id] = reason  # type: ignore[index]
     return report
 
@@ -316,3 +336,77 @@ def meter_job(db: Session, settings: Settings) -> int:
     except HubUnavailable as exc:
         log.warning("notebook metering skipped: %s", exc)
         return 0
+
+
+# --- telling the owner; stopping at the moment of exhaustion ----------------------------------------------------
+
+#: Stops the portal decides on (not the owner's own): the owner gets a notice saying why.
+_TOLD = {
+    EXHAUSTED: "its allocation has no hours left",
+    TIME_LIMIT: "it reached the number of hours you chose when you started it",
+}
+
+
+def _tell_owner(db: Session, settings: Settings, session: NotebookSession, reason: str) -> None:
+    """An inbox entry (and e-mail) for a server the portal stopped, saying why; committed here."""
+    from portal.notifications.services import notify
+
+    owner = db.get(User, session.user_id)
+    if owner is None:
+        return
+    why = _TOLD.get(reason, reason)
+    charged = session.charged_seconds
+    notify(
+        db,
+        settings,
+        owner,
+        subject=f"Your notebook {session.server_name} was stopped: {reason}",
+        body=(
+            f"The portal stopped your notebook server {session.server_name} ({session.profile}) because {why}. "
+            f"It ran for {charged // 3600} h {charged % 3600 // 60} min, all of which is charged to the allocation. "
+            "Files in your home directory are kept; start a new notebook from the project page."
+        ),
+        link=f"/notebooks/{session.id}",
+    )
+    db.commit()
+
+
+def stop_notebooks_of_exhausted(
+    settings: Settings, allocation: Allocation, *, client: HubClient | None = None, now: datetime | None = None
+) -> list[int]:
+    """Enforcement hook: the moment ``allocation`` is exhausted, its open notebook sessions are charged up to
+    now and their servers stopped at the hub (reason ``EXHAUSTED``; their owners are told). Returns the
+    sessions stopped. An unreachable hub leaves them open: the worker's next round stops them."""
+    db = Session.object_session(allocation)
+    if db is None:
+        return []
+    sessions = db.exec(
+        select(NotebookSession)
+        .where(NotebookSession.allocation_id == allocation.id, col(NotebookSession.stopped_at).is_(None))
+        .order_by(col(NotebookSession.id))
+    ).all()
+    if not sessions:
+        return []
+    client = client or HubClient.from_settings(settings, timeout=5.0)
+    now = now or utcnow()
+    stopped: list[int] = []
+    for session in sessions:
+        try:
+            if session.started_at is None:
+                found = client.server(session.hub_user, session.server_name)
+                if found is not None and found.ready:
+                    _mark_started(db, session, found, now)
+            _charge(db, session, now)
+            client.stop_server(session.hub_user, session.server_name)
+        except HubError as exc:
+            log.warning(
+                "could not stop %s/%s at exhaustion (%s); the next round will",
+                session.hub_user,
+                session.server_name,
+                exc,
+            )
+            continue
+        _close(db, session, now, EXHAUSTED)
+        _tell_owner(db, settings, session, EXHAUSTED)
+        stopped.append(session.id)  # type: ignore[arg-type]
+    return stopped

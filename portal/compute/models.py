@@ -92,3 +92,5 @@ class NotebookSession(SQLModel, table=True):
     stop_reason: str = Field(default="", max_length=32)
     #: Seconds of running time charged to the allocation so far.
     charged_seconds: int = Field(default=0, sa_type=sa.BigInteger)
+    #: The student's seat when the allocation is a course's; its use counts against the seat's cap.
+    course_seat_id: int | None = Field(default=None, foreign_key="course_seats.id", index=True)

@@ -18,6 +18,9 @@ Rules of ``check_spawn`` (each refusal is a ``SpawnRefused`` with a reason the h
   CPU-only servers; its owners pick the smallest GPU profile instead); storage allocations run nothing;
 - ``hours`` is > 0, at most the balance expressed in hours for the profile (GPU-seconds / GPUs, or
   core-seconds / cores for a CPU profile), and the server would end before the allocation does.
+- on a course's allocation (source ``course``) only the course's students spawn, not the teacher's project
+  members: the student is not removed, the course is open and within its term, the profile is one the
+  course allows, and the hours fit what the student's cap leaves after their other running notebooks.
 """
 
 from __future__ import annotations
@@ -25,17 +28,21 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
 
+from portal.classroom.models import Course, CourseSeat, CourseState
+from portal.classroom.services import student_seat
 from portal.compute.models import NotebookSession
 from portal.config import NotebookProfile, Settings
 from portal.db import utcnow
 from portal.errors import NotAuthorised
 from portal.formatting import quantity
 from portal.identity.models import User
-from portal.ledger.models import Allocation, AllocationState, Resource, ResourceKind
+from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind
 from portal.projects.models import ProjectMembership
 
 HUB_NAME = re.compile(r"^u([1-9][0-9]{0,17})$")
@@ -68,10 +75,12 @@ class SpawnDecision:
     allocation: Allocation
     profile: NotebookProfile
     max_seconds: int
+    #: The course when a student spawns on a course's allocation.
+    course: Course | None = None
 
     @property
     def environment(self) -> dict[str, str]:
-        return {
+        environment = {
             "PORTAL_ALLOCATION": str(self.allocation.id),
             "PORTAL_PROJECT": str(self.allocation.project_id),
             "PORTAL_PROFILE": self.profile.name,
@@ -79,6 +88,11 @@ class SpawnDecision:
             "PORTAL_NOTEBOOK_SESSION": str(self.session.id),
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(self.profile.gpus)),
         }
+        if self.course is not None:
+            environment["PORTAL_COURSE"] = str(self.course.id)
+            if self.course.materials_url:
+                environment["PORTAL_COURSE_MATERIALS"] = self.course.materials_url
+        return environment
 
     @property
     def cpu_limit(self) -> float:
@@ -141,7 +155,8 @@ def check_spawn(db: Session, settings: Settings, hub_user: str, server_name: str
     allocation_id, profile_name, hours = _read_options(options)
 
     allocation = db.get(Allocation, allocation_id)
-    member = (
+    seat = student_seat(db, user, allocation_id) if allocation is not None else None
+    member = seat is not None or (
         allocation is not None
         and db.exec(
             select(ProjectMembership.id).where(
@@ -152,6 +167,10 @@ def check_spawn(db: Session, settings: Settings, hub_user: str, server_name: str
     )
     if allocation is None or not member:
         raise SpawnRefused(f"Allocation {allocation_id} is not one of your projects' allocations.")
+    if allocation.source == AllocationSource.COURSE and seat is None:
+        raise SpawnRefused(
+            f"Allocation {allocation.title!r} holds a course's hours: only its students start notebooks."
+        )
     now = utcnow()
     if allocation.state != AllocationState.ACTIVE or allocation.balance <= 0:
         raise SpawnRefused(f"Allocation {allocation.title!r} is {allocation.state}, so nothing can run on it.")
@@ -183,6 +202,8 @@ def check_spawn(db: Session, settings: Settings, hub_user: str, server_name: str
         )
     if max_seconds < 1:
         raise SpawnRefused("Ask for at least one second.")
+    if seat is not None:
+        _check_course_spawn(db, *seat, profile, resource, hub_user, server_name, max_seconds * per_second, now)
 
     session = NotebookSession(
         user_id=user.id,  # type: ignore[arg-type]
@@ -195,7 +216,57 @@ def check_spawn(db: Session, settings: Settings, hub_user: str, server_name: str
         cpus=profile.cpus,
         max_seconds=max_seconds,
         requested_at=now,
+        course_seat_id=seat[1].id if seat else None,
     )
     db.add(session)
     db.commit()
-    return SpawnDecision(session=session, allocation=allocation, profile=profile, max_seconds=max_seconds)
+    return SpawnDecision(
+        session=session,
+        allocation=allocation,
+        profile=profile,
+        max_seconds=max_seconds,
+        course=seat[0] if seat else None,
+    )
+
+
+def _check_course_spawn(
+    db: Session,
+    course: Course,
+    seat: CourseSeat,
+    profile: NotebookProfile,
+    resource: Resource,
+    hub_user: str,
+    server_name: str,
+    amount: int,
+    now: datetime,
+) -> None:
+    """A student on a course's allocation: seated, course open, an allowed profile, and ``amount`` within what
+    the cap leaves after the student's other running notebooks (each counted for the hours it may still run)."""
+    if seat.removed_at is not None:
+        raise SpawnRefused(f"Your teacher removed you from the course “{course.title}”.")
+    if course.state != CourseState.OPEN or now >= course.ends_at:
+        raise SpawnRefused(f"The course “{course.title}” is closed.")
+    if now < course.starts_at:
+        raise SpawnRefused(f"The course “{course.title}” begins on {course.starts_at:%Y-%m-%d}.")
+    if profile.name not in course.profiles:
+        raise SpawnRefused(f"The course “{course.title}” allows only these profiles: {', '.join(course.profiles)}.")
+    others = db.exec(
+        select(NotebookSession).where(
+            NotebookSession.course_seat_id == seat.id,
+            col(NotebookSession.stopped_at).is_(None),
+            sa.not_(sa.and_(NotebookSession.hub_user == hub_user, NotebookSession.server_name == server_name)),
+        )
+    ).all()
+    promised = sum((s.max_seconds - s.charged_seconds) * (s.gpus or s.cpus) for s in others)
+    left = seat.cap - seat.used - promised
+    if left <= 0:
+        raise SpawnRefused(
+            f"You have used your cap of {quantity(seat.cap, resource.kind)} in “{course.title}”"
+            + (" (counting your running notebooks)." if promised else ". Ask your teacher for more.")
+        )
+    if amount > left:
+        per_second = profile.gpus or profile.cpus
+        raise SpawnRefused(
+            f"Your course cap leaves you {quantity(left, resource.kind)}: "
+            f"ask for at most {math.floor(left / per_second / 36) / 100:g} hours."
+        )

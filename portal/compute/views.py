@@ -13,11 +13,14 @@ from portal.db import get_db, utcnow
 from portal.errors import DomainError, InvalidInput
 from portal.forms import ActionForm
 from portal.ledger import statements
-from portal.ledger.models import Allocation, AllocationState, Resource
+from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource
 from portal.projects import services as projects
 from portal.web import actor, settings
 
 bp = Blueprint("notebooks", __name__)
+
+#: "My sessions" lists this many of the user's stopped notebooks, latest first, with the reason.
+RECENTLY_STOPPED = 10
 
 
 def _client() -> HubClient:
@@ -37,7 +40,9 @@ def launch(project_id: int):  # type: ignore[no-untyped-def]
     active = [
         s
         for s in statements.allocations_of_project(db, me, project)
-        if s.allocation.state == AllocationState.ACTIVE and s.allocation.balance > 0
+        if s.allocation.state == AllocationState.ACTIVE
+        and s.allocation.balance > 0
+        and s.allocation.source != AllocationSource.COURSE  # a course's hours are its students'
     ]
     error, status = None, 200
     if request.method == "POST":
@@ -124,6 +129,17 @@ def mine():  # type: ignore[no-untyped-def]
         .where(NotebookSession.user_id == me.id, col(NotebookSession.stopped_at).is_(None))
         .order_by(col(NotebookSession.requested_at).desc())
     ).all()
+    stopped = db.exec(
+        select(NotebookSession)
+        .where(NotebookSession.user_id == me.id, col(NotebookSession.stopped_at).is_not(None))
+        .order_by(col(NotebookSession.stopped_at).desc(), col(NotebookSession.id).desc())
+        .limit(RECENTLY_STOPPED)
+    ).all()
     return render_template(
-        "compute/mine.html", rows=rows, now=utcnow(), hub_url=settings().hub_url, action_form=ActionForm()
+        "compute/mine.html",
+        rows=rows,
+        stopped=stopped,
+        now=utcnow(),
+        hub_url=settings().hub_url,
+        action_form=ActionForm(),
     )
