@@ -1,0 +1,156 @@
+"""Bar charts drawn on the server as SVG: no script (the CSP allows none inline), readable without one.
+
+``grouped_bars`` computes the geometry; ``templates/reports/_chart.html`` draws it. Every bar carries its
+value in a ``<title>``; the table next to each chart has the same figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from portal.reports.services import Table, percent
+
+WIDTH = 720
+HEIGHT = 220
+LEFT = 48
+BOTTOM = 40
+TOP = 12
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    series: int
+    title: str
+
+
+@dataclass
+class Chart:
+    title: str
+    legend: list[str]
+    bars: list[Bar] = field(default_factory=list)
+    #: (x of the group's centre, label)
+    labels: list[tuple[float, str]] = field(default_factory=list)
+    #: (y, label) of the value axis
+    ticks: list[tuple[float, str]] = field(default_factory=list)
+    width: int = WIDTH
+    height: int = HEIGHT
+
+    @property
+    def empty(self) -> bool:
+        return not any(b.height > 0 for b in self.bars)
+
+
+def grouped_bars(
+    title: str,
+    groups: list[str],
+    series: dict[str, list[float | None]],
+    *,
+    show: Callable[[float], str] = lambda v: f"{v:,.1f}",
+    maximum: float | None = None,
+) -> Chart:
+    """Vertical bars, one group per label and one bar per series in each group; None draws no bar."""
+    names = list(series)
+    chart = Chart(title, names)
+    values = [v for vs in series.values() for v in vs if v is not None]
+    top = maximum if maximum is not None else max(values, default=0.0)
+    top = max(top, max(values, default=0.0)) or 1.0
+    plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
+    slot = plot_w / max(1, len(groups))
+    bar_w = max(1.0, (slot * 0.8) / max(1, len(names)))
+    for g, label in enumerate(groups):
+        left = LEFT + g * slot + slot * 0.1
+        chart.labels.append((round(LEFT + g * slot + slot / 2, 1), label))
+        for s, name in enumerate(names):
+            value = series[name][g]
+            if value is None:
+                continue
+            h = plot_h * max(0.0, value) / top
+            chart.bars.append(
+                Bar(
+                    round(left + s * bar_w, 1),
+                    round(TOP + plot_h - h, 1),
+                    round(bar_w - 1, 1),
+                    round(h, 1),
+                    s,
+                    f"{label}, {name}: {show(value)}",
+                )
+            )
+    for i in range(5):
+        value = top * i / 4
+        chart.ticks.append((round(TOP + plot_h - plot_h * i / 4, 1), show(value)))
+    return chart
+
+
+def _kinds(table: Table) -> list[str]:
+    return list(dict.fromkeys(str(r["kind"]) for r in table.rows))
+
+
+def _percent_by(table: Table, label_key: str, value_key: str) -> tuple[list[str], dict[str, list[float | None]]]:
+    labels = list(dict.fromkeys(str(r[label_key]) for r in table.rows))
+    series: dict[str, list[float | None]] = {}
+    for kind in _kinds(table):
+        values = {str(r[label_key]): r[value_key] for r in table.rows if r["kind"] == kind}
+        series[UNIT_NAMES.get(kind, kind)] = [values.get(label) for label in labels]
+    return labels, series
+
+
+UNIT_NAMES = {"gpu": "GPU", "cpu": "CPU", "storage": "Storage"}
+
+
+def _percent(v: float) -> str:
+    return f"{v:,.1f} %"
+
+
+def chart_for(table: Table) -> Chart | None:
+    """The chart drawn above a table, where one says something the table alone says less clearly."""
+    if table.name == "capacity":
+        labels = [f"{r['site']} · {r['resource']}" for r in table.rows]
+        return grouped_bars(
+            "Allocated and used, in % of capacity",
+            labels,
+            {
+                "Allocated": [r["allocated_percent"] for r in table.rows],
+                "Used": [r["used_percent"] for r in table.rows],
+            },
+            show=_percent,
+            maximum=100.0,
+        )
+    if table.name == "utilisation":
+        months = list(dict.fromkeys(str(r["month"]) for r in table.rows))
+        series: dict[str, list[float | None]] = {}
+        for kind in _kinds(table):
+            rows = [r for r in table.rows if r["kind"] == kind]
+            series[UNIT_NAMES.get(kind, kind)] = [
+                percent(
+                    sum(r["used"] for r in rows if r["month"] == m), sum(r["capacity"] for r in rows if r["month"] == m)
+                )
+                for m in months
+            ]
+        return grouped_bars("Used, in % of capacity, by month and kind", months, series, show=_percent, maximum=100.0)
+    if table.name in ("sectors", "countries", "public_private"):
+        labels, series = _percent_by(table, "group", "used_share_percent")
+        return grouped_bars(f"{table.title}: share of use, by kind", labels, series, show=_percent, maximum=100.0)
+    if table.name == "revenue_by_month":
+        return grouped_bars(
+            "Net revenue by month (EUR)",
+            [str(r["month"]) for r in table.rows],
+            {"Net": [r["net_cents"] / 100 for r in table.rows]},
+            show=lambda v: f"{v:,.2f} EUR",
+        )
+    if table.name == "funnel":
+        rows = table.rows[:12]
+        return grouped_bars(
+            "Applications per call",
+            [str(r["call"])[:24] for r in rows],
+            {
+                name: [r[key] for r in rows]
+                for key, name in (("started", "Started"), ("submitted", "Submitted"), ("accepted", "Accepted"))
+            },
+            show=lambda v: f"{v:,.0f}",
+        )
+    return None
