@@ -14,6 +14,8 @@ from sqlmodel import Session, select
 from werkzeug.serving import run_simple
 
 from portal import create_app
+from portal.classroom import services as classroom
+from portal.classroom.models import Course
 from portal.config import OIDCProvider, Settings, load_settings
 from portal.db import utcnow
 from portal.devhub import HubProcess
@@ -24,7 +26,7 @@ from portal.identity.models import FactoryRole, User
 from portal.identity.services import grant_role, provision_user
 from portal.ledger import services as ledger
 from portal.ledger.catalogue import ensure_sites
-from portal.ledger.models import AllocationSource, Resource, ResourceKind, Site
+from portal.ledger.models import Allocation, AllocationSource, Resource, ResourceKind, Site
 from portal.market import services as market
 from portal.market.models import OfferingState
 from portal.migrations import upgrade
@@ -219,7 +221,20 @@ def seed_demo_data(db: Session, settings: Settings) -> None:
         db, settings, anna, llm, email="jonas.petrauskas@vu.demo.lt", role="member"
     )
     projects.accept_invitation(db, jonas, link.rsplit("/", 1)[1])
-    _seed_compute(db, llm, speech, shelf)
+    opened = _seed_compute(db, llm, speech, shelf)
+    now = utcnow()
+    classroom.create_course(
+        db,
+        settings,
+        anna,
+        parent_allocation_id=opened["llm-cpu"].id,  # type: ignore[arg-type]
+        title="Dask for data science (demo course)",
+        starts_at=now,
+        ends_at=now + timedelta(days=60),
+        student_cap=6 * 3600,
+        max_seats=20,
+        profiles=["cpu"],
+    )
     gpus = db.exec(select(Resource).where(Resource.kind == ResourceKind.GPU).order_by(Resource.id)).all()
     ensure_default_calls(db, admin, list(gpus))
     projects.verify_organisation(db, admin, startup)
@@ -237,7 +252,7 @@ def seed_demo_data(db: Session, settings: Settings) -> None:
         market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
 
 
-def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) -> None:
+def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) -> dict[str, Allocation]:
     """Sites with planned capacity, three allocations and a month of usage, so pages have something to show."""
     today = utcnow().date()
     month_ago = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=30)
@@ -292,6 +307,7 @@ def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) ->
         for i in range(30)
     ]
     ledger.charge_usage_batch(db, charges)
+    return opened
 
 
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:
@@ -335,8 +351,9 @@ def run_demo(*, port: int, provider_port: int) -> None:
             from portal.db import get_db
 
             seed_demo_data(get_db(), settings)
+            join_code = get_db().exec(select(Course.join_code).order_by(Course.id)).first()
         processes.append(hub.start())  # it asks the portal, which answers once it serves (below)
-        _print_banner(settings, provider_port)
+        _print_banner(settings, provider_port, join_code)
         run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
     except KeyboardInterrupt:
         pass
@@ -346,7 +363,7 @@ def run_demo(*, port: int, provider_port: int) -> None:
         print("demo stopped")
 
 
-def _print_banner(settings: Settings, provider_port: int) -> None:
+def _print_banner(settings: Settings, provider_port: int, join_code: str | None) -> None:
     lines = [
         "",
         f"Baltic AI Factory portal (demo): {settings.base_url}",
@@ -365,6 +382,10 @@ def _print_banner(settings: Settings, provider_port: int) -> None:
         f"Liis Tamm can buy GPU hours for Tallinn Vision OÜ at {settings.base_url}/market; payments go to the",
         f"local Stripe stand-in at {settings.stripe_api_base} (its page has Pay / declined card / Cancel).",
         f"Notebooks: 'Start a notebook' on a project page; JupyterHub runs at {settings.hub_url}.",
+        f"Courses: Anna Kowalska teaches 'Dask for data science'; a student (Piotr Nowak, say) joins at "
+        f"{settings.base_url}/courses/join?code={join_code} and launches a CPU notebook from the course page."
+        if join_code
+        else "",
         "Ctrl-C stops the portal and the providers.",
         "",
     ]
