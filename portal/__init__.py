@@ -25,13 +25,18 @@ def _secret_key(settings: Settings) -> str:
 
 
 def _install_enforcement_hooks(settings: Settings) -> None:
-    """What happens the moment an allocation is exhausted: its Slurm accounts are held at once."""
+    """What happens the moment an allocation is exhausted: its Slurm accounts are held and its notebook
+    servers stopped at once."""
     from functools import partial
 
+    from portal.compute.launch import stop_notebooks_of_exhausted
     from portal.ledger.services import register_enforcement_hook
     from portal.metering.slurm import hold_allocation_now
 
     register_enforcement_hook("slurm_hold", partial(hold_allocation_now, settings) if settings.slurm_clusters else None)
+    register_enforcement_hook(
+        "notebook_stop", partial(stop_notebooks_of_exhausted, settings) if settings.hub_api_token else None
+    )
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -61,12 +66,16 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     db.init_app(app, db.make_engine(settings.resolved_database_url))
     web.init_app(app, settings)
+    from portal import observability
+
+    observability.init_app(app, settings)
 
     from portal.identity import oidc
 
     oidc.init_app(app, settings)
 
     from portal.api import init_app as init_api
+    from portal.audit.views import bp as audit_bp
     from portal.grants.views import bp as grants_bp
     from portal.health import bp as health_bp
     from portal.identity.views import bp as identity_bp
@@ -80,9 +89,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(ledger_bp)
     app.register_blueprint(grants_bp)
     app.register_blueprint(notifications_bp)
+    app.register_blueprint(audit_bp)
     from portal.compute.views import bp as notebooks_bp
 
     app.register_blueprint(notebooks_bp)
+    from portal.classroom.views import bp as classroom_bp
+
+    app.register_blueprint(classroom_bp)
     init_api(app)
     from portal.compute.oauth import init_app as init_hub_oauth
 
@@ -90,5 +103,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from portal.market.views import init_app as init_market
 
     init_market(app)
+    from portal.reports.views import bp as reports_bp
+
+    app.register_blueprint(reports_bp)
     _install_enforcement_hooks(settings)
     return app

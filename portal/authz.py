@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session as SASession
 from sqlmodel import Session, select
 
+from portal.classroom.models import Course, CourseSeat
 from portal.errors import NotAuthorised, NotFound
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.projects.models import (
@@ -44,6 +45,12 @@ class Action(StrEnum):
     MANAGE_CALL = "grants.manage_call"
     VIEW_CALL = "grants.view_call"
     MANAGE_BILLING = "market.manage_billing"
+    #: The operators' dashboards (a site operator sees only the sites of ``reports.OperatorSite``).
+    VIEW_REPORTS = "reports.view"
+    VIEW_REVENUE_REPORTS = "reports.view_revenue"
+    VIEW_COURSE = "classroom.view_course"
+    MANAGE_COURSE = "classroom.manage_course"
+    VIEW_AUDIT = "factory.view_audit"
 
 
 _ROLES_CACHE = "portal.factory_roles"
@@ -101,6 +108,12 @@ def _is_org_member_or_project_member(db: Session, user: User, org: Organisation)
     )
 
 
+def _holds_seat(db: Session, user: User, course: Course) -> bool:
+    """A student of the course (also a removed one, who is told so on the course's page)."""
+    seat = select(CourseSeat.id).where(CourseSeat.course_id == course.id, CourseSeat.user_id == user.id)
+    return db.exec(seat).first() is not None
+
+
 Rule = Callable[[Session, User, Any], bool]
 
 #: action -> (rule, the action that decides whether the actor may see the target at all)
@@ -133,6 +146,11 @@ RULES: dict[Action, tuple[Rule, Action | None]] = {
     Action.MANAGE_CAPACITY: (lambda db, u, _t: False, None),
     Action.CREATE_CALLS: (lambda db, u, _t: False, None),
     Action.MANAGE_BILLING: (lambda db, u, _t: False, None),
+    Action.VIEW_REPORTS: (lambda db, u, _t: False, None),
+    Action.VIEW_REVENUE_REPORTS: (lambda db, u, _t: False, None),
+    Action.VIEW_AUDIT: (lambda db, u, _t: False, None),
+    Action.VIEW_COURSE: (lambda db, u, course: course.teacher_id == u.id or _holds_seat(db, u, course), None),
+    Action.MANAGE_COURSE: (lambda db, u, course: course.teacher_id == u.id, Action.VIEW_COURSE),
     Action.MANAGE_CALL: (lambda db, u, call: call.manager_id == u.id, Action.VIEW_CALL),
     Action.VIEW_CALL: (lambda db, u, call: call.state != "draft" or call.manager_id == u.id, None),
     Action.MANAGE_ALLOCATIONS_OF_PROJECT: (
@@ -144,9 +162,17 @@ RULES: dict[Action, tuple[Rule, Action | None]] = {
 #: What each factory role may do on any target, beyond the rules above.
 FACTORY_ROLE_ACTIONS: dict[FactoryRole, frozenset[Action]] = {
     FactoryRole.ADMIN: frozenset(Action),
-    FactoryRole.FINANCE: frozenset({Action.VIEW_ORGANISATION, Action.VIEW_ALL, Action.MANAGE_BILLING}),
+    FactoryRole.FINANCE: frozenset(
+        {
+            Action.VIEW_ORGANISATION,
+            Action.VIEW_ALL,
+            Action.MANAGE_BILLING,
+            Action.VIEW_REPORTS,
+            Action.VIEW_REVENUE_REPORTS,
+        }
+    ),
     FactoryRole.SITE_OPERATOR: frozenset(
-        {Action.VIEW_PROJECT, Action.VIEW_ORGANISATION, Action.VIEW_ALL, Action.MANAGE_CAPACITY}
+        {Action.VIEW_PROJECT, Action.VIEW_ORGANISATION, Action.VIEW_ALL, Action.MANAGE_CAPACITY, Action.VIEW_REPORTS}
     ),
     FactoryRole.REVIEWER: frozenset(),
 }

@@ -65,8 +65,9 @@ def serve(bind: str | None, workers: int | None) -> None:
         bind or settings.serve_bind,
         "--workers",
         str(workers or settings.serve_workers),
-        "--access-logfile",
-        "-",
+        *(["--access-logfile", "-"] if settings.log_format == "text" else []),  # json: the portal logs requests
+        "--config",
+        "python:portal.gunicorn_conf",
         "--forwarded-allow-ips",
         "*" if settings.trusted_proxies else "127.0.0.1",
         "portal:create_app()",
@@ -83,6 +84,17 @@ def worker(once: bool) -> None:
     from portal.worker import run_worker
 
     run_worker(get_engine(), _settings(), once=once)
+
+
+@main.command("check", with_appcontext=False)
+def check() -> None:
+    """Check the settings, database, migrations, OIDC providers, hub, Stripe (and SMTP); exit 1 if any fails."""
+    from portal.check import run_checks
+
+    logging.getLogger().setLevel(logging.WARNING)  # the checks' own lines are the output
+    results = [click.echo(r.line()) or r for r in run_checks()]
+    if not all(r.ok for r in results):
+        sys.exit(1)
 
 
 @main.group()
@@ -111,11 +123,13 @@ def grant_role_command(email: str, role: str) -> None:
 from portal.grants.cli import calls  # noqa: E402
 from portal.ledger.cli import sites  # noqa: E402
 from portal.metering.cli import slurm, usage  # noqa: E402
+from portal.reports.cli import reports  # noqa: E402
 
 main.add_command(usage)
 main.add_command(slurm)
 main.add_command(sites)
 main.add_command(calls)
+main.add_command(reports)
 
 
 @main.command()

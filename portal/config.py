@@ -232,6 +232,12 @@ class Settings(BaseSettings):
     invoice_prefix: str = "BAIF"
     #: Log level of the portal's loggers (DEBUG, INFO, WARNING, ERROR).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``text`` (one readable line per record) or ``json`` (one JSON object per line, with ``request_id``).
+    log_format: Literal["text", "json"] = "text"
+    #: Bearer token Prometheus sends to ``/metrics`` (portal and worker); empty: no metrics are served.
+    metrics_token: str = ""
+    #: Port of ``portal worker``'s own ``/metrics`` (behind the same token); 0: none.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     #: Languages offered in the interface.
     languages: list[str] = Field(default_factory=lambda: ["en"])
     #: Slurm clusters kept in step with the allocations (a JSON list, ``[[slurm_clusters]]`` in TOML): name, site, ...

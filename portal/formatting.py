@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
 
 from portal.errors import InvalidInput
 from portal.ledger.models import UNITS, ResourceKind
@@ -32,3 +33,10 @@ def parse_quantity(text: str, kind: ResourceKind, *, field: str = "amount") -> i
     if value.as_tuple().exponent < -2:  # type: ignore[operator]
         raise InvalidInput("Too many decimals.", errors={field: "Use at most two decimals."})
     return int(value * per)
+
+
+def csv_safe(value: Any) -> Any:
+    """Text cells that a spreadsheet would run as a formula get a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

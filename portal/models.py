@@ -1,5 +1,7 @@
 """Imports every package's models so that SQLModel.metadata knows all tables (Alembic, tests)."""
 
+from portal.audit.models import AuditEvent
+from portal.classroom.models import Course, CourseJoinFailure, CourseSeat
 from portal.compute.models import NotebookSession, OAuthCode, OAuthToken
 from portal.grants.models import (
     Application,
@@ -39,6 +41,7 @@ from portal.projects.models import (
     Project,
     ProjectMembership,
 )
+from portal.reports.models import OperatorSite, RevenueMonth, UsageMonth
 
 __all__ = [
     "Allocation",
@@ -46,11 +49,15 @@ __all__ = [
     "Application",
     "ApplicationFile",
     "ApplicationVersion",
+    "AuditEvent",
     "Award",
     "Call",
     "CallBudget",
     "CapacityPeriod",
     "CapacityReservation",
+    "Course",
+    "CourseJoinFailure",
+    "CourseSeat",
     "DailyUsage",
     "ExternalIdentity",
     "Invitation",
@@ -64,6 +71,7 @@ __all__ = [
     "OAuthToken",
     "Offering",
     "OfferingPrice",
+    "OperatorSite",
     "Order",
     "Organisation",
     "OrganisationMembership",
@@ -72,12 +80,14 @@ __all__ = [
     "Reply",
     "Resource",
     "ResourceRequest",
+    "RevenueMonth",
     "Review",
     "RoleGrant",
     "Site",
     "SlurmAccount",
     "SlurmPull",
     "StripeEvent",
+    "UsageMonth",
     "UsageRecord",
     "User",
 ]

@@ -13,12 +13,15 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete
 
+from portal import observability
+from portal.classroom import services as classroom
 from portal.compute.launch import meter_job
 from portal.config import Settings
 from portal.db import session_scope, utcnow
 from portal.grants import jobs as grants_jobs
 from portal.ledger import jobs as ledger_jobs
 from portal.projects.models import Invitation
+from portal.reports import jobs as reports_jobs
 
 log = logging.getLogger("portal.worker")
 
@@ -68,8 +71,11 @@ JOBS: list[Job] = [
     Job("start_and_expire_allocations", every=300, run=ledger_jobs.start_and_expire_allocations),
     Job("notify_usage_thresholds", every=600, run=ledger_jobs.notify_usage_thresholds),
     Job("check_balances", every=86_400, run=ledger_jobs.check_balances),
+    Job("check_report_rollups", every=86_400, run=reports_jobs.check_report_rollups),
     Job("remind_due_reviews", every=3600, run=grants_jobs.remind_due_reviews),
     Job("meter_notebooks", every=60, run=meter_job),
+    Job("close_ended_courses", every=300, run=classroom.close_ended_courses),
+    Job("notify_capped_students", every=60, run=classroom.notify_capped_students),
 ]
 
 
@@ -79,12 +85,15 @@ def run_due_jobs(engine: Engine, settings: Settings, last_run: dict[str, float],
     for job in JOBS:
         if now - last_run.get(job.name, float("-inf")) < job.every:
             continue
+        started, failed = time.perf_counter(), False
         try:
             with session_scope(engine) as db:
                 results[job.name] = job.run(db, settings)
             log.info("job %s done: %s", job.name, results[job.name])
         except Exception:
+            failed = True
             log.exception("job %s failed", job.name)
+        observability.worker_job_ran(job.name, time.perf_counter() - started, failed=failed)
         last_run[job.name] = now
     return results
 
@@ -95,8 +104,11 @@ def run_worker(engine: Engine, settings: Settings, *, once: bool = False) -> Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     last_run: dict[str, float] = {}
+    metrics_server = None if once else observability.serve_worker_metrics(settings)
     while True:
         run_due_jobs(engine, settings, last_run, time.monotonic())
         if once or stop.wait(settings.worker_interval_seconds):
             break
+    if metrics_server is not None:
+        metrics_server.shutdown()
     log.info("worker stopped")

@@ -19,6 +19,9 @@ from flask.testing import FlaskClient
 from flask_wtf.csrf import generate_csrf
 from sqlmodel import Session, select
 
+from portal.audit.models import AuditEvent
+from portal.classroom import services as classroom
+from portal.classroom.models import Course, CourseSeat
 from portal.compute.services import check_spawn, hub_username
 from portal.grants import services as grants
 from portal.grants.models import (
@@ -73,16 +76,22 @@ OBJECT_ARGUMENTS = {
     "order_id",
     "invoice_id",
     "session_id",
+    "course_id",
+    "seat_id",
 }
 #: Paths that deal with projects or organisations (or their applications, reviews and notices) even
 #: without naming one.
 OBJECT_WORDS = ("/organisations", "/projects", "/invitations", "/calls", "/applications", "/reviews", "/inbox")
+OBJECT_WORDS += ("/courses",)  # a course's students and their use are its teacher's only
+OBJECT_WORDS += ("/audit",)  # the audit log names every project, organisation and person acted on
+OBJECT_WORDS += ("/reports",)  # the operators' dashboards name projects and organisations
 
 SECRET_TITLE = "Kappa Secret Research"
 SECRET_ORG = "Hiddenorg Dynamics"
 SECRET_EMAIL = "pending-invitee@example.eu"
 SECRET_APPLICATION = "Zeta Confidential Proposal"
 SECRET_ABSTRACT = "Nobody else may read this abstract."
+SECRET_COURSE = "Omega Private Course"
 MISSING_ID = 987654
 
 
@@ -199,7 +208,42 @@ ROUTES: list[Route] = [
         outsider=403,
     ),
     Route("POST", "/finance/orders/<int:order_id>/refund", {"quantity": "1"}, outsider=403),
+    # --- courses: the owner teaches C (funded from P); its students and their use are the teacher's only ----
+    Route("GET", "/courses", outsider=200),
+    Route("GET", "/courses/new", outsider=200),
+    Route(
+        "POST",
+        "/courses/new",
+        {
+            "title": "Intruder course",
+            "allocation_id": "<allocation_id>",
+            "starts_on": "2030-01-02",
+            "ends_on": "2030-01-20",
+            "student_hours": "10",
+            "max_seats": "5",
+            "profiles": "1x-h100",
+        },
+        outsider=422,  # P's allocation is not among the outsider's choices
+    ),
+    Route("GET", "/courses/join", outsider=200),
+    Route("POST", "/courses/join", {"code": "GUESSED123"}, outsider=422),  # the code is the capability
+    Route("GET", "/courses/<int:course_id>"),
+    Route("GET", "/courses/<int:course_id>/usage.csv"),
+    Route("POST", "/courses/<int:course_id>/seats/<int:seat_id>/cap", {"hours": "50"}),
+    Route("POST", "/courses/<int:course_id>/seats/<int:seat_id>/remove"),
+    Route("POST", "/courses/<int:course_id>/close"),
+    Route("POST", "/courses/<int:course_id>/notebooks", {"profile": "cpu", "hours": "1"}),
+    # the audit log: admins only (it shows P's award, its order's refund, the owner's name)
+    Route("GET", "/admin/audit", outsider=403),
+    Route("GET", "/admin/audit.csv", outsider=403),
+    # --- the operators' dashboards: factory staff only ----------------------------------------------------
+    Route("GET", "/reports", outsider=403),
+    Route("GET", "/reports/revenue", outsider=403),
+    Route("GET", "/reports/calls", outsider=403),
+    Route("GET", "/reports/<name>.csv", outsider=403, args={"name": "report"}),
+    Route("GET", "/api/v1/reports/<name>", outsider=403, args={"name": "report"}),
     # --- JSON API -------------------------------------------------------------------------------------
+    Route("GET", "/api/v1/audit", outsider=403),
     Route("GET", "/api/v1/organisations", outsider=200),
     Route("POST", "/api/v1/organisations", {**NEW_ORG, "name": "Outsider Three Ltd"}, outsider=201),
     Route("GET", "/api/v1/organisations/<int:organisation_id>"),
@@ -267,6 +311,20 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
         db, settings, hub_username(owner), "a1-1", {"allocation": running.id, "profile": "cpu", "hours": 1}
     ).session
     grant = grant_world(app, db, login, settings, owner, project, ledger_world.gpu)
+    course = classroom.create_course(
+        db,
+        settings,
+        owner,
+        parent_allocation_id=running.id,  # type: ignore[arg-type]
+        title=SECRET_COURSE,
+        starts_at=datetime.now(UTC),
+        ends_at=datetime.now(UTC) + timedelta(days=10),
+        student_cap=HOUR,
+        max_seats=3,
+        profiles=["cpu"],
+    )
+    student = login(new_client(app), given_name="Stella", family_name="Studentova")
+    seat = classroom.join_course(db, student, None, course.join_code)
     shop = market_world(db, settings, owner, org, project, allocation, ledger_world.gpu)
 
     return SimpleNamespace(
@@ -287,6 +345,8 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
         allocation=allocation,
         second_allocation=second_allocation,
         notebook=notebook,
+        course=course,
+        seat=seat,
     )
 
 
@@ -397,9 +457,12 @@ def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
         "order_id": world.order.id,
         "invoice_id": world.invoice.id,
         "session_id": world.notebook.id,
+        "course_id": world.course.id,
+        "seat_id": world.seat.id,
         "outsider": world.outsider.id,
         "token": "guessed-" + "x" * 40,
         "role": "admin",
+        "report": "top_projects",
     }
     values.update(overrides)
     return values
@@ -448,6 +511,9 @@ def snapshot(db: Session, world: SimpleNamespace) -> dict[str, Any]:
         "offering prices": len(db.exec(select(OfferingPrice)).all()),
         "orders": sorted((o.id, o.state, o.refunded_cents) for o in db.exec(select(Order))),
         "invoices": len(db.exec(select(Invoice)).all()),
+        "audit events": len(db.exec(select(AuditEvent)).all()),
+        "courses": sorted((c.id, c.state, c.seats_taken, c.returned) for c in db.exec(select(Course))),
+        "seats": sorted((s.id, s.cap, s.removed_at) for s in db.exec(select(CourseSeat))),
     }
 
 
@@ -510,6 +576,8 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
         order_id=MISSING_ID,
         invoice_id=MISSING_ID,
         session_id=MISSING_ID,
+        course_id=MISSING_ID,
+        seat_id=MISSING_ID,
         # offering_id stays: a published offering is public, and the POST names the missing project
     )
     secrets_ = [
@@ -522,6 +590,8 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
         SECRET_APPLICATION,
         SECRET_ABSTRACT,
         "secret-plan.pdf",
+        SECRET_COURSE,
+        "Studentova",
     ]
     before = snapshot(db, world)
     failures: list[str] = []

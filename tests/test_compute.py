@@ -9,11 +9,13 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from flask import Flask
+from flask import Flask, render_template_string
 from flask.testing import FlaskClient
 from sqlmodel import Session, select
 
 from portal import create_app
+from portal.classroom import services as classroom
+from portal.compute import launch
 from portal.compute.models import NotebookSession, OAuthCode, OAuthToken
 from portal.config import DEV_HUB_OAUTH_CLIENT_SECRET, DEV_HUB_SPAWN_CHECK_TOKEN, Settings
 from portal.db import utcnow
@@ -433,3 +435,27 @@ def test_the_openapi_document_lists_the_spawn_check_with_bearer_security(client:
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert {"200", "401", "403", "422"} <= set(operation["responses"])
     assert "SpawnCheckIn" in str(operation["requestBody"])
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        launch.EXHAUSTED,
+        launch.TIME_LIMIT,
+        launch.BY_USER,
+        launch.AT_HUB,
+        launch.NOT_STARTED,
+        launch.REPLACED,
+        "allocation ended",
+        classroom.CAP_REACHED,
+        classroom.REMOVED,
+        classroom.COURSE_CLOSED,
+    ],
+)
+def test_every_reason_the_portal_stops_a_notebook_for_is_told_in_words(app: Flask, reason: str) -> None:
+    with app.test_request_context():
+        words = render_template_string(
+            '{% from "compute/_stop_reason.html" import stop_reason_words %}{{ stop_reason_words(reason) }}',
+            reason=reason,
+        )
+    assert words and not words.startswith("The portal stopped it:")

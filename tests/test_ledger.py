@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import sqlalchemy as sa
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from portal.errors import InvalidInput, NotAuthorised, NotFound
 from portal.ledger import services as ledger
@@ -97,6 +99,25 @@ def test_an_allocation_over_two_quarters_reserves_in_proportion_to_the_days(db, 
     db.expire_all()
     assert period(db, world.gpu, Q1[0]).reserved == 310 * HOUR
     assert period(db, world.gpu, at(2030, 4, 1).date()).reserved == 300 * HOUR
+
+
+def test_dates_with_fractions_of_a_second_over_two_quarters_are_covered_by_their_capacity(db, world):
+    # An allocation opened "now" carries microseconds; whole seconds on each side of the quarter would not add up.
+    allocation = ledger.open_allocation(
+        db,
+        None,
+        project=world.project,
+        resource=world.gpu,
+        amount=100 * HOUR,
+        starts_at=at(2030, 3, 1) + timedelta(microseconds=250_000),
+        ends_at=at(2030, 5, 1) + timedelta(microseconds=700_000),
+        source=AllocationSource.AWARD,
+        title="Opened at an odd moment",
+    )
+    db.expire_all()
+    q1, q2 = period(db, world.gpu, Q1[0]).reserved, period(db, world.gpu, at(2030, 4, 1).date()).reserved
+    assert (q1 + q2, allocation.balance) == (100 * HOUR, 100 * HOUR)
+    assert 50 * HOUR < q1 < 51 * HOUR  # 31 of 61 days
 
 
 def test_the_same_award_opened_twice_opens_one_allocation(db, world):
@@ -219,6 +240,19 @@ def test_adjustments_need_an_admin_and_a_reason(db, world):
         ledger.adjust(db, boss, allocation.id, HOUR, reason="  ")
     entry = ledger.adjust(db, boss, allocation.id, -2 * HOUR, reason="Node outage double-charged job 4711")
     assert (entry.kind, entry.amount, entry.actor_id) == (EntryKind.ADJUSTMENT, -2 * HOUR, boss.id)
+
+
+def test_a_unit_of_work_that_fails_after_its_first_ledger_call_leaves_nothing_behind(db, world):
+    # On SQLite the first call's savepoint would otherwise open (and, on release, commit) the transaction.
+    allocation = open_q1(db, world, 10)
+    boss = admin(db)
+    before = db.exec(select(sa.func.count()).select_from(LedgerEntry)).one()
+    with pytest.raises(ledger.CapacityExhausted), ledger.unit_of_work(db):
+        ledger.adjust(db, boss, allocation.id, HOUR, reason="First half of a correction")
+        ledger.adjust(db, boss, allocation.id, 5000 * HOUR, reason="Second half, refused")
+    with Session(db.get_bind()) as fresh:
+        assert fresh.exec(select(sa.func.count()).select_from(LedgerEntry)).one() == before
+        assert fresh.get(Allocation, allocation.id).balance == 10 * HOUR
 
 
 def test_ledger_entries_cannot_be_changed_or_deleted(db, world):

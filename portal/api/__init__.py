@@ -102,10 +102,12 @@ def openapi_document():  # type: ignore[no-untyped-def]
 
 def init_app(app: Flask) -> None:
     from portal import web
+    from portal.audit import api as _audit_api  # noqa: F401
     from portal.compute import api as _compute_api  # noqa: F401
     from portal.identity import api as _identity_api  # noqa: F401  (routes register on bp)
     from portal.metering import api as _metering_api  # noqa: F401
     from portal.projects import api as _projects_api  # noqa: F401
+    from portal.reports import api as _reports_api  # noqa: F401
 
     web.csrf.exempt(bp)  # token auth only: no cookie, so no CSRF
     app.register_blueprint(bp)

@@ -15,6 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from portal.audit import services as audit
+from portal.audit.models import AuditAction
 from portal.authz import Action, allowed, factory_roles, organisation_role, require
 from portal.config import AssuranceLevel, Settings
 from portal.db import utcnow
@@ -203,13 +205,18 @@ def create_call(
             db.rollback()
             raise InvalidInput("No such resource.", errors={"budgets": f"resource {resource_id}"})
         db.add(CallBudget(call_id=call.id, resource_id=resource_id, budget=amount))  # type: ignore[arg-type]
+    summary = f"call '{call.title}' ({access_mode}, {review_mode}), managed by {manager.display_name}"
+    audit.record(db, actor, AuditAction.CALL_CREATED, call, summary=summary, details={"budgets": budgets})
     db.commit()
     return call
 
 
 def set_call_state(db: Session, actor: User, call: Call, state: CallState) -> Call:
     require(db, actor, Action.MANAGE_CALL, call)
-    call.state = state
+    before, call.state = call.state, state
+    details = {"before": before, "after": state}
+    summary = f"call '{call.title}' {before} -> {state}"
+    audit.record(db, actor, AuditAction.CALL_STATE_CHANGED, call, summary=summary, details=details)
     db.commit()
     return call
 
@@ -946,6 +953,8 @@ def decide_reject(
         body=f"Your application to “{call.title}” was not accepted.\n\nReasons: {application.decision_reason}",
         link=f"/applications/{application.id}",
     )
+    summary = f"rejected '{application.title}' of project {project.id} in call '{call.title}'"
+    audit.record(db, actor, AuditAction.APPLICATION_REJECTED, application, summary=summary, reason=reason)
     db.commit()
     return application
 
@@ -1065,6 +1074,11 @@ def decide_accept(
                 )
         _move(db, call, application, "accept")
         application.decision_reason = reason.strip()[:5000]
+        summary = f"accepted '{application.title}' of project {project.id} in call '{call.title}'"
+        details = {"awarded": awarded, "first_tranche_percent": first_tranche_percent, "starts_on": start}
+        audit.record(
+            db, actor, AuditAction.APPLICATION_ACCEPTED, application, summary=summary, reason=reason, details=details
+        )
         _tell_members(
             db,
             settings,
@@ -1099,6 +1113,9 @@ def release_tranche(db: Session, settings: Settings, actor: User, award_id: int)
             reason=f"tranche {award.tranche} of application {application.id}",
         )
         award.released_at = utcnow()
+        summary = f"released tranche {award.tranche} of '{application.title}' to allocation {award.allocation_id}"
+        details = {"amount": award.amount, "allocation_id": award.allocation_id, "application_id": application.id}
+        audit.record(db, actor, AuditAction.TRANCHE_RELEASED, award, summary=summary, details=details)
         _tell_members(
             db,
             settings,

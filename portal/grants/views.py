@@ -26,7 +26,7 @@ from wtforms.fields.choices import SelectChoice
 from portal.authz import Action, allowed, project_role, require
 from portal.db import get_db, utcnow
 from portal.errors import Conflict, DomainError, InvalidInput, NotAuthorised, NotFound
-from portal.formatting import parse_quantity
+from portal.formatting import csv_safe, parse_quantity
 from portal.forms import ActionForm
 from portal.grants import services as grants
 from portal.grants.forms import (
@@ -177,13 +177,6 @@ def _show_errors(form: FlaskForm, errors: dict[str, str], names: dict[str, str])
             field.errors = [*list(field.errors), message]
         else:
             form.form_errors.append(message)
-
-
-def _csv_safe(value: Any) -> Any:
-    """Text cells that a spreadsheet would run as a formula get a leading apostrophe."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 # --- calls ------------------------------------------------------------------------------------------------
@@ -1134,7 +1127,7 @@ def applications_csv(call_id: int):  # type: ignore[no-untyped-def]
         mine = requested.get(application.id, {})  # type: ignore[call-overload]
         writer.writerow(
             [
-                _csv_safe(v)
+                csv_safe(v)
                 for v in [
                     application.id,
                     application.title,

@@ -15,6 +15,7 @@ class TokenForm(FlaskForm):
         choices=[
             SelectChoice(ApiScope.READ.value, "read: see your projects"),
             SelectChoice(ApiScope.WRITE.value, "write: change them"),
+            SelectChoice(ApiScope.REPORTS_READ.value, "reports:read: the operators' dashboards (staff only)"),
         ],
         default=[ApiScope.READ.value],
         option_widget=widgets.CheckboxInput(),

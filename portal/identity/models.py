@@ -102,6 +102,8 @@ class ApiScope(StrEnum):
     WRITE = "write"
     #: Site agents reporting usage; such a token is bound to one site.
     USAGE_WRITE = "usage:write"
+    #: The operators' dashboards' figures (``/api/v1/reports/...``), for staff who may see them.
+    REPORTS_READ = "reports:read"
 
 
 class ApiToken(SQLModel, table=True):

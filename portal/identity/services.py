@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from portal.audit import services as audit
+from portal.audit.models import AuditAction
 from portal.authz import Action, require
 from portal.config import AssuranceLevel, OIDCProvider
 from portal.db import utcnow
@@ -228,6 +230,10 @@ def find_user_by_email(db: Session, email: str) -> User:
     return users[0]
 
 
+def _who(user: User) -> str:
+    return f"{user.display_name} <{user.email}>" if user.email else user.display_name
+
+
 def grant_role(db: Session, actor: User | None, user: User, role: FactoryRole) -> RoleGrant:
     """Give ``user`` a factory role; ``actor`` None means the command line (an operator with shell access)."""
     if actor is not None:
@@ -237,6 +243,7 @@ def grant_role(db: Session, actor: User | None, user: User, role: FactoryRole) -
         return existing
     grant = RoleGrant(user_id=user.id, role=role, granted_by_id=actor.id if actor else None)  # type: ignore[arg-type]
     db.add(grant)
+    audit.record(db, actor or "cli", AuditAction.ROLE_GRANTED, user, summary=f"{_who(user)} is now {role.value}")
     db.commit()
     return grant
 
@@ -249,6 +256,7 @@ def revoke_role(db: Session, actor: User, user: User, role: FactoryRole) -> None
     if grant is None:
         raise NotFound(f"{user.display_name} does not hold the role {role}.")
     db.delete(grant)
+    audit.record(db, actor, AuditAction.ROLE_REVOKED, user, summary=f"{_who(user)} is no longer {role.value}")
     db.commit()
 
 
@@ -281,7 +289,8 @@ def create_api_token(db: Session, actor: User, *, name: str, scopes: list[str], 
     errors = {}
     if not name:
         errors["name"] = "Give the token a name, so you recognise it later."
-    valid_scopes = {ApiScope.READ.value, ApiScope.WRITE.value}  # usage:write tokens are made for sites
+    # usage:write tokens are made for sites
+    valid_scopes = {ApiScope.READ.value, ApiScope.WRITE.value, ApiScope.REPORTS_READ.value}
     if not scopes or not set(scopes) <= valid_scopes:
         errors["scopes"] = f"Choose scopes among: {', '.join(sorted(valid_scopes))}."
     if not 1 <= ttl_days <= 366:
@@ -357,5 +366,7 @@ def create_agent_token(
         expires_at=utcnow() + timedelta(days=ttl_days),
     )
     db.add(token)
+    summary = f"usage agent token '{token.name}' for site {site_id}, answerable: {_who(owner)}"
+    audit.record(db, actor or "cli", AuditAction.AGENT_TOKEN_CREATED, token, summary=summary)
     db.commit()
     return token, plain

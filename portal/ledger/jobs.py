@@ -12,7 +12,7 @@ from portal.db import utcnow
 from portal.formatting import quantity
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, AllocationState, Resource
+from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource
 from portal.mail import send_mail
 from portal.projects.models import Project, ProjectMembership, ProjectRole
 
@@ -26,8 +26,13 @@ def start_and_expire_allocations(db: Session, _settings: Settings) -> int:
     """Activate allocations whose start has come and expire those past their end; returns how many changed."""
     now = utcnow()
     changed = 0
+    # course allocations are closed by the classroom's job, which returns their unused hours to the teacher
     due = db.exec(
-        select(Allocation.id).where(col(Allocation.state) != AllocationState.EXPIRED, Allocation.ends_at <= now)
+        select(Allocation.id).where(
+            col(Allocation.state) != AllocationState.EXPIRED,
+            Allocation.ends_at <= now,
+            col(Allocation.source) != AllocationSource.COURSE,
+        )
     ).all()
     db.rollback()
     for allocation_id in due:

@@ -24,6 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, func, select
 
+from portal import observability
+from portal.audit import services as audit
+from portal.audit.models import AuditAction
 from portal.authz import Action, require
 from portal.db import utcnow
 from portal.errors import Conflict, InvalidInput, NotFound
@@ -45,6 +48,7 @@ from portal.ledger.models import (
     Site,
 )
 from portal.projects.models import Project
+from portal.reports import rollups as report_rollups
 
 log = logging.getLogger("portal.ledger")
 T = TypeVar("T")
@@ -140,6 +144,7 @@ def _move(
     db.add(entry)
     db.flush()
     db.refresh(allocation)
+    observability.ledger_entries_written(kind)
     return entry
 
 
@@ -147,6 +152,19 @@ def _kind(db: Session, allocation: Allocation) -> ResourceKind:
     resource = db.get(Resource, allocation.resource_id)
     assert resource is not None
     return resource.kind
+
+
+def _begin_sqlite_transaction(db: Session) -> None:
+    """pysqlite starts a transaction only before a data-changing statement, not before a SAVEPOINT, so a unit
+    whose first write is a ledger call's savepoint would be committed when that savepoint is released. On
+    SQLite the unit therefore begins its transaction itself: IMMEDIATE, taking the write lock at once (waiting
+    up to the connection's timeout), so its reads cannot go stale before its writes."""
+    connection = db.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    raw = connection.connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:
+        raw.execute("BEGIN IMMEDIATE")
 
 
 @contextmanager
@@ -157,6 +175,8 @@ def unit_of_work(db: Session) -> Iterator[None]:
     or a refusal undoes only that call's part until the caller decides. Any exception rolls back all.
     """
     depth = db.info.get("ledger_unit_depth", 0)
+    if depth == 0:
+        _begin_sqlite_transaction(db)
     db.info["ledger_unit_depth"] = depth + 1
     try:
         yield
@@ -219,6 +239,9 @@ def _after_commit(allocation: Allocation, previous_state: str) -> None:
 # --- capacity -------------------------------------------------------------------------------------------
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _as_datetime(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
@@ -231,11 +254,11 @@ def _split_over_periods(
     for period in periods:
         start = max(starts_at, _as_datetime(period.starts_on))
         end = min(ends_at, _as_datetime(period.ends_on))
-        seconds = int((end - start).total_seconds())
-        if seconds > 0:
-            overlaps.append((period, seconds))
+        overlap = (end - start) // _MICROSECOND  # exact, whatever fractions of a second the dates carry
+        if overlap > 0:
+            overlaps.append((period, overlap))
     total = sum(s for _, s in overlaps)
-    covered = total == int((ends_at - starts_at).total_seconds())
+    covered = total == (ends_at - starts_at) // _MICROSECOND
     if not overlaps or not covered:
         raise NoCapacityPlanned(
             "No capacity is planned for the whole of these dates; ask the site to plan its capacity first."
@@ -391,6 +414,9 @@ def open_allocation(
         db.flush()
         reserve_capacity(db, allocation, amount)
         _move(db, allocation, kind, amount, key=idempotency_key, actor=actor, reason=reason)
+        if actor is not None:  # by hand; awards and purchases are audited where they are decided
+            summary = f"opened with {quantity(amount, resource.kind)} for project {project.id}"
+            audit.record(db, actor, AuditAction.ALLOCATION_OPENED, allocation, summary=summary, reason=reason)
         return allocation
 
     return _once(db, idempotency_key, work, lambda e: db.get(Allocation, e.allocation_id))  # type: ignore[arg-type,return-value]
@@ -623,6 +649,7 @@ def _insert_entries(db: Session, rows: list[dict[str, object]]) -> list[LedgerEn
     On PostgreSQL the rows travel as one array per column (``INSERT ... SELECT FROM unnest(...) WITH
     ORDINALITY ... ORDER BY``), which costs a fraction of a multi-row VALUES list of the same rows.
     """
+    observability.ledger_entries_written(rows[0]["kind"], len(rows))
     if db.get_bind().dialect.name != "postgresql":
         return list(db.scalars(sa.insert(LedgerEntry).returning(LedgerEntry, sort_by_parameter_order=True), rows))
     table = LedgerEntry.__table__  # type: ignore[attr-defined]
@@ -669,6 +696,7 @@ def _add_daily_usage(db: Session, charges: list[UsageCharge]) -> None:
         statement,
         [{"allocation_id": a, "day": d, "amount": amount} for (a, d), amount in sorted(totals.items())],
     )
+    report_rollups.add_usage(db, totals)  # the monthly rollup of the dashboards, same transaction
 
 
 def transfer(
@@ -768,6 +796,11 @@ def adjust(db: Session, actor: User, allocation_id: int, amount: int, *, reason:
             release_capacity(db, allocation, min(-amount, allocation.reserved))
         entry = _move(db, allocation, EntryKind.ADJUSTMENT, amount, key=None, actor=actor, reason=reason.strip())
         _update_state(db, allocation)
+        summary = f"balance {'+' if amount > 0 else '-'}{quantity(abs(amount), _kind(db, allocation))}"
+        details = {"amount": amount, "balance_after": entry.balance_after, "ledger_entry_id": entry.id}
+        audit.record(
+            db, actor, AuditAction.ALLOCATION_ADJUSTED, allocation, summary=summary, reason=reason, details=details
+        )
         return entry
 
     entry = _once(db, None, work, lambda e: e)
@@ -800,6 +833,144 @@ def expire(db: Session, allocation_id: int, *, now: datetime | None = None) -> L
         return entry
 
     return _once(db, None, work, lambda e: e)
+
+
+# --- courses ---------------------------------------------------------------------------------------------
+
+
+def share_to_course(
+    db: Session,
+    actor: User | None,
+    *,
+    parent_id: int,
+    amount: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    title: str,
+    idempotency_key: str | None = None,
+) -> Allocation:
+    """Carve a course allocation (source ``course``) out of ``parent_id``: ``amount`` leaves the parent's
+    balance and opens a new allocation of the same project and resource over the course's term.
+
+    Capacity-neutral: the parent's reservation already holds these hours, so nothing is reserved or
+    released; ``return_course_hours`` gives the unused part back. ``actor`` must manage the parent's project.
+    """
+    _validate_amount(amount)
+    if starts_at.tzinfo is None or ends_at.tzinfo is None:
+        raise InvalidInput("Course dates must be timezone-aware.")
+    if ends_at <= starts_at:
+        raise InvalidInput("The course must end after it starts.", errors={"ends_on": "Before the start."})
+    out_key = f"{idempotency_key}:out" if idempotency_key else None
+    in_key = f"{idempotency_key}:in" if idempotency_key else None
+    touched: list[tuple[Allocation, str]] = []
+
+    def work() -> Allocation:
+        parent = _lock_allocation(db, parent_id)
+        if actor is not None:
+            require(db, actor, Action.MANAGE_ALLOCATIONS_OF_PROJECT, db.get(Project, parent.project_id))
+        if parent.source == AllocationSource.COURSE:
+            raise InvalidInput("A course's hours cannot fund another course.", errors={"allocation_id": "A course's."})
+        if parent.state not in (AllocationState.ACTIVE, AllocationState.PENDING):
+            raise AllocationClosed(f"The allocation {parent.title!r} is {parent.state}; it cannot fund a course.")
+        if starts_at < parent.starts_at or ends_at > parent.ends_at:
+            raise InvalidInput(
+                f"The course's term must lie within the allocation's dates ({parent.starts_at:%Y-%m-%d} to "
+                f"{parent.ends_at:%Y-%m-%d}).",
+                errors={"ends_on": "Outside the allocation's dates."},
+            )
+        touched.append((parent, parent.state))
+        course = Allocation(
+            project_id=parent.project_id,
+            resource_id=parent.resource_id,
+            source=AllocationSource.COURSE,
+            state=AllocationState.ACTIVE if starts_at <= utcnow() else AllocationState.PENDING,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            title=title.strip()[:200] or parent.title,
+        )
+        db.add(course)
+        db.flush()
+        reason = f"to course allocation {course.id}"
+        _move(db, parent, EntryKind.TRANSFER_OUT, -amount, key=out_key, actor=actor, floor=0, reason=reason)
+        reason = f"from allocation {parent.id}"
+        _move(db, course, EntryKind.COURSE_SHARE, amount, key=in_key, actor=actor, reason=reason)
+        _update_state(db, parent)
+        return course
+
+    def replay(entry: LedgerEntry) -> Allocation:
+        incoming = _existing_entry(db, in_key)
+        assert incoming is not None
+        return db.get(Allocation, incoming.allocation_id)  # type: ignore[return-value]
+
+    course = _once(db, out_key, work, replay)
+    for allocation, previous in touched:
+        _after_commit(allocation, previous)
+    return course
+
+
+def top_up_course(
+    db: Session, actor: User | None, *, parent_id: int, course_allocation_id: int, amount: int, reason: str
+) -> LedgerEntry:
+    """Move ``amount`` more from the parent allocation into its course allocation (a raised student cap)."""
+    _validate_amount(amount)
+    touched: list[tuple[Allocation, str]] = []
+
+    def work() -> LedgerEntry:
+        first, second = sorted((parent_id, course_allocation_id))
+        locked = {first: _lock_allocation(db, first), second: _lock_allocation(db, second)}
+        parent, course = locked[parent_id], locked[course_allocation_id]
+        if actor is not None:
+            require(db, actor, Action.MANAGE_ALLOCATIONS_OF_PROJECT, db.get(Project, parent.project_id))
+        if course.source != AllocationSource.COURSE or course.resource_id != parent.resource_id:
+            raise InvalidInput("Hours move only from an allocation into its own course's allocation.")
+        if AllocationState.EXPIRED in (parent.state, course.state) or parent.state == AllocationState.SUSPENDED:
+            raise AllocationClosed("Expired or suspended allocations take no transfers.")
+        touched.append((parent, parent.state))
+        _move(db, parent, EntryKind.TRANSFER_OUT, -amount, key=None, actor=actor, floor=0, reason=reason)
+        entry = _move(db, course, EntryKind.COURSE_SHARE, amount, key=None, actor=actor, reason=reason)
+        _update_state(db, parent)
+        _update_state(db, course)
+        return entry
+
+    entry = _once(db, None, work, lambda e: e)
+    for allocation, previous in touched:
+        _after_commit(allocation, previous)
+    return entry
+
+
+def return_course_hours(db: Session, course_allocation_id: int, parent_id: int, *, now: datetime | None = None) -> int:
+    """Close a course allocation: its unused balance goes back to the parent allocation (or, when the parent
+    has ended meanwhile, expires) and the course allocation is expired. Idempotent: a closed course
+    allocation returns nothing again, so two workers may both try. Returns the base units given back."""
+    now = now or utcnow()
+
+    def work() -> int:
+        first, second = sorted((parent_id, course_allocation_id))
+        locked = {first: _lock_allocation(db, first), second: _lock_allocation(db, second)}
+        parent, course = locked[parent_id], locked[course_allocation_id]
+        if course.source != AllocationSource.COURSE:
+            raise InvalidInput("Only a course allocation is closed this way.")
+        if course.state == AllocationState.EXPIRED:
+            return 0
+        amount = max(course.balance, 0)
+        returned = 0
+        key = f"course-return:{course.id}"
+        if amount and parent.state != AllocationState.EXPIRED and parent.ends_at > now:
+            reason = f"unused course hours back to allocation {parent.id}"
+            _move(db, course, EntryKind.TRANSFER_OUT, -amount, key=f"{key}:out", actor=None, reason=reason)
+            reason = f"unused hours of course allocation {course.id}"
+            _move(db, parent, EntryKind.TRANSFER_IN, amount, key=f"{key}:in", actor=None, reason=reason)
+            _update_state(db, parent)
+            returned = amount
+        elif amount:
+            reason = "the course ended after its parent allocation"
+            _move(db, course, EntryKind.EXPIRY, -amount, key=f"{key}:expiry", actor=None, reason=reason)
+        release_capacity(db, course, course.reserved)
+        course.state = AllocationState.EXPIRED
+        db.flush()
+        return returned
+
+    return _once(db, None, work, lambda e: 0)
 
 
 # --- purchases -------------------------------------------------------------------------------------------
@@ -889,11 +1060,16 @@ def set_suspended(db: Session, actor: User, allocation_id: int, suspended: bool,
         allocation = _lock_allocation(db, allocation_id)
         if allocation.state == AllocationState.EXPIRED:
             raise AllocationClosed("This allocation has expired.")
+        before = allocation.state
         if suspended:
             allocation.state = AllocationState.SUSPENDED
         else:
             allocation.state = AllocationState.ACTIVE
             _update_state(db, allocation)
+        action = AuditAction.ALLOCATION_SUSPENDED if suspended else AuditAction.ALLOCATION_RESUMED
+        summary = f"state {before} -> {allocation.state}"
+        details = {"before": before, "after": allocation.state}
+        audit.record(db, actor, action, allocation, summary=summary, reason=reason, details=details)
         return allocation
 
     return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
@@ -912,6 +1088,7 @@ def create_site(db: Session, actor: User | None, *, code: str, name: str, city: 
         raise InvalidInput("This site code is taken.", errors={"code": "Already used."})
     site = Site(code=code, name=name.strip(), city=city.strip(), country=country.strip().upper())
     db.add(site)
+    audit.record(db, actor, AuditAction.SITE_CREATED, site, summary=f"site {site.code}: {site.name}, {site.city}")
     db.commit()
     return site
 
@@ -943,6 +1120,8 @@ def create_resource(
     )
     db.add(resource)
     try:
+        summary = f"resource {resource.code} ({resource.name}) at site {site.code}"
+        audit.record(db, actor, AuditAction.RESOURCE_CREATED, resource, summary=summary)
         db.commit()
     except IntegrityError as exc:
         db.rollback()
@@ -968,7 +1147,10 @@ def set_overbooking(db: Session, actor: User | None, resource: Resource, permill
                 )
         locked = db.get(Resource, resource.id)
         assert locked is not None
-        locked.overbooking_permille = permille
+        before, locked.overbooking_permille = locked.overbooking_permille, permille
+        summary = f"overbooking of {locked.name} {before / 1000:.3f}x -> {permille / 1000:.3f}x"
+        details = {"before_permille": before, "after_permille": permille}
+        audit.record(db, actor, AuditAction.OVERBOOKING_CHANGED, locked, summary=summary, details=details)
         return locked
 
     return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
@@ -1025,6 +1207,7 @@ def set_capacity(
                 capacity=capacity,
             )
             db.add(period)
+            before = None
         else:
             if ends_on != period.ends_on:
                 raise InvalidInput(
@@ -1036,8 +1219,12 @@ def set_capacity(
                     f"{period.reserved // resource.per_display_unit} {resource.display_unit}s are already "
                     "reserved in this period; capacity cannot go below that."
                 )
-            period.capacity = capacity
+            before, period.capacity = period.capacity, capacity
         db.flush()
+        was = "nothing planned" if before is None else quantity(before, resource.kind)
+        summary = f"{resource.name}, {starts_on} to {ends_on}: {was} -> {quantity(capacity, resource.kind)}"
+        details = {"resource_id": resource.id, "before": before, "after": capacity}
+        audit.record(db, actor, AuditAction.CAPACITY_CHANGED, period, summary=summary, details=details)
         return period
 
     return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
@@ -1083,5 +1270,8 @@ __all__ = [
     "open_allocation",
     "release_to_pool",
     "reserve_capacity",
+    "return_course_hours",
+    "share_to_course",
+    "top_up_course",
     "transfer",
 ]

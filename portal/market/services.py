@@ -17,6 +17,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from portal.audit import services as audit
+from portal.audit.models import AuditAction
 from portal.authz import Action, allowed, organisation_role, require
 from portal.config import AssuranceLevel, Settings
 from portal.db import utcnow
@@ -39,6 +41,7 @@ from portal.market.stripe_gateway import StripeGateway
 from portal.market.vat import confirm_with_vies, treatment_for, vat_cents
 from portal.notifications.services import notify
 from portal.projects.models import Organisation, OrganisationRole, Project
+from portal.reports import rollups as report_rollups
 
 log = logging.getLogger("portal.market")
 
@@ -87,6 +90,8 @@ def create_offering(
     db.add(offering)
     db.flush()
     db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id if actor else None))  # type: ignore[arg-type]
+    summary = f"offering '{offering.title}' of {resource.name} at {price_cents} cents an hour"
+    audit.record(db, actor, AuditAction.OFFERING_CREATED, offering, summary=summary)
     db.commit()
     return offering
 
@@ -113,8 +118,15 @@ def update_offering(
         errors["validity_months"] = "Bought hours are valid 3, 6 or 12 months."
     if errors:
         raise InvalidInput("The offering could not be saved.", errors=errors)
+    fields = ("title", "description", "min_quantity", "max_quantity", "validity_months")
+    before = {f: getattr(offering, f) for f in fields}
     offering.title, offering.description = title.strip()[:200], description[:5000]
     offering.min_quantity, offering.max_quantity, offering.validity_months = min_quantity, max_quantity, validity_months
+    changed = {
+        f: {"before": before[f], "after": getattr(offering, f)} for f in fields if before[f] != getattr(offering, f)
+    }
+    summary = f"offering '{offering.title}': {', '.join(changed) or 'nothing'} changed"
+    audit.record(db, actor, AuditAction.OFFERING_UPDATED, offering, summary=summary, details=changed)
     db.commit()
     return offering
 
@@ -124,8 +136,11 @@ def change_price(db: Session, actor: User, offering: Offering, price_cents: int)
     require(db, actor, Action.MANAGE_CAPACITY)
     if not isinstance(price_cents, int) or price_cents <= 0:
         raise InvalidInput("The price is a positive amount.", errors={"price": "Must be positive."})
-    offering.price_cents = price_cents
+    before, offering.price_cents = offering.price_cents, price_cents
     db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id))  # type: ignore[arg-type]
+    summary = f"price of '{offering.title}' {before} -> {price_cents} cents an hour"
+    details = {"before_cents": before, "after_cents": price_cents}
+    audit.record(db, actor, AuditAction.PRICE_CHANGED, offering, summary=summary, details=details)
     db.commit()
     return offering
 
@@ -133,7 +148,10 @@ def change_price(db: Session, actor: User, offering: Offering, price_cents: int)
 def set_offering_state(db: Session, actor: User | None, offering: Offering, state: OfferingState) -> Offering:
     if actor is not None:
         require(db, actor, Action.MANAGE_CAPACITY)
-    offering.state = state
+    before, offering.state = offering.state, state
+    summary = f"offering '{offering.title}' {before} -> {state}"
+    details = {"before": before, "after": state}
+    audit.record(db, actor, AuditAction.OFFERING_STATE_CHANGED, offering, summary=summary, details=details)
     db.commit()
     return offering
 
@@ -550,6 +568,7 @@ def issue_invoice(
     )
     db.add(invoice)
     db.flush()
+    report_rollups.add_invoice(db, invoice, order.offering_id)
     return invoice
 
 
@@ -589,11 +608,11 @@ def refund_order(
     key = f"order-{order.id}-{order.created_at.timestamp():.6f}-refund-{order.refunded_cents}-{amount}"
     assert order.payment_intent_id is not None
     gateway.refund(payment_intent=order.payment_intent_id, amount_cents=amount, idempotency_key=key)
-    return _book_refund(db, settings, order, quantity=quantity, gross_cents=amount, key=key)
+    return _book_refund(db, settings, order, quantity=quantity, gross_cents=amount, key=key, actor=actor)
 
 
 def _book_refund(
-    db: Session, settings: Settings, order: Order, *, quantity: int, gross_cents: int, key: str
+    db: Session, settings: Settings, order: Order, *, quantity: int, gross_cents: int, key: str, actor: User | str
 ) -> Invoice:
     resource = db.exec(
         select(Resource)
@@ -617,6 +636,9 @@ def _book_refund(
         note = issue_invoice(
             db, settings, order, InvoiceKind.CREDIT_NOTE, quantity=-quantity, net_cents=net, corrects=original
         )
+        summary = f"refunded {quantity} hours of order {order.id}: {gross_cents} cents, credit note {note.reference}"
+        details = {"quantity": quantity, "gross_cents": gross_cents, "credit_note_id": note.id}
+        audit.record(db, actor, AuditAction.REFUND_ISSUED, order, summary=summary, details=details)
     return note
 
 
@@ -634,7 +656,9 @@ def _reconcile_refund(db: Session, settings: Settings, event: Any, order: Order,
         order.refunded_cents = refunded
         db.commit()
         return "refund booked (no unused hours left to take back)"
-    _book_refund(db, settings, order, quantity=quantity, gross_cents=missing, key=f"stripe-refund:{event.id}")
+    _book_refund(
+        db, settings, order, quantity=quantity, gross_cents=missing, key=f"stripe-refund:{event.id}", actor="stripe"
+    )
     return "refund reconciled"
 
 

@@ -11,6 +11,7 @@ from flask_login import login_required
 from sqlmodel import col, select
 from wtforms.fields.choices import SelectChoice
 
+from portal import observability
 from portal.authz import Action, require
 from portal.db import get_db
 from portal.errors import Conflict, InvalidInput, NotFound
@@ -123,8 +124,10 @@ def stripe_webhook():  # type: ignore[no-untyped-def]
     try:
         event = gateway().verified_event(request.get_data(), request.headers.get("Stripe-Signature", ""))
     except (ValueError, stripe.SignatureVerificationError):
+        observability.stripe_webhook_handled("bad signature")
         return problem(400, "Bad signature", "The event's Stripe-Signature does not verify.")
     outcome = services.handle_stripe_event(get_db(), settings(), event)
+    observability.stripe_webhook_handled(outcome)
     current_app.logger.info("stripe event %s (%s): %s", event.id, event.type, outcome)
     return jsonify(received=True, outcome=outcome)
 

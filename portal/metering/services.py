@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from portal import observability
 from portal.authz import Action, require
 from portal.db import utcnow
 from portal.errors import InvalidInput, NotFound
@@ -73,6 +74,7 @@ def _record_usage(db: Session, source: UsageSource, pending: dict[str, _Pending]
                 }
             )
         db.execute(sa.insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
+        observability.usage_charged(source, max(row["ended_at"] for row in rows))  # type: ignore[type-var]
 
     return record
 

@@ -13,6 +13,8 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select, update
 
+from portal.audit import services as audit
+from portal.audit.models import AuditAction
 from portal.authz import Action, allowed, require
 from portal.config import Settings
 from portal.db import utcnow
@@ -148,6 +150,8 @@ def verify_organisation(db: Session, actor: User, organisation: Organisation) ->
     require(db, actor, Action.VERIFY_ORGANISATION, organisation)
     if organisation.verified_at is None:
         organisation.verified_at = utcnow()
+        summary = f"verified {organisation.name} ({organisation.country})"
+        audit.record(db, actor, AuditAction.ORGANISATION_VERIFIED, organisation, summary=summary)
         db.commit()
     return organisation
 
