@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from portal.market.models import OfferingState
 from portal.migrations import upgrade
 from portal.projects import services as projects
 from portal.projects.models import Project
+from portal.worker import run_worker
 
 log = logging.getLogger("portal.demo")
 
@@ -321,6 +323,7 @@ def run_demo(*, port: int, provider_port: int) -> None:
     logs = Path(settings.instance_path) / "logs"
     logs.mkdir(exist_ok=True)
     processes = []
+    stop_worker = threading.Event()
     try:
         for p in DEMO_PROVIDERS:
             processes.append(
@@ -353,11 +356,20 @@ def run_demo(*, port: int, provider_port: int) -> None:
             seed_demo_data(get_db(), settings)
             join_code = get_db().exec(select(Course.join_code).order_by(Course.id)).first()
         processes.append(hub.start())  # it asks the portal, which answers once it serves (below)
+        worker = threading.Thread(
+            target=run_worker,
+            args=(app.extensions["portal.engine"], settings),
+            kwargs={"stop": stop_worker},
+            name="portal-worker",
+            daemon=True,
+        )
+        worker.start()
         _print_banner(settings, provider_port, join_code)
         run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
     except KeyboardInterrupt:
         pass
     finally:
+        stop_worker.set()
         for process in processes:
             process.stop()
         print("demo stopped")
@@ -386,6 +398,7 @@ def _print_banner(settings: Settings, provider_port: int, join_code: str | None)
         f"{settings.base_url}/courses/join?code={join_code} and launches a CPU notebook from the course page."
         if join_code
         else "",
+        "The worker's jobs (metering notebooks every minute, notices, the end of term) run in the same process.",
         "Ctrl-C stops the portal and the providers.",
         "",
     ]

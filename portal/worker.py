@@ -98,11 +98,14 @@ def run_due_jobs(engine: Engine, settings: Settings, last_run: dict[str, float],
     return results
 
 
-def run_worker(engine: Engine, settings: Settings, *, once: bool = False) -> None:
-    stop = threading.Event()
-    if not once:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+def run_worker(engine: Engine, settings: Settings, *, once: bool = False, stop: threading.Event | None = None) -> None:
+    """Run the due jobs, then every ``worker_interval_seconds`` until SIGTERM/SIGINT, or until ``stop`` is set
+    when the caller passes one (``portal demo`` runs the worker in a thread beside the web server)."""
+    if stop is None:
+        stop = threading.Event()
+        if not once:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
     last_run: dict[str, float] = {}
     metrics_server = None if once else observability.serve_worker_metrics(settings)
     while True:
