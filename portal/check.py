@@ -102,8 +102,11 @@ def check_migrations(engine: sa.Engine) -> str:
 
     scripts = ScriptDirectory.from_config(alembic_config())
     head = scripts.get_current_head()
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise CheckFailed(f"cannot read the schema's revision (table alembic_version): {_reason(exc)}") from exc
     if current == head:
         return f"the database is at {head}, as the code expects"
     if current is None:

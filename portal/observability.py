@@ -72,9 +72,14 @@ HUB_SPAWN_CHECKS = Counter(
     "The hub's spawn checks by outcome (accepted, refused, unauthorised, invalid).",
     ["outcome"],
 )
+HUB_SPAWNS = Counter(
+    "portal_hub_spawns",
+    "Notebook servers the spawn check accepted, by profile and outcome (started, not started).",
+    ["profile", "outcome"],
+)
 HUB_SPAWN_SECONDS = Histogram(
     "portal_hub_spawn_duration_seconds",
-    "Seconds from a notebook's spawn check to the hub reporting its server ready, by profile.",
+    "Seconds from a notebook's spawn check until the portal saw its server ready at the hub, by profile.",
     ["profile"],
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
 )
@@ -112,7 +117,14 @@ def usage_charged(source: object, newest_end: datetime) -> None:
 
 
 def hub_server_started(profile: str, waited: timedelta) -> None:
+    """The portal saw a spawned server ready ``waited`` after the spawn check (the hub's own ``started`` is
+    set before the check, so the duration is the portal's: bounded by how often it looks)."""
+    HUB_SPAWNS.labels(profile=profile, outcome="started").inc()
     HUB_SPAWN_SECONDS.labels(profile=profile).observe(max(0.0, waited.total_seconds()))
+
+
+def hub_server_never_started(profile: str) -> None:
+    HUB_SPAWNS.labels(profile=profile, outcome="not started").inc()
 
 
 def worker_job_ran(job: str, seconds: float, *, failed: bool) -> None:

@@ -33,6 +33,7 @@ from sqlmodel import Session
 from portal import create_app
 from portal.config import OIDCProvider, Settings, load_settings
 from portal.devstack import OIDCProviderProcess, free_port
+from portal.devstripe import StripeStandIn
 from portal.identity.models import User
 from portal.migrations import upgrade
 
@@ -298,3 +299,11 @@ def postgres_url() -> Iterator[str]:
         )
         connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
     admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StripeStandIn]:
+    """The local Stripe stand-in (localstripe with Checkout Sessions), from scratch for each test module."""
+    server = StripeStandIn(free_port(), tmp_path_factory.mktemp("stripe"), from_scratch=True).start()
+    yield server
+    server.stop()

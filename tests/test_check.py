@@ -40,16 +40,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def stripe_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StripeStandIn]:
-    server = StripeStandIn(free_port(), tmp_path_factory.mktemp("stripe"), from_scratch=True).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def working(app: Flask, oidc_provider: OIDCProviderProcess, hub: HubProcess, stripe_stand_in: StripeStandIn):  # type: ignore[no-untyped-def]
-    """The environment of an installation whose every dependency answers."""
+def working(app: Flask, oidc_provider: OIDCProviderProcess, hub: HubProcess, stand_in: StripeStandIn):  # type: ignore[no-untyped-def]
+    """The environment of an installation whose every dependency answers (``stand_in``: the Stripe stand-in)."""
     providers = [p.model_dump(mode="json") for p in provider_configs(oidc_provider)]
     return SimpleNamespace(
         app=app,
@@ -57,7 +50,7 @@ def working(app: Flask, oidc_provider: OIDCProviderProcess, hub: HubProcess, str
             "PORTAL_OIDC_PROVIDERS": json.dumps(providers),
             "PORTAL_HUB_URL": hub.url,
             "PORTAL_HUB_API_TOKEN": SERVICE_TOKEN,
-            "PORTAL_STRIPE_API_BASE": stripe_stand_in.url,
+            "PORTAL_STRIPE_API_BASE": stand_in.url,
         },
     )
 
@@ -121,6 +114,21 @@ def test_a_database_at_an_older_revision_is_told_to_upgrade(working: SimpleNames
     assert lines["migrations"] == (
         f"FAIL the database is at 0007, the code expects {head_revision()} — run `portal db upgrade`"
     )
+
+
+def test_an_unreadable_schema_revision_is_reported_not_a_traceback(working: SimpleNamespace, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.db"
+    with sa.create_engine(f"sqlite:///{broken}").begin() as connection:  # alembic_version over a dropped table
+        connection.exec_driver_sql("CREATE TABLE gone (version_num VARCHAR(32))")
+        connection.exec_driver_sql("CREATE VIEW alembic_version AS SELECT version_num FROM gone")
+        connection.exec_driver_sql("DROP TABLE gone")
+    status, lines = check(working, PORTAL_DATABASE_URL=f"sqlite:///{broken}")
+    assert status == 1
+    assert lines["database"].startswith("OK")
+    assert lines["migrations"] == (
+        "FAIL cannot read the schema's revision (table alembic_version): no such table: main.gone"
+    )
+    assert lines["hub"].startswith("OK") and lines["Stripe"].startswith("OK")  # the checks after it still ran
 
 
 def test_an_empty_database_is_told_to_upgrade(working: SimpleNamespace, tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from werkzeug.serving import make_server
 
 from portal import create_app
 from portal.devstack import free_port
-from portal.devstripe import StripeStandIn
 from portal.identity.models import FactoryRole
 from portal.identity.services import grant_role
 from portal.ledger import services as ledger
@@ -30,13 +29,6 @@ from tests.conftest import post_form
 from tests.ledger_world import HOUR, make_world
 
 WEBHOOK_SECRET = "whsec_market_tests"
-
-
-@pytest.fixture(scope="module")
-def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StripeStandIn]:
-    server = StripeStandIn(free_port(), tmp_path_factory.mktemp("stripe"), from_scratch=True).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

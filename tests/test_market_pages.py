@@ -18,10 +18,10 @@ from portal.market.models import Invoice, InvoiceKind, Offering, OfferingPrice, 
 from portal.projects import services as projects
 from tests.conftest import post_form
 from tests.ledger_world import HOUR
-from tests.test_market import fresh, order, pay, shop, stand_in, wait_for
+from tests.test_market import fresh, order, pay, shop, wait_for
 
 #: The fixtures of tests/test_market.py, used here by name.
-__all__ = ["shop", "stand_in"]
+__all__ = ["shop"]
 
 
 def staff(shop, login, db, role: FactoryRole):  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+import prometheus_client as metrics
 import pytest
 import requests
 from flask import Flask
@@ -146,10 +147,14 @@ def test_a_notebook_is_launched_checked_run_metered_and_stopped_when_exhausted(s
             timeout=40,
             what="the server to be ready",
         )
+        cpu_spawns = {"profile": "cpu"}
+        spawns = metrics.REGISTRY.get_sample_value("portal_hub_spawn_duration_seconds_sum", cpu_spawns) or 0
         first = meter_notebooks(db, settings, client)
         assert first.started == [session.id]
         db.refresh(session)
         assert session.started_at is not None
+        # The spawn's duration, from the check to the portal seeing the server ready: a real server takes seconds.
+        assert metrics.REGISTRY.get_sample_value("portal_hub_spawn_duration_seconds_sum", cpu_spawns) > spawns + 0.5
 
         # --- a Dask computation in the "Python 3 (Dask GPU)" kernel ------------------------------------
         server = client.server(hub_user, launch.server_name)

@@ -13,7 +13,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,18 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import Session, col, select
 
 from portal import create_app
+from portal.compute.hub_client import HubServer
+from portal.compute.launch import meter_notebooks
+from portal.compute.models import NotebookSession
 from portal.devstack import free_port, wait_for_http
 from portal.identity.services import create_agent_token
+from portal.ledger import services as ledger
+from portal.ledger.models import ResourceKind
 from tests.ledger_world import HOUR, make_world, open_q1, person
+from tests.test_compute import open_now, plan_capacity_around_now
 
 TOKEN = "metrics-test-token"
 PORTAL = str(Path(sys.executable).parent / "portal")
@@ -90,8 +98,6 @@ def test_metrics_count_what_real_traffic_did(metered_app: Flask, login) -> None:
     login(client)
 
     # A site agent reports two pieces of usage: two usage entries, and the agent's metering lag.
-    from sqlmodel import Session
-
     with Session(metered_app.extensions["portal.engine"], expire_on_commit=False) as db:
         world = make_world(db)
         allocation = open_q1(db, world, 10)
@@ -147,6 +153,57 @@ def test_metrics_count_what_real_traffic_did(metered_app: Flask, login) -> None:
     assert value(after, "portal_metering_newest_usage_end_timestamp_seconds", source="agent") == newest
     lag = value(after, "portal_metering_lag_seconds", source="agent")
     assert lag == pytest.approx(max(0.0, time.time() - newest), abs=60)
+
+
+@dataclass
+class HubAnswering:
+    """The hub's answer to ``GET /hub/api/users``: which servers are up (the real hub runs in test_notebooks)."""
+
+    servers: list[HubServer]
+
+    def active_servers(self) -> list[HubServer]:
+        return self.servers
+
+
+def test_metrics_show_notebook_spawns_their_durations_and_the_hubs_metering_lag(metered_app: Flask) -> None:
+    client = metered_app.test_client()
+    settings = metered_app.extensions["portal.settings"]
+    before = scrape(client)
+    with Session(metered_app.extensions["portal.engine"], expire_on_commit=False) as db:
+        world = make_world(db)
+        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        plan_capacity_around_now(db, cpu, 1000 * HOUR)
+        allocation = open_now(db, world.project, cpu, 10)
+        hub = {"Authorization": f"Bearer {settings.hub_spawn_check_token}"}
+        for name in ("a1-1", "a1-2"):  # the hub asks before it spawns each server
+            body = {"user": f"u{world.pi.id}", "server_name": name,
+                    "user_options": {"allocation": allocation.id, "profile": "cpu", "hours": 1}}  # fmt: skip
+            assert client.post("/api/v1/hub/spawn-check", json=body, headers=hub).status_code == 200
+        sessions = db.exec(select(NotebookSession).order_by(col(NotebookSession.id))).all()
+        requested = sessions[0].requested_at
+        # The hub sets a server's `started` as the spawn begins, before it asks the portal; only a1-1 comes up.
+        up = HubServer(f"u{world.pi.id}", "a1-1", ready=True, pending=None, started=requested, url="/user/a1-1/")
+        first = meter_notebooks(db, settings, HubAnswering([up]), requested + timedelta(seconds=7))  # type: ignore[arg-type]
+        assert first.started == [sessions[0].id]
+        later = requested + timedelta(minutes=11)
+        assert meter_notebooks(db, settings, HubAnswering([up]), later).stopped == {sessions[1].id: "not started"}  # type: ignore[arg-type]
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("portal_hub_spawn_checks_total", outcome="accepted") == 2
+    assert delta("portal_hub_spawns_total", profile="cpu", outcome="started") == 1
+    assert delta("portal_hub_spawns_total", profile="cpu", outcome="not started") == 1
+    assert delta("portal_hub_spawn_duration_seconds_count", profile="cpu") == 1
+    assert delta("portal_hub_spawn_duration_seconds_sum", profile="cpu") == pytest.approx(7, abs=0.01)
+    assert delta("portal_hub_spawn_duration_seconds_bucket", profile="cpu", le="5.0") == 0
+    assert delta("portal_hub_spawn_duration_seconds_bucket", profile="cpu", le="10.0") == 1
+    assert delta("portal_ledger_entries_written_total", kind="usage") == 2  # at 7 s and at 11 min
+    assert value(after, "portal_metering_newest_usage_end_timestamp_seconds", source="hub") == pytest.approx(
+        later.timestamp(), abs=1
+    )
+    assert ("portal_metering_lag_seconds", frozenset({("source", "hub")})) in after
 
 
 def test_every_response_carries_a_request_id(client: FlaskClient) -> None:
@@ -219,11 +276,11 @@ def test_gunicorn_workers_share_their_metrics_and_log_json_with_the_request_id(a
     assert {"time", "status", "path", "method"} <= set(probe[0])
 
 
-def test_the_worker_serves_its_job_runs_and_failures(app: Flask) -> None:
+def test_the_worker_serves_its_job_runs_and_failures_and_logs_json(app: Flask) -> None:
     port = free_port()
     broken = [{"name": "broken", "site": "nosite", "sacct": "/nonexistent/sacct", "sacctmgr": "/nonexistent/sacctmgr"}]
     env = portal_env(app, PORTAL_WORKER_METRICS_PORT=str(port), PORTAL_SLURM_CLUSTERS=json.dumps(broken),
-                     PORTAL_HUB_URL=f"http://127.0.0.1:{free_port()}")  # fmt: skip
+                     PORTAL_HUB_URL=f"http://127.0.0.1:{free_port()}", PORTAL_LOG_FORMAT="json")  # fmt: skip
     process = subprocess.Popen([PORTAL, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
@@ -240,8 +297,13 @@ def test_the_worker_serves_its_job_runs_and_failures(app: Flask) -> None:
             time.sleep(0.3)
         refused = requests.get(url, timeout=5)
     finally:
-        stop(process)
+        err = stop(process)
     assert refused.status_code == 401
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert len(lines) == len(err.splitlines()), err[:2000]  # every line is JSON, tracebacks included
+    failed = [line for line in lines if line["message"] == "job sync_slurm_accounts failed"]
+    assert failed and failed[0]["level"] == "ERROR" and failed[0]["request_id"] == "-"  # no request: no id
+    assert "Traceback" in failed[0]["exc_info"]
     runs = "portal_worker_job_runs_total"
     assert value(samples, runs, job="purge_stale_invitations", outcome="ok") == 1
     assert value(samples, runs, job="meter_notebooks", outcome="ok") == 1  # an unreachable hub skips a round

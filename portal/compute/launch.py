@@ -188,7 +188,7 @@ def _mark_started(db: Session, session: NotebookSession, server: HubServer, now:
     session.started_at = started
     db.add(session)
     db.commit()
-    observability.hub_server_started(session.profile, started - session.requested_at)
+    observability.hub_server_started(session.profile, now - session.requested_at)  # first seen ready now
 
 
 def _close(db: Session, session: NotebookSession, now: datetime, reason: str) -> None:
@@ -298,6 +298,7 @@ def meter_notebooks(db: Session, settings: Settings, client: HubClient, now: dat
                 report.started.append(session.id)  # type: ignore[arg-type]
             elif server is None and now - session.requested_at > NEVER_STARTED_AFTER:
                 _close(db, session, now, NOT_STARTED)
+                observability.hub_server_never_started(session.profile)
                 report.stopped[session.id] = NOT_STARTED  # type: ignore[index]
                 continue
             else:
