@@ -95,10 +95,12 @@ c.JupyterHub.named_server_limit_per_user = 5
 c.SimpleLocalProcessSpawner.home_dir_template = str(state_dir / "homes" / "{username}")
 c.Spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab"
+# New notebooks (and kernels started without a name) get the "Python 3 (Dask GPU)" kernel.
+c.Spawner.args = ["--MultiKernelManager.default_kernel_name=python3-dask-gpu"]
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
 if os.geteuid() == 0:
-    c.Spawner.args = ["--ServerApp.allow_root=True"]
+    c.Spawner.args = [*c.Spawner.args, "--ServerApp.allow_root=True"]
 
 
 def _dask_scratch(spawner) -> str:

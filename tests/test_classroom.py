@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +17,8 @@ from sqlmodel import Session, select
 
 from portal.classroom import services as classroom
 from portal.classroom.models import Course, CourseSeat, CourseState
-from portal.compute.launch import _charge, _stop_reason, launch_notebook
+from portal.compute.hub_client import HubServer
+from portal.compute.launch import _charge, _stop_reason, launch_notebook, meter_notebooks
 from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused, check_spawn, hub_username
 from portal.config import Settings
@@ -29,7 +30,7 @@ from portal.ledger.jobs import start_and_expire_allocations
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, LedgerEntry, Resource, ResourceKind
 from portal.notifications.models import Notification
 from portal.projects.models import ProjectMembership, ProjectRole
-from tests.conftest import post_form
+from tests.conftest import LoginAttempt, post_form
 from tests.ledger_world import HOUR, World, make_world, person
 from tests.test_compute import open_now, plan_capacity_around_now
 
@@ -167,6 +168,50 @@ def test_only_the_projects_pi_or_managers_open_courses_from_its_allocations(
     assert classroom.funding_options(db, member) == []
 
 
+def test_hours_awarded_through_a_call_fund_the_applicants_course(db: Session, settings: Settings) -> None:
+    from portal.grants import services as grants
+    from portal.grants.models import ReviewMode
+    from tests.grants_world import complete_draft, make_grant_world
+
+    g = make_grant_world(db, mode=ReviewMode.AUTOMATIC, title="Teaching allocations")
+    grants.submit(db, settings, g.pi, complete_draft(db, g, hours=40))  # a playground call: accepted at once
+    award = db.exec(select(Allocation).where(Allocation.project_id == g.project.id)).one()
+    assert (award.source, award.balance) == (AllocationSource.AWARD, 40 * HOUR)
+    assert [o.allocation.id for o in classroom.funding_options(db, g.pi)] == [award.id]
+    course = classroom.create_course(
+        db,
+        settings,
+        g.pi,
+        parent_allocation_id=award.id,  # type: ignore[arg-type]
+        title="GPU programming",
+        starts_at=award.starts_at,
+        ends_at=award.starts_at + timedelta(days=30),
+        student_cap=4 * HOUR,
+        max_seats=10,
+        profiles=["1x-h100"],
+    )
+    assert fresh(db, award).balance == 0 and db.get(Allocation, course.allocation_id).balance == 40 * HOUR  # type: ignore[union-attr]
+
+
+def test_a_plain_member_is_told_to_ask_the_projects_pi_or_a_manager(app: Flask, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+    client = app.test_client()
+    member = login(client, given_name="Maris")
+    world = make_world(db)
+    cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    plan_capacity_around_now(db, cpu, 100_000 * HOUR)
+    open_now(db, world.project, cpu, 100)
+    db.add(ProjectMembership(project_id=world.project.id, user_id=member.id, role=ProjectRole.MEMBER))
+    db.commit()
+    assert classroom.projects_to_ask(db, member) == [world.project]
+    for page in ("/courses", "/courses/new"):
+        html = client.get(page).get_data(as_text=True)
+        assert "only a project's PI or a manager can create a course" in html
+        assert world.project.title in html and f"/projects/{world.project.id}" in html
+        assert "Create course" not in html
+    refused = post_form(client, "/courses/new", {"title": "Mine", "allocation_id": "1"}, page="/courses/new")
+    assert refused.status_code == 422 and not db.exec(select(Course)).all()
+
+
 # --- joining -----------------------------------------------------------------------------------------------
 
 
@@ -241,6 +286,41 @@ def test_a_removed_student_cannot_rejoin(db: Session, settings: Settings, room: 
     classroom.remove_student(db, room.world.pi, course, seat.id)  # type: ignore[arg-type]
     with pytest.raises(NotAuthorised, match="removed you"):
         classroom.join_course(db, student, None, course.join_code)
+
+
+def test_removing_a_student_frees_the_seat_and_covers_a_newcomers_cap_again(
+    db: Session, settings: Settings, room: Classroom
+) -> None:
+    course = open_course(db, settings, room, max_seats=2)  # 10 core-hours each: 20 in the course
+    first, first_seat = enrol(db, course, "First")
+    enrol(db, course, "Second")
+    run_for(db, spawn_as(db, settings, first, course).session, 1800)  # the first used 1 core-hour
+    removal = classroom.remove_student(db, room.world.pi, course, first_seat.id)  # type: ignore[arg-type]
+    assert removal.seat_freed and removal.seat.removed_at is not None
+    assert fresh(db, course).seats_taken == 1
+    # the hour the first student used moved again from the teacher's allocation: 10 + 10 are covered
+    assert db.get(Allocation, course.allocation_id).balance == 20 * HOUR  # type: ignore[union-attr]
+    assert fresh(db, room.parent).balance == 1000 * HOUR - 21 * HOUR
+    _newcomer, seat = enrol(db, course, "Newcomer")
+    assert seat.cap == 10 * HOUR
+    with pytest.raises(classroom.CourseFull):
+        enrol(db, course, "Late")
+    assert not classroom.remove_student(db, room.world.pi, course, first_seat.id).seat_freed  # type: ignore[arg-type]
+    assert fresh(db, course).seats_taken == 2
+    assert ledger.balance_mismatches(db) == []
+
+
+def test_a_removed_students_seat_stays_taken_when_the_teachers_allocation_cannot_cover_it(
+    db: Session, settings: Settings, room: Classroom
+) -> None:
+    small = open_now(db, room.world.project, room.cpu, 20, days=30)
+    course = open_course(db, settings, room, parent_allocation_id=small.id, max_seats=2)  # all 20 core-hours
+    student, seat = enrol(db, course)
+    run_for(db, spawn_as(db, settings, student, course).session, 1800)
+    removal = classroom.remove_student(db, room.world.pi, course, seat.id)  # type: ignore[arg-type]
+    assert not removal.seat_freed and fresh(db, seat).removed_at is not None
+    assert fresh(db, course).seats_taken == 1 and fresh(db, small).balance == 0
+    assert ledger.balance_mismatches(db) == []
 
 
 # --- the spawn check and metering against the cap ------------------------------------------------------------
@@ -358,12 +438,31 @@ def test_the_launcher_lets_a_student_use_the_course_allocation(
 # --- the end of the term -----------------------------------------------------------------------------------
 
 
-def test_the_end_of_term_returns_unused_hours_to_the_teacher_once(
+@dataclass
+class HubRunning:
+    """The hub as the metering round sees it: these servers are up; stopping one is recorded."""
+
+    servers: list[HubServer]
+    stopped: list[tuple[str, str]] = field(default_factory=list)
+
+    def active_servers(self) -> list[HubServer]:
+        return [s for s in self.servers if (s.user, s.name) not in self.stopped]
+
+    def stop_server(self, user: str, name: str) -> None:
+        self.stopped.append((user, name))
+
+
+def up(session: NotebookSession) -> HubServer:
+    return HubServer(session.hub_user, session.server_name, True, None, session.started_at, "/user/x/")
+
+
+def test_the_end_of_term_returns_unused_hours_once_the_students_notebooks_are_charged_and_stopped(
     db: Session, settings: Settings, room: Classroom
 ) -> None:
-    course = open_course(db, settings, room, student_cap=10 * HOUR, max_seats=3)
+    course = open_course(db, settings, room, student_cap=10 * HOUR, max_seats=3)  # 30 core-hours
     student, _seat = enrol(db, course)
-    run_for(db, spawn_as(db, settings, student, course).session, 1800)  # 1 core-hour
+    session = spawn_as(db, settings, student, course, hours=2).session
+    run_for(db, session, 1800)  # 2 cores × 1800 s: 1 core-hour so far
     course.ends_at = utcnow() - timedelta(seconds=1)
     db.add(course)
     db.commit()
@@ -372,23 +471,46 @@ def test_the_end_of_term_returns_unused_hours_to_the_teacher_once(
     start_and_expire_allocations(db, settings)
     assert db.get(Allocation, course.allocation_id).state != AllocationState.EXPIRED  # type: ignore[union-attr]
 
+    # closed at once, but its hours wait for the running notebook's last charge
     assert classroom.close_ended_courses(db, settings) == 1
+    assert fresh(db, course).state == CourseState.CLOSED and fresh(db, room.parent).balance == 970 * HOUR
+    session = fresh(db, session)
+    hub = HubRunning([up(session)])
+    report = meter_notebooks(db, settings, hub, session.started_at + timedelta(seconds=2700))  # type: ignore[arg-type]
+    assert report.charged == {session.id: 1800} and report.stopped == {session.id: classroom.COURSE_CLOSED}
+    assert hub.stopped == [(session.hub_user, session.server_name)]
+
     assert classroom.close_ended_courses(db, settings) == 0
     course, share, parent = fresh(db, course), db.get(Allocation, course.allocation_id), fresh(db, room.parent)
-    assert course.state == CourseState.CLOSED and course.returned == 29 * HOUR
+    assert course.returned == 30 * HOUR - 5400  # 1.5 core-hours used
     assert share is not None and share.state == AllocationState.EXPIRED and share.balance == 0
-    assert parent.balance == 1000 * HOUR - 1 * HOUR
-    assert parent.reserved == 1000 * HOUR
-    assert classroom.close_course(db, None, course).returned == 29 * HOUR  # again: nothing moves
-    assert fresh(db, room.parent).balance == 999 * HOUR
+    assert parent.balance == 970 * HOUR + course.returned and parent.reserved == 1000 * HOUR
+    classroom.close_ended_courses(db, settings)
+    assert classroom.close_course(db, None, course).returned == 30 * HOUR - 5400  # again: nothing moves
+    assert fresh(db, room.parent).balance == parent.balance
     assert ledger.balance_mismatches(db) == []
-    assert _stop_reason_for_new_spawn(db, settings, student, course)
-
-
-def _stop_reason_for_new_spawn(db: Session, settings: Settings, student: User, course: Course) -> bool:
     with pytest.raises(SpawnRefused):
         spawn_as(db, settings, student, course, server="after")
-    return True
+
+
+def test_a_closed_course_whose_notebooks_the_hub_never_stops_returns_its_hours_after_the_grace(
+    db: Session, settings: Settings, room: Classroom
+) -> None:
+    course = open_course(db, settings, room)
+    student, _seat = enrol(db, course)
+    run_for(db, spawn_as(db, settings, student, course).session, 600)
+    classroom.close_course(db, room.world.pi, course)
+    assert fresh(db, course).returned == 0 and classroom.running_notebooks(db, course) == 1
+    classroom.close_ended_courses(db, settings)
+    assert db.get(Allocation, course.allocation_id).state == AllocationState.ACTIVE  # type: ignore[union-attr]
+
+    course = fresh(db, course)
+    course.closed_at = utcnow() - classroom.RETURN_GRACE
+    db.add(course)
+    db.commit()
+    classroom.close_ended_courses(db, settings)
+    assert fresh(db, course).returned == 30 * HOUR - 1200
+    assert fresh(db, room.parent).balance == 1000 * HOUR - 1200
 
 
 def test_hours_of_a_course_outliving_its_parent_expire_instead(
@@ -473,7 +595,10 @@ def test_a_teacher_creates_a_course_and_a_student_joins_by_link_on_the_pages(app
         "required_affiliation": "student",
     }
     too_many = post_form(teacher_client, "/courses/new", {**fields, "student_hours": "400"}, page="/courses/new")
-    assert too_many.status_code == 409 and "left" in too_many.get_data(as_text=True)
+    left = "more than cpu award has left: 500.0 core-hours"
+    assert too_many.status_code == 409 and left in too_many.get_data(as_text=True)
+    absurd = post_form(teacher_client, "/courses/new", {**fields, "student_hours": "1e30"}, page="/courses/new")
+    assert absurd.status_code == 409 and left in absurd.get_data(as_text=True)
     created = post_form(teacher_client, "/courses/new", fields, page="/courses/new")
     assert created.status_code == 302, created.get_data(as_text=True)
     page = teacher_client.get(created.headers["Location"]).get_data(as_text=True)
@@ -488,6 +613,12 @@ def test_a_teacher_creates_a_course_and_a_student_joins_by_link_on_the_pages(app
     mine = student_client.get(joined.headers["Location"]).get_data(as_text=True)
     assert "Parallel Python" in mine and "40.0 core-hours" in mine and "Start a notebook" in mine
     assert "Tiina" not in mine and code not in mine  # a student sees their own use, not the course's
+    course_page = joined.headers["Location"]
+    for hours in ("inf", "nan", "1e400"):
+        launched = post_form(
+            student_client, f"{course_page}/notebooks", {"profile": "cpu", "hours": hours}, page=course_page
+        )
+        assert launched.status_code == 422 and "Enter the hours as a number" in launched.get_data(as_text=True)
 
     staff = app.test_client()
     login(staff, given_name="Sandra", voperson_external_affiliation=["staff@ut.ee"])
@@ -544,13 +675,59 @@ def test_the_teacher_raises_a_cap_and_removes_a_student_on_the_dashboard(
     _student, seat = enrol(db, course)
     page = f"/courses/{course.id}"
     assert post_form(client, f"{page}/seats/{seat.id}/cap", {"hours": "3"}, page=page).status_code == 302
-    assert "The student&#39;s cap is raised" in client.get(page).get_data(as_text=True)
+    raised = client.get(page).get_data(as_text=True)
+    assert "The student&#39;s cap is raised" in raised
+    assert '<dd id="course-remaining">4.00 core-hours</dd>' in raised  # 2 seats × 1 core-hour, + 2 for the raise
     assert fresh(db, seat).cap == 3 * HOUR
     post_form(client, f"{page}/seats/{seat.id}/cap", {"hours": "2"}, page=page)
     assert "more than the current" in client.get(page).get_data(as_text=True)
+    for absurd in ("1e30", "99999999999999999"):  # far beyond the allocation: a message, not an overflow
+        assert post_form(client, f"{page}/seats/{seat.id}/cap", {"hours": absurd}, page=page).status_code == 302
+        assert "more hours than cpu award has left: 96.0 core-hours" in client.get(page).get_data(as_text=True)
+    assert fresh(db, seat).cap == 3 * HOUR
     assert post_form(client, f"{page}/seats/{seat.id}/remove", page=page).status_code == 302
     assert fresh(db, seat).removed_at is not None
-    assert "removed" in client.get(page).get_data(as_text=True)
+    dashboard = client.get(page).get_data(as_text=True)
+    assert "removed" in dashboard and "their seat is free" in dashboard
+    assert '<dd id="seats">0 / 2</dd>' in dashboard
+
+    # a name a spreadsheet would run as a formula is exported as text
+    enrol(db, course, '=HYPERLINK("http://evil.example","x")')
+    rows = list(csv.reader(io.StringIO(client.get(f"{page}/usage.csv").get_data(as_text=True))))
+    assert rows[1][0] == '\'=HYPERLINK("http://evil.example","x")' and rows[1][3:6] == ["1.00", "0.00", "1.00"]
+
+
+def test_the_demos_course_opens_for_anna_and_for_piotr_who_joins_it(make_settings, oidc_provider, login) -> None:  # type: ignore[no-untyped-def]
+    from portal import create_app
+    from portal.demo import DEMO_PROVIDERS, seed_demo_data
+    from tests.conftest import provider_configs
+
+    eidas, academic, tara = provider_configs(oidc_provider)
+    settings = make_settings(oidc_providers=[eidas, academic.model_copy(update={"name": "myaccessid"}), tara])
+    app = create_app(settings)
+    try:
+        with Session(app.extensions["portal.engine"], expire_on_commit=False) as db:
+            seed_demo_data(db, settings)
+            course = db.exec(select(Course)).one()
+        anna_claims, _admin, piotr_claims = DEMO_PROVIDERS[0].users
+        anna, piotr = app.test_client(), app.test_client()
+        # the demo's provider knows Anna already (her sub holds slashes, which the test provider's API cannot take)
+        assert LoginAttempt(anna, "eidas").start().authorize(anna_claims["sub"]).finish().status_code == 302
+        dashboard = anna.get(f"/courses/{course.id}").get_data(as_text=True)
+        assert "Dask for data science (demo course)" in dashboard and '<dd id="seats">0 / 20</dd>' in dashboard
+        assert course.join_code in dashboard and "120.00 core-hours" in dashboard
+
+        login(piotr, **{k: piotr_claims[k] for k in ("given_name", "family_name", "email", "acr")})
+        link = f"/courses/join?code={course.join_code}"
+        assert f'value="{course.join_code}"' in piotr.get(link).get_data(as_text=True)
+        joined = post_form(piotr, "/courses/join", {"code": course.join_code}, page=link)
+        assert joined.headers["Location"] == f"/courses/{course.id}"
+        mine = piotr.get(f"/courses/{course.id}").get_data(as_text=True)
+        assert '<dd id="my-left">6.00 core-hours</dd>' in mine and "Start a notebook" in mine
+        assert re.findall(r'<option[^>]*value="([^"]+)"', mine) == ["cpu"] and course.join_code not in mine
+        assert "Piotr Nowak" in anna.get(f"/courses/{course.id}").get_data(as_text=True)
+    finally:
+        app.extensions["portal.engine"].dispose()
 
 
 # --- course materials ---------------------------------------------------------------------------------------

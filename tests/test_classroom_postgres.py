@@ -18,21 +18,15 @@ from portal.config import load_settings
 from portal.db import utcnow
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, ResourceKind
-from portal.migrations import upgrade
+from tests import test_ledger_postgres
 from tests.ledger_world import HOUR, make_world, person
 from tests.test_compute import open_now, plan_capacity_around_now
 from tests.test_ledger_postgres import all_at_once
 
 pytestmark = pytest.mark.postgres
 THREADS = 24
-
-
-@pytest.fixture(scope="module")
-def engine(postgres_url: str):  # type: ignore[no-untyped-def]
-    upgrade(postgres_url)
-    engine = sa.create_engine(postgres_url, pool_size=THREADS + 4, max_overflow=0)
-    yield engine
-    engine.dispose()
+#: The ledger's PostgreSQL fixture: a migrated engine with a connection for each thread.
+engine = test_ledger_postgres.engine
 
 
 SETTINGS = load_settings(env="test")

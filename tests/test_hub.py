@@ -314,6 +314,7 @@ def test_a_checked_server_runs_the_dask_kernel(hub: HubProcess, hub_portal: Fake
     headers = {"Authorization": f"token {SERVICE_TOKEN}"}
     specs = requests.get(f"{hub.url}{path}api/kernelspecs", headers=headers, timeout=10).json()
     assert specs["kernelspecs"]["python3-dask-gpu"]["spec"]["display_name"] == "Python 3 (Dask GPU)"
+    assert specs["default"] == "python3-dask-gpu"  # what a new notebook opens with
     kernel = requests.post(
         f"{hub.url}{path}api/kernels", headers=headers, json={"name": "python3-dask-gpu"}, timeout=30
     )

@@ -17,7 +17,8 @@ from portal.db import StrEnumType, UTCDateTime, utcnow
 class CourseState(StrEnum):
     #: Students may join (while seats are left) and compute within the term.
     OPEN = "open"
-    #: The teacher closed it, or its term ended: no joining, no computing; unused hours went back.
+    #: The teacher closed it, or its term ended: no joining, no computing; unused hours go back once the
+    #: students' notebooks have stopped.
     CLOSED = "closed"
 
 
@@ -48,7 +49,7 @@ class Course(SQLModel, table=True):
     #: A new student's cap, in base units.
     student_cap: int = Field(sa_type=sa.BigInteger)
     max_seats: int
-    #: Seats joined so far (removed students keep theirs); moved only by a conditional UPDATE.
+    #: Seats taken (removing a student frees theirs, see ``remove_student``); moved by conditional UPDATEs.
     seats_taken: int = Field(default=0)
     #: Notebook profile names students may start.
     profiles: list[str] = Field(default_factory=list, sa_type=sa.JSON)
@@ -62,7 +63,7 @@ class Course(SQLModel, table=True):
     materials_url: str = Field(default="", max_length=500)
     state: CourseState = Field(default=CourseState.OPEN, sa_type=StrEnumType(CourseState, 16), index=True)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    #: Base units returned to the parent allocation when the course closed.
+    #: Base units returned to the parent allocation after the course closed.
     returned: int = Field(default=0, sa_type=sa.BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

@@ -5,10 +5,12 @@ course's own allocation (``ledger.share_to_course``, capacity-neutral), so every
 raising one student's cap moves the difference the same way. Students' notebooks are charged to the course
 allocation, and each charge also moves the seat's ``used`` in the same transaction (``record_seat_usage``).
 Closing the course (by the teacher, or by the worker at the term's end) returns the unused balance to the
-teacher's allocation (``ledger.return_course_hours``); both are idempotent and safe to run concurrently.
+teacher's allocation (``ledger.return_course_hours``) once the students' notebooks are stopped and charged;
+both are idempotent and safe to run concurrently.
 
-Seats: ``seats_taken`` moves only by a conditional UPDATE (``seats_taken < max_seats``), so concurrent joins
-never take more seats than there are; a removed student keeps their seat (their hours were used).
+Seats: ``seats_taken`` moves only by conditional UPDATEs (``seats_taken < max_seats`` to join), so concurrent
+joins never take more seats than there are; removing a student frees their seat, and the hours they used of
+it move again from the teacher's allocation so that a newcomer's cap is covered.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from portal.compute.models import NotebookSession
 from portal.config import NotebookProfile, Settings
 from portal.db import utcnow
 from portal.errors import Conflict, DomainError, InvalidInput, NotAuthorised, NotFound
-from portal.formatting import quantity
+from portal.formatting import csv_safe, display_amount, quantity
 from portal.identity.models import Login, User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, LedgerEntry, Resource, ResourceKind
@@ -44,6 +46,8 @@ CODE_LENGTH = 10
 MAX_JOIN_FAILURES = 10
 JOIN_FAILURE_WINDOW = timedelta(minutes=15)
 MAX_SEATS = 1000
+#: How long a closed course's hours wait for its notebooks to stop (an unreachable hub) before going back anyway.
+RETURN_GRACE = timedelta(minutes=30)
 
 CAP_REACHED = "course cap reached"
 REMOVED = "removed from course"
@@ -118,6 +122,29 @@ def funding_options(db: Session, actor: User) -> list[FundingOption]:
     return [FundingOption(a, r, p) for a, r, p in rows]
 
 
+def projects_to_ask(db: Session, actor: User) -> list[Project]:
+    """Projects with hours left where the actor is a plain member: only their PI or a manager can fund a course
+    from them (moving a project's hours is theirs to decide), so the actor is told to ask them."""
+    return list(
+        db.exec(
+            select(Project)
+            .join(ProjectMembership, ProjectMembership.project_id == Project.id)  # type: ignore[arg-type]
+            .where(
+                ProjectMembership.user_id == actor.id,
+                col(ProjectMembership.role).not_in([ProjectRole.PI, ProjectRole.MANAGER]),
+                sa.exists().where(
+                    Allocation.project_id == Project.id,
+                    col(Allocation.state).in_([AllocationState.ACTIVE, AllocationState.PENDING]),
+                    col(Allocation.source) != AllocationSource.COURSE,
+                    col(Allocation.balance) > 0,
+                    col(Allocation.resource_id).in_(select(Resource.id).where(Resource.kind != ResourceKind.STORAGE)),
+                ),
+            )
+            .order_by(col(Project.title))
+        ).all()
+    )
+
+
 def _check_materials(url: str) -> str:
     url = url.strip()
     if url and not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+", url):
@@ -169,6 +196,12 @@ def create_course(
         )
     materials_url = _check_materials(materials_url)
     budget = student_cap * max_seats
+    if budget > parent.balance:
+        raise ledger.InsufficientBalance(
+            f"The hours per student × {max_seats} seats are more than {parent.title} has left: "
+            f"{quantity(parent.balance, resource.kind)}.",
+            errors={"student_hours": f"At most {quantity(parent.balance // max_seats, resource.kind)} each."},
+        )
     with ledger.unit_of_work(db):
         allocation = ledger.share_to_course(
             db,
@@ -306,10 +339,10 @@ def overview(db: Session, actor: User, course: Course) -> CourseOverview:
 
 
 def usage_csv(db: Session, actor: User, course: Course) -> str:
-    """Use per student, in display units of the course's resource (hours), one row per student."""
+    """Use per student, in display units of the course's resource (hours, exact to two places), one row per
+    student; names a spreadsheet would run as a formula are defused."""
     view = overview(db, actor, course)
-    unit = view.resource.display_unit
-    per = view.resource.per_display_unit
+    unit, kind = view.resource.display_unit, view.resource.kind
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["student", "email", "joined_at", f"cap_{unit}s", f"used_{unit}s", f"remaining_{unit}s", "status"])
@@ -317,12 +350,13 @@ def usage_csv(db: Session, actor: User, course: Course) -> str:
         status = "removed" if row.seat.removed_at else ("capped" if row.seat.used >= row.seat.cap else "active")
         writer.writerow(
             [
-                row.student.display_name,
-                row.student.email or "",
+                csv_safe(row.student.display_name),
+                csv_safe(row.student.email or ""),
                 row.seat.joined_at.isoformat(timespec="seconds"),
-                f"{row.seat.cap / per:.2f}",
-                f"{row.seat.used / per:.2f}",
-                f"{row.remaining / per:.2f}",
+                *(
+                    display_amount(v, kind, places=2).replace(",", "")
+                    for v in (row.seat.cap, row.seat.used, row.remaining)
+                ),
                 status,
             ]
         )
@@ -425,26 +459,37 @@ def _seat_in(db: Session, course: Course, seat_id: int) -> CourseSeat:
     return seat
 
 
+def _fund_more(db: Session, actor: User, course: Course, amount: int, reason: str) -> None:
+    """Move ``amount`` more from the teacher's allocation into the course's (the actor must manage it)."""
+    ledger.top_up_course(
+        db,
+        actor,
+        parent_id=course.parent_allocation_id,
+        course_allocation_id=course.allocation_id,
+        amount=amount,
+        reason=reason[:1000],
+    )
+
+
 def raise_cap(db: Session, actor: User, course: Course, seat_id: int, new_cap: int) -> CourseSeat:
     """Give one student more hours; the difference moves from the teacher's allocation into the course's."""
     require(db, actor, Action.MANAGE_COURSE, course)
     seat = _seat_in(db, course, seat_id)
     if course.state != CourseState.OPEN:
         raise CourseClosed("The course is closed.")
+    parent = db.get(Allocation, course.parent_allocation_id)
+    assert parent is not None
+    kind = db.get(Resource, parent.resource_id).kind  # type: ignore[union-attr]
     if new_cap <= seat.cap:
-        kind = db.get(Resource, db.get(Allocation, course.allocation_id).resource_id).kind  # type: ignore[union-attr]
         message = f"The new cap must be more than the current {quantity(seat.cap, kind)}."
         raise InvalidInput(message, errors={"hours": message})
+    if new_cap - seat.cap > parent.balance:
+        raise ledger.InsufficientBalance(
+            f"The new cap needs more hours than {parent.title} has left: {quantity(parent.balance, kind)}."
+        )
     table = CourseSeat.__table__  # type: ignore[attr-defined]
     with ledger.unit_of_work(db):
-        ledger.top_up_course(
-            db,
-            actor,
-            parent_id=course.parent_allocation_id,
-            course_allocation_id=course.allocation_id,
-            amount=new_cap - seat.cap,
-            reason=f"raised the cap of a student of “{course.title}”"[:1000],
-        )
+        _fund_more(db, actor, course, new_cap - seat.cap, f"raised the cap of a student of “{course.title}”")
         db.execute(
             sa.update(table)
             .where(table.c.id == seat.id)
@@ -458,25 +503,90 @@ def raise_cap(db: Session, actor: User, course: Course, seat_id: int, new_cap: i
     return seat
 
 
-def remove_student(
-    db: Session, actor: User, course: Course, seat_id: int, *, now: datetime | None = None
-) -> CourseSeat:
-    """The student can no longer start notebooks; running ones stop at the next metering round."""
+@dataclass(frozen=True)
+class Removal:
+    seat: CourseSeat
+    #: Whether the seat went back to the course for another student to take.
+    seat_freed: bool
+
+
+def remove_student(db: Session, actor: User, course: Course, seat_id: int, *, now: datetime | None = None) -> Removal:
+    """The student can no longer start notebooks (running ones stop at the next metering round), and, while
+    the course is open, their seat is free for another student. A newcomer's cap must be covered, so the hours
+    the removed student used of it move again from the teacher's allocation; where they cannot (no hours
+    left there, or the teacher no longer manages it), the student is removed but the seat stays taken."""
     require(db, actor, Action.MANAGE_COURSE, course)
     seat = _seat_in(db, course, seat_id)
-    if seat.removed_at is None:
-        seat.removed_at = now or utcnow()
-        db.add(seat)
-        db.commit()
-    return seat
+    if seat.removed_at is not None:
+        return Removal(seat, seat_freed=False)
+    seats, courses = CourseSeat.__table__, Course.__table__  # type: ignore[attr-defined]
+    freed = False
+    db.rollback()
+    with ledger.unit_of_work(db):
+        claimed = db.execute(
+            sa.update(seats)
+            .where(seats.c.id == seat.id, seats.c.removed_at.is_(None))
+            .values(removed_at=now or utcnow())
+        )
+        if claimed.rowcount == 1 and course.state == CourseState.OPEN:
+            db.refresh(seat)
+            missing = course.student_cap - max(0, seat.cap - seat.used)
+            try:
+                if missing > 0:
+                    _fund_more(db, actor, course, missing, f"a seat of “{course.title}” freed for another student")
+            except (ledger.InsufficientBalance, ledger.AllocationClosed, NotAuthorised):
+                pass
+            else:
+                db.execute(
+                    sa.update(courses)
+                    .where(courses.c.id == course.id, courses.c.seats_taken > 0)
+                    .values(seats_taken=courses.c.seats_taken - 1)
+                )
+                freed = True
+    db.refresh(seat)
+    db.refresh(course)
+    return Removal(seat, seat_freed=freed)
 
 
 def close_course(db: Session, actor: User | None, course: Course, *, now: datetime | None = None) -> Course:
-    """End the course now (``actor`` None: the worker at the term's end): joining and computing stop, and the
-    unused hours return to the teacher's allocation. Idempotent and safe when two workers close it at once."""
+    """End the course now (``actor`` None: the worker at the term's end): joining and computing stop. The
+    unused hours return to the teacher's allocation at once when no student's notebook runs, otherwise as soon
+    as the metering round has charged and stopped them (``return_unused_hours``), so that no charge lands on
+    the course after its hours went back. Idempotent and safe when two workers close it at once."""
     if actor is not None:
         require(db, actor, Action.MANAGE_COURSE, course)
     now = now or utcnow()
+    table = Course.__table__  # type: ignore[attr-defined]
+    db.execute(
+        sa.update(table)
+        .where(table.c.id == course.id, table.c.state == CourseState.OPEN)
+        .values(state=CourseState.CLOSED, closed_at=now)
+    )
+    db.commit()
+    db.refresh(course)
+    return_unused_hours(db, course, now=now)
+    return course
+
+
+def running_notebooks(db: Session, course: Course) -> int:
+    """The course's students' notebooks not yet stopped (and charged) by the metering round."""
+    return int(
+        db.exec(
+            select(func.count())
+            .select_from(NotebookSession)
+            .join(CourseSeat, CourseSeat.id == NotebookSession.course_seat_id)  # type: ignore[arg-type]
+            .where(CourseSeat.course_id == course.id, col(NotebookSession.stopped_at).is_(None))
+        ).one()
+    )
+
+
+def return_unused_hours(db: Session, course: Course, *, now: datetime, force: bool = False) -> bool:
+    """Give a closed course's unused hours back to the teacher's allocation, once its notebooks have stopped
+    (``force``: regardless, when the hub has not let them stop for ``RETURN_GRACE``). True once returned."""
+    if course.state != CourseState.CLOSED:
+        return False
+    if not force and running_notebooks(db, course):
+        return False
     course_allocation_id, parent_id = course.allocation_id, course.parent_allocation_id
     db.rollback()
     ledger.return_course_hours(db, course_allocation_id, parent_id, now=now)
@@ -484,14 +594,10 @@ def close_course(db: Session, actor: User | None, course: Course, *, now: dateti
         select(LedgerEntry.amount).where(LedgerEntry.idempotency_key == f"course-return:{course_allocation_id}:in")
     ).first()
     table = Course.__table__  # type: ignore[attr-defined]
-    db.execute(
-        sa.update(table)
-        .where(table.c.id == course.id, table.c.state == CourseState.OPEN)
-        .values(state=CourseState.CLOSED, closed_at=now, returned=int(returned or 0))
-    )
+    db.execute(sa.update(table).where(table.c.id == course.id).values(returned=int(returned or 0)))
     db.commit()
     db.refresh(course)
-    return course
+    return True
 
 
 # --- metering: seats' use, stops and the teacher's notices --------------------------------------------------
@@ -530,13 +636,24 @@ def course_stop_reason(db: Session, seat_id: int, now: datetime) -> str | None:
 
 
 def close_ended_courses(db: Session, _settings: Settings) -> int:
-    """``portal worker``'s job: close courses whose term has ended, returning their unused hours."""
+    """``portal worker``'s job: close courses whose term has ended, and return the unused hours of closed
+    courses whose notebooks have stopped since (or that waited ``RETURN_GRACE`` for them). Returns the number
+    of courses closed."""
     now = utcnow()
     due = db.exec(select(Course).where(Course.state == CourseState.OPEN, col(Course.ends_at) <= now)).all()
     closed = 0
     for course in due:
         if close_course(db, None, course, now=now).closed_at == now:
             closed += 1
+    waiting = db.exec(
+        select(Course)
+        .join(Allocation, Allocation.id == Course.allocation_id)  # type: ignore[arg-type]
+        .where(Course.state == CourseState.CLOSED, Allocation.state != AllocationState.EXPIRED)
+    ).all()
+    for course in waiting:
+        return_unused_hours(
+            db, course, now=now, force=course.closed_at is not None and now - course.closed_at >= RETURN_GRACE
+        )
     return closed
 
 

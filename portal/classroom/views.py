@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 
@@ -22,7 +23,7 @@ from portal.db import get_db
 from portal.errors import DomainError, InvalidInput
 from portal.formatting import display_amount, parse_quantity
 from portal.forms import ActionForm, apply_errors
-from portal.ledger.models import Allocation, Resource
+from portal.ledger.models import Allocation, AllocationState, Resource
 from portal.web import actor, current_login, settings
 
 bp = Blueprint("classroom", __name__)
@@ -51,11 +52,13 @@ def _submit(form: FlaskForm, work: Callable[[], str]) -> tuple[str | None, int]:
 @login_required
 def index():  # type: ignore[no-untyped-def]
     db, me = get_db(), actor()
+    can_teach = bool(classroom.funding_options(db, me))
     return render_template(
         "classroom/index.html",
         mine=classroom.courses_of(db, me),
         join_form=JoinForm(formdata=None),
-        can_teach=bool(classroom.funding_options(db, me)),
+        can_teach=can_teach,
+        ask=[] if can_teach else classroom.projects_to_ask(db, me),
     )
 
 
@@ -100,7 +103,8 @@ def new():  # type: ignore[no-untyped-def]
     target, status = _submit(form, create)
     if target:
         return redirect(target)
-    return render_template("classroom/new.html", form=form, has_options=bool(options)), status
+    ask = [] if options else classroom.projects_to_ask(db, me)
+    return render_template("classroom/new.html", form=form, has_options=bool(options), ask=ask), status
 
 
 @bp.route("/courses/join", methods=["GET", "POST"])
@@ -195,6 +199,8 @@ def launch(course_id: int):  # type: ignore[no-untyped-def]
     try:
         hours = float((form.hours.data or "0").replace(",", "."))
     except ValueError:
+        hours = math.nan
+    if not math.isfinite(hours):
         return _student_page(found, form, "Enter the hours as a number.", 422)
     try:
         started = launch_notebook(
@@ -259,8 +265,15 @@ def raise_cap(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
 def remove(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():
         abort(400)
-    classroom.remove_student(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE), seat_id)
-    flash("The student is removed; their running notebooks stop within a minute.", "success")
+    removal = classroom.remove_student(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE), seat_id)
+    if removal.seat_freed:
+        flash("The student is removed and their seat is free; their running notebooks stop within a minute.", "success")
+    else:
+        flash(
+            "The student is removed; their running notebooks stop within a minute. Their seat stays taken: "
+            "your allocation could not cover a new student's hours.",
+            "info",
+        )
     return redirect(url_for("classroom.course", course_id=course_id))
 
 
@@ -269,6 +282,13 @@ def remove(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
 def close(course_id: int):  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():
         abort(400)
-    classroom.close_course(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE))
-    flash("The course is closed; its unused hours went back to your allocation.", "success")
+    closed = classroom.close_course(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE))
+    if get_db().get(Allocation, closed.allocation_id).state == AllocationState.EXPIRED:  # type: ignore[union-attr]
+        flash("The course is closed; its unused hours went back to your allocation.", "success")
+    else:
+        flash(
+            "The course is closed. Its running notebooks stop within a minute; then its unused hours go back "
+            "to your allocation.",
+            "success",
+        )
     return redirect(url_for("classroom.course", course_id=course_id))
