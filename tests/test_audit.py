@@ -7,6 +7,7 @@ import csv
 import io
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ import stripe
 from flask.testing import FlaskClient
 from sqlmodel import Session, func, select
 
+import portal
 from portal.audit import services as audit
 from portal.audit.models import AuditAction, AuditEvent
 from portal.errors import InvalidInput, NotAuthorised
@@ -25,15 +27,18 @@ from portal.ledger import services as ledger
 from portal.ledger.models import AllocationSource, AllocationState, ResourceKind
 from portal.market import services as market
 from portal.market.models import OfferingState, Order, OrderState, StripeEvent
+from portal.metering.services import map_slurm_account
+from portal.metering.slurm import set_slurm_username
 from portal.migrations import upgrade
 from portal.projects import services as projects
+from portal.reports import services as reports
 from tests.conftest import portal_cli, post_form
 from tests.grants_world import complete_draft, mail_settings, make_grant_world, staff
 from tests.ledger_world import HOUR, Q1, admin, at, make_world, open_q1, person
-from tests.test_market import fresh, order, pay, shop, stand_in, wait_for
+from tests.test_market import fresh, order, pay, shop, wait_for
 
 #: The fixtures of tests/test_market.py, used here by name.
-__all__ = ["shop", "stand_in"]
+__all__ = ["shop"]
 SETTINGS = mail_settings()
 
 
@@ -475,6 +480,71 @@ def test_verifying_an_organisation_and_making_an_agent_token_are_recorded(db: Se
     assert _plain not in made.summary and token.digest not in made.summary
 
 
+def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> None:  # type: ignore[no-untyped-def]
+    boss, operator = admin(db), person(db, "Olga")
+    world = make_world(db)
+    allocation = open_q1(db, world, 10)
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR)
+    since = mark(db)
+    reports.assign_site(db, boss, operator, world.site)
+    reports.assign_site(db, boss, operator, world.site)  # assigned already: nothing happens, nothing is recorded
+    assigned = only_event(db, since)
+    assert (assigned.action, assigned.actor_user_id, assigned.object_type, assigned.object_id) == (
+        AuditAction.OPERATOR_SITE_ASSIGNED,
+        boss.id,
+        "users",
+        operator.id,
+    )
+    assert world.site.name in assigned.summary and assigned.details["site_id"] == world.site.id
+    other_site = ledger.create_site(db, None, code="rix2", name="Riga two", city="Riga", country="LV")
+    since = mark(db)
+    result = portal_cli(app, "reports", "assign-site", operator.email or "", "rix2")
+    assert result.returncode == 0, result.stderr
+    by_cli = only_event(db, since)
+    assert (by_cli.action, by_cli.actor_label, by_cli.details["site_id"]) == (
+        AuditAction.OPERATOR_SITE_ASSIGNED,
+        "cli",
+        other_site.id,
+    )
+
+    since = mark(db)
+    mapping = map_slurm_account(db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id)  # type: ignore[arg-type]
+    map_slurm_account(db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id)  # type: ignore[arg-type]
+    mapped = only_event(db, since)
+    assert (mapped.action, mapped.object_type, mapped.object_id) == (
+        AuditAction.SLURM_ACCOUNT_MAPPED,
+        "slurm_accounts",
+        mapping.id,
+    )
+    assert f"allocation {allocation.id}" in mapped.summary
+    since = mark(db)
+    set_slurm_username(db, boss, cluster="baltic", user=operator, username="olga")
+    set_slurm_username(db, boss, cluster="baltic", user=operator, username="olga")  # unchanged: not recorded
+    set_slurm_username(db, boss, cluster="baltic", user=operator, username="olga2")
+    first, changed = added_since(db, since)
+    assert (first.action, first.actor_user_id, first.details["before"], first.details["after"]) == (
+        AuditAction.SLURM_USER_SET,
+        boss.id,
+        None,
+        "olga",
+    )
+    assert (changed.details["before"], changed.details["after"]) == ("olga", "olga2")
+    since = mark(db)
+    with pytest.raises(NotAuthorised):
+        reports.assign_site(db, operator, operator, world.site)
+    with pytest.raises(NotAuthorised):
+        set_slurm_username(db, operator, cluster="baltic", user=operator, username="mine")
+    assert added_since(db, since) == []
+
+
+def test_every_audit_action_is_recorded_somewhere_in_the_portal() -> None:
+    """A new action name that no service records would be a promise the log does not keep."""
+    sources = "\n".join(
+        path.read_text() for path in Path(portal.__file__).parent.rglob("*.py") if "audit" not in path.parts
+    )
+    assert [a.name for a in AuditAction if f"AuditAction.{a.name}" not in sources] == []
+
+
 # --- the database refuses changes ------------------------------------------------------------------------
 
 
@@ -631,6 +701,9 @@ def test_the_csv_export_holds_the_whole_filtered_set_and_defuses_formulas(client
     assert rows[1]["details"].startswith("{") and '"amount": -3600' in rows[1]["details"]
     assert datetime.fromisoformat(rows[0]["occurred_at"]).tzinfo is not None
     assert client.get("/admin/audit.csv?since=last+week").status_code == 422
+    too_big = 2**64
+    assert client.get(f"/admin/audit.csv?object_id={too_big}").status_code == 422
+    assert client.get(f"/admin/audit?before={too_big}").status_code == 422
 
 
 def test_admins_read_the_log_through_the_api(client, db, login, history) -> None:  # type: ignore[no-untyped-def]
@@ -653,6 +726,9 @@ def test_admins_read_the_log_through_the_api(client, db, login, history) -> None
     assert found["events"][0]["actor_user_id"] == other.id
     refused = client.get("/api/v1/audit?action=no_such_action", headers=auth)
     assert refused.status_code == 422 and refused.mimetype == "application/problem+json"
+    for query in (f"object_id={2**64}", f"before={2**64}"):
+        too_big = client.get(f"/api/v1/audit?{query}", headers=auth)
+        assert too_big.status_code == 422 and too_big.mimetype == "application/problem+json", query
     assert "/api/v1/audit" in client.get("/api/v1/openapi.json").json["paths"]
 
 

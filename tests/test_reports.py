@@ -446,6 +446,8 @@ def test_revenue_by_month_offering_and_side_subtract_credit_notes(db, shop):
         assert sides[side]["net_cents"] == sum(n for o, _k, _h, n, _v in lines if side_of(o) == side)
     assert sides["public"]["net_cents"] == 5 * 400 + 7 * 400
     assert sides["private"]["net_share_percent"] == round(7_800 * 100 / net, 1)
+    for name in ("revenue_by_month", "revenue_by_offering", "revenue_public_private"):
+        assert {r["currency"] for r in table_of(db, shop.admin, name, quarter)} == {"EUR"}, name
     # an earlier quarter has none of it
     assert all(r["net_cents"] == 0 for r in table_of(db, shop.admin, "revenue_by_offering", "2030-Q1"))
 
@@ -536,7 +538,7 @@ def shown(value: Any, fmt: str, row: dict) -> str:  # type: ignore[type-arg]
     if fmt == "quantity":
         return quantity(value, row["kind"])
     if fmt == "cents":
-        return money(value, "EUR")
+        return money(value, row["currency"])
     if fmt == "percent":
         return f"{value:,.1f} %"
     if fmt == "int":
@@ -626,9 +628,33 @@ def test_people_without_a_staff_role_get_403_everywhere(app, db, login, factory)
     assert "Reports" not in client.get("/").get_data(as_text=True)
 
 
+def test_operators_pick_any_quarter_with_capacity_past_or_planned_and_see_its_chart(app, db, login, factory):
+    client, _admin = staff_client(app, db, login, FactoryRole.SITE_OPERATOR)
+    reports.assign_site(db, factory.admin, _admin, factory.sites["rix"])
+    page = client.get("/reports").get_data(as_text=True)
+    choices = re.findall(r'<option value="(\d{4}-Q\d)"', page)
+    today = datetime.now(UTC).date()
+    this = f"{today.year}-Q{(today.month - 1) // 3 + 1}"
+    # the seeded capacity lies in 2030 (planned, years ahead): its quarters are offered, as are two years back
+    assert choices[0] == "2030-Q2" and "2030-Q1" in choices and this in choices
+    assert f"{today.year - 2}-Q{(today.month - 1) // 3 + 1}" in choices
+    assert choices == sorted(choices, reverse=True) and len(choices) == len(set(choices))
+    q1 = client.get("/reports?quarter=2030-Q1").get_data(as_text=True)
+    chart = q1[q1.index('id="capacity"') : q1.index('id="utilisation"')]
+    allocated = 100 * (quarter_share(200, *Q1, Q1) + quarter_share(150, Q1[0], Q2[1], Q1) + 40 * HOUR) / (1_000 * HOUR)
+    assert "<svg" in chart and f"Riga · H200 GPU-hours, Allocated: {allocated:,.1f} %" in chart
+    assert f"Riga · H200 GPU-hours, Used: {100 * 50 / 1_000:,.1f} %" in chart
+
+
 def test_a_bad_quarter_or_an_unknown_report_is_a_clear_error(app, db, login, factory):
     client, _admin = staff_client(app, db, login, FactoryRole.ADMIN)
-    assert client.get("/reports?quarter=2030-Q5").status_code == 422
+    for query in ("quarter=2030-Q5", "quarter=0000-Q1", "quarter=9999-Q4", "quarter=1999-Q4", "site=%C2%B2"):
+        response = client.get(f"/reports?{query}")
+        assert response.status_code == 422, query
+        assert "Choose a" in response.get_data(as_text=True)
+    _token, bearer = create_api_token(db, _admin, name="dashboards", scopes=["reports:read"], ttl_days=30)
+    api = client.get("/api/v1/reports/capacity?quarter=0000-Q1", headers={"Authorization": f"Bearer {bearer}"})
+    assert api.status_code == 422 and "2000 to 2999" in api.get_json()["detail"]
     assert client.get("/reports/nonsense.csv").status_code == 404
     assert ">Reports<" in client.get("/").get_data(as_text=True)
 

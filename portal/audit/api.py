@@ -20,20 +20,20 @@ class AuditQuery(BaseModel):
     actor: str = Field(default="", max_length=200, description="Text in the actor's name or e-mail, or cli/system")
     action: AuditAction | None = None
     object_type: str = Field(default="", max_length=64, description="A table name, e.g. allocations")
-    object_id: int | None = Field(default=None, ge=1)
+    object_id: int | None = Field(default=None, ge=1, le=services.MAX_ID)
     since: date | None = Field(default=None, description="First day (UTC), included")
     until: date | None = Field(default=None, description="Last day (UTC), included")
     q: str = Field(default="", max_length=200, description="Text in the summary or the reason")
-    before: int | None = Field(default=None, ge=1, description="next_before of the previous page")
+    before: int | None = Field(default=None, ge=1, le=services.MAX_ID, description="next_before of the previous page")
     limit: int = Field(default=services.PAGE_SIZE, ge=1, le=500)
 
 
 class AuditEventOut(BaseModel):
     id: int
     occurred_at: datetime
-    actor: str
+    actor: str = Field(description="Name and e-mail as they were, or cli, system, stripe")
     actor_user_id: int | None
-    action: str
+    action: AuditAction
     object_type: str
     object_id: int | None
     summary: str
@@ -58,31 +58,7 @@ class AuditPageOut(BaseModel):
 def audit_events():  # type: ignore[no-untyped-def]
     """Audit events, newest first (admins only): role grants, awards, refunds, capacity and price changes, ..."""
     query: AuditQuery = request.context.query  # type: ignore[attr-defined]
-    filters = services.AuditFilters(
-        actor=query.actor,
-        action=query.action,
-        object_type=query.object_type,
-        object_id=query.object_id,
-        since=query.since,
-        until=query.until,
-        text=query.q,
-    )
+    filters = services.AuditFilters(**query.model_dump(exclude={"q", "before", "limit"}), text=query.q)
     page = services.search(get_db(), api_user(), filters, before=query.before, limit=query.limit)
-    events = [
-        AuditEventOut(
-            id=e.id,  # type: ignore[arg-type]
-            occurred_at=e.occurred_at,
-            actor=e.actor_label,
-            actor_user_id=e.actor_user_id,
-            action=e.action.value,
-            object_type=e.object_type,
-            object_id=e.object_id,
-            summary=e.summary,
-            reason=e.reason,
-            details=e.details,
-            request_id=e.request_id,
-            ip_address=e.ip_address,
-        )
-        for e in page.events
-    ]
+    events = [AuditEventOut.model_validate({**e.model_dump(), "actor": e.actor_label}) for e in page.events]
     return jsonify(AuditPageOut(events=events, next_before=page.next_before).model_dump(mode="json"))

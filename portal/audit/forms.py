@@ -8,7 +8,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Length, NumberRange, Optional
 
 from portal.audit.models import OBJECT_TYPES, AuditAction
-from portal.audit.services import AuditFilters
+from portal.audit.services import MAX_ID, AuditFilters
 
 
 class AuditSearchForm(FlaskForm):
@@ -26,7 +26,7 @@ class AuditSearchForm(FlaskForm):
         choices=[SelectChoice("", "any")] + [SelectChoice(t, t.replace("_", " ")) for t in OBJECT_TYPES],
         validators=[Optional()],
     )
-    object_id = IntegerField("Object id", validators=[Optional(), NumberRange(min=1)])
+    object_id = IntegerField("Object id", validators=[Optional(), NumberRange(min=1, max=MAX_ID)])
     since = DateField("From (UTC)", validators=[Optional()])
     until = DateField("To (UTC)", validators=[Optional()])
     q = StringField("Words in the summary or reason", validators=[Optional(), Length(max=200)])

@@ -21,6 +21,7 @@ class AuditAction(StrEnum):
     ROLE_REVOKED = "role_revoked"
     AGENT_TOKEN_CREATED = "agent_token_created"  # noqa: S105  (an action name, not a secret)
     ORGANISATION_VERIFIED = "organisation_verified"
+    OPERATOR_SITE_ASSIGNED = "operator_site_assigned"
     # sites, resources, capacity
     SITE_CREATED = "site_created"
     RESOURCE_CREATED = "resource_created"
@@ -31,6 +32,8 @@ class AuditAction(StrEnum):
     ALLOCATION_ADJUSTED = "allocation_adjusted"
     ALLOCATION_SUSPENDED = "allocation_suspended"
     ALLOCATION_RESUMED = "allocation_resumed"
+    SLURM_ACCOUNT_MAPPED = "slurm_account_mapped"
+    SLURM_USER_SET = "slurm_user_set"
     # calls for proposals
     CALL_CREATED = "call_created"
     CALL_STATE_CHANGED = "call_state_changed"
@@ -62,6 +65,8 @@ OBJECT_TYPES = (
     "organisations",
     "resources",
     "sites",
+    "slurm_accounts",
+    "slurm_users",
     "users",
 )
 

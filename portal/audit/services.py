@@ -21,11 +21,14 @@ from sqlmodel import Session, col, func, select
 
 from portal.audit.models import AuditAction, AuditEvent
 from portal.authz import Action, require
+from portal.errors import InvalidInput
 from portal.formatting import csv_safe
 from portal.identity.models import User
 
 #: Events per page of the search; the page costs the same few queries however long the history.
 PAGE_SIZE = 50
+#: The largest id a search may name (a 64-bit integer column).
+MAX_ID = 2**63 - 1
 #: Rows read per query while a CSV export streams.
 EXPORT_BATCH = 500
 CSV_COLUMNS = [
@@ -160,6 +163,11 @@ def search(
 ) -> AuditPage:
     """One page of matching events, newest first; ``before`` (an event id) continues where a page ended."""
     require(db, actor, Action.VIEW_AUDIT)
+    for name, value in (("object_id", filters.object_id), ("before", before)):
+        if value is not None and not 1 <= value <= MAX_ID:
+            raise InvalidInput(
+                f"The {name.replace('_', ' ')} is not an event's or object's id.", errors={name: "Not an id."}
+            )
     limit = max(1, min(limit, 500))
     stmt = select(AuditEvent).where(*_conditions(filters))
     if before is not None:

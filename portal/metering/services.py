@@ -11,6 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from portal import observability
+from portal.audit import services as audit
+from portal.audit.models import AuditAction
 from portal.authz import Action, require
 from portal.db import utcnow
 from portal.errors import InvalidInput, NotFound
@@ -176,6 +178,8 @@ def map_slurm_account(
         return existing
     mapping = SlurmAccount(cluster=cluster, account=account, allocation_id=allocation_id)
     db.add(mapping)
+    summary = f"Slurm account {account} on {cluster} draws from allocation {allocation_id}"
+    audit.record(db, actor, AuditAction.SLURM_ACCOUNT_MAPPED, mapping, summary=summary)
     try:
         db.commit()
     except IntegrityError as exc:

@@ -60,6 +60,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
+from portal.audit import services as audit
+from portal.audit.models import AuditAction
 from portal.authz import Action, require
 from portal.config import Settings, SlurmClusterConfig
 from portal.db import utcnow
@@ -378,11 +380,16 @@ def set_slurm_username(db: Session, actor: User | None, *, cluster: str, user: U
     if taken is not None and taken.user_id != user.id:
         raise InvalidInput(f"'{username}' on {cluster} belongs to another user.", errors={"username": "Taken."})
     row = db.exec(select(SlurmUser).where(SlurmUser.cluster == cluster, SlurmUser.user_id == user.id)).first()
+    before = row.username if row is not None else None
     if row is None:
         row = SlurmUser(cluster=cluster, user_id=user.id, username=username)  # type: ignore[arg-type]
         db.add(row)
     else:
         row.username = username
+    if before != username:
+        summary = f"{audit.actor_label(user)} is {username} on {cluster}"
+        details = {"user_id": user.id, "before": before, "after": username}
+        audit.record(db, actor, AuditAction.SLURM_USER_SET, row, summary=summary, details=details)
     try:
         db.commit()
     except IntegrityError as exc:

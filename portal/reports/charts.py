@@ -136,11 +136,14 @@ def chart_for(table: Table) -> Chart | None:
         labels, series = _percent_by(table, "group", "used_share_percent")
         return grouped_bars(f"{table.title}: share of use, by kind", labels, series, show=_percent, maximum=100.0)
     if table.name == "revenue_by_month":
+        months = list(dict.fromkeys(str(r["month"]) for r in table.rows))
+        net = {(str(r["month"]), r["currency"]): r["net_cents"] / 100 for r in table.rows}
+        currencies = list(dict.fromkeys(str(r["currency"]) for r in table.rows))
         return grouped_bars(
-            "Net revenue by month (EUR)",
-            [str(r["month"]) for r in table.rows],
-            {"Net": [r["net_cents"] / 100 for r in table.rows]},
-            show=lambda v: f"{v:,.2f} EUR",
+            f"Net revenue by month ({', '.join(currencies)})",
+            months,
+            {f"Net, {c}": [net[(m, c)] for m in months] for c in currencies},
+            show=lambda v: f"{v:,.2f}",
         )
     if table.name == "funnel":
         rows = table.rows[:12]

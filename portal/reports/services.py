@@ -24,6 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from portal.audit import services as audit
+from portal.audit.models import AuditAction
 from portal.authz import Action, allowed, factory_roles, require
 from portal.db import utcnow
 from portal.errors import InvalidInput, NotAuthorised, NotFound
@@ -37,6 +39,8 @@ from portal.reports.models import OperatorSite, RevenueMonth, UsageMonth
 PUBLIC_KINDS = frozenset({OrganisationKind.UNIVERSITY, OrganisationKind.PUBLIC_BODY})
 #: Projects listed per resource kind in "top projects by use".
 TOP_PROJECTS = 10
+#: The years a quarter may be asked for (a series reaches a year back; dates end at 9999).
+FIRST_YEAR, LAST_YEAR = 2000, 2999
 #: Months shown by the time series (utilisation, revenue by month), ending with the chosen quarter.
 SERIES_MONTHS = 12
 IN_REVIEW = (
@@ -93,12 +97,20 @@ def parse_filter(
         start = date(today.year, 3 * ((today.month - 1) // 3) + 1, 1)
     else:
         year, _, number = text.partition("-Q")
-        if not (year.isdigit() and len(year) == 4 and number in ("1", "2", "3", "4")):
-            raise InvalidInput("Choose a quarter like 2026-Q3.", errors={"quarter": "A quarter like 2026-Q3."})
+        if not (
+            year.isascii()
+            and year.isdigit()
+            and FIRST_YEAR <= int(year) <= LAST_YEAR
+            and number in ("1", "2", "3", "4")
+        ):
+            raise InvalidInput(
+                f"Choose a quarter like 2026-Q3, of a year from {FIRST_YEAR} to {LAST_YEAR}.",
+                errors={"quarter": "A quarter like 2026-Q3."},
+            )
         start = date(int(year), 3 * int(number) - 2, 1)
     site_id = None
     if site not in (None, ""):
-        if not str(site).isdigit():
+        if not (str(site).isascii() and str(site).isdigit()):
             raise InvalidInput("Choose a site from the list.", errors={"site": "Unknown site."})
         site_id = int(site)  # type: ignore[arg-type]
     return ReportFilter(start, site_id)
@@ -149,6 +161,23 @@ def scope_for(db: Session, actor: User, report_filter: ReportFilter) -> Scope:
     )
 
 
+def quarter_choices(db: Session, scope: Scope, today: date) -> list[str]:
+    """Quarters an operator can pick, newest first: from the first to the last quarter with capacity at the
+    sites in view (past and planned), and at least two years back and one ahead of today."""
+    this = parse_filter(None, today=today).quarter
+    first, last = db.exec(
+        select(func.min(CapacityPeriod.starts_on), func.max(CapacityPeriod.starts_on)).where(
+            col(CapacityPeriod.resource_id).in_(scope.resource_ids)
+        )
+    ).one()
+    first = min(add_months(this, -12 * 2), parse_filter(None, today=first).quarter if first else this)
+    last = max(add_months(this, 12), parse_filter(None, today=last).quarter if last else this)
+    first = max(first, date(FIRST_YEAR, 1, 1))
+    last = min(last, date(LAST_YEAR, 10, 1))
+    count = ((last.year - first.year) * 12 + last.month - first.month) // 3
+    return [ReportFilter(add_months(last, -3 * i)).label for i in range(count + 1)]
+
+
 # --- tables ----------------------------------------------------------------------------------------------
 
 
@@ -166,6 +195,24 @@ class Table:
     title: str
     columns: list[Column]
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+#: The portal's own currency (offerings' default), shown where nothing was invoiced.
+CURRENCY = "EUR"
+SIDES = ("public", "private")
+#: Columns that several tables share.
+SITE, RESOURCE, KIND = Column("site", "Site"), Column("resource", "Resource"), Column("kind", "Kind")
+MONTH, SIDE = Column("month", "Month"), Column("side", "Side")
+CAPACITY, ALLOCATED = Column("capacity", "Capacity", "quantity"), Column("allocated", "Allocated", "quantity")
+USED, USED_PERCENT = Column("used", "Used", "quantity"), Column("used_percent", "Used of capacity", "percent")
+USED_SHARE = Column("used_share_percent", "Share of use", "percent")
+CURRENCY_COLUMN = Column("currency", "Currency")
+MONEY_COLUMNS = (
+    Column("net_cents", "Net", "cents"),
+    Column("vat_cents", "VAT", "cents"),
+    Column("gross_cents", "Gross", "cents"),
+)
+NET_SHARE = Column("net_share_percent", "Share of net", "percent")
 
 
 def percent(part: int, whole: int) -> float | None:
@@ -191,14 +238,14 @@ def capacity_table(db: Session, scope: Scope) -> Table:
         "capacity",
         "Capacity, allocated and used",
         [
-            Column("site", "Site"),
-            Column("resource", "Resource"),
-            Column("kind", "Kind"),
-            Column("capacity", "Capacity", "quantity"),
-            Column("allocated", "Allocated", "quantity"),
-            Column("used", "Used", "quantity"),
+            SITE,
+            RESOURCE,
+            KIND,
+            CAPACITY,
+            ALLOCATED,
+            USED,
             Column("allocated_percent", "Allocated of capacity", "percent"),
-            Column("used_percent", "Used of capacity", "percent"),
+            USED_PERCENT,
             Column("used_of_allocated_percent", "Used of allocated", "percent"),
         ],
     )
@@ -221,16 +268,24 @@ def capacity_table(db: Session, scope: Scope) -> Table:
     return table
 
 
+def _with_organisation(stmt: Any) -> Any:
+    """``stmt`` (which selects from allocations) joined to the allocation's project and its organisation."""
+    return stmt.join(Project, Project.id == Allocation.project_id).join(  # type: ignore[arg-type]
+        Organisation,
+        Organisation.id == Project.organisation_id,  # type: ignore[arg-type]
+    )
+
+
 def _used_by(db: Session, scope: Scope, *group: Any, start: date | None = None, end: date | None = None) -> dict:  # type: ignore[type-arg]
     """Usage in [start, end) (default: the quarter) of the scope's resources, summed by ``group`` columns."""
     start = start or scope.filter.quarter
     end = end or scope.filter.quarter_end
     stmt = (
-        select(*group, func.sum(UsageMonth.amount))
-        .join(Allocation, Allocation.id == UsageMonth.allocation_id)  # type: ignore[arg-type]
-        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
-        .join(Project, Project.id == Allocation.project_id)  # type: ignore[arg-type]
-        .join(Organisation, Organisation.id == Project.organisation_id)  # type: ignore[arg-type]
+        _with_organisation(
+            select(*group, func.sum(UsageMonth.amount))
+            .join(Allocation, Allocation.id == UsageMonth.allocation_id)  # type: ignore[arg-type]
+            .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+        )
         .where(
             col(Allocation.resource_id).in_(scope.resource_ids),
             col(UsageMonth.month) >= start,
@@ -247,12 +302,12 @@ def _used_by(db: Session, scope: Scope, *group: Any, start: date | None = None, 
 def _allocated_by(db: Session, scope: Scope, *group: Any) -> dict[tuple[Any, ...], int]:
     """Capacity reserved in the quarter's periods of the scope's resources, summed by ``group`` columns."""
     rows = db.exec(
-        select(*group, func.sum(CapacityReservation.amount))
-        .join(CapacityPeriod, CapacityPeriod.id == CapacityReservation.period_id)  # type: ignore[arg-type]
-        .join(Resource, Resource.id == CapacityPeriod.resource_id)  # type: ignore[arg-type]
-        .join(Allocation, Allocation.id == CapacityReservation.allocation_id)  # type: ignore[arg-type]
-        .join(Project, Project.id == Allocation.project_id)  # type: ignore[arg-type]
-        .join(Organisation, Organisation.id == Project.organisation_id)  # type: ignore[arg-type]
+        _with_organisation(
+            select(*group, func.sum(CapacityReservation.amount))
+            .join(CapacityPeriod, CapacityPeriod.id == CapacityReservation.period_id)  # type: ignore[arg-type]
+            .join(Resource, Resource.id == CapacityPeriod.resource_id)  # type: ignore[arg-type]
+            .join(Allocation, Allocation.id == CapacityReservation.allocation_id)  # type: ignore[arg-type]
+        )
         .where(
             col(CapacityPeriod.resource_id).in_(scope.resource_ids),
             _in_quarter(col(CapacityPeriod.starts_on), scope.filter),
@@ -281,13 +336,13 @@ def utilisation_table(db: Session, scope: Scope) -> Table:
         "utilisation",
         "Utilisation by month",
         [
-            Column("month", "Month"),
-            Column("site", "Site"),
-            Column("resource", "Resource"),
-            Column("kind", "Kind"),
-            Column("capacity", "Capacity", "quantity"),
-            Column("used", "Used", "quantity"),
-            Column("used_percent", "Used of capacity", "percent"),
+            MONTH,
+            SITE,
+            RESOURCE,
+            KIND,
+            CAPACITY,
+            USED,
+            USED_PERCENT,
         ],
     )
     for resource, site in scope.resources:
@@ -336,10 +391,10 @@ def _grouped_table(
         title,
         [
             Column("group", label),
-            Column("kind", "Kind"),
-            Column("allocated", "Allocated", "quantity"),
-            Column("used", "Used", "quantity"),
-            Column("used_share_percent", "Share of use", "percent"),
+            KIND,
+            ALLOCATED,
+            USED,
+            USED_SHARE,
         ],
     )
     for kind in kinds:
@@ -361,7 +416,7 @@ def _always_listed(name: str) -> set[str]:
     if name == "sectors":
         return {k.label for k in OrganisationKind}
     if name == "public_private":
-        return {"public", "private"}
+        return set(SIDES)
     return set()
 
 
@@ -404,15 +459,15 @@ def top_projects_table(db: Session, scope: Scope) -> Table:
         "top_projects",
         "Top projects by use",
         [
-            Column("kind", "Kind"),
+            KIND,
             Column("rank", "Rank", "int"),
             Column("project_id", "Project id", "int"),
             Column("project", "Project"),
             Column("organisation", "Organisation"),
             Column("sector", "Sector"),
             Column("country", "Country"),
-            Column("used", "Used", "quantity"),
-            Column("used_share_percent", "Share of use", "percent"),
+            USED,
+            USED_SHARE,
         ],
     )
     for kind, ranked in top.items():
@@ -498,79 +553,88 @@ def _state_counter(by_state: dict[tuple[int, str], int], call_id: int) -> Callab
     return count
 
 
-def _revenue(db: Session, scope: Scope, *group: Any, start: date, end: date) -> list[Any]:
-    return list(
-        db.exec(
-            select(
-                *group,
-                func.sum(RevenueMonth.quantity),
-                func.sum(RevenueMonth.net_cents),
-                func.sum(RevenueMonth.vat_cents),
-                func.sum(RevenueMonth.gross_cents),
-            )
-            .join(Offering, Offering.id == RevenueMonth.offering_id)  # type: ignore[arg-type]
-            .join(Organisation, Organisation.id == RevenueMonth.organisation_id)  # type: ignore[arg-type]
-            .where(
-                col(Offering.resource_id).in_(scope.resource_ids),
-                col(RevenueMonth.month) >= start,
-                col(RevenueMonth.month) < end,
-            )
-            .group_by(*group)
-        ).all()
-    )
+def _revenue(db: Session, scope: Scope, *group: Any, start: date, end: date) -> dict[tuple[Any, ...], list[int]]:
+    """Invoiced [quantity, net, VAT, gross] in [start, end) of the scope's offerings, summed by ``group``
+    columns and the offering's currency (the key's last item): amounts in different currencies never add up."""
+    rows = db.exec(
+        select(
+            *group,
+            col(Offering.currency),
+            func.sum(RevenueMonth.quantity),
+            func.sum(RevenueMonth.net_cents),
+            func.sum(RevenueMonth.vat_cents),
+            func.sum(RevenueMonth.gross_cents),
+        )
+        .join(Offering, Offering.id == RevenueMonth.offering_id)  # type: ignore[arg-type]
+        .join(Organisation, Organisation.id == RevenueMonth.organisation_id)  # type: ignore[arg-type]
+        .where(
+            col(Offering.resource_id).in_(scope.resource_ids),
+            col(RevenueMonth.month) >= start,
+            col(RevenueMonth.month) < end,
+        )
+        .group_by(*group, col(Offering.currency))
+    ).all()
+    return {tuple(row[:-4]): [int(x) for x in row[-4:]] for row in rows}
+
+
+def _currencies(sums: dict[tuple[Any, ...], list[int]]) -> list[str]:
+    """The currencies invoiced, or the portal's own where nothing was."""
+    return sorted({key[-1] for key in sums}) or [CURRENCY]
 
 
 def revenue_by_month_table(db: Session, scope: Scope) -> Table:
-    """Net, VAT and gross invoiced per month, the twelve months up to the quarter's end."""
+    """Net, VAT and gross invoiced per month (and currency), the twelve months up to the quarter's end."""
     require_revenue(scope)
     f = scope.filter
-    rows = _revenue(db, scope, col(RevenueMonth.month), start=f.series_start, end=f.quarter_end)
-    sums = {m: (int(n), int(v), int(g)) for m, _q, n, v, g in rows}
-    table = Table(
-        "revenue_by_month",
-        "Revenue by month",
-        [
-            Column("month", "Month"),
-            Column("net_cents", "Net", "cents"),
-            Column("vat_cents", "VAT", "cents"),
-            Column("gross_cents", "Gross", "cents"),
-        ],
-    )
-    for month in f.months():
-        net, vat, gross = sums.get(month, (0, 0, 0))
-        table.rows.append({"month": month.strftime("%Y-%m"), "net_cents": net, "vat_cents": vat, "gross_cents": gross})
+    sums = _revenue(db, scope, col(RevenueMonth.month), start=f.series_start, end=f.quarter_end)
+    table = Table("revenue_by_month", "Revenue by month", [MONTH, CURRENCY_COLUMN, *MONEY_COLUMNS])
+    for currency in _currencies(sums):
+        for month in f.months():
+            _quantity, net, vat, gross = sums.get((month, currency), [0, 0, 0, 0])
+            table.rows.append(
+                {
+                    "month": month.strftime("%Y-%m"),
+                    "currency": currency,
+                    "net_cents": net,
+                    "vat_cents": vat,
+                    "gross_cents": gross,
+                }
+            )
     return table
 
 
 def revenue_by_offering_table(db: Session, scope: Scope) -> Table:
-    """Per offering of the sites in view, for the quarter: hours invoiced, net and gross, share of net."""
+    """Per offering of the sites in view, for the quarter: hours invoiced, net, VAT and gross, share of net
+    (of the offering's currency)."""
     require_revenue(scope)
     f = scope.filter
     sums = {
-        int(o): (int(q), int(n), int(g))
-        for o, q, n, _v, g in _revenue(db, scope, col(RevenueMonth.offering_id), start=f.quarter, end=f.quarter_end)
+        o: v
+        for (o, _c), v in _revenue(db, scope, col(RevenueMonth.offering_id), start=f.quarter, end=f.quarter_end).items()
     }
     offerings = db.exec(
         select(Offering).where(col(Offering.resource_id).in_(scope.resource_ids)).order_by(Offering.title, Offering.id)
     ).all()
     where = {r.id: (r, s) for r, s in scope.resources}
-    total = sum(n for _q, n, _g in sums.values())
+    totals: dict[str, int] = {}
+    for offering in offerings:
+        totals[offering.currency] = totals.get(offering.currency, 0) + sums.get(offering.id, [0, 0])[1]
     table = Table(
         "revenue_by_offering",
         "Revenue by offering",
         [
             Column("offering_id", "Offering id", "int"),
             Column("offering", "Offering"),
-            Column("site", "Site"),
-            Column("resource", "Resource"),
+            SITE,
+            RESOURCE,
             Column("hours", "Hours invoiced", "int"),
-            Column("net_cents", "Net", "cents"),
-            Column("gross_cents", "Gross", "cents"),
-            Column("net_share_percent", "Share of net", "percent"),
+            CURRENCY_COLUMN,
+            *MONEY_COLUMNS,
+            NET_SHARE,
         ],
     )
     for offering in offerings:
-        quantity, net, gross = sums.get(offering.id, (0, 0, 0))  # type: ignore[arg-type]
+        quantity, net, vat, gross = sums.get(offering.id, [0, 0, 0, 0])
         resource, site = where[offering.resource_id]
         table.rows.append(
             {
@@ -579,38 +643,43 @@ def revenue_by_offering_table(db: Session, scope: Scope) -> Table:
                 "site": site.name,
                 "resource": resource.name,
                 "hours": quantity,
+                "currency": offering.currency,
                 "net_cents": net,
+                "vat_cents": vat,
                 "gross_cents": gross,
-                "net_share_percent": percent(net, total),
+                "net_share_percent": percent(net, totals[offering.currency]),
             }
         )
     return table
 
 
 def revenue_public_private_table(db: Session, scope: Scope) -> Table:
-    """Net and gross invoiced in the quarter to public and to private organisations."""
+    """Net, VAT and gross invoiced in the quarter to public and to private organisations, per currency."""
     require_revenue(scope)
     f = scope.filter
-    sums: dict[str, list[int]] = {"public": [0, 0], "private": [0, 0]}
-    for kind, _q, net, _v, gross in _revenue(db, scope, col(Organisation.kind), start=f.quarter, end=f.quarter_end):
-        sums[side_of(kind)][0] += int(net)
-        sums[side_of(kind)][1] += int(gross)
-    total = sums["public"][0] + sums["private"][0]
+    found = _revenue(db, scope, col(Organisation.kind), start=f.quarter, end=f.quarter_end)
+    sums: dict[tuple[str, str], list[int]] = {}
+    for (kind, currency), amounts in found.items():
+        into = sums.setdefault((side_of(kind), currency), [0, 0, 0, 0])
+        for i, amount in enumerate(amounts):
+            into[i] += amount
     table = Table(
-        "revenue_public_private",
-        "Public and private revenue",
-        [
-            Column("side", "Side"),
-            Column("net_cents", "Net", "cents"),
-            Column("gross_cents", "Gross", "cents"),
-            Column("net_share_percent", "Share of net", "percent"),
-        ],
+        "revenue_public_private", "Public and private revenue", [SIDE, CURRENCY_COLUMN, *MONEY_COLUMNS, NET_SHARE]
     )
-    for side in ("public", "private"):
-        net, gross = sums[side]
-        table.rows.append(
-            {"side": side, "net_cents": net, "gross_cents": gross, "net_share_percent": percent(net, total)}
-        )
+    for currency in _currencies(found):
+        total = sum(v[1] for (_side, c), v in sums.items() if c == currency)
+        for side in SIDES:
+            _quantity, net, vat, gross = sums.get((side, currency), [0, 0, 0, 0])
+            table.rows.append(
+                {
+                    "side": side,
+                    "currency": currency,
+                    "net_cents": net,
+                    "vat_cents": vat,
+                    "gross_cents": gross,
+                    "net_share_percent": percent(net, total),
+                }
+            )
     return table
 
 
@@ -664,6 +733,9 @@ def assign_site(db: Session, actor: User | None, operator: User, site: Site) -> 
         return existing
     assignment = OperatorSite(user_id=operator.id, site_id=site.id)  # type: ignore[arg-type]
     db.add(assignment)
+    summary = f"{audit.actor_label(operator)} sees the reports of {site.name} ({site.code})"
+    details = {"site_id": site.id, "site": site.code}
+    audit.record(db, actor or "cli", AuditAction.OPERATOR_SITE_ASSIGNED, operator, summary=summary, details=details)
     db.commit()
     return assignment
 

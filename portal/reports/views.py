@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date
 
 from flask import Blueprint, Response, render_template, request
 from flask_login import login_required
@@ -26,22 +25,17 @@ def _filter() -> services.ReportFilter:
     return services.parse_filter(request.args.get("quarter"), request.args.get("site"))
 
 
-def quarter_choices(today: date) -> list[str]:
-    """Quarters from two years back to one ahead, newest first."""
-    this = services.parse_filter(None, today=today).quarter
-    return [services.ReportFilter(services.add_months(this, 3 * i)).label for i in range(4, -9, -1)]
-
-
 def _page(page: str):  # type: ignore[no-untyped-def]
     report_filter = _filter()
-    scope, tables = services.page_tables(get_db(), actor(), page, report_filter)
+    db = get_db()
+    scope, tables = services.page_tables(db, actor(), page, report_filter)
     return render_template(
         "reports/dashboard.html",
         page=page,
         pages=PAGES,
         scope=scope,
         tables=[(t, chart_for(t)) for t in tables],
-        quarters=quarter_choices(utcnow().date()),
+        quarters=services.quarter_choices(db, scope, utcnow().date()),
         query={k: v for k, v in request.args.items() if k in ("quarter", "site") and v},
     )
 
@@ -91,7 +85,7 @@ def report_cell(value: object, column: services.Column, row: dict) -> str:  # ty
     if column.format == "quantity":
         return quantity(value, row["kind"])  # type: ignore[arg-type]
     if column.format == "cents":
-        return money(value, "EUR")  # type: ignore[arg-type]
+        return money(value, row.get("currency", services.CURRENCY))  # type: ignore[arg-type]
     if column.format == "percent":
         return f"{value:,.1f} %"
     if column.format == "int":
