@@ -108,16 +108,23 @@ def build_shop(engine: sa.Engine, settings: Settings, capacity_hours: int) -> Sh
             db, [(today - timedelta(days=1), today + timedelta(days=200))], capacity=capacity_hours * HOUR
         )
         offering = market.create_offering(
-            db, None, resource=world.gpu, title="H100 hours", price_cents=250, max_quantity=500, validity_months=3
+            db,
+            None,
+            resource=world.gpu,
+            title="H100 hours",
+            price_cents=250,
+            max_quantity=500,
+            validity_months=3,
+            reason="benchmark data",
         )
-        market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
+        market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="benchmark data")
         staff = person(db, "Staff")
-        grant_role(db, None, staff, FactoryRole.ADMIN)
+        grant_role(db, None, staff, FactoryRole.ADMIN, reason="benchmark data")
         buyer = person(db, "Buyer")
         org = projects.create_organisation(
             db, buyer, name="Kaunas Vision UAB", kind="sme", country="LT", vat_number="LT119511515"
         )
-        projects.verify_organisation(db, staff, org)
+        projects.verify_organisation(db, staff, org, reason="benchmark data")
         project = projects.create_project(db, buyer, org, title="Shelf vision")
         return Shop(settings, buyer.id, project.id, offering.id)  # type: ignore[arg-type]
 

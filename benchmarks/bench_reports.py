@@ -103,23 +103,50 @@ def build(url: str) -> World:
     with Session(engine, expire_on_commit=False) as db:
         resources = []
         for code, name, country in (("waw", "Warsaw", "PL"), ("rix", "Riga", "LV")):
-            site = ledger.create_site(db, None, code=code, name=name, city=name, country=country)
-            gpu = ledger.create_resource(
-                db, None, site, code="h100", name="H100 GPU-hours", kind=ResourceKind.GPU, gpu_model="H100"
+            site = ledger.create_site(
+                db, None, code=code, name=name, city=name, country=country, reason="benchmark data"
             )
-            cpu = ledger.create_resource(db, None, site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+            gpu = ledger.create_resource(
+                db,
+                None,
+                site,
+                code="h100",
+                name="H100 GPU-hours",
+                kind=ResourceKind.GPU,
+                gpu_model="H100",
+                reason="benchmark data",
+            )
+            cpu = ledger.create_resource(
+                db, None, site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="benchmark data"
+            )
             for starts_on, ends_on in QUARTERS:
                 for resource in (gpu, cpu):
                     capacity = ORGANISATIONS * AWARD
-                    ledger.set_capacity(db, None, resource, starts_on=starts_on, ends_on=ends_on, capacity=capacity)
+                    ledger.set_capacity(
+                        db,
+                        None,
+                        resource,
+                        starts_on=starts_on,
+                        ends_on=ends_on,
+                        capacity=capacity,
+                        reason="benchmark data",
+                    )
             resources.append(gpu)
         admin = person(db, "Admin")
-        grant_role(db, None, admin, FactoryRole.ADMIN)
+        grant_role(db, None, admin, FactoryRole.ADMIN, reason="benchmark data")
         _token, plain = create_api_token(db, admin, name="bench", scopes=["reports:read"], ttl_days=30)
         owner = person(db, "Owner")
         settings = load_settings(env="test")
         offerings = [
-            market.create_offering(db, None, resource=r, title=f"H100 hours {i}", price_cents=250, max_quantity=1000)
+            market.create_offering(
+                db,
+                None,
+                resource=r,
+                title=f"H100 hours {i}",
+                price_cents=250,
+                max_quantity=1000,
+                reason="benchmark data",
+            )
             for i, r in enumerate(resources)
         ]
         allocations, invoices = [], []

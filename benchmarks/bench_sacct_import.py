@@ -226,7 +226,12 @@ def build_world(url: str) -> list[int]:
                 db, project, res, ALLOCATION_AMOUNT, at(2026, 7, 1), at(2027, 1, 1), f"{res.name} {account:03d}"
             )
             metering.map_slurm_account(
-                db, None, cluster=CLUSTER, account=f"proj{account:03d}", allocation_id=allocation.id
+                db,
+                None,
+                cluster=CLUSTER,
+                account=f"proj{account:03d}",
+                allocation_id=allocation.id,
+                reason="benchmark data",
             )
             allocation_ids.append(allocation.id)
     engine.dispose()

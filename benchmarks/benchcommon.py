@@ -132,14 +132,27 @@ def person(db: Session, name: str) -> User:
 
 def make_site(db: Session, quarters: list[tuple[date, date]], *, capacity: int) -> SiteWorld:
     """A site with a GPU and a CPU resource, ``capacity`` base units planned in each quarter, and a PI."""
-    site = ledger.create_site(db, None, code="bench", name="Bench Centre", city="Riga", country="LV")
-    gpu = ledger.create_resource(
-        db, None, site, code="h100", name="H100 GPU-hours", kind=ResourceKind.GPU, gpu_model="H100"
+    site = ledger.create_site(
+        db, None, code="bench", name="Bench Centre", city="Riga", country="LV", reason="benchmark data"
     )
-    cpu = ledger.create_resource(db, None, site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    gpu = ledger.create_resource(
+        db,
+        None,
+        site,
+        code="h100",
+        name="H100 GPU-hours",
+        kind=ResourceKind.GPU,
+        gpu_model="H100",
+        reason="benchmark data",
+    )
+    cpu = ledger.create_resource(
+        db, None, site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="benchmark data"
+    )
     for starts_on, ends_on in quarters:
         for res in (gpu, cpu):
-            ledger.set_capacity(db, None, res, starts_on=starts_on, ends_on=ends_on, capacity=capacity)
+            ledger.set_capacity(
+                db, None, res, starts_on=starts_on, ends_on=ends_on, capacity=capacity, reason="benchmark data"
+            )
     return SiteWorld(site, gpu, cpu, person(db, "Pi"))
 
 

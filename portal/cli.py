@@ -12,6 +12,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from pydantic import ValidationError
 
 from portal import create_app
+from portal.audit.cli import reason_option
 from portal.errors import DomainError
 
 
@@ -105,8 +106,9 @@ def users() -> None:
 @users.command("grant-role")
 @click.argument("email")
 @click.argument("role", type=click.Choice(["admin", "finance", "site_operator", "reviewer"]))
+@reason_option
 @with_appcontext
-def grant_role_command(email: str, role: str) -> None:
+def grant_role_command(email: str, role: str, reason: str) -> None:
     """Give the user with EMAIL a factory ROLE."""
     from portal.db import get_db
     from portal.identity.models import FactoryRole
@@ -114,9 +116,9 @@ def grant_role_command(email: str, role: str) -> None:
 
     try:
         user = find_user_by_email(get_db(), email)
-        grant_role(get_db(), None, user, FactoryRole(role))
+        grant_role(get_db(), None, user, FactoryRole(role), reason=reason)
     except DomainError as exc:
-        raise click.ClickException(exc.detail) from exc
+        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
     click.echo(f"{user.display_name} <{user.email}> is now {role}")
 
 

@@ -185,7 +185,7 @@ def seed_demo_data(db: Session, settings: Settings) -> None:
     admin = person("eidas", DEMO_PROVIDERS[0].users[1])
     jonas = person("myaccessid", DEMO_PROVIDERS[1].users[0])
     liis = person("tara", DEMO_PROVIDERS[2].users[0])
-    grant_role(db, None, admin, FactoryRole.ADMIN)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="demo data")
 
     uw = projects.create_organisation(
         db,
@@ -238,8 +238,8 @@ def seed_demo_data(db: Session, settings: Settings) -> None:
         profiles=["cpu"],
     )
     gpus = db.exec(select(Resource).where(Resource.kind == ResourceKind.GPU).order_by(Resource.id)).all()
-    ensure_default_calls(db, admin, list(gpus))
-    projects.verify_organisation(db, admin, startup)
+    ensure_default_calls(db, admin, list(gpus), reason="demo data")
+    projects.verify_organisation(db, admin, startup, reason="demo data")
     for resource in gpus[:4]:
         offering = market.create_offering(
             db,
@@ -250,15 +250,16 @@ def seed_demo_data(db: Session, settings: Settings) -> None:
             max_quantity=2_000,
             min_quantity=10,
             validity_months=6,
+            reason="demo data",
         )
-        market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
+        market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="demo data")
 
 
 def _seed_compute(db: Session, llm: Project, speech: Project, shelf: Project) -> dict[str, Allocation]:
     """Sites with planned capacity, three allocations and a month of usage, so pages have something to show."""
     today = utcnow().date()
     month_ago = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=30)
-    ensure_sites(db, plan_quarters_from=month_ago.date(), quarters=4)
+    ensure_sites(db, plan_quarters_from=month_ago.date(), quarters=4, reason="demo data")
 
     def resource(site: str, code: str) -> Resource:
         return db.exec(

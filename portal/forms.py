@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
+from wtforms import StringField
 
+from portal.audit.services import REASON_LENGTH
 from portal.errors import InvalidInput
 
 
 class ActionForm(FlaskForm):
     """A button-only form: it carries the CSRF token and nothing else."""
+
+
+def reason_field(label: str = "Why? (kept in the audit log)", *, id: str = "reason") -> StringField:
+    """The reason every form of a privileged action asks for; the service checks it (``audit.require_reason``).
+
+    ``id`` tells the fields apart where one page has several such forms (the name stays ``reason``).
+    """
+    shortest, longest = REASON_LENGTH
+    return StringField(label, id=id, render_kw={"required": True, "minlength": shortest, "maxlength": longest})
+
+
+class ReasonForm(FlaskForm):
+    """A button with the reason for its privileged action (revoking a role, verifying an organisation)."""
+
+    reason = reason_field()
 
 
 def apply_errors(form: FlaskForm, exc: InvalidInput) -> None:

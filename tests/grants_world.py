@@ -91,8 +91,9 @@ def make_call(
         questions=QUESTIONS if questions is None else questions,
         criteria=CRITERIA if mode == ReviewMode.PEER_REVIEW else [],
         duration_months=3,
+        reason="test setup",
     )
-    grants.set_call_state(db, manager, call, CallState.OPEN)
+    grants.set_call_state(db, manager, call, CallState.OPEN, reason="test setup")
     return call
 
 
@@ -101,7 +102,9 @@ def plan_capacity_from_today(db: Session, resource, hours: int = 10_000) -> None
     start = date.today()
     for _ in range(3):
         q_start, q_end = ledger.quarter_of(start)
-        ledger.set_capacity(db, None, resource, starts_on=q_start, ends_on=q_end, capacity=hours * HOUR)
+        ledger.set_capacity(
+            db, None, resource, starts_on=q_start, ends_on=q_end, capacity=hours * HOUR, reason="test setup"
+        )
         start = q_end
 
 
@@ -135,5 +138,5 @@ def complete_draft(db: Session, g: GrantWorld, hours: int = 200) -> Application:
 
 def staff(db: Session, role: FactoryRole, name: str) -> User:
     user = person(db, name)
-    grant_role(db, None, user, role)
+    grant_role(db, None, user, role, reason="test setup")
     return user

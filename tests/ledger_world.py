@@ -43,7 +43,7 @@ def person(db: Session, name: str = "Person") -> User:
 
 def admin(db: Session) -> User:
     user = person(db, "Admin")
-    grant_role(db, None, user, FactoryRole.ADMIN)
+    grant_role(db, None, user, FactoryRole.ADMIN, reason="test setup")
     return user
 
 
@@ -66,7 +66,13 @@ def make_world(
     code: str | None = None,
 ) -> World:
     site = ledger.create_site(
-        db, None, code=code or f"s{uuid.uuid4().hex[:8]}", name="Test Centre", city="Riga", country="LV"
+        db,
+        None,
+        code=code or f"s{uuid.uuid4().hex[:8]}",
+        name="Test Centre",
+        city="Riga",
+        country="LV",
+        reason="test setup",
     )
     gpu = ledger.create_resource(
         db,
@@ -77,9 +83,14 @@ def make_world(
         kind=ResourceKind.GPU,
         gpu_model="H100",
         overbooking_permille=overbooking_permille,
+        reason="test setup",
     )
-    ledger.set_capacity(db, None, gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=q1_gpu_hours * HOUR)
-    ledger.set_capacity(db, None, gpu, starts_on=Q2[0], ends_on=Q2[1], capacity=q2_gpu_hours * HOUR)
+    ledger.set_capacity(
+        db, None, gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=q1_gpu_hours * HOUR, reason="test setup"
+    )
+    ledger.set_capacity(
+        db, None, gpu, starts_on=Q2[0], ends_on=Q2[1], capacity=q2_gpu_hours * HOUR, reason="test setup"
+    )
     pi = person(db, "Pi")
     org = projects.create_organisation(db, pi, name="Uni", kind="university", country="LV")
     project = projects.create_project(db, pi, org, title="Vision")

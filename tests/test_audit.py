@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -20,18 +22,20 @@ from portal.audit import services as audit
 from portal.audit.models import AuditAction, AuditEvent
 from portal.errors import InvalidInput, NotAuthorised
 from portal.grants import services as grants
-from portal.grants.models import Award, CallState, ReviewKind, ReviewMode
-from portal.identity.models import FactoryRole, RoleGrant
+from portal.grants.models import AccessMode, Award, Call, CallState, ReviewKind, ReviewMode
+from portal.identity.models import ApiToken, FactoryRole, RoleGrant
 from portal.identity.services import create_agent_token, create_api_token, grant_role, revoke_role
 from portal.ledger import services as ledger
-from portal.ledger.models import AllocationSource, AllocationState, ResourceKind
+from portal.ledger.models import AllocationSource, AllocationState, CapacityPeriod, Resource, ResourceKind, Site
 from portal.market import services as market
-from portal.market.models import OfferingState, Order, OrderState, StripeEvent
+from portal.market.models import Offering, OfferingState, Order, OrderState, StripeEvent
+from portal.metering.models import SlurmAccount, SlurmUser
 from portal.metering.services import map_slurm_account
 from portal.metering.slurm import set_slurm_username
 from portal.migrations import upgrade
 from portal.projects import services as projects
 from portal.reports import services as reports
+from portal.reports.models import OperatorSite
 from tests.conftest import portal_cli, post_form
 from tests.grants_world import complete_draft, mail_settings, make_grant_world, staff
 from tests.ledger_world import HOUR, Q1, admin, at, make_world, open_q1, person
@@ -66,13 +70,13 @@ def test_granting_and_revoking_a_role_on_the_users_page_records_the_admin_and_th
     client: FlaskClient, db: Session, login
 ) -> None:
     boss = login(client, given_name="Agnes", family_name="Admin")
-    grant_role(db, None, boss, FactoryRole.ADMIN)
+    grant_role(db, None, boss, FactoryRole.ADMIN, reason="test setup")
     someone = person(db, "Teodors")
     since = mark(db)
     response = post_form(
         client,
         f"/admin/users/{someone.id}/roles",
-        {"role": "finance"},
+        {"role": "finance", "reason": "  Runs the invoices from May  "},
         headers={"X-Request-ID": "req-grant-42"},
     )
     assert response.status_code == 302
@@ -86,33 +90,38 @@ def test_granting_and_revoking_a_role_on_the_users_page_records_the_admin_and_th
     assert event.actor_label == f"{boss.display_name} <{boss.email}>"
     assert event.summary == f"Teodors <{someone.email}> is now finance"
     assert event.request_id == "req-grant-42" and event.ip_address == "127.0.0.1"
+    assert event.reason == "Runs the invoices from May"
     assert event.occurred_at.tzinfo is not None and datetime.now(UTC) - event.occurred_at < timedelta(minutes=1)
 
     since = mark(db)
-    assert post_form(client, f"/admin/users/{someone.id}/roles/finance/revoke").status_code == 302
+    revoke = f"/admin/users/{someone.id}/roles/finance/revoke"
+    assert post_form(client, revoke, {"reason": "Left the finance team"}).status_code == 302
     event = only_event(db, since)
-    assert (event.action, event.actor_user_id, event.summary) == (
+    assert (event.action, event.actor_user_id, event.summary, event.reason) == (
         AuditAction.ROLE_REVOKED,
         boss.id,
         f"Teodors <{someone.email}> is no longer finance",
+        "Left the finance team",
     )
 
 
 def test_a_role_granted_on_the_command_line_is_recorded_as_cli(app, db: Session) -> None:  # type: ignore[no-untyped-def]
     someone = person(db, "Ilze")
     since = mark(db)
-    result = portal_cli(app, "users", "grant-role", someone.email or "", "site_operator")
+    why = ("--reason", "Operates the Riga site from June")
+    result = portal_cli(app, "users", "grant-role", someone.email or "", "site_operator", *why)
     assert result.returncode == 0, result.stderr
     event = only_event(db, since)
-    assert (event.action, event.actor_user_id, event.actor_label, event.object_id) == (
+    assert (event.action, event.actor_user_id, event.actor_label, event.object_id, event.reason) == (
         AuditAction.ROLE_GRANTED,
         None,
         "cli",
         someone.id,
+        "Operates the Riga site from June",
     )
     assert event.request_id is None and event.ip_address is None
     # granting a role someone already holds changes nothing, so records nothing
-    assert portal_cli(app, "users", "grant-role", someone.email or "", "site_operator").returncode == 0
+    assert portal_cli(app, "users", "grant-role", someone.email or "", "site_operator", *why).returncode == 0
     assert added_since(db, event.id) == []  # type: ignore[arg-type]
 
 
@@ -120,10 +129,10 @@ def test_refused_role_changes_leave_no_event(db: Session) -> None:
     boss, someone, intruder = admin(db), person(db, "Someone"), person(db, "Intruder")
     since = mark(db)
     with pytest.raises(NotAuthorised):
-        grant_role(db, intruder, intruder, FactoryRole.ADMIN)
+        grant_role(db, intruder, intruder, FactoryRole.ADMIN, reason="test setup")
     db.rollback()
     with pytest.raises(Exception, match="does not hold"):
-        revoke_role(db, boss, someone, FactoryRole.FINANCE)
+        revoke_role(db, boss, someone, FactoryRole.FINANCE, reason="test setup")
     db.rollback()
     assert added_since(db, since) == []
     assert db.exec(select(RoleGrant).where(RoleGrant.user_id == intruder.id)).all() == []
@@ -235,12 +244,16 @@ def test_capacity_and_overbooking_changes_record_before_and_after(db: Session) -
     operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
     since = mark(db)
     with pytest.raises(ledger.CapacityExhausted):
-        ledger.set_capacity(db, operator, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=50 * HOUR)
+        ledger.set_capacity(
+            db, operator, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=50 * HOUR, reason="test setup"
+        )
     with pytest.raises(InvalidInput):
-        ledger.set_overbooking(db, operator, world.gpu, 500)
+        ledger.set_overbooking(db, operator, world.gpu, 500, reason="test setup")
     assert added_since(db, since) == []
 
-    period = ledger.set_capacity(db, operator, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=80 * HOUR)
+    period = ledger.set_capacity(
+        db, operator, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=80 * HOUR, reason="test setup"
+    )
     event = only_event(db, since)
     assert (event.action, event.actor_user_id, event.object_type, event.object_id) == (
         AuditAction.CAPACITY_CHANGED,
@@ -251,7 +264,7 @@ def test_capacity_and_overbooking_changes_record_before_and_after(db: Session) -
     assert event.summary == "H100 GPU-hours, 2030-01-01 to 2030-04-01: 100.0 GPU-hours -> 80.0 GPU-hours"
     assert event.details == {"resource_id": world.gpu.id, "before": 100 * HOUR, "after": 80 * HOUR}
 
-    ledger.set_overbooking(db, operator, world.gpu, 1250)
+    ledger.set_overbooking(db, operator, world.gpu, 1250, reason="test setup")
     event = only_event(db, event.id)  # type: ignore[arg-type]
     assert (event.action, event.object_type, event.details) == (
         AuditAction.OVERBOOKING_CHANGED,
@@ -263,9 +276,11 @@ def test_capacity_and_overbooking_changes_record_before_and_after(db: Session) -
 def test_new_sites_and_resources_are_recorded_and_a_failed_commit_leaves_no_event(db: Session) -> None:
     boss = admin(db)
     since = mark(db)
-    site = ledger.create_site(db, boss, code="tll2", name="Tallinn Two", city="Tallinn", country="ee")
+    site = ledger.create_site(
+        db, boss, code="tll2", name="Tallinn Two", city="Tallinn", country="ee", reason="test setup"
+    )
     resource = ledger.create_resource(
-        db, boss, site, code="h200", name="H200 GPU-hours", kind=ResourceKind.GPU, gpu_model="H200"
+        db, boss, site, code="h200", name="H200 GPU-hours", kind=ResourceKind.GPU, gpu_model="H200", reason="test setup"
     )
     created = added_since(db, since)
     assert [(e.action, e.object_type, e.object_id, e.actor_user_id) for e in created] == [
@@ -274,19 +289,23 @@ def test_new_sites_and_resources_are_recorded_and_a_failed_commit_leaves_no_even
     ]
     # the event is written in the action's transaction: when the database refuses the row, both are gone
     with pytest.raises(InvalidInput, match="already has a resource"):
-        ledger.create_resource(db, boss, site, code="h200", name="Again", kind=ResourceKind.GPU, gpu_model="H200")
+        ledger.create_resource(
+            db, boss, site, code="h200", name="Again", kind=ResourceKind.GPU, gpu_model="H200", reason="test setup"
+        )
     assert added_since(db, created[-1].id) == []  # type: ignore[arg-type]
 
 
 def test_offering_creation_price_details_and_state_changes_are_recorded(app, client, db, login) -> None:  # type: ignore[no-untyped-def]
     world = make_world(db)
     operator = login(client, given_name="Sandra", family_name="Operator")
-    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR)
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR, reason="test setup")
     since = mark(db)
     with pytest.raises(InvalidInput):
-        market.create_offering(db, operator, resource=world.gpu, title="", price_cents=0, max_quantity=5)
+        market.create_offering(
+            db, operator, resource=world.gpu, title="", price_cents=0, max_quantity=5, reason="test setup"
+        )
     offering = market.create_offering(
-        db, operator, resource=world.gpu, title="H100 hours", price_cents=250, max_quantity=50
+        db, operator, resource=world.gpu, title="H100 hours", price_cents=250, max_quantity=50, reason="test setup"
     )
     created = only_event(db, since)
     assert (created.action, created.object_id, created.summary) == (
@@ -296,14 +315,18 @@ def test_offering_creation_price_details_and_state_changes_are_recorded(app, cli
     )
     # the price through the staff page
     response = post_form(
-        client, f"/admin/offerings/{offering.id}", {"price": "3.10"}, page=f"/admin/offerings/{offering.id}"
+        client,
+        f"/admin/offerings/{offering.id}",
+        {"price": "3.10", "reason": "Electricity costs rose 20 %"},
+        page=f"/admin/offerings/{offering.id}",
     )
     assert response.status_code in (302, 303), response.get_data(as_text=True)
     priced = only_event(db, created.id)  # type: ignore[arg-type]
-    assert (priced.action, priced.actor_user_id, priced.details) == (
+    assert (priced.action, priced.actor_user_id, priced.details, priced.reason) == (
         AuditAction.PRICE_CHANGED,
         operator.id,
         {"before_cents": 250, "after_cents": 310},
+        "Electricity costs rose 20 %",
     )
     market.update_offering(
         db,
@@ -314,6 +337,7 @@ def test_offering_creation_price_details_and_state_changes_are_recorded(app, cli
         min_quantity=1,
         max_quantity=80,
         validity_months=6,
+        reason="test setup",
     )
     updated = only_event(db, priced.id)  # type: ignore[arg-type]
     assert updated.action == AuditAction.OFFERING_UPDATED
@@ -321,7 +345,7 @@ def test_offering_creation_price_details_and_state_changes_are_recorded(app, cli
         "description": {"before": "", "after": "Now with NVLink"},
         "max_quantity": {"before": 50, "after": 80},
     }
-    market.set_offering_state(db, operator, offering, OfferingState.PUBLISHED)
+    market.set_offering_state(db, operator, offering, OfferingState.PUBLISHED, reason="test setup")
     published = only_event(db, updated.id)  # type: ignore[arg-type]
     assert (published.action, published.summary) == (
         AuditAction.OFFERING_STATE_CHANGED,
@@ -393,7 +417,7 @@ def test_calls_and_award_decisions_are_recorded_with_the_managers_reasons(db: Se
         second.id,
         "The budget is spent on stronger proposals",
     )
-    grants.set_call_state(db, g.manager, g.call, CallState.CLOSED)
+    grants.set_call_state(db, g.manager, g.call, CallState.CLOSED, reason="test setup")
     assert only_event(db, rejected.id).summary == f"call '{g.call.title}' open -> closed"  # type: ignore[arg-type]
 
 
@@ -417,16 +441,27 @@ def test_refunds_by_finance_and_from_stripes_dashboard_are_each_recorded_once(sh
     placed = db.exec(select(Order).where(Order.project_id == shop.project.id)).one()
     pay(pay_url)
     wait_for("payment", lambda: fresh(db, Order, placed.id).state == OrderState.PAID)
-    finance = login(shop.app.test_client())
-    grant_role(db, None, finance, FactoryRole.FINANCE)
+    finance_client = shop.app.test_client()
+    finance = login(finance_client)
+    grant_role(db, None, finance, FactoryRole.FINANCE, reason="test setup")
     placed = fresh(db, Order, placed.id)
     gateway = market.StripeGateway(shop.settings)
     since = mark(db)
     with pytest.raises(InvalidInput, match="unused hours"):
-        market.refund_order(db, shop.settings, gateway, finance, placed, quantity=41)
+        market.refund_order(db, shop.settings, gateway, finance, placed, quantity=41, reason="The project ended")
     assert added_since(db, since) == []
+    # the finance page asks why before anything goes to Stripe
+    blank = post_form(
+        finance_client,
+        f"/finance/orders/{placed.id}/refund",
+        {"quantity": "10", "reason": BLANK},
+        page="/finance/orders",
+    )
+    assert blank.status_code == 422 and "Say why" in blank.get_data(as_text=True)
+    assert (fresh(db, Order, placed.id).refunded_cents, added_since(db, since)) == (0, [])
+    assert client_refunds(shop, placed) == []
 
-    note = market.refund_order(db, shop.settings, gateway, finance, placed, quantity=10)
+    note = market.refund_order(db, shop.settings, gateway, finance, placed, quantity=10, reason=WHY)
     wait_for(
         "charge.refunded",
         lambda: db.exec(
@@ -441,10 +476,13 @@ def test_refunds_by_finance_and_from_stripes_dashboard_are_each_recorded_once(sh
         placed.id,
     )
     assert refund.details == {"quantity": 10, "gross_cents": 2_500, "credit_note_id": note.id}
+    assert refund.reason == KEPT
     assert note.reference in refund.summary
 
     client = stripe.StripeClient(shop.stand_in.api_key, base_addresses={"api": shop.stand_in.url})
-    client.v1.refunds.create({"payment_intent": placed.payment_intent_id, "amount": 1_000})  # 4 hours
+    made = client.v1.refunds.create(
+        {"payment_intent": placed.payment_intent_id, "amount": 1_000, "reason": "requested_by_customer"}
+    )  # 4 hours
     wait_for("the dashboard refund", lambda: fresh(db, Order, placed.id).refunded_cents == 3_500)
     dashboard = only_event(db, refund.id)  # type: ignore[arg-type]
     assert (dashboard.action, dashboard.actor_user_id, dashboard.actor_label, dashboard.details["quantity"]) == (
@@ -453,6 +491,13 @@ def test_refunds_by_finance_and_from_stripes_dashboard_are_each_recorded_once(sh
         "stripe",
         4,
     )
+    # nobody typed a reason: the log says it came from Stripe's dashboard, with Stripe's reason and refund
+    assert dashboard.reason == f"refunded in Stripe's dashboard (requested by customer; {made.id})"
+
+
+def client_refunds(shop, placed) -> list:  # type: ignore[no-untyped-def,type-arg]
+    client = stripe.StripeClient(shop.stand_in.api_key, base_addresses={"api": shop.stand_in.url})
+    return list(client.v1.refunds.list({"payment_intent": placed.payment_intent_id}).data)
 
 
 def test_verifying_an_organisation_and_making_an_agent_token_are_recorded(db: Session) -> None:
@@ -460,8 +505,10 @@ def test_verifying_an_organisation_and_making_an_agent_token_are_recorded(db: Se
     org = projects.create_organisation(db, owner, name="Riga Robotics SIA", kind="sme", country="LV")
     world = make_world(db)
     since = mark(db)
-    projects.verify_organisation(db, boss, org)
-    projects.verify_organisation(db, boss, org)  # already verified: nothing happens, nothing is recorded
+    projects.verify_organisation(db, boss, org, reason="test setup")
+    projects.verify_organisation(
+        db, boss, org, reason="test setup"
+    )  # already verified: nothing happens, nothing is recorded
     verified = only_event(db, since)
     assert (verified.action, verified.object_type, verified.object_id, verified.summary) == (
         AuditAction.ORGANISATION_VERIFIED,
@@ -469,7 +516,9 @@ def test_verifying_an_organisation_and_making_an_agent_token_are_recorded(db: Se
         org.id,
         "verified Riga Robotics SIA (LV)",
     )
-    token, _plain = create_agent_token(db, None, owner=boss, site_id=world.site.id, name="riga-agent")  # type: ignore[arg-type]
+    token, _plain = create_agent_token(
+        db, None, owner=boss, site_id=world.site.id, name="riga-agent", reason="test setup"
+    )  # type: ignore[arg-type]
     made = only_event(db, verified.id)  # type: ignore[arg-type]
     assert (made.action, made.actor_label, made.object_type, made.object_id) == (
         AuditAction.AGENT_TOKEN_CREATED,
@@ -484,10 +533,12 @@ def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> N
     boss, operator = admin(db), person(db, "Olga")
     world = make_world(db)
     allocation = open_q1(db, world, 10)
-    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR)
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR, reason="test setup")
     since = mark(db)
-    reports.assign_site(db, boss, operator, world.site)
-    reports.assign_site(db, boss, operator, world.site)  # assigned already: nothing happens, nothing is recorded
+    reports.assign_site(db, boss, operator, world.site, reason="test setup")
+    reports.assign_site(
+        db, boss, operator, world.site, reason="test setup"
+    )  # assigned already: nothing happens, nothing is recorded
     assigned = only_event(db, since)
     assert (assigned.action, assigned.actor_user_id, assigned.object_type, assigned.object_id) == (
         AuditAction.OPERATOR_SITE_ASSIGNED,
@@ -496,20 +547,25 @@ def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> N
         operator.id,
     )
     assert world.site.name in assigned.summary and assigned.details["site_id"] == world.site.id
-    other_site = ledger.create_site(db, None, code="rix2", name="Riga two", city="Riga", country="LV")
+    other_site = ledger.create_site(
+        db, None, code="rix2", name="Riga two", city="Riga", country="LV", reason="test setup"
+    )
     since = mark(db)
-    result = portal_cli(app, "reports", "assign-site", operator.email or "", "rix2")
+    result = portal_cli(app, "reports", "assign-site", operator.email or "", "rix2", "--reason", "Covers Riga two")
     assert result.returncode == 0, result.stderr
     by_cli = only_event(db, since)
-    assert (by_cli.action, by_cli.actor_label, by_cli.details["site_id"]) == (
+    assert (by_cli.action, by_cli.actor_label, by_cli.details["site_id"], by_cli.reason) == (
         AuditAction.OPERATOR_SITE_ASSIGNED,
         "cli",
         other_site.id,
+        "Covers Riga two",
     )
 
     since = mark(db)
-    mapping = map_slurm_account(db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id)  # type: ignore[arg-type]
-    map_slurm_account(db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id)  # type: ignore[arg-type]
+    mapping = map_slurm_account(
+        db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id, reason="test setup"
+    )  # type: ignore[arg-type]
+    map_slurm_account(db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id, reason="test setup")  # type: ignore[arg-type]
     mapped = only_event(db, since)
     assert (mapped.action, mapped.object_type, mapped.object_id) == (
         AuditAction.SLURM_ACCOUNT_MAPPED,
@@ -518,9 +574,11 @@ def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> N
     )
     assert f"allocation {allocation.id}" in mapped.summary
     since = mark(db)
-    set_slurm_username(db, boss, cluster="baltic", user=operator, username="olga")
-    set_slurm_username(db, boss, cluster="baltic", user=operator, username="olga")  # unchanged: not recorded
-    set_slurm_username(db, boss, cluster="baltic", user=operator, username="olga2")
+    set_slurm_username(db, boss, cluster="baltic", user=operator, username="olga", reason="test setup")
+    set_slurm_username(
+        db, boss, cluster="baltic", user=operator, username="olga", reason="test setup"
+    )  # unchanged: not recorded
+    set_slurm_username(db, boss, cluster="baltic", user=operator, username="olga2", reason="test setup")
     first, changed = added_since(db, since)
     assert (first.action, first.actor_user_id, first.details["before"], first.details["after"]) == (
         AuditAction.SLURM_USER_SET,
@@ -531,9 +589,9 @@ def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> N
     assert (changed.details["before"], changed.details["after"]) == ("olga", "olga2")
     since = mark(db)
     with pytest.raises(NotAuthorised):
-        reports.assign_site(db, operator, operator, world.site)
+        reports.assign_site(db, operator, operator, world.site, reason="test setup")
     with pytest.raises(NotAuthorised):
-        set_slurm_username(db, operator, cluster="baltic", user=operator, username="mine")
+        set_slurm_username(db, operator, cluster="baltic", user=operator, username="mine", reason="test setup")
     assert added_since(db, since) == []
 
 
@@ -543,6 +601,373 @@ def test_every_audit_action_is_recorded_somewhere_in_the_portal() -> None:
         path.read_text() for path in Path(portal.__file__).parent.rglob("*.py") if "audit" not in path.parts
     )
     assert [a.name for a in AuditAction if f"AuditAction.{a.name}" not in sources] == []
+
+
+# --- every privileged action says why --------------------------------------------------------------------
+
+#: What the actor types (with stray spaces) and what the log keeps.
+WHY = "  Agreed at the operations meeting of 3 May  "
+KEPT = "Agreed at the operations meeting of 3 May"
+BLANK = "   "
+
+
+def scene(db: Session) -> SimpleNamespace:
+    """An admin, a world with a site and an allocation, an organisation, an offering, a call and a site
+    operator, each made through the services, so that every privileged action has something to act on."""
+    boss, someone, operator = admin(db), person(db, "Someone"), person(db, "Olga")
+    grant_role(db, None, someone, FactoryRole.REVIEWER, reason="reviews for the spring round")
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR, reason="runs the Riga site")
+    world = make_world(db)
+    org = projects.create_organisation(db, someone, name="Riga Robotics SIA", kind="sme", country="LV")
+    offering = market.create_offering(
+        db, None, resource=world.gpu, title="H100 hours", price_cents=250, max_quantity=50, reason="seed"
+    )
+    return SimpleNamespace(
+        boss=boss,
+        someone=someone,
+        operator=operator,
+        world=world,
+        org=org,
+        offering=offering,
+        allocation=open_q1(db, world, 10),
+        call=new_call(db, boss, world, "seed"),
+    )
+
+
+def new_call(db: Session, actor, world, reason: str):  # type: ignore[no-untyped-def]
+    now = datetime.now(UTC)
+    return grants.create_call(
+        db,
+        actor,
+        title="Spring Fast Lane",
+        access_mode=AccessMode.FAST_LANE,
+        review_mode=ReviewMode.TECHNICAL,
+        manager=actor,
+        budgets={world.gpu.id: 500 * HOUR},
+        max_request=100 * HOUR,
+        opens_at=now,
+        closes_at=now + timedelta(days=90),
+        first_cutoff=now.date() + timedelta(days=14),
+        reason=reason,
+    )
+
+
+def count(db: Session, model) -> int:  # type: ignore[no-untyped-def]
+    db.expire_all()
+    return db.exec(select(func.count()).select_from(model)).one()
+
+
+def roles_of(db: Session, user) -> list[str]:  # type: ignore[no-untyped-def]
+    db.expire_all()
+    return sorted(db.exec(select(RoleGrant.role).where(RoleGrant.user_id == user.id)).all())
+
+
+def reread(db: Session, obj, field: str):  # type: ignore[no-untyped-def]
+    db.expire_all()
+    return getattr(db.get(type(obj), obj.id), field)
+
+
+#: Each privileged action with a reason: how to take it, and what a user would see change.
+ACTIONS = {
+    "grant a role": (
+        lambda db, c, why: grant_role(db, c.boss, c.someone, FactoryRole.FINANCE, reason=why),
+        lambda db, c: roles_of(db, c.someone),
+    ),
+    "revoke a role": (
+        lambda db, c, why: revoke_role(db, c.boss, c.someone, FactoryRole.REVIEWER, reason=why),
+        lambda db, c: roles_of(db, c.someone),
+    ),
+    "make an agent token": (
+        lambda db, c, why: create_agent_token(
+            db, c.boss, owner=c.operator, site_id=c.world.site.id, name="riga-agent", reason=why
+        ),
+        lambda db, c: count(db, ApiToken),
+    ),
+    "verify an organisation": (
+        lambda db, c, why: projects.verify_organisation(db, c.boss, c.org, reason=why),
+        lambda db, c: reread(db, c.org, "verified_at"),
+    ),
+    "create a call": (
+        lambda db, c, why: new_call(db, c.boss, c.world, why),
+        lambda db, c: count(db, Call),
+    ),
+    "open a call": (
+        lambda db, c, why: grants.set_call_state(db, c.boss, c.call, CallState.OPEN, reason=why),
+        lambda db, c: reread(db, c.call, "state"),
+    ),
+    "create a site": (
+        lambda db, c, why: ledger.create_site(
+            db, c.boss, code="tll2", name="Tallinn two", city="Tallinn", country="EE", reason=why
+        ),
+        lambda db, c: count(db, Site),
+    ),
+    "create a resource": (
+        lambda db, c, why: ledger.create_resource(
+            db, c.boss, c.world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason=why
+        ),
+        lambda db, c: count(db, Resource),
+    ),
+    "change overbooking": (
+        lambda db, c, why: ledger.set_overbooking(db, c.boss, c.world.gpu, 1100, reason=why),
+        lambda db, c: reread(db, c.world.gpu, "overbooking_permille"),
+    ),
+    "change capacity": (
+        lambda db, c, why: ledger.set_capacity(
+            db, c.boss, c.world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=900 * HOUR, reason=why
+        ),
+        lambda db, c: sorted(db.exec(select(CapacityPeriod.capacity)).all()),
+    ),
+    "create an offering": (
+        lambda db, c, why: market.create_offering(
+            db, c.boss, resource=c.world.gpu, title="Night hours", price_cents=150, max_quantity=9, reason=why
+        ),
+        lambda db, c: count(db, Offering),
+    ),
+    "edit an offering": (
+        lambda db, c, why: market.update_offering(
+            db,
+            c.boss,
+            c.offering,
+            title="H100 hours, Riga",
+            description="",
+            min_quantity=1,
+            max_quantity=50,
+            validity_months=6,
+            reason=why,
+        ),
+        lambda db, c: reread(db, c.offering, "title"),
+    ),
+    "change a price": (
+        lambda db, c, why: market.change_price(db, c.boss, c.offering, 310, reason=why),
+        lambda db, c: reread(db, c.offering, "price_cents"),
+    ),
+    "publish an offering": (
+        lambda db, c, why: market.set_offering_state(db, c.boss, c.offering, OfferingState.PUBLISHED, reason=why),
+        lambda db, c: reread(db, c.offering, "state"),
+    ),
+    "adjust a balance": (
+        lambda db, c, why: ledger.adjust(db, c.boss, c.allocation.id, HOUR, reason=why),
+        lambda db, c: reread(db, c.allocation, "balance"),
+    ),
+    "suspend an allocation": (
+        lambda db, c, why: ledger.set_suspended(db, c.boss, c.allocation.id, True, reason=why),
+        lambda db, c: reread(db, c.allocation, "state"),
+    ),
+    "map a Slurm account": (
+        lambda db, c, why: map_slurm_account(
+            db, c.boss, cluster="baltic", account="legacy", allocation_id=c.allocation.id, reason=why
+        ),
+        lambda db, c: count(db, SlurmAccount),
+    ),
+    "set a Slurm login": (
+        lambda db, c, why: set_slurm_username(
+            db, c.boss, cluster="baltic", user=c.someone, username="someone", reason=why
+        ),
+        lambda db, c: count(db, SlurmUser),
+    ),
+    "assign a site to an operator": (
+        lambda db, c, why: reports.assign_site(db, c.boss, c.operator, c.world.site, reason=why),
+        lambda db, c: count(db, OperatorSite),
+    ),
+}
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_each_privileged_action_records_the_reason_it_was_given(db: Session, action: str) -> None:
+    take, _seen = ACTIONS[action]
+    c = scene(db)
+    since = mark(db)
+    take(db, c, WHY)
+    assert only_event(db, since).reason == KEPT
+
+
+@pytest.mark.parametrize("reason", [BLANK, "", "ok", "x" * 501])
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_a_blank_or_out_of_bounds_reason_is_refused_and_changes_nothing(db: Session, action: str, reason: str) -> None:
+    take, seen = ACTIONS[action]
+    c = scene(db)
+    before, since = seen(db, c), mark(db)
+    with pytest.raises(InvalidInput, match="Say why") as refused:
+        take(db, c, reason)
+    db.rollback()
+    assert refused.value.errors == {"reason": "Say why, in 3 to 500 characters."}
+    assert (seen(db, c), added_since(db, since)) == (before, [])
+
+
+def test_the_longest_reason_is_kept_whole() -> None:
+    assert audit.require_reason(f" {'y' * 500} ") == "y" * 500
+    assert audit.require_reason("ok!") == "ok!"
+
+
+#: The staff pages' forms of privileged actions: where they post, what they send, what a user would see change.
+PAGE_FORMS = {
+    "grant a role": (
+        lambda c: f"/admin/users/{c.someone.id}/roles",
+        {"role": "finance"},
+        "/admin/users",
+        lambda db, c: roles_of(db, c.someone),
+    ),
+    "revoke a role": (
+        lambda c: f"/admin/users/{c.someone.id}/roles/reviewer/revoke",
+        {},
+        "/admin/users",
+        lambda db, c: roles_of(db, c.someone),
+    ),
+    "verify an organisation": (
+        lambda c: f"/organisations/{c.org.id}/verify",
+        {},
+        None,
+        lambda db, c: reread(db, c.org, "verified_at"),
+    ),
+    "plan capacity": (
+        lambda c: "/admin/capacity",
+        {"quarter_start": "2030-02-01", "capacity": "900"},
+        "/admin/capacity",
+        lambda db, c: sorted(db.exec(select(CapacityPeriod.capacity)).all()),
+    ),
+    "change overbooking": (
+        lambda c: "/admin/capacity/overbooking",
+        {"factor": "1.1"},
+        "/admin/capacity",
+        lambda db, c: reread(db, c.world.gpu, "overbooking_permille"),
+    ),
+    "create an offering": (
+        lambda c: "/admin/offerings",
+        {"title": "Night hours", "price": "1.50", "min_quantity": "1", "max_quantity": "9", "validity_months": "6"},
+        "/admin/offerings",
+        lambda db, c: count(db, Offering),
+    ),
+    "change a price": (
+        lambda c: f"/admin/offerings/{c.offering.id}",
+        {"price": "3.10"},
+        None,
+        lambda db, c: reread(db, c.offering, "price_cents"),
+    ),
+    "edit an offering": (
+        lambda c: f"/admin/offerings/{c.offering.id}/details",
+        {"title": "H100 hours, Riga", "min_quantity": "1", "max_quantity": "50", "validity_months": "6"},
+        None,
+        lambda db, c: reread(db, c.offering, "title"),
+    ),
+    "publish an offering": (
+        lambda c: f"/admin/offerings/{c.offering.id}/state",
+        {"state": "published"},
+        None,
+        lambda db, c: reread(db, c.offering, "state"),
+    ),
+    "open a call": (
+        lambda c: f"/calls/{c.call.id}/state",
+        {"state": "open"},
+        None,
+        lambda db, c: reread(db, c.call, "state"),
+    ),
+}
+
+
+def page_scene(client: FlaskClient, db: Session, login) -> SimpleNamespace:  # type: ignore[no-untyped-def]
+    boss = login(client, given_name="Agnes", family_name="Admin")
+    grant_role(db, None, boss, FactoryRole.ADMIN, reason="test setup")
+    c = scene(db)
+    c.boss = boss
+    c.call = new_call(db, boss, c.world, "seed")
+    return c
+
+
+def page_data(form: dict, c: SimpleNamespace, reason: str) -> dict:  # type: ignore[type-arg]
+    return {"resource_id": c.world.gpu.id, **form, "reason": reason}
+
+
+@pytest.mark.parametrize("form", list(PAGE_FORMS))
+def test_each_staff_form_records_the_reason_typed_into_it(client: FlaskClient, db: Session, login, form: str) -> None:  # type: ignore[no-untyped-def]
+    url, data, page, _seen = PAGE_FORMS[form]
+    c = page_scene(client, db, login)
+    since = mark(db)
+    response = post_form(client, url(c), page_data(data, c, WHY), page=page or "/account")
+    assert response.status_code == 302, response.get_data(as_text=True)
+    assert only_event(db, since).reason == KEPT
+
+
+@pytest.mark.parametrize("form", list(PAGE_FORMS))
+def test_a_staff_form_with_a_blank_reason_is_shown_again_with_the_message_and_changes_nothing(  # type: ignore[no-untyped-def]
+    client: FlaskClient, db: Session, login, form: str
+) -> None:
+    url, data, page, seen = PAGE_FORMS[form]
+    c = page_scene(client, db, login)
+    before, since = seen(db, c), mark(db)
+    response = post_form(client, url(c), page_data(data, c, BLANK), page=page or "/account")
+    assert response.status_code == 422
+    assert "Say why" in response.get_data(as_text=True)
+    assert "<form" in response.get_data(as_text=True)  # the page with its form, not an error page
+    assert (seen(db, c), added_since(db, since)) == (before, [])
+
+
+def test_creating_a_call_on_its_page_asks_why(client: FlaskClient, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+    c = page_scene(client, db, login)
+    today = datetime.now(UTC).date()
+    form = {
+        "title": "Autumn Fast Lane",
+        "access_mode": "fast_lane",
+        "review_mode": "technical",
+        "manager_email": c.boss.email,
+        "min_request": "0",
+        "max_request": "100",
+        "duration_months": "6",
+        "opens_on": today.isoformat(),
+        "closes_on": (today + timedelta(days=90)).isoformat(),
+        "first_cutoff": (today + timedelta(days=14)).isoformat(),
+        "budgets-0-resource_id": str(c.world.gpu.id),
+        "budgets-0-hours": "500",
+        "questions": "[]",
+        "criteria": "[]",
+    }
+    calls, since = count(db, Call), mark(db)
+    blank = post_form(client, "/admin/calls/new", {**form, "reason": BLANK}, page="/admin/calls/new")
+    assert blank.status_code == 422 and "Say why" in blank.get_data(as_text=True)
+    assert (count(db, Call), added_since(db, since)) == (calls, [])
+    created = post_form(client, "/admin/calls/new", {**form, "reason": WHY}, page="/admin/calls/new")
+    assert created.status_code == 302
+    assert only_event(db, since).reason == KEPT
+
+
+#: The commands of privileged actions: their arguments, and what a user would see change.
+COMMANDS = {
+    "grant-role": (
+        lambda c: ["users", "grant-role", c.someone.email, "finance"],
+        lambda db, c: roles_of(db, c.someone),
+    ),
+    "assign-site": (
+        lambda c: ["reports", "assign-site", c.operator.email, c.world.site.code],
+        lambda db, c: count(db, OperatorSite),
+    ),
+    "agent-token": (
+        lambda c: ["sites", "agent-token", c.world.site.code, "--owner", c.operator.email, "--name", "riga-agent"],
+        lambda db, c: count(db, ApiToken),
+    ),
+    "slurm map": (
+        lambda c: ["slurm", "map", "--cluster", "baltic", "--account", "legacy", "--allocation", str(c.allocation.id)],
+        lambda db, c: count(db, SlurmAccount),
+    ),
+    "slurm set-username": (
+        lambda c: ["slurm", "set-username", "--cluster", "baltic", c.someone.email, "someone"],
+        lambda db, c: count(db, SlurmUser),
+    ),
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_asks_why_and_records_it(app, db: Session, command: str) -> None:  # type: ignore[no-untyped-def]
+    args, seen = COMMANDS[command]
+    c = scene(db)
+    clusters = json.dumps([{"name": "baltic", "site": c.world.site.code}])
+    before, since = seen(db, c), mark(db)
+    missing = portal_cli(app, *args(c), PORTAL_SLURM_CLUSTERS=clusters)
+    assert missing.returncode == 2 and "Missing option '--reason'" in missing.stderr
+    blank = portal_cli(app, *args(c), "--reason", BLANK, PORTAL_SLURM_CLUSTERS=clusters)
+    assert blank.returncode == 1 and "Say why" in blank.stderr
+    assert (seen(db, c), added_since(db, since)) == (before, [])
+    done = portal_cli(app, *args(c), "--reason", WHY, PORTAL_SLURM_CLUSTERS=clusters)
+    assert done.returncode == 0, done.stderr
+    assert only_event(db, since).reason == KEPT
 
 
 # --- the database refuses changes ------------------------------------------------------------------------
@@ -655,7 +1080,7 @@ def test_pages_run_newest_first_without_gaps_and_cost_the_same_queries(app, db: 
 def test_the_audit_page_filters_pages_and_links_the_csv_of_the_same_search(client, db, login, history) -> None:  # type: ignore[no-untyped-def]
     _boss, other, _allocation, _world = history
     me = login(client, given_name="Alma", family_name="Auditor")
-    grant_role(db, None, me, FactoryRole.ADMIN)
+    grant_role(db, None, me, FactoryRole.ADMIN, reason="test setup")
     html = client.get("/").get_data(as_text=True)
     assert 'href="/admin/audit"' in html  # in the admin's navigation
 
@@ -688,7 +1113,7 @@ def test_the_audit_page_filters_pages_and_links_the_csv_of_the_same_search(clien
 def test_the_csv_export_holds_the_whole_filtered_set_and_defuses_formulas(client, db, login, history) -> None:  # type: ignore[no-untyped-def]
     _boss, other, allocation, _world = history
     me = login(client)
-    grant_role(db, None, me, FactoryRole.ADMIN)
+    grant_role(db, None, me, FactoryRole.ADMIN, reason="test setup")
     response = client.get(f"/admin/audit.csv?object_type=allocations&object_id={allocation.id}")
     assert response.status_code == 200 and response.mimetype == "text/csv"
     assert response.headers["Content-Disposition"] == 'attachment; filename="audit-log.csv"'
@@ -709,7 +1134,7 @@ def test_the_csv_export_holds_the_whole_filtered_set_and_defuses_formulas(client
 def test_admins_read_the_log_through_the_api(client, db, login, history) -> None:  # type: ignore[no-untyped-def]
     _boss, other, allocation, _world = history
     me = login(client)
-    grant_role(db, None, me, FactoryRole.ADMIN)
+    grant_role(db, None, me, FactoryRole.ADMIN, reason="test setup")
     _token, plain = create_api_token(db, me, name="audit", scopes=["read"], ttl_days=5)
     auth = {"Authorization": f"Bearer {plain}"}
     first = client.get(f"/api/v1/audit?object_type=allocations&object_id={allocation.id}&limit=50", headers=auth)
@@ -737,10 +1162,10 @@ def test_admins_read_the_log_through_the_api(client, db, login, history) -> None
 
 @pytest.mark.parametrize("role", [None, FactoryRole.FINANCE, FactoryRole.SITE_OPERATOR, FactoryRole.REVIEWER])
 def test_only_admins_see_the_audit_log(client, db, login, role) -> None:  # type: ignore[no-untyped-def]
-    grant_role(db, None, person(db, "Secretly Promoted"), FactoryRole.FINANCE)
+    grant_role(db, None, person(db, "Secretly Promoted"), FactoryRole.FINANCE, reason="test setup")
     user = login(client, given_name="Nosy", family_name="Staffer")
     if role is not None:
-        grant_role(db, None, user, role)
+        grant_role(db, None, user, role, reason="test setup")
     _token, plain = create_api_token(db, user, name="probe", scopes=["read", "write"], ttl_days=5)
     assert 'href="/admin/audit"' not in client.get("/").get_data(as_text=True)
     for path in ("/admin/audit", "/admin/audit?actor=cli", "/admin/audit.csv", "/admin/audit.csv?action=role_granted"):

@@ -304,7 +304,9 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
     ledger_world = make_world(db)
     allocation = open_q1(db, ledger_world, 100, project=project, title="Secret GPU hours")
     second_allocation = open_q1(db, ledger_world, 50, project=project, title="Second GPU hours")
-    cpu = ledger.create_resource(db, None, ledger_world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    cpu = ledger.create_resource(
+        db, None, ledger_world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
     plan_capacity_around_now(db, cpu, 1000 * HOUR)
     running = open_now(db, project, cpu, 10)
     notebook = check_spawn(
@@ -355,11 +357,13 @@ def grant_world(app: Flask, db: Session, login, settings, owner: User, project: 
     PDF, a technical review by a site operator and the owner's notices."""
     manager = login(new_client(app), given_name="Magda", family_name="Callmanager")
     operator = login(new_client(app), given_name="Oskar", family_name="Operator")
-    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR)
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR, reason="test setup")
     start = date.today()
     for _ in range(3):  # awards start today
         q_start, q_end = ledger.quarter_of(start)
-        ledger.set_capacity(db, None, gpu, starts_on=q_start, ends_on=q_end, capacity=10_000 * HOUR)
+        ledger.set_capacity(
+            db, None, gpu, starts_on=q_start, ends_on=q_end, capacity=10_000 * HOUR, reason="test setup"
+        )
         start = q_end
     now = datetime.now(UTC)
     call = grants.create_call(
@@ -375,8 +379,9 @@ def grant_world(app: Flask, db: Session, login, settings, owner: User, project: 
         closes_at=now + timedelta(days=30),
         first_cutoff=date.today(),
         questions=[{"key": "plan", "label": "Work plan", "type": "pdf"}],
+        reason="test setup",
     )
-    grants.set_call_state(db, manager, call, CallState.OPEN)
+    grants.set_call_state(db, manager, call, CallState.OPEN, reason="test setup")
     application = grants.start_application(
         db, owner, login_of(owner), call=call, project=project, title=SECRET_APPLICATION
     )
@@ -412,9 +417,9 @@ def grant_world(app: Flask, db: Session, login, settings, owner: User, project: 
 def market_world(db: Session, settings, owner: User, org, project, allocation, gpu) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """A published offering and O's paid order of it for P, with its invoice (written as the webhook would)."""
     offering = market.create_offering(
-        db, None, resource=gpu, title="Public H100 hours", price_cents=250, max_quantity=50
+        db, None, resource=gpu, title="Public H100 hours", price_cents=250, max_quantity=50, reason="test setup"
     )
-    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
+    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="test setup")
     order = Order(
         organisation_id=org.id,
         project_id=project.id,
@@ -692,7 +697,7 @@ def test_factory_admin_can_view_any_project(app: Flask, db: Session, world: Simp
     client = new_client(app)
     admin = login(client, given_name="Ada", family_name="Admin")
     assert client.get(f"/projects/{world.project.id}").status_code == 404  # not before the grant
-    grant_role(db, None, admin, FactoryRole.ADMIN)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
 
     page = client.get(f"/projects/{world.project.id}")
     assert page.status_code == 200

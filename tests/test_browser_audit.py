@@ -11,6 +11,8 @@ from sqlmodel import select
 from portal.identity.models import FactoryRole, User
 from portal.identity.services import grant_role
 from portal.ledger import services as ledger
+from portal.market import services as market
+from portal.market.models import Offering
 from tests.ledger_world import HOUR, admin, make_world, open_q1
 from tests.test_browser import (
     EIDAS,
@@ -22,6 +24,7 @@ from tests.test_browser import (
     portal_errors,
     portal_url,
 )
+from tests.test_market import fresh
 
 #: The browser fixtures of tests/test_browser.py, used here by name.
 __all__ = ["browser", "new_page", "portal_url"]
@@ -43,7 +46,7 @@ def test_an_admin_filters_the_audit_log_and_finds_who_adjusted_what_and_why(  # 
     errors = portal_errors(page, portal_url)
     log_in(page, portal_url, oidc_provider, "eIDAS", sub)
     me = db.exec(select(User).where(User.email == email)).one()
-    grant_role(db, None, me, FactoryRole.ADMIN)
+    grant_role(db, None, me, FactoryRole.ADMIN, reason="test setup")
 
     page.reload()
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit log").click()
@@ -63,3 +66,45 @@ def test_an_admin_filters_the_audit_log_and_finds_who_adjusted_what_and_why(  # 
     assert "action=allocation_adjusted" in (csv_link.get_attribute("href") or "")
     assert_accessible(page, "audit log")
     assert errors == []
+
+
+def test_an_admin_must_say_why_a_price_changes_and_finds_the_reason_in_the_log(  # type: ignore[no-untyped-def]
+    portal_url, oidc_provider, new_page, db
+) -> None:
+    world = make_world(db)
+    offering = market.create_offering(
+        db, None, resource=world.gpu, title="H100 hours", price_cents=250, max_quantity=50, reason="test setup"
+    )
+    colleague = admin(db)
+    sub, email = add_person(oidc_provider, "Aino", "Auditor", acr=EIDAS + "high")
+    page = new_page()
+    errors = portal_errors(page, portal_url)
+    log_in(page, portal_url, oidc_provider, "eIDAS", sub)
+    me = db.exec(select(User).where(User.email == email)).one()
+    grant_role(db, None, me, FactoryRole.ADMIN, reason="test setup")
+
+    page.goto(f"{portal_url}/admin/offerings/{offering.id}")
+    price_form = page.locator("form").filter(has_text="Save price")
+    price_form.get_by_label("New price per hour in EUR, before VAT").fill("3.10")
+    price_form.get_by_role("button", name="Save price").click()
+    price_form.get_by_text("Say why").wait_for()  # refused: the form shown again with the message
+    assert fresh(db, Offering, offering.id).price_cents == 250
+    assert_accessible(page, "offering with a refused price")
+    price_form.get_by_label("Why this price? (kept in the audit log)").fill("Electricity costs rose 20 %")
+    price_form.get_by_role("button", name="Save price").click()
+    page.get_by_text("The price is now 3.10 EUR per hour for new orders.").wait_for()
+    assert fresh(db, Offering, offering.id).price_cents == 310
+
+    page.goto(f"{portal_url}/admin/users?q={colleague.email}")
+    page.get_by_label(f"Why grant it to {colleague.display_name}? (kept in the audit log)").fill(
+        "Covers finance in May"
+    )
+    page.get_by_label(f"Role for {colleague.display_name}").select_option("finance")
+    page.get_by_role("row", name=colleague.email).get_by_role("button", name="Grant").click()
+    page.get_by_text(f"{colleague.display_name} is now finance.").wait_for()
+    assert_accessible(page, "users and roles")
+
+    page.goto(f"{portal_url}/admin/audit")
+    log = page.locator("#audit-events tbody").inner_text()
+    assert "Electricity costs rose 20 %" in log and "Covers finance in May" in log
+    assert len(errors) == 1 and "status of 422" in errors[0]  # the refused price, and nothing else

@@ -50,7 +50,9 @@ def test_a_teacher_creates_a_course_a_student_joins_launches_and_the_teacher_see
     with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
         tiina = db.exec(select(User).where(User.email == teacher_email)).one()
         world = make_world(db)
-        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        cpu = ledger.create_resource(
+            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+        )
         plan_capacity_around_now(db, cpu, 100_000 * HOUR)
         org = projects.create_organisation(db, tiina, name="Tartu Ülikool", kind="university", country="EE")
         project = projects.create_project(db, tiina, org, title="Teaching Dask")

@@ -91,16 +91,18 @@ def test_a_call_from_application_to_allocation(portal, oidc_provider, new_page, 
     ]
 
     # --- setup through the services: roles, the PI's project, capacity and an open peer-review call ----
-    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR)
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR, reason="test setup")
     for _page, reviewer, _errors in reviewers:
-        grant_role(db, None, reviewer, FactoryRole.REVIEWER)
+        grant_role(db, None, reviewer, FactoryRole.REVIEWER, reason="test setup")
     org = projects.create_organisation(db, pi, name="Tartu Ülikool", kind="university", country="EE")
     project = projects.create_project(db, pi, org, title="Estonian speech models")
     world = make_world(db)
     start = date.today()
     for _ in range(3):
         q_start, q_end = ledger.quarter_of(start)
-        ledger.set_capacity(db, None, world.gpu, starts_on=q_start, ends_on=q_end, capacity=10_000 * HOUR)
+        ledger.set_capacity(
+            db, None, world.gpu, starts_on=q_start, ends_on=q_end, capacity=10_000 * HOUR, reason="test setup"
+        )
         start = q_end
     now = datetime.now(UTC)
     call = grants.create_call(
@@ -121,8 +123,9 @@ def test_a_call_from_application_to_allocation(portal, oidc_provider, new_page, 
         questions=QUESTIONS,
         criteria=CRITERIA,
         duration_months=3,
+        reason="test setup",
     )
-    grants.set_call_state(db, manager, call, CallState.OPEN)
+    grants.set_call_state(db, manager, call, CallState.OPEN, reason="test setup")
 
     # --- the PI applies -----------------------------------------------------------------------------------
     pi_page.get_by_role("link", name="Calls", exact=True).click()

@@ -65,12 +65,21 @@ def portal(make_settings, stripe_stand_in, db) -> Iterator[SimpleNamespace]:  # 
     start = date.today()
     for _ in range(4):
         q_start, q_end = ledger.quarter_of(start)
-        ledger.set_capacity(db, None, world.gpu, starts_on=q_start, ends_on=q_end, capacity=1000 * HOUR)
+        ledger.set_capacity(
+            db, None, world.gpu, starts_on=q_start, ends_on=q_end, capacity=1000 * HOUR, reason="test setup"
+        )
         start = q_end
     offering = market.create_offering(
-        db, None, resource=world.gpu, title="H100 hours", price_cents=250, max_quantity=500, validity_months=3
+        db,
+        None,
+        resource=world.gpu,
+        title="H100 hours",
+        price_cents=250,
+        max_quantity=500,
+        validity_months=3,
+        reason="test setup",
     )
-    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
+    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="test setup")
     yield SimpleNamespace(url=url, app=app, settings=settings, offering=offering)
     server.shutdown()
     thread.join(timeout=5)
@@ -91,8 +100,8 @@ def test_a_buyer_pays_for_hours_and_downloads_the_invoice(  # type: ignore[no-un
         db, buyer, name="Kaunas Vision UAB", kind="sme", country="LT", vat_number="LT119511515"
     )
     admin = login(portal.app.test_client())
-    grant_role(db, None, admin, FactoryRole.ADMIN)
-    projects.verify_organisation(db, admin, org)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
+    projects.verify_organisation(db, admin, org, reason="test setup")
     project = projects.create_project(db, buyer, org, title="Shelf vision")
 
     # The catalogue, from the navigation.

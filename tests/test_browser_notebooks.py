@@ -58,7 +58,9 @@ def test_a_member_launches_opens_jupyterlab_through_the_portal_login_and_stops_i
     with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
         liis = db.exec(select(User).where(User.email == email)).one()
         world = make_world(db)
-        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        cpu = ledger.create_resource(
+            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+        )
         plan_capacity_around_now(db, cpu, 100_000 * HOUR)
         org = projects.create_organisation(db, liis, name="Tartu Ülikool", kind="university", country="EE")
         project = projects.create_project(db, liis, org, title="Protein folding")

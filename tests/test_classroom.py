@@ -48,7 +48,9 @@ class Classroom:
 @pytest.fixture
 def room(db: Session) -> Classroom:
     world = make_world(db)
-    cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    cpu = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
     plan_capacity_around_now(db, cpu, 100_000 * HOUR)
     plan_capacity_around_now(db, world.gpu, 100_000 * HOUR)
     return Classroom(world, cpu, open_now(db, world.project, cpu, 1000, days=30))
@@ -197,7 +199,9 @@ def test_a_plain_member_is_told_to_ask_the_projects_pi_or_a_manager(app: Flask, 
     client = app.test_client()
     member = login(client, given_name="Maris")
     world = make_world(db)
-    cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    cpu = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
     plan_capacity_around_now(db, cpu, 100_000 * HOUR)
     open_now(db, world.project, cpu, 100)
     db.add(ProjectMembership(project_id=world.project.id, user_id=member.id, role=ProjectRole.MEMBER))
@@ -575,7 +579,9 @@ def test_a_teacher_creates_a_course_and_a_student_joins_by_link_on_the_pages(app
     teacher_client, student_client = app.test_client(), app.test_client()
     teacher = login(teacher_client, given_name="Tiina", family_name="Teacher")
     world = make_world(db)
-    cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    cpu = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
     plan_capacity_around_now(db, cpu, 100_000 * HOUR)
     org = projects.create_organisation(db, teacher, name="Tartu Uni", kind="university", country="EE")
     project = projects.create_project(db, teacher, org, title="Teaching")
@@ -656,7 +662,9 @@ def test_the_teacher_raises_a_cap_and_removes_a_student_on_the_dashboard(
 
     teacher = login(client)
     world = make_world(db)
-    cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    cpu = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
     plan_capacity_around_now(db, cpu, 100_000 * HOUR)
     org = projects.create_organisation(db, teacher, name="Riga Uni", kind="university", country="LV")
     parent = open_now(db, projects.create_project(db, teacher, org, title="Teaching"), cpu, 100, days=30)

@@ -35,7 +35,9 @@ SETTINGS = load_settings(env="test")
 def a_course(engine, *, seats: int, cap: int) -> Course:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as db:
         world = make_world(db)
-        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        cpu = ledger.create_resource(
+            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+        )
         plan_capacity_around_now(db, cpu, 100_000 * HOUR)
         parent = open_now(db, world.project, cpu, 1000)
         return classroom.create_course(

@@ -199,7 +199,9 @@ def plan_capacity_around_now(db: Session, resource: Resource, amount: int) -> No
     today = utcnow().date()
     for day in (today - timedelta(days=40), today, today + timedelta(days=40)):
         starts_on, ends_on = ledger.quarter_of(day)
-        ledger.set_capacity(db, None, resource, starts_on=starts_on, ends_on=ends_on, capacity=amount)
+        ledger.set_capacity(
+            db, None, resource, starts_on=starts_on, ends_on=ends_on, capacity=amount, reason="test setup"
+        )
 
 
 def open_now(db: Session, project, resource: Resource, hours: int, *, days: int = 30) -> Allocation:  # type: ignore[no-untyped-def]
@@ -226,7 +228,9 @@ def world(db: Session) -> World:
 
 @pytest.fixture
 def cpu(db: Session, world: World) -> Resource:
-    resource = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    resource = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
     plan_capacity_around_now(db, resource, 100_000 * HOUR)
     return resource
 

@@ -98,7 +98,9 @@ def test_db_upgrade_then_grant_role_to_a_user_who_has_logged_in(cli_env, tmp_pat
             db, provider=provider, subject="PL/PL/1", display_name="Ewa Admin", email="ewa@factory.example.eu"
         )
 
-    result = run_portal("users", "grant-role", "EWA@factory.example.eu", "admin", env=cli_env)
+    result = run_portal(
+        "users", "grant-role", "EWA@factory.example.eu", "admin", "--reason", "New head of operations", env=cli_env
+    )
     assert result.returncode == 0, result.stderr
     assert "Ewa Admin <ewa@factory.example.eu> is now admin" in result.stdout
     from portal.authz import factory_roles
@@ -110,13 +112,13 @@ def test_db_upgrade_then_grant_role_to_a_user_who_has_logged_in(cli_env, tmp_pat
 
 def test_grant_role_to_an_unknown_address_fails_with_a_message(cli_env):
     assert run_portal("db", "upgrade", env=cli_env).returncode == 0
-    result = run_portal("users", "grant-role", "nobody@example.eu", "finance", env=cli_env)
+    result = run_portal("users", "grant-role", "nobody@example.eu", "finance", "--reason", "Billing help", env=cli_env)
     assert result.returncode != 0
     assert "No user with the e-mail address nobody@example.eu" in result.stderr
 
 
 def test_grant_role_refuses_an_unknown_role(cli_env):
-    result = run_portal("users", "grant-role", "x@example.eu", "emperor", env=cli_env)
+    result = run_portal("users", "grant-role", "x@example.eu", "emperor", "--reason", "Why not", env=cli_env)
     assert result.returncode == 2
     assert "emperor" in result.stderr
 

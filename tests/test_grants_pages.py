@@ -75,7 +75,7 @@ def logged_in(app: Flask, login, db: Session, given: str, role: FactoryRole | No
     client = app.test_client()
     user = login(client, given_name=given, family_name="Tester")
     if role is not None:
-        grant_role(db, None, user, role)
+        grant_role(db, None, user, role, reason="test setup")
     return client, user
 
 
@@ -508,7 +508,7 @@ def test_the_review_pipeline_through_the_pages(g, db):  # type: ignore[no-untype
     assert reload(db, application).state == S.PEER_REVIEW
 
     # scientific reviewers; the PI cannot review their own application
-    grant_role(db, None, g.pi, FactoryRole.REVIEWER)
+    grant_role(db, None, g.pi, FactoryRole.REVIEWER, reason="test setup")
     own = post_form(m, f"{a}/reviewers", {"email": g.pi.email, "kind": "scientific"})
     assert own.status_code == 409
     assert "Conflict of interest" in text(own) and "is a member of the project" in text(own)
@@ -804,6 +804,7 @@ def test_only_the_manager_or_an_admin_sees_the_dashboard(g, db, login):  # type:
         opens_at=datetime.now(UTC),
         closes_at=datetime.now(UTC) + timedelta(days=1),
         first_cutoff=date.today(),
+        reason="test setup",
     )
     assert g.pi_client.get(f"/calls/{hidden.id}/manage").status_code == 404
     assert g.pi_client.get(f"/calls/{hidden.id}").status_code == 404
@@ -874,6 +875,7 @@ def call_form(g: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
         "budgets-2-hours": "",
         "questions": '[{"key": "software", "label": "Software stack", "type": "text", "required": true}]',
         "criteria": "[]",
+        "reason": "The spring round agreed with the board",
     }
     data.update(overrides)
     return data
@@ -913,10 +915,20 @@ def test_an_admin_creates_a_call_and_its_manager_opens_it(g, db, login):  # type
     assert budget.budget == 100_000 * HOUR
     assert "Spring Fast Lane" not in text(g.pi_client.get("/calls"))
 
-    assert post_form(g.manager_client, f"/calls/{call.id}/state", {"state": "open"}).status_code == 302
+    assert (
+        post_form(
+            g.manager_client, f"/calls/{call.id}/state", {"state": "open", "reason": "Ready to take applications"}
+        ).status_code
+        == 302
+    )
     assert "Spring Fast Lane" in text(g.pi_client.get("/calls"))
     assert post_form(g.pi_client, f"/calls/{call.id}/state", {"state": "closed"}).status_code == 403
-    assert post_form(g.manager_client, f"/calls/{call.id}/state", {"state": "closed"}).status_code == 302
+    assert (
+        post_form(
+            g.manager_client, f"/calls/{call.id}/state", {"state": "closed", "reason": "Budget spent"}
+        ).status_code
+        == 302
+    )
     db.expire_all()
     assert db.get(Call, call.id).state == CallState.CLOSED  # type: ignore[union-attr]
 
@@ -926,8 +938,8 @@ def test_the_standing_calls_are_created_once_and_open_for_a_year(db):  # type: i
 
     world = make_world(db)
     manager = person(db, "Manager")
-    first = ensure_default_calls(db, manager, [world.gpu])
-    again = ensure_default_calls(db, manager, [world.gpu])
+    first = ensure_default_calls(db, manager, [world.gpu], reason="test setup")
+    again = ensure_default_calls(db, manager, [world.gpu], reason="test setup")
     assert [c.id for c in first] == [c.id for c in again]
     assert len(db.exec(select(Call)).all()) == 3
     playground, fast, large = first

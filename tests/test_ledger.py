@@ -268,21 +268,23 @@ def test_ledger_entries_cannot_be_changed_or_deleted(db, world):
 def test_capacity_cannot_be_planned_below_what_is_reserved(db, world):
     open_q1(db, world, 600)
     with pytest.raises(ledger.CapacityExhausted, match="already reserved"):
-        ledger.set_capacity(db, None, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=500 * HOUR)
-    ledger.set_capacity(db, None, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=600 * HOUR)
+        ledger.set_capacity(
+            db, None, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=500 * HOUR, reason="test setup"
+        )
+    ledger.set_capacity(db, None, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=600 * HOUR, reason="test setup")
 
 
 def test_only_admins_and_site_operators_plan_capacity(db, world):
     with pytest.raises(NotAuthorised):
-        ledger.set_capacity(db, world.pi, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=1)
+        ledger.set_capacity(db, world.pi, world.gpu, starts_on=Q1[0], ends_on=Q1[1], capacity=1, reason="test setup")
 
 
 def test_the_factory_sites_are_seeded_with_quarterly_capacity(db):
     from portal.ledger.catalogue import SITES, ensure_sites
     from portal.ledger.models import Resource
 
-    sites = ensure_sites(db, plan_quarters_from=at(2031, 1, 1).date(), quarters=2)
-    ensure_sites(db, plan_quarters_from=at(2031, 1, 1).date(), quarters=2)  # again: nothing new
+    sites = ensure_sites(db, plan_quarters_from=at(2031, 1, 1).date(), quarters=2, reason="test setup")
+    ensure_sites(db, plan_quarters_from=at(2031, 1, 1).date(), quarters=2, reason="test setup")  # again: nothing new
     assert [s.city for s in sites] == ["Warsaw", "Kraków", "Poznań", "Gdańsk", "Wrocław", "Vilnius", "Riga", "Tallinn"]
     assert len(db.exec(select(Resource)).all()) == sum(len(s.resources) for s in SITES)
     waw_h200 = db.exec(select(Resource).where(Resource.code == "h200", Resource.site_id == sites[0].id)).one()

@@ -72,7 +72,7 @@ def test_the_nightly_check_finds_a_balance_that_differs_from_its_entries(db, mak
     from portal.identity.services import grant_role
 
     admin = person(db, "Admin")
-    grant_role(db, None, admin, FactoryRole.ADMIN)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
     assert jobs.check_balances(db, settings) == 0
     db.execute(
         sa.update(Allocation.__table__)

@@ -165,7 +165,7 @@ def test_a_plain_member_sees_allocations_but_cannot_move_hours(app, pi_world, db
 
 def test_admins_plan_capacity_from_gpus_and_utilisation(client, login, db, app):
     admin = login(client)
-    grant_role(db, None, admin, FactoryRole.ADMIN)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
     world = make_world(db)
     response = post_form(
         client,
@@ -176,6 +176,7 @@ def test_admins_plan_capacity_from_gpus_and_utilisation(client, login, db, app):
             "units": "64",
             "utilisation": "75",
             "capacity": "",
+            "reason": "Riga's new GPU racks are in service",
         },
         page="/admin/capacity",
     )
@@ -191,13 +192,18 @@ def test_admins_plan_capacity_from_gpus_and_utilisation(client, login, db, app):
 
 def test_capacity_below_what_is_reserved_is_refused_on_the_page(client, login, db):
     admin = login(client)
-    grant_role(db, None, admin, FactoryRole.ADMIN)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
     world = make_world(db)
     open_q1(db, world, 600)
     response = post_form(
         client,
         "/admin/capacity",
-        {"resource_id": world.gpu.id, "quarter_start": "2030-02-01", "capacity": "100"},
+        {
+            "resource_id": world.gpu.id,
+            "quarter_start": "2030-02-01",
+            "capacity": "100",
+            "reason": "Half the nodes fail",
+        },
         page="/admin/capacity",
     )
     assert response.status_code == 409
@@ -212,7 +218,7 @@ def test_people_without_a_factory_role_cannot_plan_capacity_or_open_allocations(
 
 def test_an_admin_opens_an_allocation_by_hand_with_a_reason(client, login, db):
     admin = login(client)
-    grant_role(db, None, admin, FactoryRole.ADMIN)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
     world = make_world(db)
     response = post_form(
         client,
@@ -237,7 +243,7 @@ def test_an_admin_opens_an_allocation_by_hand_with_a_reason(client, login, db):
 
 def test_an_overbooking_factor_lets_the_site_book_beyond_capacity(client, login, db):
     admin = login(client)
-    grant_role(db, None, admin, FactoryRole.ADMIN)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
     world = make_world(db)
     open_q1(db, world, 1000)
     with pytest.raises(ledger.CapacityExhausted):
@@ -245,7 +251,7 @@ def test_an_overbooking_factor_lets_the_site_book_beyond_capacity(client, login,
     response = post_form(
         client,
         "/admin/capacity/overbooking",
-        {"resource_id": world.gpu.id, "factor": "1.05"},
+        {"resource_id": world.gpu.id, "factor": "1.05", "reason": "Jobs finish early on average"},
         page="/admin/capacity",
         follow_redirects=True,
     )
@@ -254,7 +260,7 @@ def test_an_overbooking_factor_lets_the_site_book_beyond_capacity(client, login,
     response = post_form(
         client,
         "/admin/capacity/overbooking",
-        {"resource_id": world.gpu.id, "factor": "1.0"},
+        {"resource_id": world.gpu.id, "factor": "1.0", "reason": "No more overbooking"},
         page="/admin/capacity",
         follow_redirects=True,
     )

@@ -51,7 +51,9 @@ def shop(make_settings, stand_in, login, db) -> Iterator[SimpleNamespace]:  # ty
     start = date.today()
     for _ in range(4):
         q_start, q_end = ledger.quarter_of(start)
-        ledger.set_capacity(db, None, world.gpu, starts_on=q_start, ends_on=q_end, capacity=1000 * HOUR)
+        ledger.set_capacity(
+            db, None, world.gpu, starts_on=q_start, ends_on=q_end, capacity=1000 * HOUR, reason="test setup"
+        )
         start = q_end
     client = app.test_client()
     buyer = login(client)
@@ -59,13 +61,20 @@ def shop(make_settings, stand_in, login, db) -> Iterator[SimpleNamespace]:  # ty
         db, buyer, name="Kaunas Vision UAB", kind="sme", country="LT", vat_number="LT119511515"
     )
     admin = login(app.test_client())
-    grant_role(db, None, admin, FactoryRole.ADMIN)
-    projects.verify_organisation(db, admin, org)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
+    projects.verify_organisation(db, admin, org, reason="test setup")
     project = projects.create_project(db, buyer, org, title="Shelf vision")
     offering = market.create_offering(
-        db, None, resource=world.gpu, title="H100 hours", price_cents=250, max_quantity=500, validity_months=3
+        db,
+        None,
+        resource=world.gpu,
+        title="H100 hours",
+        price_cents=250,
+        max_quantity=500,
+        validity_months=3,
+        reason="test setup",
     )
-    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
+    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="test setup")
     yield SimpleNamespace(
         app=app,
         settings=settings,
@@ -225,11 +234,15 @@ def test_finance_refunds_unused_hours_with_a_credit_note_and_stripe_agrees(shop,
     wait_for("payment", lambda: fresh(db, Order, placed.id).state == OrderState.PAID)
     ledger.charge_usage(db, placed.allocation_id, 10 * HOUR, idempotency_key="market-usage")
     finance = login(shop.app.test_client())
-    grant_role(db, None, finance, FactoryRole.FINANCE)
+    grant_role(db, None, finance, FactoryRole.FINANCE, reason="test setup")
     placed = fresh(db, Order, placed.id)
     with pytest.raises(market.InvalidInput, match="unused hours"):
-        market.refund_order(db, shop.settings, market.StripeGateway(shop.settings), finance, placed, quantity=31)
-    note = market.refund_order(db, shop.settings, market.StripeGateway(shop.settings), finance, placed, quantity=30)
+        market.refund_order(
+            db, shop.settings, market.StripeGateway(shop.settings), finance, placed, quantity=31, reason="test setup"
+        )
+    note = market.refund_order(
+        db, shop.settings, market.StripeGateway(shop.settings), finance, placed, quantity=30, reason="test setup"
+    )
     assert (note.kind, note.net_cents, note.gross_cents, note.lines[0]["quantity"]) == (
         InvoiceKind.CREDIT_NOTE,
         -7_500,
@@ -423,10 +436,10 @@ def test_site_operators_do_not_see_organisations_orders(shop, db, login):
     placed = db.exec(select(Order).where(Order.project_id == shop.project.id)).one()
     operator_client = shop.app.test_client()
     operator = login(operator_client)
-    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR)
+    grant_role(db, None, operator, FactoryRole.SITE_OPERATOR, reason="test setup")
     assert operator_client.get(f"/market/orders/{placed.id}").status_code == 404
     assert operator_client.get(f"/organisations/{shop.org.id}/billing").status_code == 404
     finance_client = shop.app.test_client()
-    grant_role(db, None, login(finance_client), FactoryRole.FINANCE)
+    grant_role(db, None, login(finance_client), FactoryRole.FINANCE, reason="test setup")
     assert finance_client.get(f"/market/orders/{placed.id}").status_code == 200
     assert finance_client.get(f"/organisations/{shop.org.id}/billing").status_code == 200

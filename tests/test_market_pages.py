@@ -27,7 +27,7 @@ __all__ = ["shop"]
 def staff(shop, login, db, role: FactoryRole):  # type: ignore[no-untyped-def]
     client = shop.app.test_client()
     user = login(client)
-    grant_role(db, None, user, role)
+    grant_role(db, None, user, role, reason="test setup")
     return client, user
 
 
@@ -64,6 +64,7 @@ def test_staff_create_an_offering_and_a_bad_price_is_explained(shop, db, login):
         "min_quantity": "10",
         "max_quantity": "100",
         "validity_months": "6",
+        "reason": "Off-peak hours sell badly",
     }
     bad = post_form(operator, "/admin/offerings", form, page="/admin/offerings")
     html = bad.get_data(as_text=True)
@@ -91,9 +92,17 @@ def test_staff_create_an_offering_and_a_bad_price_is_explained(shop, db, login):
 
     # publish: on sale; retire: gone again
     url = f"/admin/offerings/{offering.id}"
-    assert post_form(operator, f"{url}/state", {"state": "published"}, page=url).status_code == 302
+    assert (
+        post_form(operator, f"{url}/state", {"state": "published", "reason": "Ready for sale"}, page=url).status_code
+        == 302
+    )
     assert "Cheap H100 hours" in shop.client.get("/market").get_data(as_text=True)
-    assert post_form(operator, f"{url}/state", {"state": "retired"}, page=url).status_code == 302
+    assert (
+        post_form(
+            operator, f"{url}/state", {"state": "retired", "reason": "The nodes are decommissioned"}, page=url
+        ).status_code
+        == 302
+    )
     assert "Cheap H100 hours" not in shop.client.get("/market").get_data(as_text=True)
     assert fresh(db, Offering, offering.id).state == OfferingState.RETIRED
     assert post_form(operator, f"{url}/state", {"state": "bogus"}, page=url).status_code == 302
@@ -112,9 +121,9 @@ def test_a_new_price_applies_to_new_orders_only(shop, db, login):  # type: ignor
     order(shop, 10)
     first = db.exec(select(Order)).one()
     url = f"/admin/offerings/{shop.offering.id}"
-    bad = post_form(admin, url, {"price": "-3"}, page=url)
+    bad = post_form(admin, url, {"price": "-3", "reason": "Energy costs"}, page=url)
     assert bad.status_code == 422 and "positive" in bad.get_data(as_text=True)
-    assert post_form(admin, url, {"price": "3.10"}, page=url).status_code == 302
+    assert post_form(admin, url, {"price": "3.10", "reason": "Energy costs rose"}, page=url).status_code == 302
     assert fresh(db, Offering, shop.offering.id).price_cents == 310
     order(shop, 10)
     second = db.exec(select(Order).where(Order.id != first.id)).one()
@@ -169,14 +178,23 @@ def test_finance_refunds_through_the_page_and_sees_the_credit_note(shop, db, log
     page = finance.get("/finance/orders").get_data(as_text=True)
     assert "Kaunas Vision UAB" in page and "at most 30" in page
 
-    too_many = post_form(finance, f"/finance/orders/{placed.id}/refund", {"quantity": "31"}, page="/finance/orders")
+    too_many = post_form(
+        finance, f"/finance/orders/{placed.id}/refund", {"quantity": "31", "reason": "Unused"}, page="/finance/orders"
+    )
     assert too_many.status_code == 422 and "Between 1 and 30" in too_many.get_data(as_text=True)
-    nonsense = post_form(finance, f"/finance/orders/{placed.id}/refund", {"quantity": "x"}, page="/finance/orders")
+    nonsense = post_form(
+        finance, f"/finance/orders/{placed.id}/refund", {"quantity": "x", "reason": "Unused"}, page="/finance/orders"
+    )
     assert nonsense.status_code == 422
     assert post_form(shop.client, f"/finance/orders/{placed.id}/refund", {"quantity": "1"}).status_code == 403
     assert fresh(db, Order, placed.id).refunded_cents == 0
 
-    done = post_form(finance, f"/finance/orders/{placed.id}/refund", {"quantity": "30"}, page="/finance/orders")
+    done = post_form(
+        finance,
+        f"/finance/orders/{placed.id}/refund",
+        {"quantity": "30", "reason": "Customer asked: project ended"},
+        page="/finance/orders",
+    )
     assert done.status_code == 302
     note = db.exec(select(Invoice).where(Invoice.order_id == placed.id, Invoice.kind == InvoiceKind.CREDIT_NOTE)).one()
     assert (note.net_cents, note.gross_cents) == (-7_500, -7_500)
@@ -186,7 +204,9 @@ def test_finance_refunds_through_the_page_and_sees_the_credit_note(shop, db, log
     assert note.reference in page and f"/market/invoices/{note.id}.pdf" in page
     assert f"credit note {note.reference}" in page  # the flashed message
     # nothing unused is left: no refund form, and a second refund is explained, not a 500
-    again = post_form(finance, f"/finance/orders/{placed.id}/refund", {"quantity": "1"}, page="/finance/orders")
+    again = post_form(
+        finance, f"/finance/orders/{placed.id}/refund", {"quantity": "1", "reason": "Unused"}, page="/finance/orders"
+    )
     assert again.status_code == 422 and "Between 1 and 0" in again.get_data(as_text=True)
     # the buyer sees the credit note on the billing page
     billing = shop.client.get(f"/organisations/{shop.org.id}/billing").get_data(as_text=True)
@@ -209,7 +229,13 @@ def test_the_csv_exports_match_the_database(shop, db, login):  # type: ignore[no
     order(shop, 3)  # pending: in the orders export, without an invoice
     finance, finance_user = staff(shop, login, db, FactoryRole.FINANCE)
     market.refund_order(
-        db, shop.settings, market.StripeGateway(shop.settings), finance_user, fresh(db, Order, placed.id), quantity=4
+        db,
+        shop.settings,
+        market.StripeGateway(shop.settings),
+        finance_user,
+        fresh(db, Order, placed.id),
+        quantity=4,
+        reason="test setup",
     )
     # a hostile organisation name must not become a formula
     sly = projects.create_organisation(db, shop.buyer, name="=HYPERLINK(1)", kind="sme", country="LT")
@@ -252,8 +278,8 @@ def test_the_csv_exports_match_the_database(shop, db, login):  # type: ignore[no
     # the formula guard: an order of the sly organisation
     sly_project = projects.create_project(db, shop.buyer, sly, title="Sly")
     admin = login(shop.app.test_client())
-    grant_role(db, None, admin, FactoryRole.ADMIN)
-    projects.verify_organisation(db, admin, sly)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
+    projects.verify_organisation(db, admin, sly, reason="test setup")
     post_form(
         shop.client,
         f"/market/offerings/{shop.offering.id}/order",
@@ -281,12 +307,19 @@ def test_the_navigation_follows_the_roles(shop, db, login):  # type: ignore[no-u
 
 def test_staff_edit_an_offerings_details_and_bad_values_are_refused(shop, db, login):
     admin_client = shop.app.test_client()
-    grant_role(db, None, login(admin_client), FactoryRole.ADMIN)
+    grant_role(db, None, login(admin_client), FactoryRole.ADMIN, reason="test setup")
     page = f"/admin/offerings/{shop.offering.id}"
     bad = post_form(
         admin_client,
         f"{page}/details",
-        {"title": "H100 hours", "description": "", "min_quantity": "50", "max_quantity": "10", "validity_months": "6"},
+        {
+            "title": "H100 hours",
+            "description": "",
+            "min_quantity": "50",
+            "max_quantity": "10",
+            "validity_months": "6",
+            "reason": "Bigger orders only",
+        },
         page=page,
     )
     assert bad.status_code == 422 and "at least the smallest" in bad.get_data(as_text=True)
@@ -299,6 +332,7 @@ def test_staff_edit_an_offerings_details_and_bad_values_are_refused(shop, db, lo
             "min_quantity": "10",
             "max_quantity": "800",
             "validity_months": "12",
+            "reason": "Longer validity for Riga",
         },
         page=page,
     )

@@ -111,11 +111,19 @@ def make_shop(engine: sa.Engine, settings: Settings, *, capacity_hours: int, buy
             starts_on=today - timedelta(days=1),
             ends_on=today + timedelta(days=200),
             capacity=capacity_hours * HOUR,
+            reason="test setup",
         )
         offering = market.create_offering(
-            db, None, resource=world.gpu, title="H100 hours", price_cents=250, max_quantity=500, validity_months=3
+            db,
+            None,
+            resource=world.gpu,
+            title="H100 hours",
+            price_cents=250,
+            max_quantity=500,
+            validity_months=3,
+            reason="test setup",
         )
-        market.set_offering_state(db, None, offering, OfferingState.PUBLISHED)
+        market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="test setup")
         staff = admin(db)
         made = []
         for i in range(buyers):
@@ -123,7 +131,7 @@ def make_shop(engine: sa.Engine, settings: Settings, *, capacity_hours: int, buy
             org = projects.create_organisation(
                 db, user, name=f"Company {i} UAB", kind="sme", country="LT", vat_number="LT119511515"
             )
-            projects.verify_organisation(db, staff, org)
+            projects.verify_organisation(db, staff, org, reason="test setup")
             made.append(Buyer(user, projects.create_project(db, user, org, title=f"Vision {i}")))
         return Shop(settings, offering, period, made)
 

@@ -22,8 +22,10 @@ GPU_SECONDS = 2 * 3600 + 1800 + 600 + 120 + 180 + 300 + 1000 + 60 + 60
 @pytest.fixture
 def accounts(db):  # type: ignore[no-untyped-def]
     world = make_world(db)
-    cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
-    ledger.set_capacity(db, None, cpu, starts_on=Q1[0], ends_on=Q1[1], capacity=100_000 * HOUR)
+    cpu = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
+    ledger.set_capacity(db, None, cpu, starts_on=Q1[0], ends_on=Q1[1], capacity=100_000 * HOUR, reason="test setup")
     gpu_allocation = open_q1(db, world, 100)
     cpu_allocation = ledger.open_allocation(
         db,
@@ -36,8 +38,12 @@ def accounts(db):  # type: ignore[no-untyped-def]
         source=AllocationSource.AWARD,
         title="CPU",
     )
-    map_slurm_account(db, None, cluster="factory", account="P1-GPU", allocation_id=gpu_allocation.id)
-    map_slurm_account(db, None, cluster="factory", account="p1-cpu", allocation_id=cpu_allocation.id)
+    map_slurm_account(
+        db, None, cluster="factory", account="P1-GPU", allocation_id=gpu_allocation.id, reason="test setup"
+    )
+    map_slurm_account(
+        db, None, cluster="factory", account="p1-cpu", allocation_id=cpu_allocation.id, reason="test setup"
+    )
     return gpu_allocation, cpu_allocation
 
 
@@ -149,7 +155,17 @@ def test_an_existing_slurm_account_is_mapped_from_the_command_line(app, db):
     clusters = f'[{{"name": "factory", "site": "{world.site.code}"}}]'
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return portal_cli(app, "slurm", "map", "--cluster", "factory", *args, PORTAL_SLURM_CLUSTERS=clusters)
+        return portal_cli(
+            app,
+            "slurm",
+            "map",
+            "--cluster",
+            "factory",
+            *args,
+            "--reason",
+            "legacy account",
+            PORTAL_SLURM_CLUSTERS=clusters,
+        )
 
     done = run("--account", "Legacy-GPU", "--allocation", str(allocation.id))
     assert done.returncode == 0, done.stderr

@@ -103,7 +103,9 @@ def member(stack: Stack, db: Session, login) -> Member:  # type: ignore[no-untyp
     browser = stack.app.test_client()
     user = login(browser)
     world = make_world(db)
-    cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+    cpu = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
     plan_capacity_around_now(db, cpu, 100_000 * HOUR)
     org = projects.create_organisation(db, user, name="Notebook Uni", kind="university", country="LV")
     project = projects.create_project(db, user, org, title="Notebook project")
@@ -145,7 +147,9 @@ def test_usage_that_exhausts_the_allocation_stops_its_notebook_at_once_and_says_
 ) -> None:
     session = running_notebook(db, stack, member)
     operator = person(db, "Operator")
-    _token, agent_token = create_agent_token(db, None, owner=operator, site_id=member.site_id, name="agent")
+    _token, agent_token = create_agent_token(
+        db, None, owner=operator, site_id=member.site_id, name="agent", reason="test setup"
+    )
     db.refresh(member.allocation)
     now = utcnow()
 

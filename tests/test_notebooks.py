@@ -126,7 +126,9 @@ def test_a_notebook_is_launched_checked_run_metered_and_stopped_when_exhausted(s
     settings, client = stack.settings, stack.client
     with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
         world = make_world(db)
-        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        cpu = ledger.create_resource(
+            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+        )
         plan_capacity_around_now(db, cpu, 100_000 * HOUR)
         allocation = open_now(db, world.project, cpu, 10)  # 10 core-hours: 5 hours of the 2-core profile
         theirs = open_now(db, world.other_project, cpu, 10)
@@ -298,7 +300,9 @@ def test_a_member_launches_from_the_project_page_follows_the_start_and_stops_it(
     user = login(browser)
     with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
         world = make_world(db)
-        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        cpu = ledger.create_resource(
+            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+        )
         plan_capacity_around_now(db, cpu, 100_000 * HOUR)
         org = projects.create_organisation(db, user, name="Notebook Uni", kind="university", country="LV")
         project = projects.create_project(db, user, org, title="Notebook project")

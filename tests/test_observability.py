@@ -101,7 +101,9 @@ def test_metrics_count_what_real_traffic_did(metered_app: Flask, login) -> None:
     with Session(metered_app.extensions["portal.engine"], expire_on_commit=False) as db:
         world = make_world(db)
         allocation = open_q1(db, world, 10)
-        _token, agent_token = create_agent_token(db, None, owner=person(db, "Op"), site_id=world.site.id, name="a")
+        _token, agent_token = create_agent_token(
+            db, None, owner=person(db, "Op"), site_id=world.site.id, name="a", reason="test setup"
+        )
     records = [
         {"id": f"r-{n}", "allocation_id": allocation.id, "quantity": HOUR, "user": "anna",
          "started_at": "2030-01-05T10:00:00Z", "ended_at": f"2030-01-05T1{n}:00:00Z"}
@@ -171,7 +173,9 @@ def test_metrics_show_notebook_spawns_their_durations_and_the_hubs_metering_lag(
     before = scrape(client)
     with Session(metered_app.extensions["portal.engine"], expire_on_commit=False) as db:
         world = make_world(db)
-        cpu = ledger.create_resource(db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU)
+        cpu = ledger.create_resource(
+            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+        )
         plan_capacity_around_now(db, cpu, 1000 * HOUR)
         allocation = open_now(db, world.project, cpu, 10)
         hub = {"Authorization": f"Bearer {settings.hub_spawn_check_token}"}

@@ -179,18 +179,27 @@ def side_of(org: str) -> str:
 
 def seed(db: Session) -> SimpleNamespace:
     sites = {
-        code: ledger.create_site(db, None, code=code, name=name, city=name, country=country)
+        code: ledger.create_site(db, None, code=code, name=name, city=name, country=country, reason="test setup")
         for code, (name, country) in SITES.items()
     }
     resources = {}
     for (site, code), (kind, name) in RESOURCES.items():
         resource = ledger.create_resource(
-            db, None, sites[site], code=code, name=name, kind=kind, gpu_model="H100" if kind == "gpu" else None
+            db,
+            None,
+            sites[site],
+            code=code,
+            name=name,
+            kind=kind,
+            gpu_model="H100" if kind == "gpu" else None,
+            reason="test setup",
         )
         resources[(site, code)] = resource
         for start, hours in CAPACITY[(site, code)].items():
             end = Q1[1] if start == Q1[0] else Q2[1]
-            ledger.set_capacity(db, None, resource, starts_on=start, ends_on=end, capacity=hours * HOUR)
+            ledger.set_capacity(
+                db, None, resource, starts_on=start, ends_on=end, capacity=hours * HOUR, reason="test setup"
+            )
     owner = person(db, "Owner")
     organisations = {
         name: projects.create_organisation(db, owner, name=name, kind=kind, country=country)
@@ -223,7 +232,7 @@ def seed(db: Session) -> SimpleNamespace:
             title=key,
         )
     admin = person(db, "Admin")
-    grant_role(db, None, admin, FactoryRole.ADMIN)
+    grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
     for key, hours in RELEASES.items():
         ledger.release_to_pool(db, admin, allocations[key].id, hours * HOUR)
     charge(db, allocations, USAGE)
@@ -255,7 +264,7 @@ def staff_client(app: Flask, db: Session, login, role: FactoryRole | None) -> tu
     client = app.test_client()
     user = login(client)
     if role is not None:
-        grant_role(db, None, user, role)
+        grant_role(db, None, user, role, reason="test setup")
     return client, user
 
 
@@ -398,10 +407,22 @@ def sell(db: Session, settings, factory, lines: list[tuple[str, str, int, int, i
 def shop(db, settings, factory):  # type: ignore[no-untyped-def]
     factory.offerings = {
         "h100": market.create_offering(
-            db, None, resource=factory.resources[("waw", "h100")], title="H100 hours", price_cents=300, max_quantity=500
+            db,
+            None,
+            resource=factory.resources[("waw", "h100")],
+            title="H100 hours",
+            price_cents=300,
+            max_quantity=500,
+            reason="test setup",
         ),
         "h200": market.create_offering(
-            db, None, resource=factory.resources[("rix", "h200")], title="H200 hours", price_cents=400, max_quantity=500
+            db,
+            None,
+            resource=factory.resources[("rix", "h200")],
+            title="H200 hours",
+            price_cents=400,
+            max_quantity=500,
+            reason="test setup",
         ),
     }
     sales = [
@@ -597,7 +618,7 @@ def test_a_site_operator_sees_only_the_sites_assigned_to_them_and_no_revenue(app
     client, operator = staff_client(app, db, login, FactoryRole.SITE_OPERATOR)
     page = client.get("/reports?quarter=2030-Q1").get_data(as_text=True)
     assert "No site is assigned to you yet" in page and "GPU-hours" not in page
-    reports.assign_site(db, shop.admin, operator, shop.sites["rix"])
+    reports.assign_site(db, shop.admin, operator, shop.sites["rix"], reason="test setup")
     page = client.get("/reports?quarter=2030-Q1").get_data(as_text=True)
     assert [row[:2] for row in html_table(page, "capacity")] == [["Riga", "H200 GPU-hours"]]
     assert "H100 GPU-hours" not in page and "Tallinn Startup" not in page
@@ -630,7 +651,7 @@ def test_people_without_a_staff_role_get_403_everywhere(app, db, login, factory)
 
 def test_operators_pick_any_quarter_with_capacity_past_or_planned_and_see_its_chart(app, db, login, factory):
     client, _admin = staff_client(app, db, login, FactoryRole.SITE_OPERATOR)
-    reports.assign_site(db, factory.admin, _admin, factory.sites["rix"])
+    reports.assign_site(db, factory.admin, _admin, factory.sites["rix"], reason="test setup")
     page = client.get("/reports").get_data(as_text=True)
     choices = re.findall(r'<option value="(\d{4}-Q\d)"', page)
     today = datetime.now(UTC).date()

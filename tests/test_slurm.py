@@ -106,15 +106,21 @@ def world(db: Session, app, site_code: str) -> World:  # type: ignore[no-untyped
     """A site with H100 and CPU resources, a project (PI and one member) with 10 GPU-hours and 100 core-hours
     running from yesterday for 30 days."""
     settings = app.extensions["portal.settings"]
-    site = ledger.create_site(db, None, code=site_code, name="Test Centre", city="Riga", country="LV")
-    gpu = ledger.create_resource(db, None, site, code="h100", name="H100", kind=ResourceKind.GPU, gpu_model="H100")
-    cpu = ledger.create_resource(db, None, site, code="cpu", name="CPU", kind=ResourceKind.CPU)
+    site = ledger.create_site(
+        db, None, code=site_code, name="Test Centre", city="Riga", country="LV", reason="test setup"
+    )
+    gpu = ledger.create_resource(
+        db, None, site, code="h100", name="H100", kind=ResourceKind.GPU, gpu_model="H100", reason="test setup"
+    )
+    cpu = ledger.create_resource(db, None, site, code="cpu", name="CPU", kind=ResourceKind.CPU, reason="test setup")
     now = utcnow()
     this_quarter = ledger.quarter_of(now.date())
     next_quarter = ledger.quarter_of(this_quarter[1])
     for resource in (gpu, cpu):
         for starts_on, ends_on in (this_quarter, next_quarter):
-            ledger.set_capacity(db, None, resource, starts_on=starts_on, ends_on=ends_on, capacity=10**9)
+            ledger.set_capacity(
+                db, None, resource, starts_on=starts_on, ends_on=ends_on, capacity=10**9, reason="test setup"
+            )
     pi = person(db, "Pi")
     member = person(db, "Anna")
     org = projects.create_organisation(db, pi, name="Uni", kind="university", country="LV")
@@ -184,10 +190,14 @@ def pending_reason(cluster: SlurmCluster, job_id: str) -> str:
 
 
 def test_sync_creates_accounts_users_and_limits_and_a_second_run_changes_nothing(app, db, world, slurm_cluster):
-    set_pi = portal_cli(app, "slurm", "set-username", "--cluster", CLUSTER, world.pi.email, "root")
+    set_pi = portal_cli(
+        app, "slurm", "set-username", "--cluster", CLUSTER, world.pi.email, "root", "--reason", "PI's cluster login"
+    )
     assert set_pi.returncode == 0, set_pi.stderr
     assert f"is root on {CLUSTER}" in set_pi.stdout
-    set_slurm_username(db, None, cluster=CLUSTER, user=world.member, username="Anna")  # stored lower case
+    set_slurm_username(
+        db, None, cluster=CLUSTER, user=world.member, username="Anna", reason="test setup"
+    )  # stored lower case
 
     first = portal_cli(app, "slurm", "sync", "--cluster", CLUSTER)
     assert first.returncode == 0, first.stderr
@@ -215,7 +225,7 @@ def test_sync_creates_accounts_users_and_limits_and_a_second_run_changes_nothing
 
 
 def test_real_jobs_are_charged_exactly_once_by_pull_sacct_and_import_sacct(app, db, world, slurm_cluster, tmp_path):
-    set_slurm_username(db, None, cluster=CLUSTER, user=world.pi, username="root")
+    set_slurm_username(db, None, cluster=CLUSTER, user=world.pi, username="root", reason="test setup")
     assert sync_cluster(db, world.config).problems == []
     started = utcnow() - timedelta(minutes=1)
     gpu_job = sbatch(slurm_cluster, world.gpu_account, "--gres=gpu:2")
@@ -271,7 +281,7 @@ def test_real_jobs_are_charged_exactly_once_by_pull_sacct_and_import_sacct(app, 
 
 
 def test_an_exhausted_allocation_is_held_and_released_when_hours_are_added(app, db, world, slurm_cluster):
-    set_slurm_username(db, None, cluster=CLUSTER, user=world.pi, username="root")
+    set_slurm_username(db, None, cluster=CLUSTER, user=world.pi, username="root", reason="test setup")
     sync_cluster(db, world.config)
     allocation_id = world.gpu_allocation.id
     ledger.charge_usage(db, allocation_id, 10 * HOUR, idempotency_key=f"elsewhere-{uuid.uuid4()}")
@@ -313,7 +323,9 @@ def test_dry_run_prints_the_commands_and_changes_nothing(app, db, world, slurm_c
 def test_an_unknown_cluster_or_user_is_refused_on_stderr(app, world):
     unknown = portal_cli(app, "slurm", "sync", "--cluster", "nowhere")
     assert unknown.returncode == 1 and "'nowhere' is not configured" in unknown.stderr
-    bad = portal_cli(app, "slurm", "set-username", "--cluster", CLUSTER, world.pi.email, "Not A Login")
+    bad = portal_cli(
+        app, "slurm", "set-username", "--cluster", CLUSTER, world.pi.email, "Not A Login", "--reason", "typo"
+    )
     assert bad.returncode == 1 and "A cluster login is" in bad.stderr
 
 

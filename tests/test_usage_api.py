@@ -20,7 +20,9 @@ def site_setup(db):  # type: ignore[no-untyped-def]
     allocation = open_q1(db, here, 10)
     foreign = open_q1(db, elsewhere, 10)
     operator = person(db, "Operator")
-    _token, plain = create_agent_token(db, None, owner=operator, site_id=here.site.id, name="agent")
+    _token, plain = create_agent_token(
+        db, None, owner=operator, site_id=here.site.id, name="agent", reason="test setup"
+    )
     return allocation, foreign, plain, operator
 
 
@@ -108,7 +110,9 @@ def test_usage_past_the_balance_exhausts_the_allocation(client, db, site_setup):
 def test_the_agent_token_comes_from_the_command_line_once(app, db):
     world = make_world(db, code="waw")
     operator = person(db, "Ops")
-    result = portal_cli(app, "sites", "agent-token", "WAW", "--owner", operator.email, "--name", "waw-agent")
+    result = portal_cli(
+        app, "sites", "agent-token", "WAW", "--owner", operator.email, "--name", "waw-agent", "--reason", "new agent"
+    )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token.startswith("bafp_")
@@ -119,7 +123,9 @@ def test_the_agent_token_comes_from_the_command_line_once(app, db):
         headers={"Authorization": f"Bearer {token}"},
     )
     assert response.json == {"accepted": 1, "duplicates": 0}
-    missing = portal_cli(app, "sites", "agent-token", "nowhere", "--owner", operator.email, "--name", "x")
+    missing = portal_cli(
+        app, "sites", "agent-token", "nowhere", "--owner", operator.email, "--name", "x", "--reason", "new agent"
+    )
     assert missing.returncode == 1 and "No site with the code 'nowhere'" in missing.stderr
     assert db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == allocation.id)).all()
     assert db.get(Allocation, allocation.id) is not None

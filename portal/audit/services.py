@@ -31,6 +31,8 @@ PAGE_SIZE = 50
 MAX_ID = 2**63 - 1
 #: Rows read per query while a CSV export streams.
 EXPORT_BATCH = 500
+#: Shortest and longest reason (after stripping) an action that asks why accepts.
+REASON_LENGTH = (3, 500)
 CSV_COLUMNS = [
     "id",
     "occurred_at",
@@ -52,6 +54,21 @@ def actor_label(actor: User | str | None) -> str:
     if isinstance(actor, User):
         return f"{actor.display_name} <{actor.email}>" if actor.email else actor.display_name
     return actor or "system"
+
+
+def require_reason(reason: str) -> str:
+    """The reason a privileged action is taken, stripped: the one check every action that asks why makes.
+
+    ``InvalidInput`` (on the field ``reason``) when it is blank or outside REASON_LENGTH, before anything changes.
+    """
+    text = (reason or "").strip()
+    shortest, longest = REASON_LENGTH
+    if not shortest <= len(text) <= longest:
+        raise InvalidInput(
+            f"Say why ({shortest} to {longest} characters); the reason is kept in the audit log.",
+            errors={"reason": f"Say why, in {shortest} to {longest} characters."},
+        )
+    return text
 
 
 def _plain(value: Any) -> Any:

@@ -145,9 +145,11 @@ CALLS: tuple[PlannedCall, ...] = (
 
 
 def ensure_default_calls(
-    db: Session, manager: User, resources: list[Resource], *, now: datetime | None = None
+    db: Session, manager: User, resources: list[Resource], *, reason: str, now: datetime | None = None
 ) -> list[Call]:
     """Create and open the standing calls where no call of that title exists yet; open from today for a year.
+
+    ``reason`` is what the audit log says for each call created and opened (the command or the demo).
 
     Each call gets a budget on each of ``resources`` (by the resource's kind). Calls that exist are left
     as they are, so running this again changes nothing.
@@ -183,6 +185,7 @@ def ensure_default_calls(
             decision_within_working_days=planned.decision_within_working_days,
             questions=planned.questions,
             criteria=planned.criteria,
+            reason=reason,
         )
-        calls.append(grants.set_call_state(db, manager, call, CallState.OPEN))
+        calls.append(grants.set_call_state(db, manager, call, CallState.OPEN, reason=reason))
     return calls

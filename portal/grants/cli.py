@@ -43,7 +43,9 @@ def seed_command(manager: str, resources: tuple[str, ...]) -> None:
             raise click.ClickException(f"No resource '{item}'; see 'portal sites list'.")
         chosen.append(resource)
     try:
-        created = ensure_default_calls(db, find_user_by_email(db, manager), chosen)
+        created = ensure_default_calls(
+            db, find_user_by_email(db, manager), chosen, reason="the factory's standing calls (portal calls seed)"
+        )
     except DomainError as exc:
         raise click.ClickException(exc.detail) from exc
     for call in created:

@@ -29,6 +29,7 @@ from wtforms import (
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Optional
 
+from portal.forms import reason_field
 from portal.grants.models import AccessMode, Call, ReviewKind, ReviewMode
 from portal.ledger.models import Resource, Site
 from portal.projects.models import OrganisationKind
@@ -227,7 +228,9 @@ class CallForm(FlaskForm):
     budgets = FieldList(FormField(BudgetRow), min_entries=3, max_entries=12)
     questions = TextAreaField("Questions (JSON)", default="[]")
     criteria = TextAreaField("Review criteria (JSON)", default="[]")
+    reason = reason_field()
 
 
 class CallStateForm(FlaskForm):
     state = HiddenField(validators=[InputRequired()])
+    reason = reason_field()

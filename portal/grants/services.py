@@ -158,10 +158,12 @@ def create_call(
     decision_within_working_days: int | None = None,
     questions: list[dict[str, Any]] | None = None,
     criteria: list[dict[str, Any]] | None = None,
+    reason: str,
 ) -> Call:
     """Create a call in the draft state (``open_call`` publishes it); ``actor`` None is seed data."""
     if actor is not None:
         require(db, actor, Action.CREATE_CALLS)
+    reason = audit.require_reason(reason)
     errors = {}
     if not title.strip():
         errors["title"] = "Enter a title."
@@ -206,17 +208,20 @@ def create_call(
             raise InvalidInput("No such resource.", errors={"budgets": f"resource {resource_id}"})
         db.add(CallBudget(call_id=call.id, resource_id=resource_id, budget=amount))  # type: ignore[arg-type]
     summary = f"call '{call.title}' ({access_mode}, {review_mode}), managed by {manager.display_name}"
-    audit.record(db, actor, AuditAction.CALL_CREATED, call, summary=summary, details={"budgets": budgets})
+    audit.record(
+        db, actor, AuditAction.CALL_CREATED, call, summary=summary, reason=reason, details={"budgets": budgets}
+    )
     db.commit()
     return call
 
 
-def set_call_state(db: Session, actor: User, call: Call, state: CallState) -> Call:
+def set_call_state(db: Session, actor: User, call: Call, state: CallState, *, reason: str) -> Call:
     require(db, actor, Action.MANAGE_CALL, call)
+    reason = audit.require_reason(reason)
     before, call.state = call.state, state
     details = {"before": before, "after": state}
     summary = f"call '{call.title}' {before} -> {state}"
-    audit.record(db, actor, AuditAction.CALL_STATE_CHANGED, call, summary=summary, details=details)
+    audit.record(db, actor, AuditAction.CALL_STATE_CHANGED, call, summary=summary, reason=reason, details=details)
     db.commit()
     return call
 

@@ -27,7 +27,7 @@ from portal.authz import Action, allowed, project_role, require
 from portal.db import get_db, utcnow
 from portal.errors import Conflict, DomainError, InvalidInput, NotAuthorised, NotFound
 from portal.formatting import csv_safe, parse_quantity
-from portal.forms import ActionForm
+from portal.forms import ActionForm, apply_errors
 from portal.grants import services as grants
 from portal.grants.forms import (
     AcceptBase,
@@ -1035,7 +1035,7 @@ def _requests_of_call(db: Session, call: Call) -> dict[int, dict[int, ResourceRe
 
 @bp.get("/calls/<int:call_id>/manage")
 @login_required
-def manage(call_id: int):  # type: ignore[no-untyped-def]
+def manage(call_id: int, state_form: CallStateForm | None = None, status: int = 200):  # type: ignore[no-untyped-def]
     db, me = get_db(), actor()
     call = _managed_call(call_id)
     apps = _applications_of_call(db, call)
@@ -1084,8 +1084,8 @@ def manage(call_id: int):  # type: ignore[no-untyped-def]
         budget_rows=budget_rows,
         progress=progress,
         ranking=grants.ranking(db, me, call),
-        state_form=CallStateForm(formdata=None),
-    )
+        state_form=state_form or CallStateForm(formdata=None),
+    ), status
 
 
 @bp.post("/calls/<int:call_id>/state")
@@ -1096,7 +1096,12 @@ def set_call_state(call_id: int):  # type: ignore[no-untyped-def]
     form = CallStateForm()
     if not form.validate_on_submit() or form.state.data not in (CallState.OPEN.value, CallState.CLOSED.value):
         abort(400)
-    grants.set_call_state(db, me, call, CallState(form.state.data))
+    try:
+        grants.set_call_state(db, me, call, CallState(form.state.data), reason=form.reason.data or "")
+    except InvalidInput as exc:
+        db.rollback()
+        apply_errors(form, exc)
+        return manage(call_id, state_form=form, status=422)
     flash(f"The call is {call.state.value}.", "success")
     return redirect(url_for("grants.manage", call_id=call_id))
 
@@ -1251,6 +1256,7 @@ def new_call():  # type: ignore[no-untyped-def]
                     eligible_countries=countries,
                     questions=questions,
                     criteria=criteria,
+                    reason=form.reason.data or "",
                 )
             except InvalidInput as exc:
                 db.rollback()

@@ -5,6 +5,7 @@ from wtforms import IntegerField, SelectField, SelectMultipleField, StringField,
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange
 
+from portal.forms import reason_field
 from portal.identity.models import ApiScope, FactoryRole
 
 
@@ -26,3 +27,4 @@ class TokenForm(FlaskForm):
 
 class GrantRoleForm(FlaskForm):
     role = SelectField("Role", choices=[SelectChoice(r.value, r.value.replace("_", " ")) for r in FactoryRole])
+    reason = reason_field()

@@ -234,29 +234,33 @@ def _who(user: User) -> str:
     return f"{user.display_name} <{user.email}>" if user.email else user.display_name
 
 
-def grant_role(db: Session, actor: User | None, user: User, role: FactoryRole) -> RoleGrant:
+def grant_role(db: Session, actor: User | None, user: User, role: FactoryRole, *, reason: str) -> RoleGrant:
     """Give ``user`` a factory role; ``actor`` None means the command line (an operator with shell access)."""
     if actor is not None:
         require(db, actor, Action.GRANT_ROLES)
+    reason = audit.require_reason(reason)
     existing = db.exec(select(RoleGrant).where(RoleGrant.user_id == user.id, RoleGrant.role == role)).first()
     if existing is not None:
         return existing
     grant = RoleGrant(user_id=user.id, role=role, granted_by_id=actor.id if actor else None)  # type: ignore[arg-type]
     db.add(grant)
-    audit.record(db, actor or "cli", AuditAction.ROLE_GRANTED, user, summary=f"{_who(user)} is now {role.value}")
+    summary = f"{_who(user)} is now {role.value}"
+    audit.record(db, actor or "cli", AuditAction.ROLE_GRANTED, user, summary=summary, reason=reason)
     db.commit()
     return grant
 
 
-def revoke_role(db: Session, actor: User, user: User, role: FactoryRole) -> None:
+def revoke_role(db: Session, actor: User, user: User, role: FactoryRole, *, reason: str) -> None:
     require(db, actor, Action.GRANT_ROLES)
+    reason = audit.require_reason(reason)
     if user.id == actor.id and role == FactoryRole.ADMIN:
         raise Conflict("You cannot remove your own admin role; ask another admin.")
     grant = db.exec(select(RoleGrant).where(RoleGrant.user_id == user.id, RoleGrant.role == role)).first()
     if grant is None:
         raise NotFound(f"{user.display_name} does not hold the role {role}.")
     db.delete(grant)
-    audit.record(db, actor, AuditAction.ROLE_REVOKED, user, summary=f"{_who(user)} is no longer {role.value}")
+    summary = f"{_who(user)} is no longer {role.value}"
+    audit.record(db, actor, AuditAction.ROLE_REVOKED, user, summary=summary, reason=reason)
     db.commit()
 
 
@@ -343,7 +347,7 @@ def authenticate_api_token(db: Session, plain: str, *, scope: ApiScope) -> tuple
 
 
 def create_agent_token(
-    db: Session, actor: User | None, *, owner: User, site_id: int, name: str, ttl_days: int = 365
+    db: Session, actor: User | None, *, owner: User, site_id: int, name: str, reason: str, ttl_days: int = 365
 ) -> tuple[ApiToken, str]:
     """A ``usage:write`` token for a site's usage agent; it can report usage for that site only.
 
@@ -351,6 +355,7 @@ def create_agent_token(
     """
     if actor is not None:
         require(db, actor, Action.MANAGE_CAPACITY)
+    reason = audit.require_reason(reason)
     if not name.strip():
         raise InvalidInput("Name the agent, for example 'waw-slurm-agent'.", errors={"name": "Required."})
     if not 1 <= ttl_days <= 3 * 366:
@@ -367,6 +372,6 @@ def create_agent_token(
     )
     db.add(token)
     summary = f"usage agent token '{token.name}' for site {site_id}, answerable: {_who(owner)}"
-    audit.record(db, actor or "cli", AuditAction.AGENT_TOKEN_CREATED, token, summary=summary)
+    audit.record(db, actor or "cli", AuditAction.AGENT_TOKEN_CREATED, token, summary=summary, reason=reason)
     db.commit()
     return token, plain

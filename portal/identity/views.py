@@ -8,7 +8,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from portal.authz import Action, require
 from portal.db import get_db
 from portal.errors import InvalidInput, LoginRefused
-from portal.forms import ActionForm, apply_errors
+from portal.forms import ActionForm, ReasonForm, apply_errors
 from portal.identity import oidc, services
 from portal.identity.forms import GrantRoleForm, TokenForm
 from portal.identity.models import FactoryRole, User
@@ -172,17 +172,23 @@ def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
     return redirect(url_for("identity.account"))
 
 
-@bp.get("/admin/users")
-@login_required
-def users():  # type: ignore[no-untyped-def]
+def _users_page(errors: dict[int, str] | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+    """The users page; ``errors`` (user id -> message) shows why a grant or revocation was refused."""
     rows = services.list_users(get_db(), actor(), query=request.args.get("q", ""))
     return render_template(
         "identity/users.html",
         rows=rows,
-        grant_form=GrantRoleForm(),
-        action_form=ActionForm(),
+        grant_form=GrantRoleForm(formdata=None),
+        revoke_form=ReasonForm(formdata=None),
+        errors=errors or {},
         q=request.args.get("q", ""),
-    )
+    ), status
+
+
+@bp.get("/admin/users")
+@login_required
+def users():  # type: ignore[no-untyped-def]
+    return _users_page()
 
 
 @bp.post("/admin/users/<int:user_id>/roles")
@@ -196,7 +202,11 @@ def grant_role(user_id: int):  # type: ignore[no-untyped-def]
     user = db.get(User, user_id)
     if user is None:
         abort(404)
-    services.grant_role(db, actor(), user, FactoryRole(form.role.data))
+    try:
+        services.grant_role(db, actor(), user, FactoryRole(form.role.data), reason=form.reason.data or "")
+    except InvalidInput as exc:
+        db.rollback()
+        return _users_page({user.id: exc.detail}, 422)  # type: ignore[dict-item]
     flash(f"{user.display_name} is now {form.role.data.replace('_', ' ')}.", "success")
     return redirect(url_for("identity.users"))
 
@@ -205,12 +215,17 @@ def grant_role(user_id: int):  # type: ignore[no-untyped-def]
 @login_required
 def revoke_role(user_id: int, role: str):  # type: ignore[no-untyped-def]
     db = get_db()
-    if not ActionForm().validate_on_submit():
+    form = ReasonForm()
+    if not form.validate_on_submit():
         abort(400)
     require(db, actor(), Action.GRANT_ROLES)
     user = db.get(User, user_id)
     if user is None or role not in {r.value for r in FactoryRole}:
         abort(404)
-    services.revoke_role(db, actor(), user, FactoryRole(role))
+    try:
+        services.revoke_role(db, actor(), user, FactoryRole(role), reason=form.reason.data or "")
+    except InvalidInput as exc:
+        db.rollback()
+        return _users_page({user.id: exc.detail}, 422)  # type: ignore[dict-item]
     flash(f"{user.display_name} is no longer {role.replace('_', ' ')}.", "success")
     return redirect(url_for("identity.users"))

@@ -59,8 +59,10 @@ SITES: tuple[PlannedSite, ...] = (
 TARGET_UTILISATION_PERCENT = 80
 
 
-def ensure_sites(db: Session, *, plan_quarters_from: date | None = None, quarters: int = 0) -> list[Site]:
+def ensure_sites(db: Session, *, reason: str, plan_quarters_from: date | None = None, quarters: int = 0) -> list[Site]:
     """Create the factory's sites and resources where missing; optionally plan capacity for quarters.
+
+    ``reason`` is what the audit log says for each thing created (the command or the demo that seeded it).
 
     Capacity per quarter = units × seconds in the quarter × target utilisation (storage: TB × 30000
     GB-days a month × 3 months).
@@ -70,7 +72,13 @@ def ensure_sites(db: Session, *, plan_quarters_from: date | None = None, quarter
         site = db.exec(select(Site).where(Site.code == planned.code)).first()
         if site is None:
             site = create_site(
-                db, None, code=planned.code, name=planned.name, city=planned.city, country=planned.country
+                db,
+                None,
+                code=planned.code,
+                name=planned.name,
+                city=planned.city,
+                country=planned.country,
+                reason=reason,
             )
         sites.append(site)
         for item in planned.resources:
@@ -85,6 +93,7 @@ def ensure_sites(db: Session, *, plan_quarters_from: date | None = None, quarter
                     kind=item.kind,
                     gpu_model=item.gpu_model,
                     overbooking_permille=1000,
+                    reason=reason,
                 )
             start = plan_quarters_from
             for _ in range(quarters if start else 0):
@@ -100,6 +109,6 @@ def ensure_sites(db: Session, *, plan_quarters_from: date | None = None, quarter
                     )
                 ).first()
                 if planned_period is None:
-                    set_capacity(db, None, resource, starts_on=q_start, ends_on=q_end, capacity=capacity)
+                    set_capacity(db, None, resource, starts_on=q_start, ends_on=q_end, capacity=capacity, reason=reason)
                 start = q_end
     return sites

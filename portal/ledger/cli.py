@@ -8,6 +8,7 @@ import click
 from flask.cli import with_appcontext
 from sqlmodel import select
 
+from portal.audit.cli import reason_option
 from portal.db import get_db
 from portal.errors import DomainError
 from portal.formatting import quantity
@@ -26,7 +27,12 @@ def sites() -> None:
 @with_appcontext
 def seed_command(quarters: int) -> None:
     """Create the factory's eight sites and their resources, and plan capacity where none is planned."""
-    created = ensure_sites(get_db(), plan_quarters_from=date.today(), quarters=quarters)
+    created = ensure_sites(
+        get_db(),
+        reason="the factory's standard sites (portal sites seed)",
+        plan_quarters_from=date.today(),
+        quarters=quarters,
+    )
     click.echo(f"{len(created)} sites: {', '.join(s.city for s in created)}")
 
 
@@ -56,8 +62,9 @@ def list_command() -> None:
 @click.option("--owner", required=True, help="E-mail of the staff member answerable for the agent.")
 @click.option("--name", required=True, help="What the agent is, e.g. 'waw-slurm-agent'.")
 @click.option("--days", default=365, show_default=True, help="Days until the token expires.")
+@reason_option
 @with_appcontext
-def agent_token_command(site_code: str, owner: str, name: str, days: int) -> None:
+def agent_token_command(site_code: str, owner: str, name: str, days: int, reason: str) -> None:
     """Print a usage:write token for SITE_CODE's usage agent (shown once; store it in the agent's secrets)."""
     db = get_db()
     site = db.exec(select(Site).where(Site.code == site_code.lower())).first()
@@ -70,6 +77,7 @@ def agent_token_command(site_code: str, owner: str, name: str, days: int) -> Non
             owner=find_user_by_email(db, owner),
             site_id=site.id,  # type: ignore[arg-type]
             name=name,
+            reason=reason,
             ttl_days=days,
         )
     except DomainError as exc:

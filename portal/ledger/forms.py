@@ -6,6 +6,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Optional
 
 from portal.formatting import display_amount
+from portal.forms import reason_field
 from portal.ledger.statements import AllocationStatement
 
 
@@ -37,6 +38,7 @@ class CapacityForm(FlaskForm):
     units = IntegerField("GPUs or cores in service", validators=[Optional(), NumberRange(min=0)])
     utilisation = IntegerField("Target utilisation (%)", default=80, validators=[Optional(), NumberRange(1, 100)])
     capacity = StringField("…or the capacity in hours (TB-months for storage)", validators=[Optional(), Length(max=20)])
+    reason = reason_field()
 
 
 class ManualAllocationForm(FlaskForm):
@@ -50,5 +52,6 @@ class ManualAllocationForm(FlaskForm):
 
 
 class OverbookingForm(FlaskForm):
-    resource_id = SelectField("Resource", coerce=int)
+    resource_id = SelectField("Resource", coerce=int, id="overbooking-resource")
     factor = StringField("Overbooking factor (1.0 = none)", validators=[InputRequired(), Length(max=8)])
+    reason = reason_field(id="overbooking-reason")

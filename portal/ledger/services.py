@@ -781,8 +781,7 @@ def _take_back_unused(
 def adjust(db: Session, actor: User, allocation_id: int, amount: int, *, reason: str) -> LedgerEntry:
     """An admin's correction, positive or negative, with a mandatory reason."""
     require(db, actor, Action.MANAGE_ALLOCATIONS)
-    if not reason.strip():
-        raise InvalidInput("Say why the balance is adjusted.", errors={"reason": "A reason is required."})
+    reason = audit.require_reason(reason)
     if not isinstance(amount, int) or amount == 0:
         raise InvalidInput("The adjustment must be a non-zero whole number.", errors={"amount": "Not zero."})
     touched: list[tuple[Allocation, str]] = []
@@ -794,7 +793,7 @@ def adjust(db: Session, actor: User, allocation_id: int, amount: int, *, reason:
             reserve_capacity(db, allocation, amount)
         else:
             release_capacity(db, allocation, min(-amount, allocation.reserved))
-        entry = _move(db, allocation, EntryKind.ADJUSTMENT, amount, key=None, actor=actor, reason=reason.strip())
+        entry = _move(db, allocation, EntryKind.ADJUSTMENT, amount, key=None, actor=actor, reason=reason)
         _update_state(db, allocation)
         summary = f"balance {'+' if amount > 0 else '-'}{quantity(abs(amount), _kind(db, allocation))}"
         details = {"amount": amount, "balance_after": entry.balance_after, "ledger_entry_id": entry.id}
@@ -1053,8 +1052,7 @@ def refund_unused(db: Session, allocation_id: int, amount: int, *, idempotency_k
 
 def set_suspended(db: Session, actor: User, allocation_id: int, suspended: bool, *, reason: str) -> Allocation:
     require(db, actor, Action.MANAGE_ALLOCATIONS)
-    if not reason.strip():
-        raise InvalidInput("Say why.", errors={"reason": "A reason is required."})
+    reason = audit.require_reason(reason)
 
     def work() -> Allocation:
         allocation = _lock_allocation(db, allocation_id)
@@ -1078,9 +1076,10 @@ def set_suspended(db: Session, actor: User, allocation_id: int, suspended: bool,
 # --- sites, resources and capacity -----------------------------------------------------------------
 
 
-def create_site(db: Session, actor: User | None, *, code: str, name: str, city: str, country: str) -> Site:
+def create_site(db: Session, actor: User | None, *, code: str, name: str, city: str, country: str, reason: str) -> Site:
     if actor is not None:
         require(db, actor, Action.MANAGE_ALLOCATIONS)
+    reason = audit.require_reason(reason)
     code = code.strip().lower()
     if not code.isalnum() or len(code) > 16:
         raise InvalidInput("A site code is up to 16 letters or digits.", errors={"code": "Letters and digits."})
@@ -1088,7 +1087,8 @@ def create_site(db: Session, actor: User | None, *, code: str, name: str, city: 
         raise InvalidInput("This site code is taken.", errors={"code": "Already used."})
     site = Site(code=code, name=name.strip(), city=city.strip(), country=country.strip().upper())
     db.add(site)
-    audit.record(db, actor, AuditAction.SITE_CREATED, site, summary=f"site {site.code}: {site.name}, {site.city}")
+    summary = f"site {site.code}: {site.name}, {site.city}"
+    audit.record(db, actor, AuditAction.SITE_CREATED, site, summary=summary, reason=reason)
     db.commit()
     return site
 
@@ -1103,9 +1103,11 @@ def create_resource(
     kind: ResourceKind,
     gpu_model: str | None = None,
     overbooking_permille: int = 1000,
+    reason: str,
 ) -> Resource:
     if actor is not None:
         require(db, actor, Action.MANAGE_ALLOCATIONS)
+    reason = audit.require_reason(reason)
     if overbooking_permille < 1000:
         raise InvalidInput("Overbooking is a factor of at least 1.0.", errors={"overbooking": "At least 1.0."})
     if kind == ResourceKind.GPU and not gpu_model:
@@ -1121,7 +1123,7 @@ def create_resource(
     db.add(resource)
     try:
         summary = f"resource {resource.code} ({resource.name}) at site {site.code}"
-        audit.record(db, actor, AuditAction.RESOURCE_CREATED, resource, summary=summary)
+        audit.record(db, actor, AuditAction.RESOURCE_CREATED, resource, summary=summary, reason=reason)
         db.commit()
     except IntegrityError as exc:
         db.rollback()
@@ -1129,10 +1131,11 @@ def create_resource(
     return resource
 
 
-def set_overbooking(db: Session, actor: User | None, resource: Resource, permille: int) -> Resource:
+def set_overbooking(db: Session, actor: User | None, resource: Resource, permille: int, *, reason: str) -> Resource:
     """Change how far reservations may exceed capacity (1000 = none); never below what is reserved."""
     if actor is not None:
         require(db, actor, Action.MANAGE_CAPACITY)
+    reason = audit.require_reason(reason)
     if not isinstance(permille, int) or not 1000 <= permille <= 3000:
         raise InvalidInput("Overbooking is a factor from 1.0 to 3.0.", errors={"overbooking": "From 1.0 to 3.0."})
 
@@ -1150,7 +1153,9 @@ def set_overbooking(db: Session, actor: User | None, resource: Resource, permill
         before, locked.overbooking_permille = locked.overbooking_permille, permille
         summary = f"overbooking of {locked.name} {before / 1000:.3f}x -> {permille / 1000:.3f}x"
         details = {"before_permille": before, "after_permille": permille}
-        audit.record(db, actor, AuditAction.OVERBOOKING_CHANGED, locked, summary=summary, details=details)
+        audit.record(
+            db, actor, AuditAction.OVERBOOKING_CHANGED, locked, summary=summary, reason=reason, details=details
+        )
         return locked
 
     return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
@@ -1171,11 +1176,19 @@ def capacity_from_gpus(units: int, starts_on: date, ends_on: date, utilisation_p
 
 
 def set_capacity(
-    db: Session, actor: User | None, resource: Resource, *, starts_on: date, ends_on: date, capacity: int
+    db: Session,
+    actor: User | None,
+    resource: Resource,
+    *,
+    starts_on: date,
+    ends_on: date,
+    capacity: int,
+    reason: str,
 ) -> CapacityPeriod:
     """Plan (or re-plan) a resource's capacity for a period; never below what is already reserved."""
     if actor is not None:
         require(db, actor, Action.MANAGE_CAPACITY)
+    reason = audit.require_reason(reason)
     if ends_on <= starts_on:
         raise InvalidInput("The period must end after it starts.", errors={"ends_on": "Before the start."})
     if not isinstance(capacity, int) or capacity < 0:
@@ -1224,7 +1237,7 @@ def set_capacity(
         was = "nothing planned" if before is None else quantity(before, resource.kind)
         summary = f"{resource.name}, {starts_on} to {ends_on}: {was} -> {quantity(capacity, resource.kind)}"
         details = {"resource_id": resource.id, "before": before, "after": capacity}
-        audit.record(db, actor, AuditAction.CAPACITY_CHANGED, period, summary=summary, details=details)
+        audit.record(db, actor, AuditAction.CAPACITY_CHANGED, period, summary=summary, reason=reason, details=details)
         return period
 
     return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]

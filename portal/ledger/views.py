@@ -125,14 +125,18 @@ def _capacity_rows(db):  # type: ignore[no-untyped-def]
     ).all()
 
 
+def _resource_choices(db) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
+    resources = db.exec(select(Resource, Site).join(Site, Site.id == Resource.site_id).order_by(Site.name)).all()  # type: ignore[arg-type]
+    return [(r.id, f"{s.name}: {r.name}") for r, s in resources]
+
+
 @bp.route("/admin/capacity", methods=["GET", "POST"])
 @login_required
 def capacity():  # type: ignore[no-untyped-def]
     db, me = get_db(), actor()
     require(db, me, Action.MANAGE_CAPACITY)
-    resources = db.exec(select(Resource, Site).join(Site, Site.id == Resource.site_id).order_by(Site.name)).all()  # type: ignore[arg-type]
     form = CapacityForm()
-    form.resource_id.choices = [(r.id, f"{s.name}: {r.name}") for r, s in resources]  # type: ignore[assignment]
+    form.resource_id.choices = _resource_choices(db)  # type: ignore[assignment]
     status = 200
     if form.validate_on_submit():
         resource = db.get(Resource, form.resource_id.data)
@@ -143,7 +147,15 @@ def capacity():  # type: ignore[no-untyped-def]
                 if form.capacity.data
                 else ledger.capacity_from_gpus(form.units.data or 0, starts_on, ends_on, form.utilisation.data or 0)
             )
-            ledger.set_capacity(db, me, resource, starts_on=starts_on, ends_on=ends_on, capacity=capacity)  # type: ignore[arg-type]
+            ledger.set_capacity(
+                db,
+                me,
+                resource,  # type: ignore[arg-type]
+                starts_on=starts_on,
+                ends_on=ends_on,
+                capacity=capacity,
+                reason=form.reason.data or "",
+            )
         except InvalidInput as exc:
             apply_errors(form, exc)
             status = 422
@@ -157,8 +169,12 @@ def capacity():  # type: ignore[no-untyped-def]
         status = 422
     overbooking_form = OverbookingForm(formdata=None)
     overbooking_form.resource_id.choices = form.resource_id.choices
+    return _capacity_page(form, overbooking_form, status)
+
+
+def _capacity_page(form: CapacityForm, overbooking_form: OverbookingForm, status: int):  # type: ignore[no-untyped-def]
     return render_template(
-        "ledger/capacity.html", rows=_capacity_rows(db), form=form, overbooking_form=overbooking_form
+        "ledger/capacity.html", rows=_capacity_rows(get_db()), form=form, overbooking_form=overbooking_form
     ), status
 
 
@@ -167,23 +183,30 @@ def capacity():  # type: ignore[no-untyped-def]
 def overbooking():  # type: ignore[no-untyped-def]
     db, me = get_db(), actor()
     require(db, me, Action.MANAGE_CAPACITY)
+    choices = _resource_choices(db)
     form = OverbookingForm()
-    form.resource_id.choices = [(r.id, r.name) for r in db.exec(select(Resource)).all()]  # type: ignore[assignment]
+    form.resource_id.choices = choices  # type: ignore[assignment]
+    capacity_form = CapacityForm(formdata=None)
+    capacity_form.resource_id.choices = choices  # type: ignore[assignment]
     if not form.validate_on_submit():
-        flash("Choose a resource and a factor.", "error")
-        return redirect(url_for("ledger.capacity"))
+        form.form_errors.append("Choose a resource and a factor.")
+        return _capacity_page(capacity_form, form, 422)
     resource = db.get(Resource, form.resource_id.data)
     try:
         permille = int(Decimal(form.factor.data.strip().replace(",", ".")) * 1000)  # type: ignore[union-attr]
-        ledger.set_overbooking(db, me, resource, permille)  # type: ignore[arg-type]
+        ledger.set_overbooking(db, me, resource, permille, reason=form.reason.data or "")  # type: ignore[arg-type]
     except (InvalidOperation, ValueError):
-        flash("Enter the factor as a number, for example 1.1.", "error")
+        form.factor.errors = ["Enter the factor as a number, for example 1.1."]
+        return _capacity_page(capacity_form, form, 422)
     except InvalidInput as exc:
-        flash(" ".join(exc.errors.values()) or exc.detail, "error")
+        db.rollback()
+        apply_errors(form, exc)
+        return _capacity_page(capacity_form, form, 422)
     except Conflict as exc:
-        flash(exc.detail, "error")
-    else:
-        flash(f"{resource.name} may now be booked to {permille / 1000:.3f}× its capacity.", "success")  # type: ignore[union-attr]
+        db.rollback()
+        form.form_errors.append(exc.detail)
+        return _capacity_page(capacity_form, form, 409)
+    flash(f"{resource.name} may now be booked to {permille / 1000:.3f}× its capacity.", "success")  # type: ignore[union-attr]
     return redirect(url_for("ledger.capacity"))
 
 

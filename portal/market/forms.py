@@ -10,6 +10,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import AnyOf, InputRequired, Length, NumberRange, Optional
 
 from portal.errors import InvalidInput
+from portal.forms import reason_field
 
 VALIDITY_CHOICES = [SelectChoice(3, "3 months"), SelectChoice(6, "6 months"), SelectChoice(12, "12 months")]
 
@@ -40,6 +41,7 @@ class OfferingForm(FlaskForm):
     min_quantity = IntegerField("Smallest order (hours)", default=1, validators=[InputRequired(), NumberRange(min=1)])
     max_quantity = IntegerField("Largest order (hours)", validators=[InputRequired(), NumberRange(min=1)])
     validity_months = SelectField("Bought hours are valid for", coerce=int, choices=VALIDITY_CHOICES, default=6)
+    reason = reason_field()
 
 
 class OfferingDetailsForm(FlaskForm):
@@ -48,15 +50,19 @@ class OfferingDetailsForm(FlaskForm):
     min_quantity = IntegerField("Smallest order (hours)", validators=[InputRequired(), NumberRange(min=1)])
     max_quantity = IntegerField("Largest order (hours)", validators=[InputRequired(), NumberRange(min=1)])
     validity_months = SelectField("Bought hours are valid for", coerce=int, choices=VALIDITY_CHOICES)
+    reason = reason_field(id="details-reason")
 
 
 class PriceForm(FlaskForm):
     price = StringField("New price per hour in EUR, before VAT", validators=[InputRequired(), Length(max=20)])
+    reason = reason_field("Why this price? (kept in the audit log)", id="price-reason")
 
 
 class OfferingStateForm(FlaskForm):
     state = HiddenField("State", validators=[InputRequired(), AnyOf(["draft", "published", "retired"])])
+    reason = reason_field(id="state-reason")
 
 
 class RefundForm(FlaskForm):
     quantity = IntegerField("Unused hours to refund", validators=[InputRequired(), NumberRange(min=1)])
+    reason = reason_field()

@@ -64,9 +64,11 @@ def create_offering(
     min_quantity: int = 1,
     validity_months: int = 6,
     description: str = "",
+    reason: str,
 ) -> Offering:
     if actor is not None:
         require(db, actor, Action.MANAGE_CAPACITY)
+    reason = audit.require_reason(reason)
     errors = {}
     if not title.strip():
         errors["title"] = "Enter a title."
@@ -91,7 +93,7 @@ def create_offering(
     db.flush()
     db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id if actor else None))  # type: ignore[arg-type]
     summary = f"offering '{offering.title}' of {resource.name} at {price_cents} cents an hour"
-    audit.record(db, actor, AuditAction.OFFERING_CREATED, offering, summary=summary)
+    audit.record(db, actor, AuditAction.OFFERING_CREATED, offering, summary=summary, reason=reason)
     db.commit()
     return offering
 
@@ -106,9 +108,11 @@ def update_offering(
     min_quantity: int,
     max_quantity: int,
     validity_months: int,
+    reason: str,
 ) -> Offering:
     """Edit what an offering says and allows; orders already placed keep what they bought."""
     require(db, actor, Action.MANAGE_CAPACITY)
+    reason = audit.require_reason(reason)
     errors = {}
     if not title.strip():
         errors["title"] = "Enter a title."
@@ -126,32 +130,38 @@ def update_offering(
         f: {"before": before[f], "after": getattr(offering, f)} for f in fields if before[f] != getattr(offering, f)
     }
     summary = f"offering '{offering.title}': {', '.join(changed) or 'nothing'} changed"
-    audit.record(db, actor, AuditAction.OFFERING_UPDATED, offering, summary=summary, details=changed)
+    audit.record(db, actor, AuditAction.OFFERING_UPDATED, offering, summary=summary, reason=reason, details=changed)
     db.commit()
     return offering
 
 
-def change_price(db: Session, actor: User, offering: Offering, price_cents: int) -> Offering:
+def change_price(db: Session, actor: User, offering: Offering, price_cents: int, *, reason: str) -> Offering:
     """A new price for new orders; orders placed before keep theirs (each order stores its unit price)."""
     require(db, actor, Action.MANAGE_CAPACITY)
+    reason = audit.require_reason(reason)
     if not isinstance(price_cents, int) or price_cents <= 0:
         raise InvalidInput("The price is a positive amount.", errors={"price": "Must be positive."})
     before, offering.price_cents = offering.price_cents, price_cents
     db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id))  # type: ignore[arg-type]
     summary = f"price of '{offering.title}' {before} -> {price_cents} cents an hour"
     details = {"before_cents": before, "after_cents": price_cents}
-    audit.record(db, actor, AuditAction.PRICE_CHANGED, offering, summary=summary, details=details)
+    audit.record(db, actor, AuditAction.PRICE_CHANGED, offering, summary=summary, reason=reason, details=details)
     db.commit()
     return offering
 
 
-def set_offering_state(db: Session, actor: User | None, offering: Offering, state: OfferingState) -> Offering:
+def set_offering_state(
+    db: Session, actor: User | None, offering: Offering, state: OfferingState, *, reason: str
+) -> Offering:
     if actor is not None:
         require(db, actor, Action.MANAGE_CAPACITY)
+    reason = audit.require_reason(reason)
     before, offering.state = offering.state, state
     summary = f"offering '{offering.title}' {before} -> {state}"
     details = {"before": before, "after": state}
-    audit.record(db, actor, AuditAction.OFFERING_STATE_CHANGED, offering, summary=summary, details=details)
+    audit.record(
+        db, actor, AuditAction.OFFERING_STATE_CHANGED, offering, summary=summary, reason=reason, details=details
+    )
     db.commit()
     return offering
 
@@ -589,10 +599,11 @@ def _refunded_quantity(order: Order) -> int:
 
 
 def refund_order(
-    db: Session, settings: Settings, gateway: StripeGateway, actor: User, order: Order, *, quantity: int
+    db: Session, settings: Settings, gateway: StripeGateway, actor: User, order: Order, *, quantity: int, reason: str
 ) -> Invoice:
     """Finance refunds unused hours: a Stripe refund (idempotency key), a ledger debit and a credit note."""
     require(db, actor, Action.MANAGE_BILLING)
+    reason = audit.require_reason(reason)
     available = refundable_quantity(db, order)
     if not isinstance(quantity, int) or not 1 <= quantity <= available:
         raise InvalidInput(
@@ -608,11 +619,19 @@ def refund_order(
     key = f"order-{order.id}-{order.created_at.timestamp():.6f}-refund-{order.refunded_cents}-{amount}"
     assert order.payment_intent_id is not None
     gateway.refund(payment_intent=order.payment_intent_id, amount_cents=amount, idempotency_key=key)
-    return _book_refund(db, settings, order, quantity=quantity, gross_cents=amount, key=key, actor=actor)
+    return _book_refund(db, settings, order, quantity=quantity, gross_cents=amount, key=key, actor=actor, reason=reason)
 
 
 def _book_refund(
-    db: Session, settings: Settings, order: Order, *, quantity: int, gross_cents: int, key: str, actor: User | str
+    db: Session,
+    settings: Settings,
+    order: Order,
+    *,
+    quantity: int,
+    gross_cents: int,
+    key: str,
+    actor: User | str,
+    reason: str,
 ) -> Invoice:
     resource = db.exec(
         select(Resource)
@@ -638,7 +657,7 @@ def _book_refund(
         )
         summary = f"refunded {quantity} hours of order {order.id}: {gross_cents} cents, credit note {note.reference}"
         details = {"quantity": quantity, "gross_cents": gross_cents, "credit_note_id": note.id}
-        audit.record(db, actor, AuditAction.REFUND_ISSUED, order, summary=summary, details=details)
+        audit.record(db, actor, AuditAction.REFUND_ISSUED, order, summary=summary, reason=reason, details=details)
     return note
 
 
@@ -657,9 +676,24 @@ def _reconcile_refund(db: Session, settings: Settings, event: Any, order: Order,
         db.commit()
         return "refund booked (no unused hours left to take back)"
     _book_refund(
-        db, settings, order, quantity=quantity, gross_cents=missing, key=f"stripe-refund:{event.id}", actor="stripe"
+        db,
+        settings,
+        order,
+        quantity=quantity,
+        gross_cents=missing,
+        key=f"stripe-refund:{event.id}",
+        actor="stripe",
+        reason=_dashboard_refund_reason(event, charge),
     )
     return "refund reconciled"
+
+
+def _dashboard_refund_reason(event: Any, charge: Any) -> str:
+    """Why, for a refund nobody gave a reason for in the portal: Stripe's reason and the refund's id."""
+    refunds = (charge.get("refunds") or {}).get("data") or []
+    latest = refunds[0] if refunds else {}
+    why = str(latest.get("reason") or "no reason given in Stripe").replace("_", " ")
+    return f"refunded in Stripe's dashboard ({why}; {latest.get('id') or 'event ' + str(event.id)})"
 
 
 # --- reading ------------------------------------------------------------------------------------------------

@@ -198,6 +198,7 @@ def offerings():  # type: ignore[no-untyped-def]
                 min_quantity=form.min_quantity.data,  # type: ignore[arg-type]
                 max_quantity=form.max_quantity.data,  # type: ignore[arg-type]
                 validity_months=form.validity_months.data,  # type: ignore[arg-type]
+                reason=form.reason.data or "",
             )
         except InvalidInput as exc:
             db.rollback()
@@ -219,14 +220,20 @@ def offerings():  # type: ignore[no-untyped-def]
 
 @bp.route("/admin/offerings/<int:offering_id>", methods=["GET", "POST"])
 @login_required
-def offering(offering_id: int, details_form: OfferingDetailsForm | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+def offering(  # type: ignore[no-untyped-def]
+    offering_id: int,
+    details_form: OfferingDetailsForm | None = None,
+    status: int = 200,
+    state_form: OfferingStateForm | None = None,
+):
     """One offering: its details, its price history, a new price (for new orders only), publish and retire."""
     db, me = get_db(), actor()
     item = _staff_offering(offering_id)
-    form = PriceForm(formdata=None) if details_form is not None else PriceForm()
+    other_form = details_form is not None or state_form is not None
+    form = PriceForm(formdata=None) if other_form else PriceForm()
     if form.validate_on_submit():
         try:
-            services.change_price(db, me, item, parse_price(form.price.data))
+            services.change_price(db, me, item, parse_price(form.price.data), reason=form.reason.data or "")
         except InvalidInput as exc:
             db.rollback()
             apply_errors(form, exc)
@@ -247,7 +254,7 @@ def offering(offering_id: int, details_form: OfferingDetailsForm | None = None, 
         history=_price_history(db, [item.id])[item.id],  # type: ignore[list-item]
         order_count=len(orders),
         form=form,
-        state_form=OfferingStateForm(formdata=None),
+        state_form=state_form or OfferingStateForm(formdata=None),
         details_form=details_form or OfferingDetailsForm(obj=item, formdata=None),
     ), status
 
@@ -269,6 +276,7 @@ def offering_details(offering_id: int):  # type: ignore[no-untyped-def]
                 min_quantity=form.min_quantity.data or 0,
                 max_quantity=form.max_quantity.data or 0,
                 validity_months=form.validity_months.data or 0,
+                reason=form.reason.data or "",
             )
         except InvalidInput as exc:
             db.rollback()
@@ -287,9 +295,14 @@ def offering_state(offering_id: int):  # type: ignore[no-untyped-def]
     form = OfferingStateForm()
     if not form.validate_on_submit():
         flash("Choose publish or retire.", "error")
-    else:
-        services.set_offering_state(db, me, item, OfferingState(form.state.data))
-        flash(f"“{item.title}” is now {item.state}.", "success")
+        return redirect(url_for("market.offering", offering_id=offering_id))
+    try:
+        services.set_offering_state(db, me, item, OfferingState(form.state.data), reason=form.reason.data or "")
+    except InvalidInput as exc:
+        db.rollback()
+        apply_errors(form, exc)
+        return offering(offering_id, status=422, state_form=form)
+    flash(f"“{item.title}” is now {item.state}.", "success")
     return redirect(url_for("market.offering", offering_id=offering_id))
 
 
@@ -368,6 +381,8 @@ def _finance_page(errors: dict[int, str] | None = None, status: int = 200):  # t
         organisation_id=organisation_id,
         errors=errors or {},
         submitted=request.form.get("quantity", "") if request.method == "POST" else "",
+        submitted_reason=request.form.get("reason", "") if request.method == "POST" else "",
+        refund_form=RefundForm(formdata=None),
     ), status
 
 
@@ -393,7 +408,15 @@ def refund(order_id: int):  # type: ignore[no-untyped-def]
     if placed.payment_intent_id is None:
         return _finance_page({order_id: "This order has no Stripe payment to refund."}, 409)
     try:
-        note = services.refund_order(db, settings(), gateway(), me, placed, quantity=form.quantity.data)  # type: ignore[arg-type]
+        note = services.refund_order(
+            db,
+            settings(),
+            gateway(),
+            me,
+            placed,
+            quantity=form.quantity.data,  # type: ignore[arg-type]
+            reason=form.reason.data or "",
+        )
     except InvalidInput as exc:
         db.rollback()
         return _finance_page({order_id: " ".join(exc.errors.values()) or exc.detail}, 422)

@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from portal.audit.cli import reason_option
 from portal.config import SlurmClusterConfig
 from portal.db import get_db
 from portal.errors import DomainError
@@ -137,8 +138,9 @@ def sync_command(cluster_name: str, dry_run: bool) -> None:
 @click.option("--cluster", "cluster_name", required=True, help="A configured Slurm cluster (PORTAL_SLURM_CLUSTERS).")
 @click.argument("email")
 @click.argument("username")
+@reason_option
 @with_appcontext
-def set_username_command(cluster_name: str, email: str, username: str) -> None:
+def set_username_command(cluster_name: str, email: str, username: str, reason: str) -> None:
     """Record that the user with EMAIL logs in to the cluster as USERNAME (the next sync adds them)."""
     from portal.identity.services import find_user_by_email
     from portal.metering.slurm import set_slurm_username
@@ -146,9 +148,9 @@ def set_username_command(cluster_name: str, email: str, username: str) -> None:
     _cluster(cluster_name)
     try:
         user = find_user_by_email(get_db(), email)
-        row = set_slurm_username(get_db(), None, cluster=cluster_name, user=user, username=username)
+        row = set_slurm_username(get_db(), None, cluster=cluster_name, user=user, username=username, reason=reason)
     except DomainError as exc:
-        raise click.ClickException(exc.detail) from exc
+        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
     click.echo(f"{user.display_name} <{user.email}> is {row.username} on {cluster_name}")
 
 
@@ -156,14 +158,17 @@ def set_username_command(cluster_name: str, email: str, username: str) -> None:
 @click.option("--cluster", "cluster_name", required=True, help="A configured Slurm cluster (PORTAL_SLURM_CLUSTERS).")
 @click.option("--account", required=True, help="An existing Slurm account on the cluster.")
 @click.option("--allocation", "allocation_id", required=True, type=int, help="The allocation it draws from.")
+@reason_option
 @with_appcontext
-def map_command(cluster_name: str, account: str, allocation_id: int) -> None:
+def map_command(cluster_name: str, account: str, allocation_id: int, reason: str) -> None:
     """Let an existing Slurm account (not created by the sync) draw from an allocation."""
     from portal.metering.services import map_slurm_account
 
     _cluster(cluster_name)
     try:
-        mapping = map_slurm_account(get_db(), None, cluster=cluster_name, account=account, allocation_id=allocation_id)
+        mapping = map_slurm_account(
+            get_db(), None, cluster=cluster_name, account=account, allocation_id=allocation_id, reason=reason
+        )
     except DomainError as exc:
         raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
     click.echo(f"{mapping.account} on {cluster_name} now draws from allocation {mapping.allocation_id}")

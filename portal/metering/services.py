@@ -156,11 +156,12 @@ def import_sacct(db: Session, lines: Iterable[str], *, cluster: str) -> ImportRe
 
 
 def map_slurm_account(
-    db: Session, actor: User | None, *, cluster: str, account: str, allocation_id: int
+    db: Session, actor: User | None, *, cluster: str, account: str, allocation_id: int, reason: str
 ) -> SlurmAccount:
     """Let a Slurm account on a cluster draw from an allocation (admins; ``portal slurm sync`` as None)."""
     if actor is not None:
         require(db, actor, Action.MANAGE_ALLOCATIONS)
+    reason = audit.require_reason(reason)
     account = account.strip().lower()
     if not account or len(account) > 64:
         raise InvalidInput("A Slurm account name is 1 to 64 characters.", errors={"account": "1 to 64 characters."})
@@ -179,7 +180,7 @@ def map_slurm_account(
     mapping = SlurmAccount(cluster=cluster, account=account, allocation_id=allocation_id)
     db.add(mapping)
     summary = f"Slurm account {account} on {cluster} draws from allocation {allocation_id}"
-    audit.record(db, actor, AuditAction.SLURM_ACCOUNT_MAPPED, mapping, summary=summary)
+    audit.record(db, actor, AuditAction.SLURM_ACCOUNT_MAPPED, mapping, summary=summary, reason=reason)
     try:
         db.commit()
     except IntegrityError as exc:

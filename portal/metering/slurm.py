@@ -325,7 +325,12 @@ def sync_cluster(
                 try:
                     # recorded before the account exists, so no job under it goes uncharged
                     map_slurm_account(
-                        db, None, cluster=cluster.name, account=want.account, allocation_id=want.allocation_id
+                        db,
+                        None,
+                        cluster=cluster.name,
+                        account=want.account,
+                        allocation_id=want.allocation_id,
+                        reason="created by the Slurm sync for the allocation",
                     )
                 except DomainError as exc:
                     db.rollback()
@@ -366,10 +371,13 @@ def sync_all(db: Session, clusters: list[SlurmClusterConfig]) -> int:
 # --- user names ------------------------------------------------------------------------------------------
 
 
-def set_slurm_username(db: Session, actor: User | None, *, cluster: str, user: User, username: str) -> SlurmUser:
+def set_slurm_username(
+    db: Session, actor: User | None, *, cluster: str, user: User, username: str, reason: str
+) -> SlurmUser:
     """Record ``user``'s login name on ``cluster`` (admins; the command line as None)."""
     if actor is not None:
         require(db, actor, Action.MANAGE_ALLOCATIONS)
+    reason = audit.require_reason(reason)
     username = username.strip().lower()
     if not USERNAME.match(username):
         raise InvalidInput(
@@ -389,7 +397,7 @@ def set_slurm_username(db: Session, actor: User | None, *, cluster: str, user: U
     if before != username:
         summary = f"{audit.actor_label(user)} is {username} on {cluster}"
         details = {"user_id": user.id, "before": before, "after": username}
-        audit.record(db, actor, AuditAction.SLURM_USER_SET, row, summary=summary, details=details)
+        audit.record(db, actor, AuditAction.SLURM_USER_SET, row, summary=summary, reason=reason, details=details)
     try:
         db.commit()
     except IntegrityError as exc:

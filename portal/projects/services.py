@@ -146,12 +146,13 @@ def organisations_of(db: Session, actor: User) -> list[tuple[Organisation, Organ
     return [(o, OrganisationRole(r)) for o, r in rows]
 
 
-def verify_organisation(db: Session, actor: User, organisation: Organisation) -> Organisation:
+def verify_organisation(db: Session, actor: User, organisation: Organisation, *, reason: str) -> Organisation:
     require(db, actor, Action.VERIFY_ORGANISATION, organisation)
+    reason = audit.require_reason(reason)
     if organisation.verified_at is None:
         organisation.verified_at = utcnow()
         summary = f"verified {organisation.name} ({organisation.country})"
-        audit.record(db, actor, AuditAction.ORGANISATION_VERIFIED, organisation, summary=summary)
+        audit.record(db, actor, AuditAction.ORGANISATION_VERIFIED, organisation, summary=summary, reason=reason)
         db.commit()
     return organisation
 

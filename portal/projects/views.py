@@ -8,7 +8,7 @@ from flask_login import current_user, login_required
 from portal.authz import Action, allowed
 from portal.db import get_db, utcnow
 from portal.errors import DomainError, InvalidInput
-from portal.forms import ActionForm, apply_errors
+from portal.forms import ActionForm, ReasonForm, apply_errors
 from portal.ledger import statements
 from portal.ledger.forms import TransferForm
 from portal.projects import services
@@ -61,7 +61,7 @@ def new_organisation():  # type: ignore[no-untyped-def]
 
 @bp.get("/organisations/<int:organisation_id>")
 @login_required
-def organisation(organisation_id: int):  # type: ignore[no-untyped-def]
+def organisation(organisation_id: int, verify_form: ReasonForm | None = None, status: int = 200):  # type: ignore[no-untyped-def]
     db, me = get_db(), actor()
     org = services.get_organisation(db, me, organisation_id)
     return render_template(
@@ -70,17 +70,24 @@ def organisation(organisation_id: int):  # type: ignore[no-untyped-def]
         projects=services.projects_of_organisation(db, me, org),
         can_create=allowed(db, me, Action.CREATE_PROJECT, org),
         can_verify=allowed(db, me, Action.VERIFY_ORGANISATION, org),
-        action_form=ActionForm(),
-    )
+        verify_form=verify_form or ReasonForm(formdata=None),
+    ), status
 
 
 @bp.post("/organisations/<int:organisation_id>/verify")
 @login_required
 def verify_organisation(organisation_id: int):  # type: ignore[no-untyped-def]
-    if not ActionForm().validate_on_submit():
+    form = ReasonForm()
+    if not form.validate_on_submit():
         abort(400)
     db = get_db()
-    org = services.verify_organisation(db, actor(), services.get_organisation(db, actor(), organisation_id))
+    org = services.get_organisation(db, actor(), organisation_id)
+    try:
+        services.verify_organisation(db, actor(), org, reason=form.reason.data or "")
+    except InvalidInput as exc:
+        db.rollback()
+        apply_errors(form, exc)
+        return organisation(organisation_id, verify_form=form, status=422)
     flash(f"{org.name} is verified.", "success")
     return redirect(url_for("projects.organisation", organisation_id=organisation_id))
 

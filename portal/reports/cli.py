@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
+from portal.audit.cli import reason_option
 from portal.db import get_db
 from portal.errors import DomainError
 from portal.identity.services import find_user_by_email
@@ -39,14 +40,15 @@ def check_command() -> None:
 @reports.command("assign-site")
 @click.argument("email")
 @click.argument("site_code")
+@reason_option
 @with_appcontext
-def assign_site_command(email: str, site_code: str) -> None:
+def assign_site_command(email: str, site_code: str, reason: str) -> None:
     """Let the site operator with EMAIL see the figures of the site SITE_CODE."""
     db = get_db()
     try:
         operator = find_user_by_email(db, email)
         site = services.find_site(db, site_code)
-        services.assign_site(db, None, operator, site)
+        services.assign_site(db, None, operator, site, reason=reason)
     except DomainError as exc:
-        raise click.ClickException(exc.detail) from exc
+        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
     click.echo(f"{operator.display_name} sees the figures of {site.name}")

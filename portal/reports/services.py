@@ -722,10 +722,11 @@ def page_tables(db: Session, actor: User, page: str, report_filter: ReportFilter
 # --- site operators' sites -----------------------------------------------------------------------------
 
 
-def assign_site(db: Session, actor: User | None, operator: User, site: Site) -> OperatorSite:
+def assign_site(db: Session, actor: User | None, operator: User, site: Site, *, reason: str) -> OperatorSite:
     """Let a site operator see ``site``'s figures; ``actor`` None is the command line."""
     if actor is not None:
         require(db, actor, Action.GRANT_ROLES)
+    reason = audit.require_reason(reason)
     if FactoryRole.SITE_OPERATOR not in factory_roles(db, operator):
         raise InvalidInput(f"{operator.display_name} is not a site operator.")
     existing = db.get(OperatorSite, (operator.id, site.id))
@@ -735,7 +736,15 @@ def assign_site(db: Session, actor: User | None, operator: User, site: Site) -> 
     db.add(assignment)
     summary = f"{audit.actor_label(operator)} sees the reports of {site.name} ({site.code})"
     details = {"site_id": site.id, "site": site.code}
-    audit.record(db, actor or "cli", AuditAction.OPERATOR_SITE_ASSIGNED, operator, summary=summary, details=details)
+    audit.record(
+        db,
+        actor or "cli",
+        AuditAction.OPERATOR_SITE_ASSIGNED,
+        operator,
+        summary=summary,
+        reason=reason,
+        details=details,
+    )
     db.commit()
     return assignment
 
