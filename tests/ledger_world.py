@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -16,6 +17,8 @@ from portal.identity.models import FactoryRole, User
 from portal.identity.services import grant_role, provision_user
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, Resource, ResourceKind, Site
+from portal.market import services as market
+from portal.market.models import Offering, OfferingState
 from portal.projects import services as projects
 from portal.projects.models import Project
 
@@ -122,3 +125,12 @@ def open_q1(
         title=title,
         idempotency_key=key,
     )
+
+
+def publish_offering(db: Session, resource: Resource, *, reason: str = "test setup", **terms: Any) -> Offering:
+    """A published offering of ``resource``: "H100 hours" at 2.50 EUR an hour, up to 500 hours, valid 3 months,
+    unless ``terms`` say otherwise."""
+    values: dict[str, Any] = {"title": "H100 hours", "price_cents": 250, "max_quantity": 500, "validity_months": 3}
+    offering = market.create_offering(db, None, resource=resource, reason=reason, **(values | terms))
+    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason=reason)
+    return offering

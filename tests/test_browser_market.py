@@ -23,10 +23,9 @@ from portal.devstripe import StripeStandIn
 from portal.identity.models import FactoryRole, User
 from portal.identity.services import grant_role
 from portal.ledger import services as ledger
-from portal.market import services as market
-from portal.market.models import Invoice, OfferingState, Order, OrderState
+from portal.market.models import Invoice, Order, OrderState
 from portal.projects import services as projects
-from tests.ledger_world import HOUR, make_world
+from tests.ledger_world import HOUR, make_world, publish_offering
 from tests.test_browser import EIDAS, add_person, assert_accessible, browser, log_in, new_page, portal_errors
 
 #: The browser fixtures of tests/test_browser.py, used here by name.
@@ -69,17 +68,7 @@ def portal(make_settings, stripe_stand_in, db) -> Iterator[SimpleNamespace]:  # 
             db, None, world.gpu, starts_on=q_start, ends_on=q_end, capacity=1000 * HOUR, reason="test setup"
         )
         start = q_end
-    offering = market.create_offering(
-        db,
-        None,
-        resource=world.gpu,
-        title="H100 hours",
-        price_cents=250,
-        max_quantity=500,
-        validity_months=3,
-        reason="test setup",
-    )
-    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="test setup")
+    offering = publish_offering(db, world.gpu)
     yield SimpleNamespace(url=url, app=app, settings=settings, offering=offering)
     server.shutdown()
     thread.join(timeout=5)

@@ -23,10 +23,10 @@ from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, CapacityPeriod, EntryKind, LedgerEntry
 from portal.market import services as market
 from portal.market.invoice_pdf import invoice_pdf
-from portal.market.models import Invoice, InvoiceKind, OfferingState, Order, OrderState, StripeEvent
+from portal.market.models import Invoice, InvoiceKind, Order, OrderState, StripeEvent
 from portal.projects import services as projects
 from tests.conftest import post_form
-from tests.ledger_world import HOUR, make_world
+from tests.ledger_world import HOUR, make_world, publish_offering
 
 WEBHOOK_SECRET = "whsec_market_tests"
 
@@ -64,17 +64,7 @@ def shop(make_settings, stand_in, login, db) -> Iterator[SimpleNamespace]:  # ty
     grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
     projects.verify_organisation(db, admin, org, reason="test setup")
     project = projects.create_project(db, buyer, org, title="Shelf vision")
-    offering = market.create_offering(
-        db,
-        None,
-        resource=world.gpu,
-        title="H100 hours",
-        price_cents=250,
-        max_quantity=500,
-        validity_months=3,
-        reason="test setup",
-    )
-    market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="test setup")
+    offering = publish_offering(db, world.gpu)
     yield SimpleNamespace(
         app=app,
         settings=settings,

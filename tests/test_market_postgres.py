@@ -34,12 +34,12 @@ from portal.ledger.models import (
     LedgerEntry,
 )
 from portal.market import services as market
-from portal.market.models import Invoice, Offering, OfferingState, Order, OrderState, StripeEvent
+from portal.market.models import Invoice, Offering, Order, OrderState, StripeEvent
 from portal.market.stripe_gateway import StripeGateway
 from portal.migrations import upgrade
 from portal.projects import services as projects
 from portal.projects.models import Project
-from tests.ledger_world import HOUR, admin, make_world, person
+from tests.ledger_world import HOUR, admin, make_world, person, publish_offering
 from tests.test_ledger_postgres import all_at_once
 
 pytestmark = pytest.mark.postgres
@@ -113,17 +113,7 @@ def make_shop(engine: sa.Engine, settings: Settings, *, capacity_hours: int, buy
             capacity=capacity_hours * HOUR,
             reason="test setup",
         )
-        offering = market.create_offering(
-            db,
-            None,
-            resource=world.gpu,
-            title="H100 hours",
-            price_cents=250,
-            max_quantity=500,
-            validity_months=3,
-            reason="test setup",
-        )
-        market.set_offering_state(db, None, offering, OfferingState.PUBLISHED, reason="test setup")
+        offering = publish_offering(db, world.gpu)
         staff = admin(db)
         made = []
         for i in range(buyers):
