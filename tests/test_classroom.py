@@ -781,3 +781,22 @@ def test_course_materials_are_cloned_into_the_students_home_at_the_first_start_o
         environment={"PORTAL_COURSE": "999", "PORTAL_COURSE_MATERIALS": str(tmp_path / "no")}, home_dir=str(home)
     )
     assert asyncio.run(clone_course_materials(broken)) is None
+
+
+def test_a_students_sessions_page_shows_what_is_left_of_their_cap_not_the_classes_hours(
+    app: Flask,
+    db: Session,
+    settings: Settings,
+    room: Classroom,
+    login,  # type: ignore[no-untyped-def]
+) -> None:
+    course = open_course(db, settings, room)  # 3 seats x 10 core-hours
+    client = app.test_client()
+    student = login(client, given_name="Sandra", family_name="Student")
+    classroom.join_course(db, student, student_login(student), course.join_code)
+    decision = spawn_as(db, settings, student, course)
+    run_for(db, decision.session, 1800)  # 2 cores for half an hour: 1 core-hour of her 10
+
+    page = client.get("/notebooks").get_data(as_text=True)
+    assert "9.0 core-hours" in page and "of your course cap" in page
+    assert "29.0 core-hours" not in page  # the course's own balance is the teacher's business

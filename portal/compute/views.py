@@ -6,6 +6,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import login_required
 from sqlmodel import col, select
 
+from portal.classroom.models import CourseSeat
 from portal.compute.hub_client import HubClient, HubError, ServerStatus
 from portal.compute.launch import launch_notebook, stop_notebook
 from portal.compute.models import NotebookSession
@@ -120,12 +121,14 @@ def stop(session_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/notebooks")
 @login_required
 def mine():  # type: ignore[no-untyped-def]
-    """My running notebooks: elapsed time, hours charged so far, the allocation's remaining hours."""
+    """My running notebooks: elapsed time, hours charged so far, and what is left to use: the allocation's
+    balance, or for a course's student what is left of their cap (not the whole class's hours)."""
     db, me = get_db(), actor()
     rows = db.exec(
-        select(NotebookSession, Allocation, Resource)
+        select(NotebookSession, Allocation, Resource, CourseSeat)
         .join(Allocation, Allocation.id == NotebookSession.allocation_id)  # type: ignore[arg-type]
         .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+        .outerjoin(CourseSeat, CourseSeat.id == NotebookSession.course_seat_id)  # type: ignore[arg-type]
         .where(NotebookSession.user_id == me.id, col(NotebookSession.stopped_at).is_(None))
         .order_by(col(NotebookSession.requested_at).desc())
     ).all()
