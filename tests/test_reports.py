@@ -723,3 +723,14 @@ def test_the_nightly_worker_job_reports_rollup_rows_that_drifted(db, settings, s
     db.commit()
     # its March and April rows are missing, and its months no longer add up to its used hours
     assert check_report_rollups(db, settings) == 3
+
+
+def test_chart_labels_slant_when_they_would_overlap_and_stay_level_when_they_fit() -> None:
+    from portal.reports.charts import grouped_bars
+
+    few = grouped_bars("Two", ["Riga", "Vilnius"], {"Used": [10.0, 20.0]})
+    many = grouped_bars("Many", [f"Site {n} AI Centre · H100 GPU-hours" for n in range(24)], {"Used": [1.0] * 24})
+    assert (few.label_angle, few.height) == (0, 220)
+    assert many.label_angle == -40 and many.height > 220  # room below the plot for the slanted labels
+    assert all(len(label) <= 18 for _, label in many.labels) and many.labels[0][1].endswith("…")
+    assert many.bars[0].title.startswith("Site 0 AI Centre · H100 GPU-hours")  # the full name on hover

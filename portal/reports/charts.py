@@ -16,6 +16,9 @@ HEIGHT = 220
 LEFT = 48
 BOTTOM = 40
 TOP = 12
+#: Labels are cut to this many characters; a character of the 10 px label font is about this wide.
+LABEL_CHARS = 18
+CHAR_WIDTH = 6.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class Chart:
     ticks: list[tuple[float, str]] = field(default_factory=list)
     width: int = WIDTH
     height: int = HEIGHT
+    #: Baseline of the group labels, and their angle: 0, or -40 when they would not fit side by side.
+    label_y: float = HEIGHT - BOTTOM + 16
+    label_angle: int = 0
 
     @property
     def empty(self) -> bool:
@@ -52,8 +58,11 @@ def grouped_bars(
     *,
     show: Callable[[float], str] = lambda v: f"{v:,.1f}",
     maximum: float | None = None,
+    names: list[str] | None = None,
 ) -> Chart:
-    """Vertical bars, one group per label and one bar per series in each group; None draws no bar."""
+    """Vertical bars, one group per label and one bar per series in each group; None draws no bar.
+    ``names``: the groups' full names for the bars' titles, where the labels under the axis are short."""
+    full_names = names or groups
     names = list(series)
     chart = Chart(title, names)
     values = [v for vs in series.values() for v in vs if v is not None]
@@ -62,9 +71,14 @@ def grouped_bars(
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(1, len(groups))
     bar_w = max(1.0, (slot * 0.8) / max(1, len(names)))
+    longest = max((min(len(g), LABEL_CHARS) for g in groups), default=0)
+    if longest * CHAR_WIDTH > slot:  # slanted labels need room below the plot instead of beside each other
+        chart.label_angle = -40
+        chart.height = TOP + plot_h + 16 + round(longest * CHAR_WIDTH * 0.65)
     for g, label in enumerate(groups):
         left = LEFT + g * slot + slot * 0.1
-        chart.labels.append((round(LEFT + g * slot + slot / 2, 1), label))
+        short = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
+        chart.labels.append((round(LEFT + g * slot + slot / 2, 1), short))
         for s, name in enumerate(names):
             value = series[name][g]
             if value is None:
@@ -77,7 +91,7 @@ def grouped_bars(
                     round(bar_w - 1, 1),
                     round(h, 1),
                     s,
-                    f"{label}, {name}: {show(value)}",
+                    f"{full_names[g]}, {name}: {show(value)}",
                 )
             )
     for i in range(5):
@@ -109,7 +123,8 @@ def _percent(v: float) -> str:
 def chart_for(table: Table) -> Chart | None:
     """The chart drawn above a table, where one says something the table alone says less clearly."""
     if table.name == "capacity":
-        labels = [f"{r['site']} · {r['resource']}" for r in table.rows]
+        # "Gdańsk · H100" under the axis; "Gdańsk AI Centre · H100 GPU-hours" in each bar's title
+        labels = [f"{str(r['site']).split()[0]} · {str(r['resource']).split()[0]}" for r in table.rows]
         return grouped_bars(
             "Allocated and used, in % of capacity",
             labels,
@@ -117,6 +132,7 @@ def chart_for(table: Table) -> Chart | None:
                 "Allocated": [r["allocated_percent"] for r in table.rows],
                 "Used": [r["used_percent"] for r in table.rows],
             },
+            names=[f"{r['site']} · {r['resource']}" for r in table.rows],
             show=_percent,
             maximum=100.0,
         )
