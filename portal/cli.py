@@ -45,9 +45,14 @@ def db() -> None:
 @with_appcontext
 def db_upgrade(revision: str) -> None:
     """Bring the database schema up to date."""
+    from alembic.util import CommandError
+
     from portal.migrations import upgrade
 
-    upgrade(_settings().resolved_database_url, revision)
+    try:
+        upgrade(_settings().resolved_database_url, revision)
+    except CommandError as exc:  # an unknown or ambiguous revision
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"database at revision {revision}")
 
 

@@ -6,11 +6,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, current_app, g
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
+
+#: The largest id a table's key holds (PostgreSQL's ``integer``): a larger one names nothing, and must not
+#: reach a query, where it overflows the column's type.
+LARGEST_ID = 2**31 - 1
+
+
+_Row = TypeVar("_Row", bound=SQLModel)
 
 
 def utcnow() -> datetime:
@@ -86,6 +94,12 @@ def init_app(app: Flask, engine: Engine) -> None:
 
 def get_engine() -> Engine:
     return current_app.extensions["portal.engine"]
+
+
+def find(db: Session, model: type[_Row], row_id: int) -> _Row | None:
+    """``db.get`` for an id that came from outside (a form, a JSON body): one that no row can have finds
+    nothing, instead of overflowing the query."""
+    return db.get(model, row_id) if 1 <= row_id <= LARGEST_ID else None
 
 
 def get_db() -> Session:

@@ -9,6 +9,11 @@ from portal.audit.services import REASON_LENGTH
 from portal.errors import InvalidInput
 
 
+def stripped(value: str | None) -> str | None:
+    """A field filter: surrounding blanks go (``Optional()`` lets a blank-only choice through unchecked)."""
+    return value.strip() if isinstance(value, str) else value
+
+
 class ActionForm(FlaskForm):
     """A button-only form: it carries the CSRF token and nothing else."""
 

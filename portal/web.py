@@ -12,10 +12,11 @@ from flask_talisman import Talisman
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from portal.authz import factory_roles
 from portal.config import AssuranceLevel, Settings
-from portal.db import get_db
+from portal.db import LARGEST_ID, get_db
 from portal.errors import DomainError
 from portal.formatting import quantity
 from portal.identity.models import Login, User
@@ -33,7 +34,24 @@ CSP = {
 }
 
 
+class IdConverter(IntegerConverter):
+    """``<int:...>`` in the portal's URLs is an id: one beyond ``LARGEST_ID`` answers 404 like any missing one."""
+
+    def __init__(self, map: Any, *args: Any, max: int = LARGEST_ID, **kwargs: Any) -> None:
+        super().__init__(map, *args, max=max, **kwargs)
+
+
+def database_id(value: str) -> int:
+    """An id read from a query string or form (``request.args.get(name, type=database_id)``): a value that can
+    name no row raises ``ValueError``, which ``get`` turns into its default."""
+    number = int(value)
+    if not 1 <= number <= LARGEST_ID:
+        raise ValueError(f"{value!r} is no id")
+    return number
+
+
 def init_app(app: Flask, settings: Settings) -> None:
+    app.url_map.converters["int"] = IdConverter
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_prefix=n)  # type: ignore[method-assign]

@@ -9,6 +9,7 @@ from wtforms.validators import Length, NumberRange, Optional
 
 from portal.audit.models import OBJECT_TYPES, AuditAction
 from portal.audit.services import MAX_ID, AuditFilters
+from portal.forms import stripped
 
 
 class AuditSearchForm(FlaskForm):
@@ -20,11 +21,13 @@ class AuditSearchForm(FlaskForm):
         "Action",
         choices=[SelectChoice("", "any")] + [SelectChoice(a.value, a.label) for a in AuditAction],
         validators=[Optional()],
+        filters=[stripped],
     )
     object_type = SelectField(
         "Object",
         choices=[SelectChoice("", "any")] + [SelectChoice(t, t.replace("_", " ")) for t in OBJECT_TYPES],
         validators=[Optional()],
+        filters=[stripped],
     )
     object_id = IntegerField("Object id", validators=[Optional(), NumberRange(min=1, max=MAX_ID)])
     since = DateField("From (UTC)", validators=[Optional()])

@@ -167,7 +167,7 @@ def _conditions(filters: AuditFilters) -> list[ColumnElement[bool]]:
         conditions.append(col(AuditEvent.object_id) == filters.object_id)
     if filters.since is not None:
         conditions.append(col(AuditEvent.occurred_at) >= datetime.combine(filters.since, time.min, tzinfo=UTC))
-    if filters.until is not None:
+    if filters.until is not None and filters.until < date.max:
         end = datetime.combine(filters.until + timedelta(days=1), time.min, tzinfo=UTC)
         conditions.append(col(AuditEvent.occurred_at) < end)
     if filters.text.strip():

@@ -27,7 +27,7 @@ from portal.compute.hub_client import HubClient, HubError, HubRefused, HubServer
 from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused, hub_username
 from portal.config import Settings
-from portal.db import utcnow
+from portal.db import find, utcnow
 from portal.errors import InvalidInput, NotFound
 from portal.identity.models import User
 from portal.ledger import services as ledger
@@ -78,7 +78,7 @@ class _MeteredMeanwhile(Exception):
 
 
 def _member_allocation(db: Session, actor: User, allocation_id: int) -> Allocation:
-    allocation = db.get(Allocation, allocation_id)
+    allocation = find(db, Allocation, allocation_id)
     member = (
         allocation is not None
         and db.exec(

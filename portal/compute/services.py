@@ -38,7 +38,7 @@ from portal.classroom.models import Course, CourseSeat, CourseState
 from portal.classroom.services import student_seat
 from portal.compute.models import NotebookSession
 from portal.config import NotebookProfile, Settings
-from portal.db import utcnow
+from portal.db import find, utcnow
 from portal.errors import NotAuthorised
 from portal.formatting import quantity
 from portal.identity.models import User
@@ -63,7 +63,7 @@ def user_for_hub_name(db: Session, name: str) -> User | None:
     match = HUB_NAME.match(name or "")
     if not match:
         return None
-    user = db.get(User, int(match.group(1)))
+    user = find(db, User, int(match.group(1)))
     return user if user is not None and user.is_active else None
 
 
@@ -103,6 +103,10 @@ class SpawnDecision:
         return f"{self.profile.memory_gb}G"
 
 
+#: Longer than any allocation lasts: a number of hours beyond it is no request but garbage.
+LONGEST_NOTEBOOK_HOURS = 24 * 366
+
+
 def _read_options(options: Any) -> tuple[int, str, float]:
     if not isinstance(options, dict) or not options:
         raise SpawnRefused(START_FROM_PORTAL)
@@ -120,7 +124,9 @@ def _read_options(options: Any) -> tuple[int, str, float]:
         raise SpawnRefused("The server options name no valid allocation (a number is expected).")
     if not isinstance(profile, str) or not profile:
         raise SpawnRefused("The server options name no valid profile.")
-    if not isinstance(hours, int | float) or isinstance(hours, bool) or not math.isfinite(hours):
+    if not isinstance(hours, int | float) or isinstance(hours, bool) or abs(hours) > LONGEST_NOTEBOOK_HOURS:
+        raise SpawnRefused("The server options give no valid number of hours.")
+    if not math.isfinite(hours):
         raise SpawnRefused("The server options give no valid number of hours.")
     return allocation, profile, float(hours)
 
@@ -154,7 +160,7 @@ def check_spawn(db: Session, settings: Settings, hub_user: str, server_name: str
         raise SpawnRefused(f"The hub user {hub_user!r} is not an active user of the portal.")
     allocation_id, profile_name, hours = _read_options(options)
 
-    allocation = db.get(Allocation, allocation_id)
+    allocation = find(db, Allocation, allocation_id)
     seat = student_seat(db, user, allocation_id) if allocation is not None else None
     member = seat is not None or (
         allocation is not None

@@ -171,9 +171,9 @@ def create_call(
         errors["duration_months"] = "Allocations run 3, 6 or 12 months."
     if closes_at <= opens_at:
         errors["closes_at"] = "The call must close after it opens."
-    if not 0 <= min_request <= max_request or max_request <= 0:
+    if not 0 <= min_request <= max_request or not 0 < max_request <= ledger.LARGEST_AMOUNT:
         errors["max_request"] = "The largest request must be positive and at least the smallest."
-    if not budgets or any(amount <= 0 for amount in budgets.values()):
+    if not budgets or any(not 0 < amount <= ledger.LARGEST_AMOUNT for amount in budgets.values()):
         errors["budgets"] = "Give each resource of the call a positive budget."
     criteria = criteria or []
     if review_mode == ReviewMode.PEER_REVIEW and sum(int(c.get("weight", 0)) for c in criteria) != 100:
@@ -407,6 +407,9 @@ def save_draft(
         for item in requests:
             if item.resource_id not in budget_resources:
                 errors[f"requests.{item.resource_id}"] = "This call does not offer that resource."
+                continue
+            if item.amount > ledger.LARGEST_AMOUNT:
+                errors[f"requests.{item.resource_id}"] = "That is more than any resource has."
                 continue
             row = existing.pop(item.resource_id, None)
             if item.amount <= 0:

@@ -267,6 +267,8 @@ def revoke_role(db: Session, actor: User, user: User, role: FactoryRole, *, reas
 def list_users(db: Session, actor: User, *, query: str = "", limit: int = 50) -> list[tuple[User, set[str]]]:
     require(db, actor, Action.GRANT_ROLES)
     stmt = select(User).order_by(User.display_name).limit(limit)
+    if len(query) > 200:
+        raise InvalidInput("Search for at most 200 characters.", errors={"q": "At most 200 characters."})
     if query:
         pattern = f"%{query.strip()}%"
         stmt = stmt.where(col(User.display_name).ilike(pattern) | col(User.email).ilike(pattern))

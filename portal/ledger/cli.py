@@ -16,6 +16,9 @@ from portal.identity.services import create_agent_token, find_user_by_email
 from portal.ledger.catalogue import ensure_sites
 from portal.ledger.models import CapacityPeriod, Resource, Site
 
+#: Ten years: the furthest ahead ``portal sites seed`` plans.
+MOST_QUARTERS = 40
+
 
 @click.group()
 def sites() -> None:
@@ -23,7 +26,13 @@ def sites() -> None:
 
 
 @sites.command("seed")
-@click.option("--quarters", default=4, show_default=True, help="Quarters of capacity to plan from today's.")
+@click.option(
+    "--quarters",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0, MOST_QUARTERS),
+    help="Quarters of capacity to plan from today's.",
+)
 @with_appcontext
 def seed_command(quarters: int) -> None:
     """Create the factory's eight sites and their resources, and plan capacity where none is planned."""

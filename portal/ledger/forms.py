@@ -3,10 +3,11 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from wtforms import DateField, IntegerField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import InputRequired, Length, NumberRange, Optional
+from wtforms.validators import InputRequired, Length, NumberRange, Optional, ValidationError
 
 from portal.formatting import display_amount
 from portal.forms import reason_field
+from portal.ledger.services import PLANNING_YEARS
 from portal.ledger.statements import AllocationStatement
 
 
@@ -39,6 +40,10 @@ class CapacityForm(FlaskForm):
     utilisation = IntegerField("Target utilisation (%)", default=80, validators=[Optional(), NumberRange(1, 100)])
     capacity = StringField("…or the capacity in hours (TB-months for storage)", validators=[Optional(), Length(max=20)])
     reason = reason_field()
+
+    def validate_quarter_start(self, field: DateField) -> None:
+        if field.data is not None and not PLANNING_YEARS[0] <= field.data.year <= PLANNING_YEARS[1]:
+            raise ValidationError(f"Plan a quarter between {PLANNING_YEARS[0]} and {PLANNING_YEARS[1]}.")
 
 
 class ManualAllocationForm(FlaskForm):

@@ -360,9 +360,16 @@ def release_capacity(db: Session, allocation: Allocation, amount: int) -> int:
 # --- allocations -----------------------------------------------------------------------------------------
 
 
+#: More base units than any resource offers in centuries, yet small enough that sums of them fit the ledger's
+#: 64-bit columns: a larger amount is garbage, refused before it reaches a query.
+LARGEST_AMOUNT = 2**53
+
+
 def _validate_amount(amount: int, what: str = "amount") -> None:
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise InvalidInput(f"The {what} must be a positive whole number.", errors={what: "Must be positive."})
+    if amount > LARGEST_AMOUNT:
+        raise InvalidInput(f"The {what} is more than any resource has.", errors={what: "Far too large."})
 
 
 def open_allocation(
@@ -391,6 +398,10 @@ def open_allocation(
         raise InvalidInput("Allocation dates must be timezone-aware.")
     if ends_at <= starts_at:
         raise InvalidInput("The allocation must end after it starts.", errors={"ends_at": "Before the start."})
+    first, last = PLANNING_YEARS
+    if not (first <= starts_at.year and ends_at.year <= last):
+        message = f"An allocation runs between {first} and {last}."
+        raise InvalidInput(message, errors={"ends_at": message})
     kind = {
         AllocationSource.AWARD: EntryKind.AWARD,
         AllocationSource.PURCHASE: EntryKind.PURCHASE,
@@ -1161,6 +1172,11 @@ def set_overbooking(db: Session, actor: User | None, resource: Resource, permill
     return _once(db, None, work, lambda e: e)  # type: ignore[arg-type,return-value]
 
 
+#: The years the ledger plans for: capacity quarters and allocations lie within them (the last days of
+#: ``date``'s range have no next quarter, nor a next day).
+PLANNING_YEARS = (2000, 2999)
+
+
 def quarter_of(day: date) -> tuple[date, date]:
     """The calendar quarter containing ``day``: (first day, first day of the next quarter)."""
     first_month = 3 * ((day.month - 1) // 3) + 1
@@ -1193,6 +1209,8 @@ def set_capacity(
         raise InvalidInput("The period must end after it starts.", errors={"ends_on": "Before the start."})
     if not isinstance(capacity, int) or capacity < 0:
         raise InvalidInput("Capacity is a whole number, zero or more.", errors={"capacity": "Not negative."})
+    if capacity > LARGEST_AMOUNT:
+        raise InvalidInput("That is more than any resource has.", errors={"capacity": "Far too large."})
 
     def work() -> CapacityPeriod:
         period = db.exec(

@@ -19,7 +19,7 @@ from portal.ledger import statements
 from portal.ledger.forms import CapacityForm, ManualAllocationForm, OverbookingForm, ReleaseForm, TransferForm
 from portal.ledger.models import AllocationSource, CapacityPeriod, Resource, Site
 from portal.projects import services as projects
-from portal.web import actor
+from portal.web import actor, database_id
 
 bp = Blueprint("ledger", __name__)
 
@@ -60,7 +60,7 @@ def older_entries(project_id: int, allocation_id: int):  # type: ignore[no-untyp
     """The next page of ledger entries, as table rows for htmx to append."""
     db = get_db()
     statement = statements.get_statement(db, actor(), _project(project_id), allocation_id)
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=database_id)
     entries, older = statements.entries_page(db, statement, before_id=before)
     return render_template("ledger/_entries.html", project_id=project_id, s=statement, entries=entries, older=older)
 

@@ -23,14 +23,15 @@ def parse_price(text: str | None, *, field: str = "price") -> int:
         amount = Decimal(raw)
     except InvalidOperation:
         raise InvalidInput(message, errors={field: message}) from None
-    if not amount.is_finite() or amount != amount.quantize(Decimal("0.01")) or "e" in raw.lower():
+    if not amount.is_finite() or "e" in raw.lower():
+        raise InvalidInput(message, errors={field: message})
+    if amount > 10**10:  # before quantizing, which a number this long overflows
+        raise InvalidInput(message, errors={field: "That price is too large."})
+    if amount != amount.quantize(Decimal("0.01")):
         raise InvalidInput(message, errors={field: message})
     if amount <= 0:
         raise InvalidInput("The price is a positive amount.", errors={field: "The price is a positive amount."})
-    cents = int(amount * 100)
-    if cents > 10**12:
-        raise InvalidInput(message, errors={field: "That price is too large."})
-    return cents
+    return int(amount * 100)
 
 
 class OfferingForm(FlaskForm):

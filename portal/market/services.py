@@ -53,6 +53,14 @@ class OrderRefused(Conflict):
 # --- offerings ------------------------------------------------------------------------------------------
 
 
+#: The most hours one order may buy: far beyond any real order, and within the quantity columns' range.
+LARGEST_ORDER = 1_000_000
+QUANTITIES_MESSAGE = (
+    "The largest quantity is at least the smallest, which is at least 1; "
+    f"an order buys at most {LARGEST_ORDER:,} hours."
+)
+
+
 def create_offering(
     db: Session,
     actor: User | None,
@@ -74,8 +82,8 @@ def create_offering(
         errors["title"] = "Enter a title."
     if not isinstance(price_cents, int) or price_cents <= 0:
         errors["price"] = "The price is a positive amount."
-    if not 1 <= min_quantity <= max_quantity:
-        errors["max_quantity"] = "The largest quantity is at least the smallest, which is at least 1."
+    if not 1 <= min_quantity <= max_quantity <= LARGEST_ORDER:
+        errors["max_quantity"] = QUANTITIES_MESSAGE
     if validity_months not in (3, 6, 12):
         errors["validity_months"] = "Bought hours are valid 3, 6 or 12 months."
     if errors:
@@ -116,8 +124,8 @@ def update_offering(
     errors = {}
     if not title.strip():
         errors["title"] = "Enter a title."
-    if not 1 <= min_quantity <= max_quantity:
-        errors["max_quantity"] = "The largest quantity is at least the smallest, which is at least 1."
+    if not 1 <= min_quantity <= max_quantity <= LARGEST_ORDER:
+        errors["max_quantity"] = QUANTITIES_MESSAGE
     if validity_months not in (3, 6, 12):
         errors["validity_months"] = "Bought hours are valid 3, 6 or 12 months."
     if errors:

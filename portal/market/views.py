@@ -32,7 +32,7 @@ from portal.market.models import Invoice, Offering, OfferingPrice, OfferingState
 from portal.market.stripe_gateway import StripeGateway
 from portal.projects import services as projects
 from portal.projects.models import Organisation, Project
-from portal.web import actor, current_login, problem, settings
+from portal.web import actor, current_login, database_id, problem, settings
 
 bp = Blueprint("market", __name__)
 
@@ -62,7 +62,7 @@ def order(offering_id: int):  # type: ignore[no-untyped-def]
     error, status = None, 200
     if request.method == "POST":
         try:
-            project = projects.get_project(db, me, request.form.get("project_id", type=int) or 0)
+            project = projects.get_project(db, me, request.form.get("project_id", type=database_id) or 0)
             quantity = request.form.get("quantity", type=int)
             _placed, pay_url = services.place_order(
                 db, settings(), gateway(), me, current_login(), offering=offering, project=project, quantity=quantity
@@ -353,7 +353,7 @@ def _finance_page(errors: dict[int, str] | None = None, status: int = 200):  # t
     state = request.args.get("state") or None
     if state not in {s.value for s in OrderState}:
         state = None
-    organisation_id = request.args.get("organisation", type=int)
+    organisation_id = request.args.get("organisation", type=database_id)
     rows = _finance_rows(db, state, organisation_id)
     order_ids = [o.id for o, _org in rows]
     documents: dict[int, list[Invoice]] = {i: [] for i in order_ids}  # type: ignore[misc]

@@ -7,7 +7,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from spectree import Response
 
 from portal.api import Problem, api_token, bp, spec, token_required
-from portal.db import get_db
+from portal.db import LARGEST_ID, get_db
 from portal.errors import NotAuthorised
 from portal.identity.models import ApiScope
 from portal.metering.services import MAX_AGENT_BATCH, AgentRecord, record_agent_usage
@@ -15,7 +15,7 @@ from portal.metering.services import MAX_AGENT_BATCH, AgentRecord, record_agent_
 
 class UsageRecordIn(BaseModel):
     id: str = Field(min_length=1, max_length=200, description="The agent's own id of the record, unique at its site")
-    allocation_id: int
+    allocation_id: int = Field(ge=1, le=LARGEST_ID)
     quantity: int = Field(gt=0, description="Base units: GPU-seconds, core-seconds or GB-days")
     started_at: AwareDatetime
     ended_at: AwareDatetime

@@ -14,7 +14,7 @@ from portal import observability
 from portal.audit import services as audit
 from portal.audit.models import AuditAction
 from portal.authz import Action, require
-from portal.db import utcnow
+from portal.db import find, utcnow
 from portal.errors import InvalidInput, NotFound
 from portal.identity.models import User
 from portal.ledger.models import Allocation, LedgerEntry, Resource, ResourceKind, Site
@@ -165,7 +165,7 @@ def map_slurm_account(
     account = account.strip().lower()
     if not account or len(account) > 64:
         raise InvalidInput("A Slurm account name is 1 to 64 characters.", errors={"account": "1 to 64 characters."})
-    if db.get(Allocation, allocation_id) is None:
+    if find(db, Allocation, allocation_id) is None:
         raise NotFound("No such allocation.")
     existing = db.exec(
         select(SlurmAccount).where(SlurmAccount.cluster == cluster, SlurmAccount.account == account)

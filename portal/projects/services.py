@@ -17,7 +17,7 @@ from portal.audit import services as audit
 from portal.audit.models import AuditAction
 from portal.authz import Action, allowed, require
 from portal.config import Settings
-from portal.db import utcnow
+from portal.db import find, utcnow
 from portal.errors import Conflict, InvalidInput, InvitationUnusable, NotFound
 from portal.identity.models import User
 from portal.mail import send_mail
@@ -129,7 +129,7 @@ def create_organisation(
 
 
 def get_organisation(db: Session, actor: User, organisation_id: int) -> Organisation:
-    organisation = db.get(Organisation, organisation_id)
+    organisation = find(db, Organisation, organisation_id)
     if organisation is None:
         raise NotFound("No such organisation.")
     require(db, actor, Action.VIEW_ORGANISATION, organisation)
@@ -196,7 +196,7 @@ def update_project(db: Session, actor: User, project: Project, *, title: str, de
 
 
 def get_project(db: Session, actor: User, project_id: int) -> Project:
-    project = db.get(Project, project_id)
+    project = find(db, Project, project_id)
     if project is None:
         raise NotFound("No such project.")
     require(db, actor, Action.VIEW_PROJECT, project)
