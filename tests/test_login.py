@@ -685,3 +685,22 @@ def test_the_login_page_lists_every_configured_provider(client_for, oidc_provide
         assert f'href="/login/{name}">{label}</a>' in page
     assert "requires level substantial" in page
     assert "requires level high" in page
+
+
+def test_abandoned_login_attempts_do_not_grow_the_session_cookie_and_the_newest_still_works(client, oidc_provider):
+    sub = unique_sub()
+    oidc_provider.add_user(sub, email=f"{sub}@example.eu", email_verified=True, acr=EIDAS + "substantial")
+    abandoned = [LoginAttempt(client, "eidas").start() for _ in range(10)]  # tabs opened and left
+    with client.session_transaction() as flask_session:
+        assert len([key for key in flask_session if key.startswith("_state_")]) == 3
+    assert len(client.get_cookie("portal_session").value) < 4096 - 1024  # room for the rest of the session
+
+    oldest = abandoned[0].authorize(sub).finish()  # its state was dropped: refused like a tampered one
+    assert oldest.status_code == 403 and "_user_id" not in _session_keys(client)
+    assert abandoned[-1].authorize(sub).finish().status_code == 302  # the newest attempt logs in
+    assert "_user_id" in _session_keys(client)
+
+
+def _session_keys(client) -> set[str]:  # type: ignore[no-untyped-def]
+    with client.session_transaction() as flask_session:
+        return set(flask_session.keys())

@@ -7,7 +7,7 @@ from typing import Any
 import requests
 from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
 from authlib.integrations.flask_client import OAuth
-from flask import Flask, current_app
+from flask import Flask, current_app, session
 from joserfc.errors import ClaimError, ExpiredTokenError, JoseError
 from werkzeug.wrappers import Response
 
@@ -47,9 +47,26 @@ def _client(provider: OIDCProvider):  # type: ignore[no-untyped-def]
     return client
 
 
+#: Logins started but not finished (other tabs, abandoned attempts) whose state the session keeps: each costs
+#: about 540 bytes of the cookie, which browsers drop beyond 4 KB, logging the user out.
+PENDING_LOGINS_KEPT = 3
+
+
+def _forget_stale_login_attempts() -> None:
+    """Drop all but the newest pending login states before adding one (Authlib keys them ``_state_<name>_<state>``
+    with their expiry in ``exp``); an attempt dropped here fails at its callback like a tampered state."""
+    pending = sorted(
+        (key for key in session if key.startswith("_state_")),
+        key=lambda key: session[key].get("exp", 0) if isinstance(session[key], dict) else 0,
+    )
+    for key in pending[: max(0, len(pending) - (PENDING_LOGINS_KEPT - 1))]:
+        session.pop(key, None)
+
+
 def redirect_to_provider(provider: OIDCProvider, redirect_uri: str) -> Response:
     """Send the browser to the provider; Authlib keeps state, nonce and the PKCE verifier in the session."""
     extra = {"acr_values": provider.request_acr} if provider.request_acr else {}
+    _forget_stale_login_attempts()
     try:
         return _client(provider).authorize_redirect(redirect_uri, **extra)
     except requests.RequestException as exc:
