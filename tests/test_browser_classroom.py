@@ -20,14 +20,11 @@ from portal.compute.launch import meter_notebooks
 from portal.db import utcnow
 from portal.formatting import quantity
 from portal.identity.models import User
-from portal.ledger import services as ledger
 from portal.ledger.models import ResourceKind
-from portal.projects import services as projects
 from tests import test_browser as harness
 from tests import test_browser_notebooks as browser_notebooks
-from tests.ledger_world import HOUR, make_world
 from tests.test_browser import EIDAS, add_person, assert_accessible, log_in, portal_errors
-from tests.test_compute import open_now, plan_capacity_around_now
+from tests.test_compute import cpu_project
 from tests.test_notebooks import Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.hub]
@@ -49,14 +46,9 @@ def test_a_teacher_creates_a_course_a_student_joins_launches_and_the_teacher_see
     log_in(teacher, portal_url, oidc_provider, "eIDAS", teacher_sub)
     with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
         tiina = db.exec(select(User).where(User.email == teacher_email)).one()
-        world = make_world(db)
-        cpu = ledger.create_resource(
-            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+        _world, _project, _allocation = cpu_project(
+            db, tiina, hours=100, title="Teaching Dask", organisation="Tartu Ülikool", country="EE"
         )
-        plan_capacity_around_now(db, cpu, 100_000 * HOUR)
-        org = projects.create_organisation(db, tiina, name="Tartu Ülikool", kind="university", country="EE")
-        project = projects.create_project(db, tiina, org, title="Teaching Dask")
-        open_now(db, project, cpu, 100)
 
     # The teacher creates the course: 4 core-hours each, 10 seats, the CPU profile.
     teacher.goto(f"{portal_url}/")

@@ -19,13 +19,9 @@ pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 from portal.compute.hub_client import ServerStatus
 from portal.devstack import free_port
 from portal.identity.models import User
-from portal.ledger import services as ledger
-from portal.ledger.models import ResourceKind
-from portal.projects import services as projects
 from tests import test_browser as harness
-from tests.ledger_world import HOUR, make_world
 from tests.test_browser import EIDAS, add_person, assert_accessible, log_in, portal_errors
-from tests.test_compute import open_now, plan_capacity_around_now
+from tests.test_compute import cpu_project
 from tests.test_hub import wait_for
 from tests.test_notebooks import Stack, hub_settings, running_stack
 
@@ -57,14 +53,9 @@ def test_a_member_launches_opens_jupyterlab_through_the_portal_login_and_stops_i
 
     with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
         liis = db.exec(select(User).where(User.email == email)).one()
-        world = make_world(db)
-        cpu = ledger.create_resource(
-            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+        _world, project, allocation = cpu_project(
+            db, liis, hours=10, title="Protein folding", organisation="Tartu Ülikool", country="EE"
         )
-        plan_capacity_around_now(db, cpu, 100_000 * HOUR)
-        org = projects.create_organisation(db, liis, name="Tartu Ülikool", kind="university", country="EE")
-        project = projects.create_project(db, liis, org, title="Protein folding")
-        allocation = open_now(db, project, cpu, 10)
 
     # From the project page to the launch form: allocation, profile, hours.
     page.goto(f"{portal_url}/projects/{project.id}")

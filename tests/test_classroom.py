@@ -32,7 +32,7 @@ from portal.notifications.models import Notification
 from portal.projects.models import ProjectMembership, ProjectRole
 from tests.conftest import LoginAttempt, post_form
 from tests.ledger_world import HOUR, World, make_world, person
-from tests.test_compute import open_now, plan_capacity_around_now
+from tests.test_compute import cpu_project, open_now, plan_capacity_around_now
 
 # --- builders --------------------------------------------------------------------------------------------
 
@@ -574,18 +574,11 @@ def test_a_teacher_sees_only_their_own_courses_students(db: Session, settings: S
 
 
 def test_a_teacher_creates_a_course_and_a_student_joins_by_link_on_the_pages(app: Flask, db: Session, login) -> None:  # type: ignore[no-untyped-def]
-    from portal.projects import services as projects
-
     teacher_client, student_client = app.test_client(), app.test_client()
     teacher = login(teacher_client, given_name="Tiina", family_name="Teacher")
-    world = make_world(db)
-    cpu = ledger.create_resource(
-        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    _world, _project, parent = cpu_project(
+        db, teacher, hours=500, title="Teaching", organisation="Tartu Uni", country="EE", days=30
     )
-    plan_capacity_around_now(db, cpu, 100_000 * HOUR)
-    org = projects.create_organisation(db, teacher, name="Tartu Uni", kind="university", country="EE")
-    project = projects.create_project(db, teacher, org, title="Teaching")
-    parent = open_now(db, project, cpu, 500, days=30)
 
     form = teacher_client.get("/courses/new").get_data(as_text=True)
     assert "Teaching" in form and 'value="cpu"' in form

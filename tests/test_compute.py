@@ -6,6 +6,7 @@ import base64
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -22,7 +23,8 @@ from portal.db import utcnow
 from portal.identity.services import create_api_token
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind
-from portal.projects.models import ProjectMembership, ProjectRole
+from portal.projects import services as projects
+from portal.projects.models import Project, ProjectMembership, ProjectRole
 from tests.ledger_world import HOUR, World, make_world, person
 
 REDIRECT = "http://127.0.0.1:8081/hub/oauth_callback"
@@ -217,6 +219,34 @@ def open_now(db: Session, project, resource: Resource, hours: int, *, days: int 
         source=AllocationSource.AWARD,
         title=f"{resource.code} award",
     )
+
+
+class CpuProject(NamedTuple):
+    world: World
+    project: Project
+    allocation: Allocation
+
+
+def cpu_project(  # type: ignore[no-untyped-def]
+    db: Session,
+    owner,
+    *,
+    hours: int,
+    title: str = "Notebook project",
+    organisation: str = "Notebook Uni",
+    country: str = "LV",
+    days: int = 30,
+) -> CpuProject:
+    """A fresh site with CPU capacity planned around now, and ``owner``'s own project there with ``hours``
+    core-hours open from yesterday for ``days`` days: what a member needs to start CPU notebooks."""
+    world = make_world(db)
+    cpu = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
+    plan_capacity_around_now(db, cpu, 100_000 * HOUR)
+    org = projects.create_organisation(db, owner, name=organisation, kind="university", country=country)
+    project = projects.create_project(db, owner, org, title=title)
+    return CpuProject(world, project, open_now(db, project, cpu, hours, days=days))
 
 
 @pytest.fixture

@@ -43,12 +43,11 @@ from portal.errors import NotFound
 from portal.identity.models import User
 from portal.identity.services import create_agent_token
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, AllocationState, ResourceKind
+from portal.ledger.models import Allocation, AllocationState
 from portal.notifications.models import Notification
-from portal.projects import services as projects
 from tests.conftest import post_form, provider_configs
-from tests.ledger_world import HOUR, make_world, person
-from tests.test_compute import open_now, plan_capacity_around_now
+from tests.ledger_world import person
+from tests.test_compute import cpu_project
 from tests.test_hub import wait_for
 from tests.test_notebooks import Stack, entries, hub_settings, running_stack, start_hub
 
@@ -102,14 +101,7 @@ def member(stack: Stack, db: Session, login) -> Member:  # type: ignore[no-untyp
     """A logged-in member whose project has 10 CPU core-hours (5 hours of the 2-core ``cpu`` profile)."""
     browser = stack.app.test_client()
     user = login(browser)
-    world = make_world(db)
-    cpu = ledger.create_resource(
-        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
-    )
-    plan_capacity_around_now(db, cpu, 100_000 * HOUR)
-    org = projects.create_organisation(db, user, name="Notebook Uni", kind="university", country="LV")
-    project = projects.create_project(db, user, org, title="Notebook project")
-    allocation = open_now(db, project, cpu, 10)
+    world, _project, allocation = cpu_project(db, user, hours=10, title="Notebook project")
     return Member(browser, user, allocation, world.site.id)  # type: ignore[arg-type]
 
 

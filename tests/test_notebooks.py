@@ -37,7 +37,7 @@ from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, LedgerEntry, ResourceKind
 from tests.conftest import EIDAS
 from tests.ledger_world import HOUR, make_world
-from tests.test_compute import open_now, plan_capacity_around_now
+from tests.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for
 
 pytestmark = pytest.mark.hub
@@ -293,20 +293,12 @@ def test_the_hub_logs_users_in_through_the_portal(stack: Stack, oidc_provider) -
 
 
 def test_a_member_launches_from_the_project_page_follows_the_start_and_stops_it(stack: Stack, login) -> None:  # type: ignore[no-untyped-def]
-    from portal.projects import services as projects
     from tests.conftest import post_form
 
     browser = stack.app.test_client()
     user = login(browser)
     with Session(stack.app.extensions["portal.engine"], expire_on_commit=False) as db:
-        world = make_world(db)
-        cpu = ledger.create_resource(
-            db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
-        )
-        plan_capacity_around_now(db, cpu, 100_000 * HOUR)
-        org = projects.create_organisation(db, user, name="Notebook Uni", kind="university", country="LV")
-        project = projects.create_project(db, user, org, title="Notebook project")
-        allocation = open_now(db, project, cpu, 10)
+        _world, project, allocation = cpu_project(db, user, hours=10, title="Notebook project")
 
     page = browser.get(f"/projects/{project.id}/notebooks").get_data(as_text=True)
     assert "CPU core-hours" in page and 'value="cpu"' in page

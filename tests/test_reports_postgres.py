@@ -7,14 +7,13 @@ import threading
 from datetime import date
 
 import pytest
-import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
 from portal.ledger import services as ledger
 from portal.ledger.services import UsageCharge
-from portal.migrations import upgrade
 from portal.reports import rollups
 from portal.reports.models import UsageMonth
+from tests import test_ledger_postgres
 from tests.ledger_world import HOUR
 from tests.test_reports import USAGE, seed
 
@@ -23,12 +22,8 @@ THREADS = 8
 CHARGES = 25
 
 
-@pytest.fixture(scope="module")
-def engine(postgres_url: str):  # type: ignore[no-untyped-def]
-    upgrade(postgres_url)
-    engine = sa.create_engine(postgres_url, pool_size=THREADS + 4, max_overflow=0)
-    yield engine
-    engine.dispose()
+#: The ledger's PostgreSQL fixture: a migrated engine with a connection for each thread.
+engine = test_ledger_postgres.engine
 
 
 def test_charges_during_a_rebuild_all_end_up_in_the_rollup_once(engine):

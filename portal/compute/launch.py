@@ -169,14 +169,20 @@ def stop_notebook(
     if session.stopped_at is not None:
         return session
     now = now or utcnow()
+    _charge_and_stop(db, client, session, now)
+    _close(db, session, now, BY_USER)
+    return session
+
+
+def _charge_and_stop(db: Session, client: HubClient, session: NotebookSession, now: datetime) -> None:
+    """Charge the session's running time up to ``now`` (noting its start if the hub reports it ready and
+    metering has not yet), then stop its server at the hub; the caller closes the session with its reason."""
     if session.started_at is None:
         found = client.server(session.hub_user, session.server_name)
         if found is not None and found.ready:
             _mark_started(db, session, found, now)
     _charge(db, session, now)
     client.stop_server(session.hub_user, session.server_name)
-    _close(db, session, now, BY_USER)
-    return session
 
 
 # --- metering -------------------------------------------------------------------------------------------------
@@ -393,12 +399,7 @@ def stop_notebooks_of_exhausted(
     stopped: list[int] = []
     for session in sessions:
         try:
-            if session.started_at is None:
-                found = client.server(session.hub_user, session.server_name)
-                if found is not None and found.ready:
-                    _mark_started(db, session, found, now)
-            _charge(db, session, now)
-            client.stop_server(session.hub_user, session.server_name)
+            _charge_and_stop(db, client, session, now)
         except HubError as exc:
             log.warning(
                 "could not stop %s/%s at exhaustion (%s); the next round will",
