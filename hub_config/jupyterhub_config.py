@@ -21,9 +21,19 @@ HUB_CULL_IDLE_SECONDS       idle servers are stopped and removed after this many
 HUB_CULL_EVERY_SECONDS      how often the culler looks for idle servers (default: half of HUB_CULL_IDLE_SECONDS)
 HUB_SPAWN_CHECK_TIMEOUT     seconds the hub waits for the portal's spawn check (default 10)
 HUB_DEBUG                   "1": debug logging
+HUB_SPAWNER                 "local" (default): servers are processes on this machine (SimpleLocalProcessSpawner,
+                            homes under HUB_STATE_DIR/homes; the portal meters them); "slurm": servers are
+                            Slurm jobs on the factory cluster (slurm_spawner.FactorySlurmSpawner; charged from
+                            sacct), configured by:
+HUB_SLURM_CLUSTER           the cluster's name, as in the portal's slurm_clusters (required with "slurm")
+HUB_SLURM_HOME_ROOT         users' homes on the shared file system: {root}/{username} (default /home/hub)
+HUB_SLURM_SUBMIT_USER       the login that submits jobs, the cluster's notebook_user (default: the hub's user)
+HUB_SLURM_SERVER_IP         the address servers listen on in the job (default 0.0.0.0)
+HUB_SLURM_START_TIMEOUT     seconds a job may wait in the queue and start (default 300)
+SLURM_CONF                  the cluster's slurm.conf, when not the host's default
 
-Spawner: SimpleLocalProcessSpawner (demo and tests; everything runs as the hub's user, homes under
-HUB_STATE_DIR/homes). KubeSpawner, BatchSpawner and Dask Gateway are documented in hub_config/README.md.
+With "local", the GPUs this machine has (nvidia-smi) are reported with each spawn check: the portal refuses
+GPU profiles they cannot serve. KubeSpawner and Dask Gateway are documented in hub_config/README.md.
 """
 
 from __future__ import annotations
@@ -89,10 +99,11 @@ c.GenericOAuthenticator.allow_all = True
 c.Authenticator.auto_login = True
 
 # --- single-user servers ---------------------------------------------------------------------------------
-c.JupyterHub.spawner_class = "simple"  # SimpleLocalProcessSpawner
+spawner_kind = env("HUB_SPAWNER", "local")
+if spawner_kind not in ("local", "slurm"):
+    raise SystemExit(f"HUB_SPAWNER must be 'local' or 'slurm', not {spawner_kind!r}")
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 5
-c.SimpleLocalProcessSpawner.home_dir_template = str(state_dir / "homes" / "{username}")
 c.Spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab"
 # New notebooks (and kernels started without a name) get the "Python 3 (Dask GPU)" kernel.
@@ -102,9 +113,31 @@ c.Spawner.http_timeout = 60
 if os.geteuid() == 0:
     c.Spawner.args = [*c.Spawner.args, "--ServerApp.allow_root=True"]
 
+if spawner_kind == "slurm":
+    from slurm_spawner import FactorySlurmSpawner
+
+    slurm_cluster = env("HUB_SLURM_CLUSTER")
+    if not slurm_cluster:
+        raise SystemExit("HUB_SPAWNER=slurm needs HUB_SLURM_CLUSTER (the cluster's name in the portal)")
+    c.JupyterHub.spawner_class = FactorySlurmSpawner
+    c.FactorySlurmSpawner.cluster_name = slurm_cluster
+    c.FactorySlurmSpawner.home_root = env("HUB_SLURM_HOME_ROOT", "/home/hub")
+    if env("HUB_SLURM_SUBMIT_USER"):
+        c.FactorySlurmSpawner.submit_user = env("HUB_SLURM_SUBMIT_USER")
+    c.FactorySlurmSpawner.ip = env("HUB_SLURM_SERVER_IP", "0.0.0.0")  # noqa: S104 - compute nodes serve the hub
+    c.Spawner.start_timeout = int(env("HUB_SLURM_START_TIMEOUT", "300"))  # queue wait included
+    spawn_backend: dict | None = {"kind": "slurm", "cluster": slurm_cluster}
+else:
+    c.JupyterHub.spawner_class = "simple"  # SimpleLocalProcessSpawner
+    c.SimpleLocalProcessSpawner.home_dir_template = str(state_dir / "homes" / "{username}")
+    spawn_backend = None  # PortalSpawnCheck reports this machine's GPUs
+
 
 def _dask_scratch(spawner) -> str:
-    path = state_dir / "dask-scratch" / spawner.user.name / (spawner.name or "default")
+    if spawner_kind == "slurm":  # in the user's home on the shared file system, which the job can write
+        path = Path(spawner.req_homedir) / ".dask-scratch" / (spawner.name or "default")
+    else:
+        path = state_dir / "dask-scratch" / spawner.user.name / (spawner.name or "default")
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
 
@@ -118,7 +151,7 @@ c.Spawner.environment = {
 
 # Every spawn, from the portal or from the hub's own pages, is checked by the portal first.
 c.Spawner.apply_user_options = PortalSpawnCheck(
-    portal_url, env("PORTAL_API_TOKEN"), timeout=float(env("HUB_SPAWN_CHECK_TIMEOUT", "10"))
+    portal_url, env("PORTAL_API_TOKEN"), timeout=float(env("HUB_SPAWN_CHECK_TIMEOUT", "10")), backend=spawn_backend
 )
 # A course's materials (a git repository) are cloned into the student's home at the first start.
 c.Spawner.pre_spawn_hook = clone_course_materials

@@ -128,6 +128,12 @@ class SlurmClusterConfig(BaseModel):
     sacctmgr: str = "sacctmgr"
     #: ``SLURM_CONF`` for both programs, when not the host's default slurm.conf.
     slurm_conf: str | None = None
+    #: The cluster login the JupyterHub submits notebook and Dask Gateway jobs as (hub users are portal
+    #: identities, not Unix accounts): ``portal slurm sync`` makes it a user of every account it manages, so
+    #: a notebook's job runs under its allocation's account. Empty: the hub does not run jobs here.
+    notebook_user: str = Field(default="", pattern=r"^([a-z_][a-z0-9_.-]{0,31})?$")
+    #: Partition per resource code (``{"h100": "gpu-h100"}``); resources not listed use the default partition.
+    partitions: dict[str, str] = Field(default_factory=dict)
 
 
 class NotebookProfile(BaseModel):
@@ -258,6 +264,12 @@ class Settings(BaseSettings):
     hub_api_token: str = ""
     #: Notebook server sizes (a JSON list, ``[[notebook_profiles]]`` in TOML): name, label, gpus, gpu_model, ...
     notebook_profiles: list[NotebookProfile] = Field(default_factory=_default_notebook_profiles)
+    #: Where the hub runs notebook servers: the name of a ``slurm_clusters`` entry (its servers are Slurm jobs,
+    #: charged from sacct), or empty for the hub's own machine (the demo; charged by the portal's metering).
+    hub_slurm_cluster: str = ""
+    #: Only without ``hub_slurm_cluster``: the GPU models the hub's own machine has, one entry per GPU
+    #: (``["H100", "H100"]``); GPU profiles need them. The demo fills it from ``nvidia-smi``.
+    hub_local_gpus: list[str] = Field(default_factory=list)
 
     @field_validator("base_url")
     @classmethod
@@ -290,6 +302,18 @@ class Settings(BaseSettings):
 
     def slurm_cluster(self, name: str) -> SlurmClusterConfig | None:
         return next((c for c in self.slurm_clusters if c.name == name), None)
+
+    @model_validator(mode="after")
+    def _hub_cluster_is_configured(self) -> Settings:
+        if self.hub_slurm_cluster:
+            cluster = self.slurm_cluster(self.hub_slurm_cluster)
+            if cluster is None:
+                raise ValueError(f"hub_slurm_cluster {self.hub_slurm_cluster!r} is not one of slurm_clusters")
+            if not cluster.notebook_user:
+                raise ValueError(f"Slurm cluster {cluster.name} runs the hub's notebooks but has no notebook_user")
+            if self.hub_local_gpus:
+                raise ValueError("hub_local_gpus is for a hub without hub_slurm_cluster")
+        return self
 
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:

@@ -2,7 +2,8 @@
 
 ``SlurmCluster(base_dir)`` runs Debian's own daemons as root, without systemd or cgroups: ``munged``
 (own socket and key), ``slurmdbd`` (storing into a database of the MariaDB on 127.0.0.1:3306),
-``slurmctld`` and ``slurmd`` (one node, ``localhost``, with 2 CPUs and 2 fake GPUs made with ``mknod``).
+``slurmctld`` and ``slurmd`` (one node, ``localhost``, with 8 CPUs and 2 fake GPUs made with ``mknod``, in
+two partitions: ``debug``, the default, and ``gpu``).
 Everything it writes (configuration, state, spool, logs, pid files, the munge key and socket) lies under
 ``base_dir``; stopping it leaves no process behind, and starting it again on the same folder reuses the
 saved state and database (a restart takes about 2 s, a first start about 5 s). Ports are chosen free at
@@ -142,8 +143,13 @@ class SlurmCluster:
 
     base: Path
     cluster_name: str = "factory"
-    cpus: int = 2
+    #: CPUs the node declares (``config_overrides``: more than the machine has, so that a notebook job, a
+    #: Dask Gateway scheduler and its workers fit side by side on a 2-core test machine).
+    cpus: int = 8
     gpus: int = 2
+    #: Memory the node declares, in MB: at most what the machine has (slurmctld drains a node reporting less);
+    #: memory is not a consumable with ``CR_CPU``, but a job's ``--mem`` must fit.
+    memory_mb: int = 16000
     mysql_host: str = "127.0.0.1"
     mysql_port: int = 3306
     #: A MariaDB account allowed to create databases and users (used only to set slurmdbd's up).
@@ -297,8 +303,9 @@ AccountingStoragePass={sock}
 AccountingStorageTRES=gres/gpu
 AccountingStorageEnforce=associations,limits,qos
 JobCompType=jobcomp/none
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 Gres=gpu:{self.gpus} State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{self.gpus} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 """
         )
         (self.etc / "gres.conf").write_text(f"AutoDetect=off\nNodeName=localhost Name=gpu File={gpu_files}\n")
@@ -411,7 +418,9 @@ StorageLoc={self.database}
 
     def _node_state(self) -> str:
         result = self.run("sinfo", "-h", "-N", "-o", "%T", check=False, timeout=15)
-        return result.stdout.strip() if result.returncode == 0 else ""
+        # one line per partition the node is in, each with the node's state
+        lines = result.stdout.split() if result.returncode == 0 else []
+        return lines[0] if lines else ""
 
     def start(self) -> SlurmCluster:
         """Install what is missing, write the configuration and start the four daemons; wait until ready."""

@@ -33,6 +33,7 @@ from sqlmodel import Session
 from portal import create_app
 from portal.config import OIDCProvider, Settings, load_settings
 from portal.devstack import OIDCProviderProcess, free_port
+from portal.devstack_slurm import SlurmCluster, SlurmUnavailable, ensure_installed
 from portal.devstripe import StripeStandIn
 from portal.identity.models import User
 from portal.migrations import upgrade
@@ -307,3 +308,21 @@ def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StripeStandIn
     server = StripeStandIn(free_port(), tmp_path_factory.mktemp("stripe"), from_scratch=True).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real Slurm cluster (``factory``: 8 CPUs, 2 fake GPUs, partitions ``debug`` and ``gpu``) for the test
+    worker's session, with its own slurmdbd database; gone afterwards. Each test uses a site of its own, so
+    its accounts are its own on the shared cluster."""
+    try:
+        ensure_installed()
+    except SlurmUnavailable as exc:
+        pytest.skip(f"Slurm cannot run here: {exc}")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cluster_name="factory")
+    try:
+        cluster.start()
+    except SlurmUnavailable as exc:
+        pytest.skip(f"Slurm cannot run here: {exc}")
+    yield cluster
+    cluster.destroy()

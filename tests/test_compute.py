@@ -265,10 +265,24 @@ def cpu(db: Session, world: World) -> Resource:
     return resource
 
 
-def spawn(client: FlaskClient, user, options=None, *, server_name: str = "gpu", token: str = DEV_HUB_SPAWN_CHECK_TOKEN):  # type: ignore[no-untyped-def]
+#: A hub whose own machine has two H100s (and one H200), as it reports with each spawn check.
+GPU_HUB = {"kind": "local", "gpus": ["NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3", "NVIDIA H200"]}
+
+
+def spawn(  # type: ignore[no-untyped-def]
+    client: FlaskClient,
+    user,
+    options=None,
+    *,
+    server_name: str = "gpu",
+    token: str = DEV_HUB_SPAWN_CHECK_TOKEN,
+    backend: dict | None = GPU_HUB,
+):
     body = {"user": user if isinstance(user, str) else f"u{user.id}", "server_name": server_name}
     if options is not None:
         body["user_options"] = options
+    if backend is not None:
+        body["backend"] = backend
     return client.post("/api/v1/hub/spawn-check", json=body, headers={"Authorization": f"Bearer {token}"})
 
 

@@ -28,7 +28,7 @@ from portal.devstack import free_port  # noqa: E402
 
 sys.path.insert(0, str(REPO / "hub_config"))
 from jupyterhub.spawner import SpawnException  # noqa: E402
-from portal_spawn import PortalSpawnCheck  # noqa: E402
+from portal_spawn import PortalSpawnCheck, local_gpu_names  # noqa: E402
 
 pytestmark = pytest.mark.hub
 
@@ -126,7 +126,13 @@ def test_valid_options_apply_the_portals_environment_and_limits(fake_portal: Fak
         {
             "path": "/api/v1/hub/spawn-check",
             "authorization": f"Bearer {PORTAL_API_TOKEN}",
-            "json": {"user": "alice", "server_name": "gpu-notebook", "user_options": options},
+            "json": {
+                "user": "alice",
+                "server_name": "gpu-notebook",
+                "user_options": options,
+                # a local hub reports its own machine's GPUs (nvidia-smi's names; none here)
+                "backend": {"kind": "local", "gpus": local_gpu_names()},
+            },
         }
     ]
     assert spawner.environment == {
@@ -145,6 +151,25 @@ def test_valid_options_apply_the_portals_environment_and_limits(fake_portal: Fak
     assert spawner.environment == {"JUPYTER_PATH": "/srv/hub_config", "CUDA_VISIBLE_DEVICES": ""}
     assert spawner.cpu_limit is None
     assert spawner.mem_limit is None
+
+
+def test_a_slurm_hub_reports_its_cluster_and_submits_the_portals_job(fake_portal: FakePortal) -> None:
+    job = {"cluster": "factory", "account": "waw-7", "partition": "gpu", "gpus": 2, "cpus": 16}
+    fake_portal.body = {
+        "environment": {"PORTAL_ALLOCATION": "7"},
+        "cpu_limit": 16,
+        "mem_limit": "128G",
+        "gpus": 2,
+        "slurm": job,
+    }
+    spawner = FakeSpawner()
+    spawner.portal_slurm = None  # type: ignore[attr-defined]  # FactorySlurmSpawner has it
+    spawner.environment["CUDA_VISIBLE_DEVICES"] = "0"  # never the hub's guess on a cluster
+    check = PortalSpawnCheck(fake_portal.url, PORTAL_API_TOKEN, backend={"kind": "slurm", "cluster": "factory"})
+    asyncio.run(check(spawner, {"allocation": 7, "profile": "2x-h100", "hours": 1}))
+    assert fake_portal.requests[0]["json"]["backend"] == {"kind": "slurm", "cluster": "factory"}
+    assert spawner.portal_slurm == job  # type: ignore[attr-defined]
+    assert spawner.environment == {"JUPYTER_PATH": "/srv/hub_config", "PORTAL_ALLOCATION": "7"}
 
 
 def test_gpus_without_device_list_get_the_first_devices(fake_portal: FakePortal) -> None:
@@ -303,7 +328,12 @@ def test_a_checked_server_runs_the_dask_kernel(hub: HubProcess, hub_portal: Fake
     options = {"allocation": "A-7", "profile": "cpu", "hours": 1}
     started = api(hub, "POST", "/users/alice/servers/lab1", json=options)
     assert started.status_code in (201, 202), started.text
-    assert hub_portal.requests[-1]["json"] == {"user": "alice", "server_name": "lab1", "user_options": options}
+    assert hub_portal.requests[-1]["json"] == {
+        "user": "alice",
+        "server_name": "lab1",
+        "user_options": options,
+        "backend": {"kind": "local", "gpus": local_gpu_names()},
+    }
 
     def ready() -> dict[str, Any] | None:
         server = api(hub, "GET", "/users/alice").json()["servers"].get("lab1")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ from sqlmodel import Session, select
 
 from portal.config import SlurmClusterConfig
 from portal.db import utcnow
-from portal.devstack_slurm import SlurmCluster, SlurmUnavailable, ensure_installed
+from portal.devstack_slurm import SlurmCluster
 from portal.identity.models import User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, EntryKind, Resource, ResourceKind, Site
@@ -48,22 +47,6 @@ pytestmark = pytest.mark.xdist_group("slurm")
 
 CLUSTER = "factory"
 PORTAL = str(Path(sys.executable).parent / "portal")
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """A real Slurm cluster for the session, with its own slurmdbd database; gone afterwards."""
-    try:
-        ensure_installed()
-    except SlurmUnavailable as exc:
-        pytest.skip(f"Slurm cannot run here: {exc}")
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cluster_name=CLUSTER)
-    try:
-        cluster.start()
-    except SlurmUnavailable as exc:
-        pytest.skip(f"Slurm cannot run here: {exc}")
-    yield cluster
-    cluster.destroy()
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@
 - ``meter_notebooks`` (a periodic worker job: ``meter_job``) notices when the hub reports a server ready
   (``started_at``), charges the running time since the last charge to the allocation (GPUs × seconds, or
   cores × seconds for a CPU profile; once per session and interval end), and stops servers whose allocation
-  is exhausted or whose hours are up.
+  is exhausted or whose hours are up. A server that runs as a Slurm job (``slurm_cluster``) is never charged
+  here: ``portal usage pull-sacct`` charges its job, once, from Slurm's accounting.
 """
 
 from __future__ import annotations
@@ -218,8 +219,8 @@ def _charge(db: Session, session: NotebookSession, now: datetime) -> int:
     session's ``charged_seconds`` moves in the same transaction as the ledger entry, only from the value this
     run read (another worker that charged first makes this run's charge roll back).
     """
-    if session.started_at is None:
-        return 0
+    if session.started_at is None or session.charged_from_slurm:
+        return 0  # a Slurm job is charged from sacct, with what the job really held (one source of truth)
     elapsed = _elapsed(session, now)
     previous = session.charged_seconds
     seconds = elapsed - previous
@@ -363,6 +364,13 @@ def _tell_owner(db: Session, settings: Settings, session: NotebookSession, reaso
         return
     why = _TOLD.get(reason, reason)
     charged = session.charged_seconds
+    if session.charged_from_slurm:
+        cost = (
+            f"It ran as a job on the cluster {session.slurm_cluster}, which charges the allocation for the time "
+            "and GPUs the job really held once the job has ended."
+        )
+    else:
+        cost = f"It ran for {charged // 3600} h {charged % 3600 // 60} min, all of which is charged to the allocation."
     notify(
         db,
         settings,
@@ -370,7 +378,7 @@ def _tell_owner(db: Session, settings: Settings, session: NotebookSession, reaso
         subject=f"Your notebook {session.server_name} was stopped: {reason}",
         body=(
             f"The portal stopped your notebook server {session.server_name} ({session.profile}) because {why}. "
-            f"It ran for {charged // 3600} h {charged % 3600 // 60} min, all of which is charged to the allocation. "
+            f"{cost} "
             "Files in your home directory are kept; start a new notebook from the project page."
         ),
         link=f"/notebooks/{session.id}",

@@ -94,3 +94,12 @@ class NotebookSession(SQLModel, table=True):
     charged_seconds: int = Field(default=0, sa_type=sa.BigInteger)
     #: The student's seat when the allocation is a course's; its use counts against the seat's cap.
     course_seat_id: int | None = Field(default=None, foreign_key="course_seats.id", index=True)
+    #: The Slurm cluster the server runs on as a job, and the account it runs under; None for a server on the
+    #: hub's own machine. A Slurm job is charged once, from sacct (its real AllocTRES and elapsed time), never
+    #: by the portal's metering.
+    slurm_cluster: str | None = Field(default=None, max_length=64)
+    slurm_account: str | None = Field(default=None, max_length=64)
+
+    @property
+    def charged_from_slurm(self) -> bool:
+        return self.slurm_cluster is not None

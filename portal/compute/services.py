@@ -21,6 +21,12 @@ Rules of ``check_spawn`` (each refusal is a ``SpawnRefused`` with a reason the h
 - on a course's allocation (source ``course``) only the course's students spawn, not the teacher's project
   members: the student is not removed, the course is open and within its term, the profile is one the
   course allows, and the hours fit what the student's cap leaves after their other running notebooks.
+- **where it runs** (``HubBackend``, which the hub reports with each check): a hub that runs servers on its
+  own machine starts a GPU profile only where that machine has the profile's GPUs (never a "1 × H100"
+  server without an H100); a hub that runs servers as Slurm jobs starts them only for allocations of the
+  cluster's site whose Slurm account ``portal slurm sync`` has made, and is told the job to submit
+  (``SlurmJob``: account, partition, GPUs, cores, memory, time limit). Such a server is charged once, from
+  sacct, never by the portal's metering.
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ from sqlmodel import Session, col, select
 from portal.classroom.models import Course, CourseSeat, CourseState
 from portal.classroom.services import student_seat
 from portal.compute.models import NotebookSession
-from portal.config import NotebookProfile, Settings
+from portal.config import NotebookProfile, Settings, SlurmClusterConfig
 from portal.db import find, utcnow
 from portal.errors import NotAuthorised
 from portal.formatting import quantity
 from portal.identity.models import User
-from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind
+from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind, Site
+from portal.metering.models import SlurmAccount
 from portal.projects.models import ProjectMembership
 
 HUB_NAME = re.compile(r"^u([1-9][0-9]{0,17})$")
@@ -68,6 +75,93 @@ def user_for_hub_name(db: Session, name: str) -> User | None:
 
 
 @dataclass(frozen=True)
+class HubBackend:
+    """Where the hub runs notebook servers, as it reports with each spawn check."""
+
+    #: The Slurm cluster whose jobs the servers are; None: the hub's own machine.
+    slurm_cluster: str | None = None
+    #: On the hub's own machine: its GPUs' names (``nvidia-smi``'s, e.g. "NVIDIA H100 80GB HBM3"), one per GPU.
+    local_gpus: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.slurm_cluster:
+            return f"Slurm cluster {self.slurm_cluster}"
+        return "the hub's own machine"
+
+
+def hub_backend(settings: Settings) -> HubBackend:
+    """The backend the settings say the hub has (what the start form offers; the hub's own report decides)."""
+    if settings.hub_slurm_cluster:
+        return HubBackend(slurm_cluster=settings.hub_slurm_cluster)
+    return HubBackend(local_gpus=tuple(settings.hub_local_gpus))
+
+
+def missing_gpus(profile: NotebookProfile, backend: HubBackend) -> str | None:
+    """Why ``profile`` cannot run on ``backend`` for want of GPUs, or None. A Slurm cluster's partitions are
+    its own business: a job asking for GPUs it lacks is refused by ``sbatch``, in words the hub shows."""
+    if profile.gpus == 0 or backend.slurm_cluster:
+        return None
+    model = (profile.gpu_model or "").casefold()
+    matching = [name for name in backend.local_gpus if model and model in name.casefold()]
+    if len(matching) >= profile.gpus:
+        return None
+    has = ", ".join(backend.local_gpus) if backend.local_gpus else "no GPU"
+    return (
+        f"The {profile.label} profile needs {profile.gpus} {profile.gpu_model} GPU"
+        f"{'s' if profile.gpus > 1 else ''}, but this hub runs notebooks on its own machine, which has {has}. "
+        "GPU notebooks run on the factory cluster; choose the CPU profile here."
+    )
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """The batch job the hub submits for an accepted spawn on a Slurm cluster."""
+
+    cluster: str
+    #: The allocation's account (``<site>-<allocation id>``), made by ``portal slurm sync``.
+    account: str
+    #: The resource's partition; empty: the cluster's default.
+    partition: str
+    gpus: int
+    cpus: int
+    memory_mb: int
+    #: Slurm's ``--time``: the hours asked for, in whole minutes (rounded down, at least 1).
+    time_minutes: int
+    #: ``portal-nb-<session id>``: sacct and squeue name the portal's session.
+    job_name: str
+
+
+def _slurm_account(
+    db: Session, settings: Settings, cluster_name: str, allocation: Allocation, resource: Resource
+) -> tuple[SlurmClusterConfig, str, str]:
+    """The cluster, account and partition a Slurm-run server of ``allocation`` uses, or ``SpawnRefused``."""
+    cluster = settings.slurm_cluster(cluster_name)
+    if cluster is None:
+        raise SpawnRefused(
+            f"The hub runs notebooks on the Slurm cluster {cluster_name!r}, which the portal does not know; "
+            "an operator must add it to the portal's slurm_clusters."
+        )
+    site = db.get(Site, resource.site_id)
+    assert site is not None
+    if site.code != cluster.site:
+        raise SpawnRefused(
+            f"Allocation {allocation.title!r} holds hours at {site.name}, but this hub runs notebooks on the "
+            f"cluster {cluster.name} of another site: start it from that site's hub."
+        )
+    account = db.exec(
+        select(SlurmAccount.account)
+        .where(SlurmAccount.cluster == cluster.name, SlurmAccount.allocation_id == allocation.id)
+        .order_by(col(SlurmAccount.id))
+    ).first()
+    if account is None:
+        raise SpawnRefused(
+            f"Allocation {allocation.title!r} has no account on the cluster {cluster.name} yet; the portal creates "
+            "it within a few minutes of the allocation's start. Please try again shortly."
+        )
+    return cluster, account, cluster.partitions.get(resource.code, "")
+
+
+@dataclass(frozen=True)
 class SpawnDecision:
     """What the hub's spawner is told for an accepted spawn."""
 
@@ -77,6 +171,8 @@ class SpawnDecision:
     max_seconds: int
     #: The course when a student spawns on a course's allocation.
     course: Course | None = None
+    #: The batch job to submit, when the hub runs servers on a Slurm cluster.
+    slurm: SlurmJob | None = None
 
     @property
     def environment(self) -> dict[str, str]:
@@ -86,8 +182,12 @@ class SpawnDecision:
             "PORTAL_PROFILE": self.profile.name,
             "PORTAL_MAX_SECONDS": str(self.max_seconds),
             "PORTAL_NOTEBOOK_SESSION": str(self.session.id),
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(self.profile.gpus)),
         }
+        if self.slurm is None:  # on a cluster, Slurm sets CUDA_VISIBLE_DEVICES to the GPUs the job holds
+            environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(self.profile.gpus))
+        else:
+            environment["PORTAL_SLURM_CLUSTER"] = self.slurm.cluster
+            environment["PORTAL_SLURM_ACCOUNT"] = self.slurm.account
         if self.course is not None:
             environment["PORTAL_COURSE"] = str(self.course.id)
             if self.course.materials_url:
@@ -153,8 +253,17 @@ def _units_per_second(profile: NotebookProfile, resource: Resource) -> int:
     return profile.cpus
 
 
-def check_spawn(db: Session, settings: Settings, hub_user: str, server_name: str, options: Any) -> SpawnDecision:
-    """Decide whether ``hub_user`` may start ``server_name`` with ``options``; record an accepted spawn."""
+def check_spawn(
+    db: Session,
+    settings: Settings,
+    hub_user: str,
+    server_name: str,
+    options: Any,
+    backend: HubBackend | None = None,
+) -> SpawnDecision:
+    """Decide whether ``hub_user`` may start ``server_name`` with ``options`` on ``backend`` (where the hub runs
+    servers; unknown: its own machine, with no GPU); record an accepted spawn."""
+    backend = backend or HubBackend()
     user = user_for_hub_name(db, hub_user)
     if user is None:
         raise SpawnRefused(f"The hub user {hub_user!r} is not an active user of the portal.")
@@ -189,6 +298,12 @@ def check_spawn(db: Session, settings: Settings, hub_user: str, server_name: str
     resource = db.get(Resource, allocation.resource_id)
     assert resource is not None
     per_second = _units_per_second(profile, resource)
+    no_gpu = missing_gpus(profile, backend)
+    if no_gpu:
+        raise SpawnRefused(no_gpu)
+    slurm_place = (
+        _slurm_account(db, settings, backend.slurm_cluster, allocation, resource) if backend.slurm_cluster else None
+    )
 
     if hours <= 0:
         raise SpawnRefused("Ask for a positive number of hours.")
@@ -223,15 +338,31 @@ def check_spawn(db: Session, settings: Settings, hub_user: str, server_name: str
         max_seconds=max_seconds,
         requested_at=now,
         course_seat_id=seat[1].id if seat else None,
+        slurm_cluster=slurm_place[0].name if slurm_place else None,
+        slurm_account=slurm_place[1] if slurm_place else None,
     )
     db.add(session)
     db.commit()
+    slurm_job = None
+    if slurm_place is not None:
+        cluster, account, partition = slurm_place
+        slurm_job = SlurmJob(
+            cluster=cluster.name,
+            account=account,
+            partition=partition,
+            gpus=profile.gpus,
+            cpus=profile.cpus,
+            memory_mb=profile.memory_gb * 1024,
+            time_minutes=max(1, max_seconds // 60),
+            job_name=f"portal-nb-{session.id}",
+        )
     return SpawnDecision(
         session=session,
         allocation=allocation,
         profile=profile,
         max_seconds=max_seconds,
         course=seat[0] if seat else None,
+        slurm=slurm_job,
     )
 
 
@@ -276,3 +407,68 @@ def _check_course_spawn(
             f"Your course cap leaves you {quantity(left, resource.kind)}: "
             f"ask for at most {math.floor(left / per_second / 36) / 100:g} hours."
         )
+
+
+#: The most Dask Gateway workers one notebook's cluster may have.
+MAX_GATEWAY_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class GatewayDecision:
+    """What Dask Gateway is told for a notebook's Dask cluster: its Slurm jobs run under the notebook's account."""
+
+    session: int
+    allocation: int
+    cluster: str
+    account: str
+    partition: str
+    worker_gpus: int
+    worker_cores: int
+    worker_memory_gb: int
+    #: As many workers as the balance keeps running for an hour, at most ``MAX_GATEWAY_WORKERS``.
+    max_workers: int
+
+
+def check_gateway(db: Session, settings: Settings, hub_user: str, session_id: int) -> GatewayDecision:
+    """May ``hub_user`` start a Dask cluster for notebook session ``session_id``? Only the session's owner,
+    while it runs as a Slurm job and its allocation has hours left; the workers are sized from its profile
+    (one GPU each on a GPU profile, one core each otherwise)."""
+    user = user_for_hub_name(db, hub_user)
+    if user is None:
+        raise SpawnRefused(f"The hub user {hub_user!r} is not an active user of the portal.")
+    session = find(db, NotebookSession, session_id)
+    if session is None or session.user_id != user.id:
+        raise SpawnRefused(f"Notebook session {session_id} is not one of yours.")
+    if session.stopped_at is not None:
+        raise SpawnRefused(f"Notebook session {session_id} has stopped ({session.stop_reason}).")
+    if session.slurm_cluster is None or session.slurm_account is None:
+        raise SpawnRefused(
+            f"Notebook session {session_id} runs on the hub's own machine, not on the factory cluster: "
+            "use the notebook's local Dask cluster."
+        )
+    allocation = db.get(Allocation, session.allocation_id)
+    assert allocation is not None
+    if allocation.state != AllocationState.ACTIVE or allocation.balance <= 0:
+        raise SpawnRefused(f"Allocation {allocation.title!r} is {allocation.state}, so nothing can run on it.")
+    resource = db.get(Resource, allocation.resource_id)
+    assert resource is not None
+    profile = settings.notebook_profile(session.profile)
+    cluster = settings.slurm_cluster(session.slurm_cluster)
+    if profile is None or cluster is None:
+        raise SpawnRefused(f"Notebook session {session_id}'s profile or cluster is no longer offered.")
+    if session.gpus > 0:
+        worker_gpus, cores, memory = 1, max(1, session.cpus // session.gpus), profile.memory_gb // session.gpus
+    else:
+        worker_gpus, cores, memory = 0, 1, profile.memory_gb // max(1, session.cpus)
+    per_worker_hour = (worker_gpus or cores) * 3600
+    return GatewayDecision(
+        session=session_id,
+        allocation=allocation.id,  # type: ignore[arg-type]
+        cluster=cluster.name,
+        account=session.slurm_account,
+        partition=cluster.partitions.get(resource.code, ""),
+        worker_gpus=worker_gpus,
+        worker_cores=cores,
+        worker_memory_gb=max(1, memory),
+        max_workers=max(1, min(MAX_GATEWAY_WORKERS, allocation.balance // per_worker_hour)),
+    )

@@ -11,6 +11,8 @@
 - **Users.** The project's members who have a login name on the cluster (``slurm_users``, set with
   ``portal slurm set-username``) and are active in the portal are the account's users; users that are
   no longer members are removed (a removed user's default account moves to another of theirs first).
+  The cluster's ``notebook_user`` (the login the JupyterHub submits notebook and Dask Gateway jobs as) is a
+  user of every account, so a notebook's job runs, and is charged, under its allocation's account.
   The sync owns the user lists of the accounts it names and touches no other account.
 - **Limit.** Each account carries ``GrpTRESMins`` on the allocation's TRES: ``gres/gpu`` for GPU
   resources, ``cpu`` for CPU resources. For an active allocation within its dates it is
@@ -211,6 +213,8 @@ def wanted_accounts(db: Session, cluster: SlurmClusterConfig, now: datetime | No
         .where(SlurmUser.cluster == cluster.name, col(User.is_active).is_(True))
     ).all():
         members.setdefault(project_id, set()).add(username)
+    # The hub submits notebook and Dask Gateway jobs as one service login, under the allocation's account.
+    hub_submitter = {cluster.notebook_user} if cluster.notebook_user else set()
     wanted = []
     for allocation, kind in rows:
         wanted.append(
@@ -219,7 +223,7 @@ def wanted_accounts(db: Session, cluster: SlurmClusterConfig, now: datetime | No
                 account=account_name(site, allocation),
                 tres=LIMITED_TRES[ResourceKind(kind)],
                 minutes=limit_minutes(allocation, int(charged.get(allocation.id, 0)), now),
-                users=frozenset(members.get(allocation.project_id, set())),
+                users=frozenset(members.get(allocation.project_id, set()) | hub_submitter),
                 create=allocation.state != AllocationState.EXPIRED,
                 description=f"portal allocation {allocation.id} of project {allocation.project_id}",
             )
