@@ -231,26 +231,54 @@ def _read_options(options: Any) -> tuple[int, str, float]:
     return allocation, profile, float(hours)
 
 
-def _units_per_second(profile: NotebookProfile, resource: Resource) -> int:
-    """Base units the server uses per second of running: its GPUs, or its cores for a CPU profile."""
+def profile_misfit(profile: NotebookProfile, resource: Resource) -> str | None:
+    """Why ``profile`` does not run on an allocation of ``resource``, or None when it does."""
     if profile.gpus > 0:
         if resource.kind != ResourceKind.GPU:
-            raise SpawnRefused(
+            return (
                 f"The profile {profile.label} needs GPUs, but the allocation is for {resource.name}. "
                 "Choose a CPU profile or a GPU allocation."
             )
         if (resource.gpu_model or "").casefold() != (profile.gpu_model or "").casefold():
-            raise SpawnRefused(
+            return (
                 f"The profile {profile.label} runs on {profile.gpu_model} GPUs, but the allocation is for "
                 f"{resource.gpu_model or 'another'} GPUs. Choose a profile with {resource.gpu_model} GPUs."
             )
-        return profile.gpus
+        return None
     if resource.kind != ResourceKind.CPU:
-        raise SpawnRefused(
+        return (
             f"The profile {profile.label} runs on CPUs only, which a {resource.kind} allocation does not pay for. "
             "Choose a GPU profile or a CPU allocation."
         )
-    return profile.cpus
+    return None
+
+
+def _units_per_second(profile: NotebookProfile, resource: Resource) -> int:
+    """Base units the server uses per second of running: its GPUs, or its cores for a CPU profile."""
+    misfit = profile_misfit(profile, resource)
+    if misfit:
+        raise SpawnRefused(misfit)
+    return profile.gpus or profile.cpus
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """A profile as the start form offers it for one allocation."""
+
+    profile: NotebookProfile
+    #: Why it cannot start here (no such GPU on the hub's machine), or None.
+    unavailable: str | None
+
+
+def profile_choices(settings: Settings, resource: Resource) -> list[ProfileChoice]:
+    """The profiles that run on allocations of ``resource``, those this hub can start first."""
+    backend = hub_backend(settings)
+    choices = [
+        ProfileChoice(profile, missing_gpus(profile, backend))
+        for profile in settings.notebook_profiles
+        if profile_misfit(profile, resource) is None
+    ]
+    return sorted(choices, key=lambda choice: choice.unavailable is not None)
 
 
 def check_spawn(

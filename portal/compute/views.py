@@ -10,6 +10,7 @@ from portal.classroom.models import CourseSeat
 from portal.compute.hub_client import HubClient, HubError, ServerStatus
 from portal.compute.launch import launch_notebook, stop_notebook
 from portal.compute.models import NotebookSession
+from portal.compute.services import hub_backend, profile_choices
 from portal.db import get_db, utcnow
 from portal.errors import DomainError, InvalidInput
 from portal.forms import ActionForm
@@ -33,18 +34,23 @@ def _hub_unavailable(exc: HubError):  # type: ignore[no-untyped-def]
     return render_template("error.html", title="Notebooks unavailable", detail=detail, status=503), 503
 
 
+def _startable_allocations(project) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """The project's allocations a member can start notebooks on: active, with hours left, not a course's."""
+    return [
+        s
+        for s in statements.allocations_of_project(get_db(), actor(), project)
+        if s.allocation.state == AllocationState.ACTIVE
+        and s.allocation.balance > 0
+        and s.allocation.source != AllocationSource.COURSE  # a course's hours are its students'
+    ]
+
+
 @bp.route("/projects/<int:project_id>/notebooks", methods=["GET", "POST"])
 @login_required
 def launch(project_id: int):  # type: ignore[no-untyped-def]
     db, me = get_db(), actor()
     project = projects.get_project(db, me, project_id)
-    active = [
-        s
-        for s in statements.allocations_of_project(db, me, project)
-        if s.allocation.state == AllocationState.ACTIVE
-        and s.allocation.balance > 0
-        and s.allocation.source != AllocationSource.COURSE  # a course's hours are its students'
-    ]
+    active = _startable_allocations(project)
     error, status = None, 200
     if request.method == "POST":
         if not ActionForm().validate_on_submit():
@@ -70,8 +76,34 @@ def launch(project_id: int):  # type: ignore[no-untyped-def]
                 abort(502)
             return redirect(url_for("notebooks.session", session_id=started.session.id))
     return render_template(
-        "compute/launch.html", project=project, allocations=active, profiles=settings().notebook_profiles, error=error
+        "compute/launch.html", project=project, allocations=active, error=error, **_profile_field(active)
     ), status
+
+
+def _profile_field(active: list) -> dict:  # type: ignore[type-arg]
+    """The profile field for the chosen allocation (the form's, else the first): only the profiles that run on
+    it, those this hub cannot start shown as unavailable with why, and one that fits preselected."""
+    wanted = request.values.get("allocation_id", type=int)
+    chosen = next((s for s in active if s.allocation.id == wanted), active[0] if active else None)
+    choices = profile_choices(settings(), chosen.resource) if chosen is not None else []
+    startable = [c.profile.name for c in choices if c.unavailable is None]
+    asked = request.values.get("profile", "")
+    selected = asked if asked in startable else (startable[0] if startable else "")
+    return {
+        "chosen": chosen,
+        "choices": choices,
+        "selected_profile": selected,
+        "backend": hub_backend(settings()),
+    }
+
+
+@bp.get("/projects/<int:project_id>/notebooks/profiles")
+@login_required
+def profile_field(project_id: int):  # type: ignore[no-untyped-def]
+    """htmx: the profile field again when another allocation is chosen."""
+    db, me = get_db(), actor()
+    project = projects.get_project(db, me, project_id)
+    return render_template("compute/_profile_field.html", **_profile_field(_startable_allocations(project)))
 
 
 def _my_session(session_id: int) -> NotebookSession:
