@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -163,7 +166,20 @@ def demo_settings(port: int, provider_port: int) -> Settings:
         stripe_webhook_secret=DEMO_WEBHOOK_SECRET,
         hub_url=f"http://127.0.0.1:{provider_port + HUB_OFFSET}",
         hub_oauth_redirect_uri=f"http://127.0.0.1:{provider_port + HUB_OFFSET}/hub/oauth_callback",
+        hub_local_gpus=_this_machines_gpus(),
     )
+
+
+def _this_machines_gpus() -> list[str]:
+    """The demo's hub runs servers here: the GPU profiles it offers are those of this machine's GPUs."""
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return []
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        listed = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+        # "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)"
+        return [line.split(":", 1)[1].split("(UUID")[0].strip() for line in listed.splitlines() if ":" in line]
+    return []
 
 
 def seed_demo_data(db: Session, settings: Settings) -> None:
@@ -394,7 +410,8 @@ def _print_banner(settings: Settings, provider_port: int, join_code: str | None)
         "Admin Ozola holds the factory admin role; Kadri Kask (TARA, acr low) shows a refused login.",
         f"Liis Tamm can buy GPU hours for Tallinn Vision OÜ at {settings.base_url}/market; payments go to the",
         f"local Stripe stand-in at {settings.stripe_api_base} (its page has Pay / declined card / Cancel).",
-        f"Notebooks: 'Start a notebook' on a project page; JupyterHub runs at {settings.hub_url}.",
+        f"Notebooks: 'Start a notebook' on a project page; JupyterHub runs at {settings.hub_url}, its servers on this"
+        f" machine ({', '.join(settings.hub_local_gpus) or 'no GPU: GPU profiles are shown as unavailable'}).",
         f"Courses: Anna Kowalska teaches 'Dask for data science'; a student (Piotr Nowak, say) joins at "
         f"{settings.base_url}/courses/join?code={join_code} and launches a CPU notebook from the course page."
         if join_code

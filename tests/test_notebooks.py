@@ -38,7 +38,7 @@ from portal.ledger.models import Allocation, AllocationState, LedgerEntry, Resou
 from tests.conftest import EIDAS
 from tests.ledger_world import HOUR, make_world
 from tests.test_compute import cpu_project, open_now, plan_capacity_around_now
-from tests.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for
+from tests.test_hub import SERVICE_TOKEN, local_gpu_names, run_in_kernel, wait_for
 
 pytestmark = pytest.mark.hub
 
@@ -219,6 +219,14 @@ def test_a_notebook_is_launched_checked_run_metered_and_stopped_when_exhausted(s
         assert gpus.value.status == 403
         assert "'gpus'" in gpus.value.message and "does not set" in gpus.value.message
         client.stop_server(hub_user, "tampered")
+        # Honest GPUs: this hub runs servers on its own machine, which it reports with each check; a GPU profile
+        # that machine cannot serve is refused, saying why, and nothing starts.
+        if not any("h100" in name.casefold() for name in local_gpu_names()):
+            plan_capacity_around_now(db, world.gpu, 100_000 * HOUR)
+            gpu_allocation = open_now(db, world.project, world.gpu, 10)
+            with pytest.raises(SpawnRefused, match="needs 1 H100 GPU, but this hub runs notebooks on its own machine"):
+                launch_notebook(db, settings, client, pi, allocation_id=gpu_allocation.id, profile="1x-h100", hours=1)
+            assert client.server_status(hub_user, f"a{gpu_allocation.id}-1") == ServerStatus.STOPPED
         # The launcher refuses another project's allocation itself, and passes on the hub's refusals.
         with pytest.raises(NotFound):
             launch_notebook(db, settings, client, pi, allocation_id=theirs.id, profile="cpu", hours=1)
