@@ -333,3 +333,30 @@ def test_images_use_the_python_the_project_requires() -> None:
         base = re.search(r"^FROM python:(\d+\.\d+)", (REPO / "deploy" / dockerfile).read_text(), re.MULTILINE)
         assert base is not None, dockerfile
         assert Requirement(f"python{required}").specifier.contains(base[1] + ".0"), dockerfile
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's YAML: ``!reset`` (drop what the base file set) read as an empty value."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+def test_the_factory_override_runs_the_hubs_servers_as_slurm_jobs_of_the_portals_cluster() -> None:
+    text = interpolate((REPO / "deploy" / "compose.slurm.yml").read_text(), example_env())
+    override = yaml.load(text, Loader=_ComposeLoader)  # noqa: S506 - a SafeLoader that also knows !reset
+    hub = override["services"]["hub"]
+    env = environment(hub)
+    assert env["HUB_SPAWNER"] == "slurm"
+    assert set(env) <= documented_hub_variables(), set(env) - documented_hub_variables()
+    # the portal knows the hub's cluster by the same name, in every portal container
+    for name in PORTAL_SERVICES:
+        assert environment(override["services"][name])["PORTAL_HUB_SLURM_CLUSTER"] == env["HUB_SLURM_CLUSTER"]
+    # the submit host's Slurm configuration and munge socket, and the homes the compute nodes share
+    mounts = {m.split(":")[1] for m in hub["volumes"]}
+    assert {"/etc/slurm", "/run/munge", env["HUB_SLURM_HOME_ROOT"], "/srv/jupyterhub"} <= mounts
+    assert env["SLURM_CONF"].startswith("/etc/slurm/")
+    assert hub["deploy"] is None  # no GPU for the hub's own container: servers run on the compute nodes
+    assert "slurm-client" in (REPO / "deploy" / "hub.Dockerfile").read_text()
+    # deploy/portal.toml's example cluster says which login the hub submits as
+    assert f'notebook_user = "{env["HUB_SLURM_SUBMIT_USER"]}"' in (REPO / "deploy" / "portal.toml").read_text()
