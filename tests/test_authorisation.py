@@ -193,6 +193,7 @@ ROUTES: list[Route] = [
     Route("POST", "/market/orders/<int:order_id>/cancel"),
     Route("GET", "/projects/<int:project_id>/notebooks"),
     Route("POST", "/projects/<int:project_id>/notebooks", {"allocation_id": "1", "profile": "cpu", "hours": "1"}),
+    Route("GET", "/projects/<int:project_id>/notebooks/profiles"),
     Route("GET", "/notebooks/<int:session_id>"),
     Route("POST", "/notebooks/<int:session_id>/stop"),
     Route("GET", "/market/invoices/<int:invoice_id>.pdf"),

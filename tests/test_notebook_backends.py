@@ -277,3 +277,41 @@ def test_on_the_factory_cluster_every_fitting_profile_is_offered(
     assert "unavailable" not in html
     assert "jobs on the factory cluster factory" in html
     app.extensions["portal.engine"].dispose()
+
+
+# --- hours promised to running notebooks ------------------------------------------------------------------
+
+
+def test_hours_promised_to_running_notebooks_are_not_promised_again(
+    client: FlaskClient, db: Session, world: World, cpu: Resource
+) -> None:
+    allocation = open_now(db, world.project, cpu, 10)  # 10 core-hours: 5 hours of the 2-core profile
+    first = spawn(client, world.pi, {"allocation": allocation.id, "profile": "cpu", "hours": 4}, server_name="a")
+    assert first.status_code == 200
+    detail = refused(
+        spawn(client, world.pi, {"allocation": allocation.id, "profile": "cpu", "hours": 2}, server_name="b"),
+        "of which 8.0 core-hours are promised to running notebooks",
+    )
+    assert "ask for at most 1 hours" in detail
+    assert (
+        spawn(
+            client, world.pi, {"allocation": allocation.id, "profile": "cpu", "hours": 1}, server_name="b"
+        ).status_code
+        == 200
+    )
+    # the same server spawned again replaces its own promise rather than adding to it
+    again = spawn(client, world.pi, {"allocation": allocation.id, "profile": "cpu", "hours": 4}, server_name="a")
+    assert again.status_code == 200, again.get_data(as_text=True)
+    # once a notebook has stopped, its hours are free again
+    for session_id in (first.json["session_id"], again.json["session_id"]):
+        session = db.get(NotebookSession, session_id)
+        assert session is not None
+        session.stopped_at, session.stop_reason = utcnow(), "stopped by user"
+        db.add(session)
+    db.commit()
+    assert (
+        spawn(
+            client, world.pi, {"allocation": allocation.id, "profile": "cpu", "hours": 4}, server_name="c"
+        ).status_code
+        == 200
+    )

@@ -100,7 +100,8 @@ def spawn_check():  # type: ignore[no-untyped-def]
     (`Authorization: Bearer <hub_spawn_check_token>`), not by personal API tokens. 200 gives the environment
     and limits for the spawner; 403 refuses the spawn, saying why in `detail`."""
     body: SpawnCheckIn = request.context.json  # type: ignore[attr-defined]
-    backend = body.backend.to_backend() if body.backend is not None else None
+    # A hub that does not say where it runs servers is taken to run them on a machine without GPUs.
+    backend = body.backend.to_backend() if body.backend is not None else HubBackend()
     decision = check_spawn(get_db(), web.settings(), body.user, body.server_name, body.user_options, backend)
     slurm = decision.slurm
     return jsonify(

@@ -281,6 +281,21 @@ def profile_choices(settings: Settings, resource: Resource) -> list[ProfileChoic
     return sorted(choices, key=lambda choice: choice.unavailable is not None)
 
 
+def promised_to_running(db: Session, allocation_id: int, *, exclude: tuple[str, str] | None = None) -> int:
+    """Base units the allocation's open notebook sessions may still use: each for the hours it may still run
+    (a Slurm job, charged only when it ends, for all of them). ``exclude``: the server being spawned again."""
+    sessions = db.exec(
+        select(NotebookSession).where(
+            NotebookSession.allocation_id == allocation_id, col(NotebookSession.stopped_at).is_(None)
+        )
+    ).all()
+    return sum(
+        max(0, s.max_seconds - s.charged_seconds) * (s.gpus or s.cpus)
+        for s in sessions
+        if exclude is None or (s.hub_user, s.server_name) != exclude
+    )
+
+
 def check_spawn(
     db: Session,
     settings: Settings,
@@ -290,14 +305,17 @@ def check_spawn(
     backend: HubBackend | None = None,
 ) -> SpawnDecision:
     """Decide whether ``hub_user`` may start ``server_name`` with ``options`` on ``backend`` (where the hub runs
-    servers; unknown: its own machine, with no GPU); record an accepted spawn."""
-    backend = backend or HubBackend()
+    servers, as the hub reports it; None: not checked, for callers that place the server themselves); record an
+    accepted spawn."""
     user = user_for_hub_name(db, hub_user)
     if user is None:
         raise SpawnRefused(f"The hub user {hub_user!r} is not an active user of the portal.")
     allocation_id, profile_name, hours = _read_options(options)
 
     allocation = find(db, Allocation, allocation_id)
+    if allocation is not None:
+        # Held until the session is recorded: two spawns at once cannot both be promised the same hours.
+        db.refresh(allocation, with_for_update=True)
     seat = student_seat(db, user, allocation_id) if allocation is not None else None
     member = seat is not None or (
         allocation is not None
@@ -326,21 +344,27 @@ def check_spawn(
     resource = db.get(Resource, allocation.resource_id)
     assert resource is not None
     per_second = _units_per_second(profile, resource)
-    no_gpu = missing_gpus(profile, backend)
+    no_gpu = missing_gpus(profile, backend) if backend is not None else None
     if no_gpu:
         raise SpawnRefused(no_gpu)
     slurm_place = (
-        _slurm_account(db, settings, backend.slurm_cluster, allocation, resource) if backend.slurm_cluster else None
+        _slurm_account(db, settings, backend.slurm_cluster, allocation, resource)
+        if backend is not None and backend.slurm_cluster
+        else None
     )
 
     if hours <= 0:
         raise SpawnRefused("Ask for a positive number of hours.")
     max_seconds = int(hours * 3600)
-    affordable = allocation.balance // per_second
+    promised = promised_to_running(db, allocation.id, exclude=(hub_user, server_name))  # type: ignore[arg-type]
+    affordable = max(0, allocation.balance - promised) // per_second
     if max_seconds > affordable:
+        running = (
+            f", of which {quantity(promised, resource.kind)} are promised to running notebooks" if promised else ""
+        )
         raise SpawnRefused(
             f"{hours:g} hours of {profile.label} need {quantity(max_seconds * per_second, resource.kind)}, "
-            f"but the allocation has {quantity(allocation.balance, resource.kind)} left: "
+            f"but the allocation has {quantity(allocation.balance, resource.kind)} left{running}: "
             f"ask for at most {math.floor(affordable / 36) / 100:g} hours."
         )
     until_end = int((allocation.ends_at - now).total_seconds())
