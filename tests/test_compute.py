@@ -407,10 +407,12 @@ def test_profiles_must_fit_the_allocations_resource(
 def test_tampered_or_missing_options_are_refused(client: FlaskClient, db: Session, world: World) -> None:
     allocation = open_now(db, world.project, world.gpu, 100)
     good = {"allocation": allocation.id, "profile": "1x-h100", "hours": 1}
-    refused(spawn(client, world.pi, {**good, "gpus": 8}), "'gpus'", "from the portal")
+    refused(spawn(client, world.pi, {**good, "gpus": 8}), "'gpus'", "Start notebooks in the portal")
     refused(spawn(client, world.pi, {**good, "image": "evil"}), "'image'")
-    refused(spawn(client, world.pi, None), "from the portal")  # started from the hub's own page
-    refused(spawn(client, world.pi, {}), "from the portal")
+    refused(
+        spawn(client, world.pi, None), "Start notebooks in the portal", "/notebooks) lists the projects and courses"
+    )  # started from the hub's own page
+    refused(spawn(client, world.pi, {}), "Start notebooks in the portal")
     refused(spawn(client, world.pi, {"allocation": allocation.id, "profile": "1x-h100"}), "lack hours")
     refused(spawn(client, world.pi, {**good, "allocation": str(allocation.id)}), "allocation")
     refused(spawn(client, world.pi, {**good, "allocation": True}), "allocation")

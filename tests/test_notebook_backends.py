@@ -315,3 +315,15 @@ def test_hours_promised_to_running_notebooks_are_not_promised_again(
         ).status_code
         == 200
     )
+
+
+def test_my_sessions_says_where_a_notebook_can_be_started(make_settings, db: Session, world: World, login) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_settings())
+    newcomer = app.test_client()
+    login(newcomer, given_name="Nora")
+    html = newcomer.get("/notebooks").get_data(as_text=True)
+    assert "You are in no project or course yet" in html and 'href="/"' in html
+    member = member_client(app, db, login, world)
+    html = member.get("/notebooks").get_data(as_text=True)
+    assert f'href="/projects/{world.project.id}/notebooks">{world.project.title}</a>' in html
+    app.extensions["portal.engine"].dispose()

@@ -54,7 +54,10 @@ from portal.projects.models import ProjectMembership
 
 HUB_NAME = re.compile(r"^u([1-9][0-9]{0,17})$")
 OPTION_KEYS = frozenset({"allocation", "profile", "hours"})
-START_FROM_PORTAL = "Start notebooks from the portal's Notebooks page, which chooses an allocation and a profile."
+START_FROM_PORTAL = (
+    "Start notebooks in the portal, whose “My sessions” page ({portal}/notebooks) lists the projects and courses "
+    "you can start one from, with an allocation and a profile."
+)
 
 
 class SpawnRefused(NotAuthorised):
@@ -207,18 +210,18 @@ class SpawnDecision:
 LONGEST_NOTEBOOK_HOURS = 24 * 366
 
 
-def _read_options(options: Any) -> tuple[int, str, float]:
+def _read_options(options: Any, portal_url: str) -> tuple[int, str, float]:
+    start_here = START_FROM_PORTAL.format(portal=portal_url)
     if not isinstance(options, dict) or not options:
-        raise SpawnRefused(START_FROM_PORTAL)
+        raise SpawnRefused(start_here)
     extra = sorted(set(options) - OPTION_KEYS)
     if extra:
         raise SpawnRefused(
-            f"The server options contain {', '.join(map(repr, extra))}, which the portal does not set. "
-            + START_FROM_PORTAL
+            f"The server options contain {', '.join(map(repr, extra))}, which the portal does not set. " + start_here
         )
     missing = sorted(OPTION_KEYS - set(options))
     if missing:
-        raise SpawnRefused(f"The server options lack {', '.join(missing)}. " + START_FROM_PORTAL)
+        raise SpawnRefused(f"The server options lack {', '.join(missing)}. " + start_here)
     allocation, profile, hours = options["allocation"], options["profile"], options["hours"]
     if not isinstance(allocation, int) or isinstance(allocation, bool):
         raise SpawnRefused("The server options name no valid allocation (a number is expected).")
@@ -310,7 +313,7 @@ def check_spawn(
     user = user_for_hub_name(db, hub_user)
     if user is None:
         raise SpawnRefused(f"The hub user {hub_user!r} is not an active user of the portal.")
-    allocation_id, profile_name, hours = _read_options(options)
+    allocation_id, profile_name, hours = _read_options(options, settings.base_url)
 
     allocation = find(db, Allocation, allocation_id)
     if allocation is not None:

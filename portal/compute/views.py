@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import login_required
 from sqlmodel import col, select
 
-from portal.classroom.models import CourseSeat
+from portal.classroom import services as classroom
+from portal.classroom.models import CourseSeat, CourseState
 from portal.compute.hub_client import HubClient, HubError, ServerStatus
 from portal.compute.launch import launch_notebook, stop_notebook
 from portal.compute.models import NotebookSession
@@ -32,6 +34,21 @@ def _client() -> HubClient:
 def _hub_unavailable(exc: HubError):  # type: ignore[no-untyped-def]
     detail = f"The notebook service is not reachable right now ({exc}). Try again in a minute."
     return render_template("error.html", title="Notebooks unavailable", detail=detail, status=503), 503
+
+
+def _where_to_start(db, me) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    """Where the user can start a notebook: (what, its name, the page with the start form): the courses they
+    attend that are open, then their projects."""
+    places = [
+        (_("Course"), course.title, url_for("classroom.course", course_id=course.id))
+        for course, seat, _resource in classroom.courses_of(db, me).attending
+        if seat.removed_at is None and course.state == CourseState.OPEN
+    ]
+    places += [
+        (_("Project"), summary.project.title, url_for("notebooks.launch", project_id=summary.project.id))
+        for summary in projects.projects_of(db, me)
+    ]
+    return places
 
 
 def _startable_allocations(project) -> list:  # type: ignore[no-untyped-def,type-arg]
@@ -174,6 +191,7 @@ def mine():  # type: ignore[no-untyped-def]
         "compute/mine.html",
         rows=rows,
         stopped=stopped,
+        places=_where_to_start(db, me),
         now=utcnow(),
         hub_url=settings().hub_url,
         action_form=ActionForm(),
