@@ -21,6 +21,8 @@ HUB_CULL_IDLE_SECONDS       idle servers are stopped and removed after this many
 HUB_CULL_EVERY_SECONDS      how often the culler looks for idle servers (default: half of HUB_CULL_IDLE_SECONDS)
 HUB_SPAWN_CHECK_TIMEOUT     seconds the hub waits for the portal's spawn check (default 10)
 HUB_DEBUG                   "1": debug logging
+HUB_DASK_GATEWAY            "1": run Dask Gateway as the hub service "dask-gateway": notebooks' Dask clusters are
+                            Slurm jobs on the notebook's allocation (its variables: factory_gateway.py)
 HUB_SPAWNER                 "local" (default): servers are processes on this machine (SimpleLocalProcessSpawner,
                             homes under HUB_STATE_DIR/homes; the portal meters them); "slurm": servers are
                             Slurm jobs on the factory cluster (slurm_spawner.FactorySlurmSpawner; charged from
@@ -192,5 +194,15 @@ if cull_seconds > 0:
             "services": ["idle-culler"],
         }
     )
+# --- Dask Gateway: multi-node Dask on Slurm, charged to the notebook's allocation (factory_gateway.py) ------------
+if env("HUB_DASK_GATEWAY") == "1":
+    import factory_gateway
+
+    services.append(factory_gateway.hub_service(os.environ, state_dir=state_dir, portal_url=portal_url))
+    roles.extend(factory_gateway.hub_roles())
+    c.Spawner.environment.update(factory_gateway.spawner_environment(public_url))
+    # A notebook's Dask jobs end with it, even when its kernel could not shut its cluster down.
+    c.Spawner.post_stop_hook = factory_gateway.stop_gateway_jobs
+
 c.JupyterHub.services = services
 c.JupyterHub.load_roles = roles
