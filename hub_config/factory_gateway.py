@@ -275,6 +275,12 @@ class PortalGatewayCheck:
                 f"The portal asked for {gpus} GPUs per Dask worker; Dask Gateway runs one GPU per worker "
                 "(scale the cluster to use more GPUs)."
             )
+        if gpus and shutil.which(self.gpu_worker_cmd[0]) is None:
+            # Refused at once, in words, rather than GPU worker jobs that fail one after another.
+            raise GatewayRefused(
+                "GPU Dask workers run dask-cuda, which is not installed in this cluster's Python environment; "
+                "ask the factory's operators to install it (hub_config/README.md lists the GPU packages)."
+            )
         cores = int(options.get("worker_cores") or 0) or cores_allowed
         memory_gb = float(options.get("worker_memory") or 0) or memory_allowed
         if cores > cores_allowed:

@@ -503,9 +503,18 @@ def test_stop_gateway_jobs_cancels_the_sessions_jobs_only(slurm: SlurmCluster, t
 
 
 def test_gpu_workers_ask_slurm_for_their_gpu_and_run_dask_cuda_worker(tmp_path: Path) -> None:
-    handler = fg.PortalGatewayCheck(
-        "http://127.0.0.1:9", PORTAL_API_TOKEN, gpu_worker_cmd=["/env/bin/dask-cuda-worker"]
-    )
+    gpu_decision = decision(61, worker_gpus=1, worker_cores=8, worker_memory_gb=64, partition="gpu")
+    asked = FrozenAttrDict({"session": 61, "worker_cores": 0, "worker_memory": 0.0})
+    # without dask-cuda in the cluster's environment, GPU workers are refused at once, saying why
+    missing = fg.PortalGatewayCheck("http://127.0.0.1:9", PORTAL_API_TOKEN, gpu_worker_cmd=[str(tmp_path / "none")])
+    with pytest.raises(fg.GatewayRefused, match="dask-cuda, which is not installed"):
+        missing.configuration(gpu_decision, asked)
+    # the command line is what is checked here (no GPU on this machine): the program only has to exist
+    program = tmp_path / "env" / "bin" / "dask-cuda-worker"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\nexit 1\n")
+    program.chmod(0o755)
+    handler = fg.PortalGatewayCheck("http://127.0.0.1:9", PORTAL_API_TOKEN, gpu_worker_cmd=[str(program)])
     overrides = handler.configuration(
         decision(61, worker_gpus=1, worker_cores=8, worker_memory_gb=64, partition="gpu"),
         FrozenAttrDict({"session": 61, "worker_cores": 0, "worker_memory": 0.0}),
@@ -530,7 +539,7 @@ def test_gpu_workers_ask_slurm_for_their_gpu_and_run_dask_cuda_worker(tmp_path: 
     exported = next(arg for arg in cmd if arg.startswith("--export="))
     assert exported == "--export=" + ",".join(sorted(env))
     worker_line = script.splitlines()[-1].split()
-    assert worker_line[:2] == ["/env/bin/dask-cuda-worker", "tls://10.0.0.5:41234"]
+    assert worker_line[:2] == [str(program), "tls://10.0.0.5:41234"]
     assert worker_line[worker_line.index("--name") + 1] == "w1"
     assert worker_line[worker_line.index("--nthreads") + 1] == "8"
     assert env["DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT"] == f"{tmp_path}/u42/c0ffee/dask.crt"

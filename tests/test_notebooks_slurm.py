@@ -1,10 +1,12 @@
 """Notebooks on the factory cluster: a real JupyterHub whose servers are Slurm jobs (FactorySlurmSpawner, on the
-test Slurm with accounting), the portal served over HTTP deciding each job, and charging from sacct only.
+test Slurm with accounting) with Dask Gateway as its service, the portal served over HTTP deciding each job and
+each Dask cluster, and charging from sacct only.
 
 What a user would notice: the notebook starts as a job under its allocation's account with the profile's
-cores/GPUs and the hours chosen as its time limit, it computes, it is charged once (what sacct reports, never
-also by the hub's metering), and an exhausted allocation stops it at once; a spawn the cluster cannot serve
-is refused saying why.
+cores/GPUs and the hours chosen as its time limit; its kernel computes on a Dask cluster whose scheduler and
+two workers are Slurm jobs of the same account; everything is charged once (what sacct reports, never also by
+the hub's metering); the Dask jobs end with the notebook; an exhausted allocation stops it at once; a spawn
+the cluster cannot serve is refused saying why.
 """
 
 from __future__ import annotations
@@ -123,6 +125,11 @@ def factory_stack(make_settings, slurm: SlurmCluster, state: Path) -> Iterator[F
             HUB_SLURM_HOME_ROOT=str(state.parent / "homes"),
             HUB_SLURM_SERVER_IP="127.0.0.1",
             SLURM_CONF=str(slurm.conf),
+            HUB_DASK_GATEWAY="1",
+            HUB_DASK_GATEWAY_PORT=str(free_port()),
+            HUB_DASK_GATEWAY_TCP_PORT=str(free_port()),
+            HUB_DASK_GATEWAY_SCHEDULER_MEMORY="512 M",
+            DASK_KERNEL_GATEWAY_TIMEOUT="300",
         )
         yield Factory(app, settings, hub, HubClient.from_settings(settings), slurm, site, cpu, gpu, pi)
     finally:
@@ -225,17 +232,27 @@ def test_a_notebook_runs_as_a_slurm_job_of_its_account_and_is_charged_once_from_
         time_limit = slurm.run("squeue", "-h", "-j", job["id"], "-o", "%l").stdout.strip()
         assert time_limit == "1:00:00"  # the hour asked for
 
-        # --- it computes, inside the job, on the allocation's account -----------------------------------------
+        # --- it computes inside the job, with Dask workers that are Slurm jobs of the same account -------------
         seen = kernel_says(
             factory,
             hub_user,
             launch.server_name,
             "import json, os\n"
+            "import dask.array as da\n"
+            "workers = client.run(lambda: os.environ.get('SLURM_JOB_ID'))\n"
             "print(json.dumps({'sum': client.submit(sum, [1, 2, 3]).result(),\n"
+            "    'array': int(da.ones((1000, 1000), chunks=(250, 250)).sum().compute()),\n"
+            "    'cluster': type(cluster).__name__, 'worker_jobs': sorted(workers.values()),\n"
             "    'job': os.environ.get('SLURM_JOB_ID'), 'account': os.environ.get('SLURM_JOB_ACCOUNT'),\n"
-            "    'session': os.environ.get('PORTAL_NOTEBOOK_SESSION')}))\n",
+            "    'session': os.environ.get('PORTAL_NOTEBOOK_SESSION'), 'banner': dask_banner}))\n",
         )
-        assert seen == {"sum": 6, "job": job["id"], "account": account, "session": str(session.id)}
+        assert (seen["sum"], seen["array"], seen["cluster"]) == (6, 1_000_000, "GatewayCluster")
+        assert (seen["job"], seen["account"], seen["session"]) == (job["id"], account, str(session.id))
+        assert "Dask Gateway on the factory cluster (Slurm): 2 workers" in seen["banner"]
+        dask_jobs = slurm.run("squeue", "-h", "--name", f"dask-gw-s{session.id}", "-o", "%i|%a").stdout.split()
+        assert len(dask_jobs) == 3  # the scheduler and two workers
+        assert {line.split("|")[1] for line in dask_jobs} == {account}
+        assert len(seen["worker_jobs"]) == 2 and set(seen["worker_jobs"]) <= {line.split("|")[0] for line in dask_jobs}
 
         # --- the hub's metering notes the start but charges nothing: the job is charged from sacct --------
         first = meter_notebooks(db, settings, client)
@@ -244,29 +261,38 @@ def test_a_notebook_runs_as_a_slurm_job_of_its_account_and_is_charged_once_from_
         assert meter_notebooks(db, settings, client).charged == {}
         assert usage_entries(db, allocation) == []
 
-        # --- the owner stops it: the job is cancelled; sacct's figure is charged, once ------------------------
+        # --- the owner stops it: its job and its Dask jobs end; sacct's figures are charged, once each ---------
         stop_notebook(db, settings, client, factory.pi, session_id=session.id)
         db.refresh(session)
         assert session.stop_reason == BY_USER and session.charged_seconds == 0
-        wait_for(lambda: not queue(slurm, job_name), timeout=60, what="the job to leave the queue")
-        ended = ended_in_sacct(slurm, job["id"])
-        tres = dict(part.split("=", 1) for part in ended["tres"].split(","))
-        expected = int(tres["cpu"]) * int(ended["elapsed"])
-        assert int(tres["cpu"]) == 2 and int(ended["elapsed"]) >= 3
+        wait_for(lambda: not queue(slurm, job_name), timeout=60, what="the notebook's job to leave the queue")
+        wait_for(
+            lambda: not slurm.run("squeue", "-h", "--name", f"dask-gw-s{session.id}", "-o", "%i").stdout.strip(),
+            timeout=60,
+            what="the notebook's Dask jobs to end with it",
+        )
+        expected = {}
+        for job_id in [job["id"], *(line.split("|")[0] for line in dask_jobs)]:
+            ended = ended_in_sacct(slurm, job_id)
+            tres = dict(part.split("=", 1) for part in ended["tres"].split(","))
+            expected[job_id] = int(tres["cpu"]) * int(ended["elapsed"])
+        assert expected[job["id"]] >= 2 * 3  # the notebook: 2 cores for at least 3 s
 
         pulled = pull_sacct(db, config, now=utcnow() + timedelta(seconds=5))
         assert pulled.imported is not None and pulled.imported.charged >= 1
         entries = usage_entries(db, allocation)
-        assert [e.amount for e in entries] == [-expected]
+        assert sorted(-e.amount for e in entries) == sorted(v for v in expected.values() if v > 0)
         assert not any((e.idempotency_key or "").startswith("hub:") for e in entries)
-        (record,) = db.exec(select(UsageRecord).where(UsageRecord.allocation_id == allocation.id)).all()
-        assert (record.source, record.external_id, record.quantity) == (UsageSource.SLURM, job["id"], expected)
+        records = db.exec(select(UsageRecord).where(UsageRecord.allocation_id == allocation.id)).all()
+        assert {r.external_id: r.quantity for r in records} == {k: v for k, v in expected.items() if v > 0}
+        assert {r.source for r in records} == {UsageSource.SLURM}
         db.refresh(allocation)
-        assert allocation.used == expected and allocation.balance == 10 * HOUR - expected
+        total = sum(expected.values())
+        assert allocation.used == total and allocation.balance == 10 * HOUR - total
 
         again = pull_sacct(db, config, now=utcnow() + timedelta(seconds=10))
         assert again.imported is None or again.imported.charged == 0
-        assert len(usage_entries(db, allocation)) == 1
+        assert len(usage_entries(db, allocation)) == len(records)
 
 
 def test_a_gpu_notebook_holds_its_gpu_and_an_exhausted_allocation_stops_it_at_once(factory: Factory) -> None:
