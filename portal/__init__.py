@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         SESSION_COOKIE_SECURE=settings.secure_cookies,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_lifetime_hours),
+        SESSION_REFRESH_EACH_REQUEST=False,  # the cookie's signature keeps the time of login; it is not renewed
         WTF_CSRF_TIME_LIMIT=8 * 3600,
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
         TESTING=settings.env == "test",
@@ -64,7 +65,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     from portal import db, web
 
-    db.init_app(app, db.make_engine(settings.resolved_database_url))
+    engine = db.make_engine(
+        settings.resolved_database_url,
+        connect_timeout=settings.database_connect_timeout_seconds,
+        statement_timeout=settings.database_statement_timeout_seconds,
+    )
+    db.init_app(app, engine)
     web.init_app(app, settings)
     from portal import observability
 
@@ -106,5 +112,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from portal.reports.views import bp as reports_bp
 
     app.register_blueprint(reports_bp)
+    from portal import ratelimit
+
+    ratelimit.init_app(app, settings)
     _install_enforcement_hooks(settings)
     return app

@@ -127,6 +127,23 @@ def grant_role_command(email: str, role: str, reason: str) -> None:
     click.echo(f"{user.display_name} <{user.email}> is now {role}")
 
 
+@users.command("deactivate")
+@click.argument("email")
+@reason_option
+@with_appcontext
+def deactivate_command(email: str, reason: str) -> None:
+    """Deactivate the user with EMAIL: no more logins or API calls, and their sessions end now."""
+    from portal.db import get_db
+    from portal.identity.services import deactivate_user, find_user_by_email
+
+    try:
+        user = find_user_by_email(get_db(), email)
+        deactivate_user(get_db(), None, user, reason=reason)
+    except DomainError as exc:
+        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
+    click.echo(f"{user.display_name} <{user.email}> is deactivated; their sessions have ended")
+
+
 from portal.grants.cli import calls  # noqa: E402
 from portal.ledger.cli import sites  # noqa: E402
 from portal.metering.cli import slurm, usage  # noqa: E402

@@ -8,6 +8,8 @@ embedded demo. ``README.md`` lists every setting; a test keeps the two in step.
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -182,6 +184,32 @@ DEV_HUB_SPAWN_CHECK_TOKEN = "dev-hub-spawn-check-token"  # noqa: S105
 DEV_HUB_API_TOKEN = "dev-hub-api-token"  # noqa: S105
 
 
+#: Rate limits by kind of request (see ``portal/ratelimit.py`` for the routes each covers).
+DEFAULT_RATE_LIMITS: dict[str, str] = {
+    "login": "30 per minute",
+    "api_auth_failures": "30 per minute",
+    "oauth_client_auth_failures": "10 per minute",
+    "invitations": "30 per hour",
+    "join_codes": "10 per minute",
+}
+
+#: Settings that are secrets: production takes them from the environment only, and refuses placeholders.
+SECRET_SETTINGS = (
+    "secret_key",
+    "metrics_token",
+    "stripe_api_key",
+    "stripe_webhook_secret",
+    "smtp_password",
+    "hub_oauth_client_secret",
+    "hub_spawn_check_token",
+    "hub_api_token",
+)
+#: Shortest secret key and metrics token production accepts.
+MIN_SECRET_LENGTH = 32
+#: What example files put where a secret belongs.
+PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me", re.IGNORECASE)
+
+
 class Settings(BaseSettings):
     """Every setting of the portal. Environment variables are ``PORTAL_`` + the upper-cased name."""
 
@@ -270,6 +298,38 @@ class Settings(BaseSettings):
     #: Only without ``hub_slurm_cluster``: the GPU models the hub's own machine has, one entry per GPU
     #: (``["H100", "H100"]``); GPU profiles need them. The demo fills it from ``nvidia-smi``.
     hub_local_gpus: list[str] = Field(default_factory=list)
+    #: Hours a login lasts, however active its user: then the session ends and the user logs in again.
+    session_lifetime_hours: int = Field(default=12, gt=0, le=24 * 30)
+    #: Where rate-limit counters live: ``memory://`` (one process: the demo, tests) or a Redis URL, shared by
+    #: every gunicorn worker (``redis://redis:6379/0``).
+    rate_limit_storage_url: str = "memory://"
+    #: Rate limits per kind of request (``login``, ``api_auth_failures``, ``oauth_client_auth_failures``,
+    #: ``invitations``, ``join_codes``), in Flask-Limiter's notation; given kinds replace the defaults.
+    rate_limits: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    #: Seconds to wait for a PostgreSQL connection (and for a free one in the pool) before answering 503.
+    database_connect_timeout_seconds: int = Field(default=5, gt=0, le=300)
+    #: Longest a PostgreSQL statement may run before it is cancelled (0: no limit); below gunicorn's 30 s
+    #: worker timeout, so that a hung database answers 503 instead of freezing the worker.
+    database_statement_timeout_seconds: int = Field(default=20, ge=0, le=3600)
+    #: Bytes of PDFs one user may keep uploaded to applications (a replaced file no longer counts).
+    upload_quota_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_rate_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        from limits import parse_many
+
+        unknown = set(value) - set(DEFAULT_RATE_LIMITS)
+        if unknown:
+            raise ValueError(
+                f"unknown rate limit(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_RATE_LIMITS)}"
+            )
+        for kind, limit in value.items():
+            try:
+                parse_many(limit)
+            except ValueError as exc:
+                raise ValueError(f"rate limit {kind}: {limit!r} is not a limit such as '10 per minute'") from exc
+        return {**DEFAULT_RATE_LIMITS, **value}
 
     @field_validator("base_url")
     @classmethod
@@ -318,21 +378,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:
         if self.env == "production":
-            if not self.secret_key:
-                raise ValueError("PORTAL_SECRET_KEY must be set in production")
-            if not self.base_url.startswith("https://"):
-                raise ValueError("PORTAL_BASE_URL must be an https:// URL in production")
-            stand_in = self.stripe_api_key == "sk_test_devstripe" or self.stripe_webhook_secret == "whsec_devstripe"  # noqa: S105
-            if stand_in:
-                raise ValueError("PORTAL_STRIPE_API_KEY and PORTAL_STRIPE_WEBHOOK_SECRET must be set in production")
-            hub_stand_in = {
-                "PORTAL_HUB_OAUTH_CLIENT_SECRET": self.hub_oauth_client_secret == DEV_HUB_OAUTH_CLIENT_SECRET,
-                "PORTAL_HUB_SPAWN_CHECK_TOKEN": self.hub_spawn_check_token == DEV_HUB_SPAWN_CHECK_TOKEN,
-                "PORTAL_HUB_API_TOKEN": self.hub_api_token == DEV_HUB_API_TOKEN,
-            }
-            refused = [name for name, dev in hub_stand_in.items() if dev]
-            if refused:
-                raise ValueError(f"{', '.join(refused)} must be set to a secret of its own in production")
+            problems = self._production_problems()
+            if problems:
+                raise ValueError("production refuses to start: " + "; ".join(problems))
         else:
             # Outside production the hub's secrets default to the development stand-ins (the demo's hub uses them).
             self.hub_oauth_client_secret = self.hub_oauth_client_secret or DEV_HUB_OAUTH_CLIENT_SECRET
@@ -342,6 +390,46 @@ class Settings(BaseSettings):
         if len(names) != len(set(names)):
             raise ValueError("OIDC provider names must be unique")
         return self
+
+    def _production_problems(self) -> list[str]:
+        """Every reason these settings must not serve a production portal, each saying what to do."""
+        problems = []
+        if not self.secret_key:
+            problems.append("PORTAL_SECRET_KEY must be set in production")
+        elif len(self.secret_key) < MIN_SECRET_LENGTH:
+            problems.append(f"PORTAL_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters long")
+        if self.metrics_token and len(self.metrics_token) < MIN_SECRET_LENGTH:
+            problems.append(f"PORTAL_METRICS_TOKEN must be at least {MIN_SECRET_LENGTH} characters long (or empty)")
+        if not self.base_url.startswith("https://"):
+            problems.append("PORTAL_BASE_URL must be an https:// URL in production")
+        if self.resolved_database_url.startswith("sqlite"):
+            problems.append("PORTAL_DATABASE_URL must name a PostgreSQL database in production, not SQLite")
+        if not self.oidc_providers:
+            problems.append("PORTAL_OIDC_PROVIDERS is empty: nobody could log in")
+        if self.stripe_api_key == "sk_test_devstripe" or self.stripe_webhook_secret == "whsec_devstripe":  # noqa: S105
+            problems.append("PORTAL_STRIPE_API_KEY and PORTAL_STRIPE_WEBHOOK_SECRET must be set in production")
+        hub_stand_in = {
+            "PORTAL_HUB_OAUTH_CLIENT_SECRET": self.hub_oauth_client_secret == DEV_HUB_OAUTH_CLIENT_SECRET,
+            "PORTAL_HUB_SPAWN_CHECK_TOKEN": self.hub_spawn_check_token == DEV_HUB_SPAWN_CHECK_TOKEN,
+            "PORTAL_HUB_API_TOKEN": self.hub_api_token == DEV_HUB_API_TOKEN,
+        }
+        refused = [name for name, dev in hub_stand_in.items() if dev]
+        if refused:
+            problems.append(f"{', '.join(refused)} must be set to a secret of its own in production")
+        secrets = {f"PORTAL_{name.upper()}": getattr(self, name) for name in SECRET_SETTINGS}
+        secrets |= {
+            f"PORTAL_OIDC_{p.name.upper().replace('-', '_')}_CLIENT_SECRET": p.client_secret
+            for p in self.oidc_providers
+        }
+        placeholders = [name for name, value in secrets.items() if value and PLACEHOLDER.search(value)]
+        if placeholders:
+            problems.append(f"{', '.join(placeholders)} still hold the example file's placeholder: set real secrets")
+        in_file = _secrets_in_config_file()
+        if in_file:
+            problems.append(
+                f"{os.environ.get('PORTAL_CONFIG')} holds secrets ({', '.join(in_file)}): move them to the environment"
+            )
+        return problems
 
     @property
     def resolved_database_url(self) -> str:
@@ -370,6 +458,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"PORTAL_CONFIG names {config_file}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+def _secrets_in_config_file() -> list[str]:
+    """The secret settings the TOML file named by ``PORTAL_CONFIG`` gives (secrets belong in the environment)."""
+    config_file = os.environ.get("PORTAL_CONFIG")
+    if not config_file or not Path(config_file).is_file():
+        return []
+    with Path(config_file).open("rb") as handle:
+        values = tomllib.load(handle)
+    found = [name for name in SECRET_SETTINGS if values.get(name)]
+    for provider in values.get("oidc_providers") or []:
+        if isinstance(provider, dict) and provider.get("client_secret"):
+            found.append(f"oidc_providers[{provider.get('name', '?')}].client_secret")
+    return found
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -72,7 +72,11 @@ NAMING_CONVENTION = {
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, connect_timeout: int = 5, statement_timeout: int = 0) -> Engine:
+    """The engine for ``url``. On PostgreSQL, connecting (and waiting for a pooled connection) gives up after
+    ``connect_timeout`` seconds and the server cancels a statement after ``statement_timeout`` seconds (0: never),
+    so that a database that is down or hung raises ``OperationalError`` (the web answers 503) instead of
+    holding the request; TCP keepalives find a peer that vanished from the network."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -84,7 +88,17 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, object] = {
+        "connect_timeout": connect_timeout,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    if statement_timeout:
+        connect_args["options"] = f"-c statement_timeout={statement_timeout * 1000}"
+        connect_args["tcp_user_timeout"] = (statement_timeout + connect_timeout) * 1000
+    return sa.create_engine(url, pool_pre_ping=True, pool_timeout=connect_timeout, connect_args=connect_args)
 
 
 def init_app(app: Flask, engine: Engine) -> None:

@@ -1,13 +1,16 @@
-"""``GET /healthz``: liveness and the database's state, for load balancers and ``portal check``."""
+"""``GET /healthz``: up or down, for load balancers and the compose health check; the database's details (dialect,
+schema revision, the error's kind) only for operators who send ``Authorization: Bearer <PORTAL_METRICS_TOKEN>``."""
 
 from __future__ import annotations
 
 from alembic.runtime.migration import MigrationContext
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal.db import get_engine
 from portal.migrations import head_revision
+from portal.observability import token_accepted
+from portal.web import settings
 
 bp = Blueprint("health", __name__)
 
@@ -24,4 +27,13 @@ def healthz():  # type: ignore[no-untyped-def]
     except SQLAlchemyError as exc:
         database.update(ok=False, error=type(exc).__name__)
     healthy = bool(database.get("ok") and database.get("migrated"))
-    return jsonify(status="ok" if healthy else "degraded", database=database), 200 if healthy else 503
+    status = 200 if healthy else 503
+    body: dict[str, object] = {"status": "ok" if healthy else "degraded"}
+    if token_accepted(request.headers.get("Authorization", ""), settings().metrics_token):
+        body["database"] = database
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    if not healthy:
+        response.headers["Retry-After"] = "30"
+    return response

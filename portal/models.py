@@ -14,7 +14,7 @@ from portal.grants.models import (
     ResourceRequest,
     Review,
 )
-from portal.identity.models import ApiToken, ExternalIdentity, Login, RoleGrant, User
+from portal.identity.models import ApiToken, ExternalIdentity, Login, RoleGrant, User, WebSession
 from portal.ledger.models import (
     Allocation,
     CapacityPeriod,
@@ -90,4 +90,5 @@ __all__ = [
     "UsageMonth",
     "UsageRecord",
     "User",
+    "WebSession",
 ]

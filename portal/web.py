@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g, render_template, request, session
+from flask import Flask, Response, current_app, g, render_template, request, session
 from flask_babel import Babel
 from flask_login import LoginManager, current_user
 from flask_talisman import Talisman
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
@@ -19,7 +22,7 @@ from portal.config import AssuranceLevel, Settings
 from portal.db import LARGEST_ID, get_db
 from portal.errors import DomainError
 from portal.formatting import quantity
-from portal.identity.models import Login, User
+from portal.identity.models import Login, User, WebSession
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -31,7 +34,17 @@ CSP = {
     "object-src": "'none'",
     "base-uri": "'self'",
     "frame-ancestors": "'none'",
+    "form-action": "'self'",
 }
+
+#: Keys of a logged-in session: Flask-Login's, the server-side session's key and the login behind it.
+SESSION_KEYS = ("_user_id", "_fresh", "_id", "web_session", "login_id")
+#: Seconds a client is asked to wait before trying again while the database is unavailable.
+DATABASE_RETRY_AFTER = 30
+#: Responses that are private by nature, whoever asks: never stored by a browser or a proxy.
+PRIVATE_MIMETYPES = frozenset({"application/pdf", "text/csv"})
+
+log = logging.getLogger("portal.web")
 
 
 class IdConverter(IntegerConverter):
@@ -60,7 +73,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         force_https=False,  # TLS ends at the reverse proxy; HSTS is still sent on every HTTPS request
         strict_transport_security=True,
         strict_transport_security_max_age=63072000,
-        content_security_policy=CSP,
+        content_security_policy=content_security_policy(settings),
         frame_options="DENY",
         referrer_policy="strict-origin-when-cross-origin",
         session_cookie_secure=settings.secure_cookies,
@@ -79,13 +92,48 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_error_handler(DomainError, _domain_error)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
+    for error in (OperationalError, PoolTimeout):
+        app.register_error_handler(error, _database_unavailable)
+    app.after_request(_no_store_for_private_responses)
+
+
+def _origin(url: str | None) -> str | None:
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def content_security_policy(settings: Settings) -> dict[str, str]:
+    """``CSP`` with the places the portal's own forms lead to on purpose: a form may post only to the portal, but
+    some of its answers redirect (which browsers also hold to ``form-action``) to a login provider (linking an
+    identity), to Stripe's payment page (buying hours) and to the hub (starting a notebook)."""
+    targets = [
+        _origin(url) for provider in settings.oidc_providers for url in (provider.discovery_url, provider.authorize_url)
+    ]
+    targets += [_origin(settings.stripe_api_base) or "https://checkout.stripe.com"]
+    targets += [_origin(settings.hub_oauth_redirect_uri)]
+    extra = sorted({t for t in targets if t})
+    return {**CSP, "form-action": " ".join(["'self'", *extra])}
 
 
 def _load_user(user_id: str) -> User | None:
-    if not user_id.isdigit():
+    """The user of a session that is still live on the server (not logged out, ended or run out); a cookie
+    whose session has ended is forgotten, whatever its signature says."""
+    from portal.identity.services import live_web_session
+
+    key = session.get("web_session")
+    web_session = live_web_session(get_db(), key, int(user_id)) if isinstance(key, str) and user_id.isdigit() else None
+    user = get_db().get(User, web_session.user_id) if web_session is not None else None
+    if web_session is None or user is None or not user.is_active:
+        for name in SESSION_KEYS:
+            session.pop(name, None)
         return None
-    user = get_db().get(User, int(user_id))
-    return user if user is not None and user.is_active else None
+    g.web_session = web_session
+    return user
+
+
+def current_web_session() -> WebSession | None:
+    """The server-side session behind the logged-in user of this request (None when nobody is logged in)."""
+    return g.get("web_session") if current_user.is_authenticated else None
 
 
 def settings() -> Settings:
@@ -166,5 +214,40 @@ def _csrf_error(exc: CSRFError):  # type: ignore[no-untyped-def]
 def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     status = exc.code or 500
     if wants_problem_json():
-        return problem(status, exc.name, exc.description or exc.name)
-    return render_template("error.html", title=exc.name, detail=exc.description, status=status), status
+        response = problem(status, exc.name, exc.description or exc.name)
+    else:
+        response = Response(
+            render_template("error.html", title=exc.name, detail=exc.description, status=status), status
+        )
+    for name, value in exc.get_headers():
+        if name.lower() in ("allow", "retry-after", "www-authenticate"):
+            response.headers[name] = value  # 405's Allow, 429's and 503's Retry-After
+    return response
+
+
+def _database_unavailable(exc: Exception):  # type: ignore[no-untyped-def]
+    """The database is down, unreachable or too slow: 503 with Retry-After and a plain explanation, one log
+    line (no traceback: the cause is outside the portal, and one per request would drown the log)."""
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    log.warning("database unavailable for %s %s: %s", request.method, request.path, cause[0][:300] if cause else "")
+    title = "Service temporarily unavailable"
+    detail = "The portal cannot reach its database at the moment. Nothing was changed; try again in a minute."
+    if wants_problem_json():
+        response = problem(503, title, detail, type_slug="database-unavailable")
+    else:
+        g._login_user = login_manager.anonymous_user()  # the page must not ask the database who is logged in
+        response = Response(render_template("unavailable.html", title=title, detail=detail), 503)
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
+    return response
+
+
+def _no_store_for_private_responses(response: Response) -> Response:
+    """Pages of a logged-in user, API answers to a token, PDFs and CSVs are never kept in a cache."""
+    private = (
+        response.mimetype in PRIVATE_MIMETYPES
+        or "Authorization" in request.headers
+        or (session.get("_user_id") is not None and request.endpoint != "static")
+    )
+    if private:
+        response.headers["Cache-Control"] = "no-store"
+    return response

@@ -238,9 +238,12 @@ def test_each_operation_documents_the_problems_it_answers(client):
             if "requestBody" in operation:
                 expected.add("422")
             assert expected <= set(operation["responses"]), (method, path, sorted(operation["responses"]))
+            expected |= {"429", "503"}  # too many failed authentications; the database unavailable
             for status in expected:
-                schema = operation["responses"][status]["content"]["application/json"]["schema"]
-                assert schema == {"$ref": "#/components/schemas/Problem"}, (method, path, status)
+                content = operation["responses"][status]["content"]
+                assert set(content) == {"application/problem+json"}, (method, path, status)  # as the API answers
+                assert content["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+            assert "Retry-After" in operation["responses"]["429"]["headers"], (method, path)
 
 
 # --- a round trip --------------------------------------------------------------------------------------

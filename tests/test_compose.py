@@ -9,6 +9,8 @@ image's pins satisfy the project's ``hub`` extra. The end-to-end tests run the s
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import tomllib
@@ -47,6 +49,16 @@ def example_env() -> dict[str, str]:
     return values
 
 
+def operator_env() -> dict[str, str]:
+    """``.env`` as an operator writes it from ``.env.example``: every ``change-me`` replaced by a secret of its own
+    (what the file's first line asks; ``openssl rand -base64 33`` gives 44 characters). Production refuses the
+    example as it is (see the test below), so the settings tests use this."""
+    return {
+        key: value.replace("change-me", base64.b64encode(hashlib.sha256(key.encode()).digest()[:33]).decode())
+        for key, value in example_env().items()
+    }
+
+
 def interpolate(text: str, env: dict[str, str]) -> str:
     """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``; an unset required variable fails."""
 
@@ -65,7 +77,7 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(interpolate(COMPOSE.read_text(), example_env()))
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), operator_env()))
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -76,7 +88,9 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_compose_file_parses_with_the_example_env_and_runs_the_whole_topology(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"proxy", "migrate", "portal", "worker", "db", "keycloak", "hub", *STAGING}
+    assert set(compose["services"]) == {
+        "proxy", "migrate", "portal", "worker", "db", "redis", "keycloak", "hub", *STAGING
+    }  # fmt: skip
     assert compose["services"]["db"]["image"].startswith("postgres:")
     assert compose["services"]["keycloak"]["image"].startswith("quay.io/keycloak/keycloak:")
     assert compose["services"]["portal"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -208,9 +222,33 @@ def test_the_compose_environment_makes_valid_production_settings(compose_setting
     assert compose_settings.base_url == "https://portal.factory.example.eu"
     assert compose_settings.log_format == "json" and compose_settings.metrics_token
     assert [p.name for p in compose_settings.oidc_providers] == ["factory"]
-    assert compose_settings.oidc_providers[0].client_secret == example_env()["KEYCLOAK_PORTAL_CLIENT_SECRET"]
+    assert compose_settings.oidc_providers[0].client_secret == operator_env()["KEYCLOAK_PORTAL_CLIENT_SECRET"]
     assert compose_settings.resolved_database_url.startswith("postgresql+psycopg://portal:")
     assert compose_settings.notebook_profile("1x-h100") is not None  # from deploy/portal.toml
+
+
+def test_production_refuses_the_example_env_until_its_placeholders_are_replaced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    as_shipped = yaml.safe_load(interpolate(COMPOSE.read_text(), example_env()))
+    for key, value in portal_variables(as_shipped).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PORTAL_CONFIG", str(REPO / "deploy" / "portal.toml"))
+    monkeypatch.setenv("PORTAL_INSTANCE_PATH", str(tmp_path))
+    with pytest.raises(ValueError, match="production refuses to start") as refused:
+        Settings()
+    message = str(refused.value)
+    for name in ("PORTAL_SECRET_KEY", "PORTAL_HUB_API_TOKEN", "PORTAL_OIDC_FACTORY_CLIENT_SECRET"):
+        assert name in message.split("still hold the example file's placeholder")[0].rsplit(";", 1)[-1], name
+
+
+def test_the_portals_gunicorn_workers_share_rate_limit_counters_in_redis(
+    compose: dict[str, Any], compose_settings: Settings
+) -> None:
+    assert compose_settings.rate_limit_storage_url == "redis://redis:6379/0"
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:") and "ports" not in redis
+    assert compose["services"]["portal"]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
 def test_the_hub_and_the_portal_share_their_secrets_and_addresses(

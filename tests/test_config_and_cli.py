@@ -44,6 +44,26 @@ def test_settings_come_from_toml_and_the_environment_wins(tmp_path, monkeypatch)
     assert tara.min_acr == AssuranceLevel.SUBSTANTIAL
 
 
+#: What a production installation sets (secrets from the environment, long and random).
+PRODUCTION = {
+    "env": "production",
+    "secret_key": "k" * 40,
+    "base_url": "https://portal.example.eu",
+    "database_url": "postgresql+psycopg://portal@db/portal",
+    "oidc_providers": [
+        OIDCProvider(
+            name="eidas", label="eIDAS", discovery_url="https://id.example.eu/x", client_id="c", client_secret="s" * 40
+        )
+    ],
+    "stripe_api_key": "sk_live_x",
+    "stripe_webhook_secret": "whsec_live",
+    "metrics_token": "m" * 40,
+    "hub_oauth_client_secret": "h" * 40,
+    "hub_spawn_check_token": "t" * 40,
+    "hub_api_token": "a" * 40,
+}
+
+
 def test_production_refuses_insecure_defaults():
     with pytest.raises(ValidationError, match="PORTAL_SECRET_KEY"):
         load_settings(env="production", base_url="https://portal.example.eu")
@@ -51,13 +71,70 @@ def test_production_refuses_insecure_defaults():
         load_settings(env="production", secret_key="x" * 40, base_url="http://portal.example.eu")
     with pytest.raises(ValidationError, match="PORTAL_STRIPE_API_KEY"):
         load_settings(env="production", secret_key="x" * 40, base_url="https://portal.example.eu")
-    load_settings(
-        env="production",
-        secret_key="x" * 40,
-        base_url="https://portal.example.eu",
-        stripe_api_key="sk_live_x",
-        stripe_webhook_secret="whsec_live",
+    assert load_settings(**PRODUCTION).env == "production"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"database_url": ""}, "PORTAL_DATABASE_URL must name a PostgreSQL database in production, not SQLite"),
+        ({"database_url": "sqlite:////srv/portal.db"}, "not SQLite"),
+        ({"secret_key": "x"}, "PORTAL_SECRET_KEY must be at least 32 characters long"),
+        ({"metrics_token": "short-token"}, "PORTAL_METRICS_TOKEN must be at least 32 characters long"),
+        ({"hub_api_token": "change-me"}, "PORTAL_HUB_API_TOKEN still hold the example file's placeholder"),
+        ({"hub_spawn_check_token": "CHANGE-ME-" + "x" * 30}, "PORTAL_HUB_SPAWN_CHECK_TOKEN still hold"),
+        ({"secret_key": "change-me-" + "x" * 40}, "PORTAL_SECRET_KEY still hold the example file's placeholder"),
+        ({"oidc_providers": []}, "PORTAL_OIDC_PROVIDERS is empty: nobody could log in"),
+    ],
+)
+def test_production_refuses_to_start_with_each_unsafe_setting_saying_which(change, says):
+    with pytest.raises(ValidationError, match="production refuses to start") as refused:
+        load_settings(**{**PRODUCTION, **change})
+    assert says in str(refused.value)
+
+
+def test_production_names_every_problem_at_once():
+    with pytest.raises(ValidationError) as refused:
+        load_settings(**{**PRODUCTION, "secret_key": "short", "database_url": "", "oidc_providers": []})
+    message = str(refused.value)
+    assert "PORTAL_SECRET_KEY" in message and "SQLite" in message and "PORTAL_OIDC_PROVIDERS" in message
+
+
+def test_production_refuses_secrets_in_the_toml_file(tmp_path, monkeypatch):
+    config = tmp_path / "portal.toml"
+    config.write_text(
+        f'hub_api_token = "{"f" * 40}"\n[[oidc_providers]]\nname = "eidas"\nlabel = "eIDAS"\n'
+        f'discovery_url = "https://id.example.eu/x"\nclient_id = "c"\nclient_secret = "{"s" * 40}"\n'
     )
+    monkeypatch.setenv("PORTAL_CONFIG", str(config))
+    values = {k: v for k, v in PRODUCTION.items() if k not in ("hub_api_token", "oidc_providers")}
+    with pytest.raises(ValidationError) as refused:
+        Settings(**values)
+    assert f"{config} holds secrets (hub_api_token, oidc_providers[eidas].client_secret)" in str(refused.value)
+    assert "move them to the environment" in str(refused.value)
+    config.write_text(
+        '[[oidc_providers]]\nname = "eidas"\nlabel = "eIDAS"\n'
+        'discovery_url = "https://id.example.eu/x"\nclient_id = "c"\n'
+    )
+    monkeypatch.setenv("PORTAL_OIDC_EIDAS_CLIENT_SECRET", "s" * 40)
+    assert Settings(**values).oidc_providers[0].client_secret == "s" * 40  # the same, from the environment
+
+
+def test_production_refuses_to_start_with_a_clear_message_on_the_command_line(tmp_path):
+    result = run_portal(
+        "db",
+        "upgrade",
+        env={
+            "PORTAL_ENV": "production",
+            "PORTAL_SECRET_KEY": "x",
+            "PORTAL_BASE_URL": "https://portal.example.eu",
+            "PORTAL_INSTANCE_PATH": str(tmp_path),
+        },
+    )
+    assert result.returncode != 0
+    assert "production refuses to start" in result.stderr
+    assert "PORTAL_SECRET_KEY must be at least 32 characters long" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_acr_values_map_to_levels_per_provider():

@@ -3,6 +3,7 @@ spectree generates from the routes' pydantic models (``/api/v1/openapi.json``)."
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -95,9 +96,43 @@ def api_token() -> ApiToken:
     return g.api_token  # type: ignore[no-any-return]
 
 
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+#: Answers every operation may give, whatever it declares: too many failed token authentications from the
+#: caller's address, and the database unavailable.
+COMMON_PROBLEMS = {
+    "429": "Too Many Requests: too many failed token authentications from this address",
+    "503": "Service Unavailable: the database cannot be reached; nothing was changed",
+}
+
+
+def with_problem_media_type(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as the API answers: every error (4xx, 5xx) is ``application/problem+json``, and
+    every operation may answer 429 and 503 with ``Retry-After``."""
+    document = copy.deepcopy(document)
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, response in responses.items():
+                content = response.get("content") or {}
+                if status[0] in "45" and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+            for status, description in COMMON_PROBLEMS.items():
+                responses.setdefault(
+                    status,
+                    {
+                        "description": description,
+                        "headers": RETRY_AFTER,
+                        "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}},
+                    },
+                )
+    return document
+
+
 @bp.get("/openapi.json")
 def openapi_document():  # type: ignore[no-untyped-def]
-    return jsonify(spec.spec)
+    return jsonify(with_problem_media_type(spec.spec))
 
 
 def init_app(app: Flask) -> None:

@@ -25,6 +25,8 @@ class OAuthCode(SQLModel, table=True):
     #: PKCE (RFC 7636), when the client sent a challenge.
     code_challenge: str | None = Field(default=None, max_length=128)
     code_challenge_method: str | None = Field(default=None, max_length=10)
+    #: The portal session of the user who was granted the code; the access token lives only as long as it.
+    web_session_id: int | None = Field(default=None, foreign_key="web_sessions.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
 
@@ -61,6 +63,8 @@ class OAuthToken(SQLModel, table=True):
     client_id: str = Field(max_length=100)
     user_id: int = Field(foreign_key="users.id", index=True)
     scope: str = Field(default="", max_length=200)
+    #: The portal session it was issued through: ending that session (logout, ...) ends the token.
+    web_session_id: int | None = Field(default=None, foreign_key="web_sessions.id", index=True)
     issued_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     revoked: bool = Field(default=False)

@@ -3,7 +3,9 @@
 One confidential client, the hub, configured by the ``hub_oauth_*`` settings: authorization code grant,
 client authentication ``client_secret_basic`` or ``client_secret_post``, PKCE optional. The hub is trusted,
 so a logged-in user is granted at once without a consent page, but codes go only to the configured
-redirect URI. Codes live ten minutes and are used once; access tokens are stored as SHA-256 digests.
+redirect URI. Codes live ten minutes and are used once; access tokens are stored as SHA-256 digests. Codes and
+tokens belong to the portal session that granted them: once it ends (logout, "log out everywhere", a role
+revoked, deactivation, its absolute lifetime), neither works any more.
 
 Routes: ``GET|POST /oauth/authorize``, ``POST /oauth/token``, ``GET /oauth/userinfo``.
 """
@@ -28,7 +30,7 @@ from portal.compute.models import OAuthCode, OAuthToken
 from portal.compute.services import hub_username
 from portal.config import Settings
 from portal.db import get_db, utcnow
-from portal.identity.models import User
+from portal.identity.models import User, WebSession
 
 #: Scopes the hub may ask for; others are dropped from the grant.
 SCOPES = ("openid", "profile", "email")
@@ -93,6 +95,7 @@ class HubAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"),
             code_challenge_method=data.get("code_challenge_method"),
+            web_session_id=web_session.id if (web_session := web.current_web_session()) else None,
             expires_at=utcnow() + CODE_TTL,
         )
         db.add(row)
@@ -115,8 +118,20 @@ class HubAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         db.commit()
 
     def authenticate_user(self, authorization_code: OAuthCode) -> User | None:
-        user = get_db().get(User, authorization_code.user_id)
+        db = get_db()
+        if not _session_is_live(db, authorization_code.web_session_id):
+            return None  # the user logged out between the code and its exchange
+        user = db.get(User, authorization_code.user_id)
         return user if user is not None and user.is_active else None
+
+
+def _session_is_live(db: Session, web_session_id: int | None) -> bool:
+    """Whether the portal session a code or token came from still counts (rows from before sessions were kept
+    server-side name none, and live out their short lifetime)."""
+    if web_session_id is None:
+        return True
+    row = db.get(WebSession, web_session_id)
+    return row is not None and row.is_live(utcnow())
 
 
 def _query_client(client_id: str) -> HubClient | None:
@@ -132,6 +147,7 @@ def _save_token(token: dict[str, Any], request: Any) -> None:
             client_id=request.client.get_client_id(),
             user_id=request.user.id,
             scope=token.get("scope", ""),
+            web_session_id=request.authorization_code.web_session_id,
             expires_at=utcnow() + timedelta(seconds=int(token.get("expires_in", TOKEN_TTL_SECONDS))),
         )
     )
@@ -171,9 +187,10 @@ def token():  # type: ignore[no-untyped-def]
 
 
 def user_for_access_token(db: Session, plain: str) -> User | None:
-    """The active user an unexpired, unrevoked access token was issued for, or None."""
+    """The active user an unexpired, unrevoked access token was issued for, while the portal session it was
+    issued through lasts; otherwise None."""
     row = db.exec(select(OAuthToken).where(OAuthToken.digest == token_digest(plain))).first()
-    if row is None or row.revoked or row.expires_at <= utcnow():
+    if row is None or row.revoked or row.expires_at <= utcnow() or not _session_is_live(db, row.web_session_id):
         return None
     user = db.get(User, row.user_id)
     return user if user is not None and user.is_active else None

@@ -83,6 +83,30 @@ class Login(SQLModel, table=True):
     logged_in_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class WebSession(SQLModel, table=True):
+    """A browser's login, kept on the server so that it can be ended: the signed cookie holds only a random key,
+    whose SHA-256 digest is stored here. A session counts while it has not ended and its absolute lifetime has
+    not run out; logging out, "log out everywhere", losing a role and deactivation end it."""
+
+    __tablename__ = "web_sessions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: SHA-256 digest of the random key in the session cookie.
+    key_digest: str = Field(max_length=64, unique=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    #: The login that started it (its provider and level of assurance).
+    login_id: int | None = Field(default=None, foreign_key="logins.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    #: Absolute end: the session is over then, however active its user is.
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    #: When it was ended before its time, and why (``logout``, ``logout_everywhere``, ``role_revoked``, ...).
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    end_reason: str = Field(default="", max_length=32)
+
+    def is_live(self, now: datetime) -> bool:
+        return self.ended_at is None and self.expires_at > now
+
+
 class RoleGrant(SQLModel, table=True):
     """A factory role held by a user, granted by an admin."""
 

@@ -25,7 +25,16 @@ from portal.errors import (
     NotAuthorised,
     NotFound,
 )
-from portal.identity.models import ApiScope, ApiToken, ExternalIdentity, FactoryRole, Login, RoleGrant, User
+from portal.identity.models import (
+    ApiScope,
+    ApiToken,
+    ExternalIdentity,
+    FactoryRole,
+    Login,
+    RoleGrant,
+    User,
+    WebSession,
+)
 
 LIST_ATTRIBUTES = ("external_affiliation", "entitlement")
 
@@ -218,6 +227,85 @@ def unlink_identity(db: Session, actor: User, identity_id: int, *, current_login
     db.commit()
 
 
+# --- web sessions --------------------------------------------------------------------------------------
+
+
+def start_web_session(db: Session, user: User, login: Login | None, *, lifetime: timedelta) -> str:
+    """A new server-side session for ``user``; returns the random key the session cookie carries (only its
+    digest is stored)."""
+    key = secrets.token_urlsafe(32)
+    now = utcnow()
+    db.add(
+        WebSession(
+            key_digest=_digest(key),
+            user_id=user.id,  # type: ignore[arg-type]
+            login_id=login.id if login else None,
+            created_at=now,
+            expires_at=now + lifetime,
+        )
+    )
+    db.commit()
+    return key
+
+
+def live_web_session(db: Session, key: str, user_id: int) -> WebSession | None:
+    """The session a cookie's key names, if it belongs to ``user_id``, has not ended and has not run out."""
+    row = db.exec(select(WebSession).where(WebSession.key_digest == _digest(key))).first()
+    if row is None or row.user_id != user_id or not row.is_live(utcnow()):
+        return None
+    return row
+
+
+def end_web_session(db: Session, key: str, *, reason: str = "logout") -> None:
+    """End the session a cookie's key names (logging out); its hub tokens stop working with it."""
+    row = db.exec(select(WebSession).where(WebSession.key_digest == _digest(key))).first()
+    if row is not None and row.ended_at is None:
+        row.ended_at = utcnow()
+        row.end_reason = reason
+        db.commit()
+
+
+def live_sessions_of(db: Session, user: User) -> list[WebSession]:
+    """The user's sessions that still count, newest first."""
+    stmt = (
+        select(WebSession)
+        .where(WebSession.user_id == user.id, col(WebSession.ended_at).is_(None), col(WebSession.expires_at) > utcnow())
+        .order_by(col(WebSession.created_at).desc())
+    )
+    return list(db.exec(stmt))
+
+
+def end_sessions_of(db: Session, user: User, *, reason: str, commit: bool = True) -> int:
+    """End every live session of ``user`` (and with them the hub tokens issued through them); how many."""
+    now = utcnow()
+    rows = live_sessions_of(db, user)
+    for row in rows:
+        row.ended_at = now
+        row.end_reason = reason
+    if commit:
+        db.commit()
+    return len(rows)
+
+
+def deactivate_user(db: Session, actor: User | None, user: User, *, reason: str) -> None:
+    """Deactivate ``user``: no login, no API token, and every session of theirs ends now.
+
+    ``actor`` None means the command line."""
+    if actor is not None:
+        require(db, actor, Action.GRANT_ROLES)
+        if actor.id == user.id:
+            raise Conflict("You cannot deactivate yourself; ask another admin.")
+    reason = audit.require_reason(reason)
+    if not user.is_active:
+        return
+    user.is_active = False
+    end_sessions_of(db, user, reason="deactivated", commit=False)
+    audit.record(
+        db, actor or "cli", AuditAction.USER_DEACTIVATED, user, summary=f"{_who(user)} is deactivated", reason=reason
+    )
+    db.commit()
+
+
 # --- factory roles -----------------------------------------------------------------------------------
 
 
@@ -259,6 +347,7 @@ def revoke_role(db: Session, actor: User, user: User, role: FactoryRole, *, reas
     if grant is None:
         raise NotFound(f"{user.display_name} does not hold the role {role}.")
     db.delete(grant)
+    end_sessions_of(db, user, reason="role_revoked", commit=False)  # they log in again, without the role
     summary = f"{_who(user)} is no longer {role.value}"
     audit.record(db, actor, AuditAction.ROLE_REVOKED, user, summary=summary, reason=reason)
     db.commit()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
@@ -12,7 +14,7 @@ from portal.forms import ActionForm, ReasonForm, apply_errors
 from portal.identity import oidc, services
 from portal.identity.forms import GrantRoleForm, TokenForm
 from portal.identity.models import FactoryRole, User
-from portal.web import actor, current_login, safe_next, settings
+from portal.web import actor, current_login, current_web_session, safe_next, settings
 
 bp = Blueprint("identity", __name__)
 
@@ -69,6 +71,8 @@ def callback(name: str):  # type: ignore[no-untyped-def]
         return redirect(url_for("identity.account"))
     next_url = session.pop("login_next", "/")
     session.clear()  # a fresh session on every login: no fixation
+    lifetime = timedelta(hours=settings().session_lifetime_hours)
+    session["web_session"] = services.start_web_session(get_db(), user, login, lifetime=lifetime)
     login_user(user)
     session["login_id"] = login.id
     session.permanent = True
@@ -79,9 +83,25 @@ def callback(name: str):  # type: ignore[no-untyped-def]
 def logout():  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():
         abort(400)
+    key = session.get("web_session")
+    if isinstance(key, str):
+        services.end_web_session(get_db(), key)  # a copy of the cookie is worth nothing from now on
     logout_user()
     session.clear()
     flash("You are logged out.", "info")
+    return redirect(url_for("identity.login"))
+
+
+@bp.post("/account/sessions/end-all")
+@login_required
+def logout_everywhere():  # type: ignore[no-untyped-def]
+    """End every session of the user, in every browser, this one included (and the hub logins made in them)."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    ended = services.end_sessions_of(get_db(), actor(), reason="logout_everywhere")
+    logout_user()
+    session.clear()
+    flash(f"You are logged out everywhere ({ended} session{'s' if ended != 1 else ''} ended).", "info")
     return redirect(url_for("identity.login"))
 
 
@@ -101,6 +121,8 @@ def account():  # type: ignore[no-untyped-def]
         token_form=TokenForm(),
         action_form=ActionForm(),
         new_token=None,
+        web_session=current_web_session(),
+        live_sessions=services.live_sessions_of(db, me),
     )
 
 
@@ -157,6 +179,8 @@ def create_token():  # type: ignore[no-untyped-def]
             token_form=TokenForm(formdata=None) if new_token else form,
             action_form=ActionForm(),
             new_token=new_token,
+            web_session=current_web_session(),
+            live_sessions=services.live_sessions_of(db, actor()),
         ),
         status,
     )
