@@ -40,6 +40,7 @@ from portal.audit.models import AuditEvent
 from portal.config import Settings
 from portal.devstack import free_port
 from portal.grants import services as grants
+from portal.grants.models import ApplicationFile
 from portal.identity.models import ExternalIdentity, FactoryRole, User
 from portal.identity.services import create_agent_token, create_api_token, grant_role
 from portal.ledger.models import LedgerEntry, Resource
@@ -54,7 +55,9 @@ world = test_authorisation.world
 
 # --- the hostile values -------------------------------------------------------------------------------------
 
-TEXT = ["", " ", "\x00", "nul\x00in the middle", "Zażółć gęślą jaźń ☃ 🚀 \u202e", "x" * 100_000]
+#: Line breaks of every kind (LF, CR, NEL, LINE SEPARATOR) reach e-mail subjects through titles and names.
+LINE_BREAKS = ["Evil\nBcc: spy@example.eu", "line\u2028separator\x85next\rreturn"]
+TEXT = ["", " ", "\x00", "nul\x00in the middle", "Zażółć gęślą jaźń ☃ 🚀 \u202e", "x" * 100_000, *LINE_BREAKS]
 NUMBERS = ["1e400", str(2**80), str(-(2**80)), "-1", "nan", "inf", "-inf", "0", "1.5", "0x10", "1,5", "١٢"]
 DATES = ["2026-13-45", "0000-01-01", "9999-12-31", "2026-02-30", "1-1-1", "2026-01-01T25:61"]
 CHOICES = ["no-such-choice", "<script>"]
@@ -92,6 +95,8 @@ JSON_VALUES: list[Any] = [
     "1e400",
     "2026-13-45T25:61:00Z",
     "Zażółć ☃",
+    "9999-12-31T23:59:59Z",  # usage from the future
+    (datetime.now(UTC) + timedelta(days=1)).isoformat(),
     [],
     [1, "two", None],
     {},
@@ -530,6 +535,7 @@ def uploads() -> list[tuple[io.BytesIO, str]]:
         (io.BytesIO(b"%PDF-1.4 tiny"), "nul\x00name.pdf"),
         (io.BytesIO(b"%PDF-1.4 tiny"), "Zażółć ☃ " + "x" * 5000 + ".pdf"),
         (io.BytesIO(b"%PDF-1.4 tiny"), "../../etc/passwd"),
+        (io.BytesIO(b"%PDF-1.4 tiny"), "case.html"),
     ]
 
 
@@ -648,3 +654,82 @@ def test_api_answers_problem_details_to_every_wrong_shape(
     assert not missing, f"API routes the OpenAPI document does not describe: {sorted(missing)}"
     print(f"{fuzz.sent} API requests; {fuzz.checked_unchanged} checked unchanged")
     assert not fuzz.failures, f"{len(fuzz.failures)} of {fuzz.sent} requests failed:\n" + "\n".join(fuzz.failures)
+
+
+# --- the cases of issue 15, one by one ---------------------------------------------------------------------
+
+
+def test_line_breaks_future_usage_webhooks_and_upload_names_are_answered_without_harm(
+    app: Flask, db: Session, world: SimpleNamespace, fuzz: Fuzz, settings: Settings
+) -> None:
+    """Each hostile case found by the probe of issue 15, through the routes a user or a caller reaches."""
+    project, owner = world.project, world.owner
+    # a line break in a project's title and in a person's name never reaches an e-mail header
+    for title in LINE_BREAKS:
+        post(fuzz, "owner", f"/projects/{project.id}/edit", {"title": title, "description": ""})
+        post(fuzz, "owner", f"/projects/{project.id}/invitations", {"email": "invitee@example.eu", "role": "member"})
+    resource = db.get(Resource, world.allocation.resource_id)
+    assert resource is not None
+    draft = grants.start_application(
+        db, owner, login_of(owner), call=world.call, project=project, title="Line\nbreak\u2028in\x85a title"
+    )
+    grants.save_draft(
+        db, owner, draft, abstract="A.", requests=[grants.RequestInput(resource.id, 10 * 3600, "Because")]
+    )
+    submitted = post(fuzz, "owner", f"/applications/{draft.id}/submit", {})
+    assert submitted is not None and submitted < 400, fuzz.failures
+
+    # a PDF uploaded as case.html is served back as case.pdf
+    other = grants.start_application(db, owner, login_of(owner), call=world.call, project=project, title="Files")
+    upload = (io.BytesIO(b"%PDF-1.4 tiny"), "case.html")
+    post(fuzz, "owner", f"/applications/{other.id}/files", {"question": "plan", "file": upload})
+    db.expire_all()
+    kept = db.exec(select(ApplicationFile).where(ApplicationFile.application_id == other.id)).one()
+    served = fuzz.clients["owner"].get(f"/files/{kept.id}")
+    assert served.headers["Content-Disposition"] == "attachment; filename=case.pdf"
+
+    # site agents' usage from the future is refused with a problem and charges nothing
+    _t, agent = create_agent_token(
+        db, None, owner=fuzz.admin, site_id=resource.site_id, name="future-agent", reason="test setup"
+    )
+    now = datetime.now(UTC)
+    later = [(now + timedelta(hours=h)).isoformat() for h in (1, 2)]
+    record = {"id": "future-1", "allocation_id": world.allocation.id, "quantity": 60,
+              "started_at": later[0], "ended_at": later[1]}  # fmt: skip
+    status = fuzz.send("admin", "POST", "/api/v1/usage", unchanged=True, json={"records": [record]},
+                       headers={"Authorization": f"Bearer {agent}"})  # fmt: skip
+    assert status == 422
+
+    # Stripe webhooks signed in the future are refused, and change nothing
+    event = json.dumps({"id": "evt_future", "object": "event", "type": "checkout.session.completed",
+                        "data": {"object": {"id": "cs_x", "object": "checkout.session"}}})  # fmt: skip
+    for signed_at in (int(now.timestamp()) + 3600, int(now.timestamp()) - 3600):
+        signature = stripe.WebhookSignature._compute_signature(f"{signed_at}.{event}", settings.stripe_webhook_secret)
+        headers = {"Stripe-Signature": f"t={signed_at},v1={signature}", "Content-Type": "application/json"}
+        status = fuzz.send("admin", "POST", "/market/stripe/webhook", unchanged=True, data=event, headers=headers)
+        assert status == 400
+    assert not fuzz.failures, "\n".join(fuzz.failures)
+
+
+# --- methods and session cookies (issue 15) -------------------------------------------------------------------
+
+
+def test_every_route_answers_trace_with_405_and_the_methods_it_allows(app: Flask) -> None:
+    client = app.test_client()
+    for rule in app.url_map.iter_rules():
+        url = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", "1", rule.rule)
+        response = client.open(url, method="TRACE")
+        assert response.status_code == 405, (rule.rule, response.status_code)
+        allowed = set(response.headers["Allow"].split(", "))
+        assert (rule.methods or set()) <= allowed, (rule.rule, allowed)
+
+
+@pytest.mark.parametrize("key", [12345, ["a", "b"], {"k": "v"}, "", "\x00", "x" * 5000, None])
+def test_a_session_cookie_with_a_hostile_session_key_is_simply_not_logged_in(
+    client: FlaskClient, login, key: Any
+) -> None:  # type: ignore[no-untyped-def]
+    login(client)
+    with client.session_transaction() as flask_session:
+        flask_session["web_session"] = key
+    response = client.get("/account")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")

@@ -25,7 +25,7 @@ from portal.market import services as market
 from portal.market.invoice_pdf import invoice_pdf
 from portal.market.models import Invoice, InvoiceKind, Order, OrderState, StripeEvent
 from portal.projects import services as projects
-from tests.conftest import post_form
+from tests.conftest import EIDAS, post_form
 from tests.ledger_world import HOUR, make_world, publish_offering
 
 WEBHOOK_SECRET = "whsec_market_tests"
@@ -153,7 +153,9 @@ def _signed(event: dict) -> tuple[bytes, str]:  # type: ignore[type-arg]
     return payload, f"t={timestamp},v1={signature}"
 
 
-def _completed(order_id: int, session_id: str, event_id: str) -> dict:  # type: ignore[type-arg]
+def _completed(  # type: ignore[type-arg]
+    order_id: int, session_id: str, event_id: str, amount_total: int = 2_500, currency: str = "eur"
+) -> dict:
     return {
         "id": event_id,
         "object": "event",
@@ -164,6 +166,8 @@ def _completed(order_id: int, session_id: str, event_id: str) -> dict:  # type: 
                 "object": "checkout.session",
                 "payment_status": "paid",
                 "payment_intent": "pi_x",
+                "amount_total": amount_total,
+                "currency": currency,
                 "metadata": {"order_id": str(order_id)},
             }
         },
@@ -280,6 +284,23 @@ def test_buying_needs_a_verified_organisation_and_the_billing_role(shop, db, log
         page="/market",
     )
     assert too_many.status_code == 422 and "Between 1 and 500" in too_many.get_data(as_text=True)
+    assert db.exec(select(Order)).all() == []
+
+
+def test_the_login_that_places_the_order_needs_substantial_not_an_earlier_one(shop, db, login):
+    from portal.identity.models import ExternalIdentity
+
+    subject = db.exec(select(ExternalIdentity.subject).where(ExternalIdentity.user_id == shop.buyer.id)).first()
+    later = shop.app.test_client()
+    assert login(later, subject, acr=EIDAS + "low").id == shop.buyer.id  # the same buyer, now at level low
+    response = post_form(
+        later,
+        f"/market/offerings/{shop.offering.id}/order",
+        {"project_id": shop.project.id, "quantity": 10},
+        page="/market",
+    )
+    assert response.status_code == 409
+    assert "To buy for an organisation, log in at level substantial" in response.get_data(as_text=True)
     assert db.exec(select(Order)).all() == []
 
 

@@ -159,6 +159,8 @@ def signed_completed(order: Order, event_id: str) -> tuple[bytes, str]:
                 "object": "checkout.session",
                 "payment_status": "paid",
                 "payment_intent": f"pi_{order.id}",
+                "amount_total": order.gross_cents,
+                "currency": order.currency.lower(),
                 "metadata": {"order_id": str(order.id)},
             }
         },

@@ -9,8 +9,8 @@ import pytest
 from sqlmodel import select
 
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, AllocationSource, EntryKind, LedgerEntry, ResourceKind
-from portal.metering.models import UsageRecord
+from portal.ledger.models import Allocation, AllocationSource, EntryKind, LedgerEntry, Resource, ResourceKind, Site
+from portal.metering.models import SlurmAccount, UsageRecord
 from portal.metering.services import import_sacct, map_slurm_account
 from tests.conftest import portal_cli
 from tests.ledger_world import HOUR, Q1, at, make_world, open_q1
@@ -176,3 +176,53 @@ def test_an_existing_slurm_account_is_mapped_from_the_command_line(app, db):
     assert import_sacct(db, [line], cluster="factory").charged == 1
     missing = run("--account", "other", "--allocation", "424242")
     assert missing.returncode == 1 and "No such allocation" in missing.stderr
+
+
+def test_slurm_map_refuses_a_storage_allocation_and_one_at_another_site(app, db):
+    world = make_world(db)
+    storage = ledger.create_resource(
+        db, None, world.site, code="lustre", name="Lustre TB-months", kind=ResourceKind.STORAGE, reason="test setup"
+    )
+    ledger.set_capacity(db, None, storage, starts_on=Q1[0], ends_on=Q1[1], capacity=10_000, reason="test setup")
+    disk = ledger.open_allocation(
+        db,
+        None,
+        project=world.project,
+        resource=storage,
+        amount=100,
+        starts_at=at(2030, 1, 1),
+        ends_at=at(2030, 4, 1),
+        source=AllocationSource.AWARD,
+        title="Disk",
+    )
+    elsewhere = open_q1(db, make_world(db), 10)
+    clusters = f'[{{"name": "factory", "site": "{world.site.code}"}}]'
+
+    def run(allocation_id: int) -> subprocess.CompletedProcess[str]:
+        return portal_cli(app, "slurm", "map", "--cluster", "factory", "--account", "legacy",
+                          "--allocation", str(allocation_id), "--reason", "legacy account",
+                          PORTAL_SLURM_CLUSTERS=clusters)  # fmt: skip
+
+    refused = run(disk.id)  # type: ignore[arg-type]
+    assert refused.returncode == 1
+    assert "only from a CPU or GPU allocation" in refused.stderr
+    foreign = run(elsewhere.id)  # type: ignore[arg-type]
+    assert foreign.returncode == 1
+    assert f"is at site {db.get(Site, db.get(Resource, elsewhere.resource_id).site_id).code}" in foreign.stderr
+    assert f"runs the allocations of site {world.site.code}" in foreign.stderr
+    assert db.exec(select(SlurmAccount)).all() == []
+    # a storage job charged as GB-days never happens: nothing maps, nothing is charged
+    line = "9101|9101|factory|legacy|anna|gpu|cpu=4,gres/gpu=1|60|2030-02-01T08:00:00|2030-02-01T08:01:00|COMPLETED\n"
+    assert import_sacct(db, [line], cluster="factory").charged == 0
+
+
+def test_a_job_that_ended_before_its_allocation_started_is_not_charged_to_it(db, accounts):
+    gpu_allocation, _cpu = accounts  # from 2030-01-01
+    before = "9201|9201|factory|p1-gpu|anna|gpu|gres/gpu=2|3600|2029-12-31T20:00:00|2029-12-31T21:00:00|COMPLETED\n"
+    across = "9202|9202|factory|p1-gpu|anna|gpu|gres/gpu=2|7200|2029-12-31T23:00:00|2030-01-01T01:00:00|COMPLETED\n"
+    report = import_sacct(db, [before, across], cluster="factory")
+    assert (report.charged, report.skipped) == (1, {"ended before its allocation started": 1})
+    db.refresh(gpu_allocation)
+    assert gpu_allocation.used == 2 * 7200  # the job that ran into the allocation's time, in full
+    records = db.exec(select(UsageRecord).where(UsageRecord.allocation_id == gpu_allocation.id)).all()
+    assert [r.external_id for r in records] == ["9202"]

@@ -104,9 +104,12 @@ def test_metrics_count_what_real_traffic_did(metered_app: Flask, login) -> None:
         _token, agent_token = create_agent_token(
             db, None, owner=person(db, "Op"), site_id=world.site.id, name="a", reason="test setup"
         )
+    # the newest end any test may report: agents' clocks may run up to 5 minutes ahead, never more
+    newest_end = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=4)
     records = [
         {"id": f"r-{n}", "allocation_id": allocation.id, "quantity": HOUR, "user": "anna",
-         "started_at": "2030-01-05T10:00:00Z", "ended_at": f"2030-01-05T1{n}:00:00Z"}
+         "started_at": (newest_end - timedelta(hours=2)).isoformat(),
+         "ended_at": (newest_end - timedelta(hours=2 - n)).isoformat()}
         for n in (1, 2)
     ]  # fmt: skip
     response = client.post(
@@ -151,7 +154,7 @@ def test_metrics_count_what_real_traffic_did(metered_app: Flask, login) -> None:
     assert delta("portal_stripe_webhooks_total", outcome="ignored") == 1
     assert delta("portal_hub_spawn_checks_total", outcome="unauthorised") == 1
     assert delta("portal_hub_spawn_checks_total", outcome="refused") == 1
-    newest = datetime(2030, 1, 5, 12, tzinfo=UTC).timestamp()
+    newest = newest_end.timestamp()
     assert value(after, "portal_metering_newest_usage_end_timestamp_seconds", source="agent") == newest
     lag = value(after, "portal_metering_lag_seconds", source="agent")
     assert lag == pytest.approx(max(0.0, time.time() - newest), abs=60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlmodel import select
 
@@ -32,8 +34,8 @@ def record(allocation_id: int, record_id: str, seconds: int, **extra):  # type: 
         "allocation_id": allocation_id,
         "quantity": seconds,
         "user": "anna",
-        "started_at": "2030-01-05T10:00:00Z",
-        "ended_at": "2030-01-05T11:00:00+00:00",
+        "started_at": "2025-01-05T10:00:00Z",
+        "ended_at": "2025-01-05T11:00:00+00:00",
         **extra,
     }
 
@@ -81,7 +83,7 @@ def agent_site_code(db, allocation) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"started_at": "2030-01-05T10:00:00"}, "started_at"), ({"quantity": 0}, "quantity"), ({"id": ""}, "id")],
+    [({"started_at": "2025-01-05T10:00:00"}, "started_at"), ({"quantity": 0}, "quantity"), ({"id": ""}, "id")],
 )
 def test_malformed_records_get_a_problem_naming_the_field(client, site_setup, change, field):
     allocation, _foreign, token, _operator = site_setup
@@ -129,3 +131,28 @@ def test_the_agent_token_comes_from_the_command_line_once(app, db):
     assert missing.returncode == 1 and "No site with the code 'nowhere'" in missing.stderr
     assert db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == allocation.id)).all()
     assert db.get(Allocation, allocation.id) is not None
+
+
+def test_usage_dated_in_the_future_is_refused_and_charges_nothing(client, db, site_setup):
+    allocation, _foreign, token, _operator = site_setup
+    now = datetime.now(UTC).replace(microsecond=0)
+    tomorrow = record(
+        allocation.id,
+        "from-tomorrow",
+        HOUR,
+        started_at=(now + timedelta(days=1)).isoformat(),
+        ended_at=(now + timedelta(days=1, hours=1)).isoformat(),
+    )
+    running_on = record(allocation.id, "ends-in-an-hour", HOUR, started_at=now.isoformat(),
+                        ended_at=(now + timedelta(hours=1)).isoformat())  # fmt: skip
+    response = post(client, token, [record(allocation.id, "past", 60), tomorrow, running_on])
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert set(response.json["errors"]) == {"records[1]", "records[2]"}
+    assert "is in the future" in response.json["errors"]["records[1]"]
+    assert db.exec(select(UsageRecord)).all() == []
+    db.refresh(allocation)
+    assert allocation.used == 0
+    # an agent whose clock runs a minute ahead is not refused
+    skewed = record(allocation.id, "skewed", 60, started_at=now.isoformat(),
+                    ended_at=(now + timedelta(minutes=1)).isoformat())  # fmt: skip
+    assert post(client, token, [skewed]).json == {"accepted": 1, "duplicates": 0}

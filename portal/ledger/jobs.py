@@ -13,7 +13,7 @@ from portal.formatting import quantity
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource
-from portal.mail import send_mail
+from portal.mail import MailNotSent, send_mail_to_each
 from portal.projects.models import Project, ProjectMembership, ProjectRole
 
 log = logging.getLogger("portal.ledger.jobs")
@@ -130,8 +130,9 @@ def _send_threshold_mail(
         f"Remaining: {quantity(allocation.balance, resource.kind)}\n"
         f"Ends: {allocation.ends_at:%Y-%m-%d}\n\n{link}\n"
     )
-    for address in recipients:
-        send_mail(settings, to=address, subject=subject, body=body)  # type: ignore[arg-type]
+    failed = send_mail_to_each(settings, recipients, subject=subject, body=body)  # type: ignore[arg-type]
+    if recipients and len(failed) == len(recipients):
+        raise MailNotSent(f"nobody could be told about allocation {allocation.id}")  # retried next round
 
 
 def check_balances(db: Session, settings: Settings) -> int:
@@ -147,11 +148,10 @@ def check_balances(db: Session, settings: Settings) -> int:
         .join(RoleGrant, RoleGrant.user_id == User.id)  # type: ignore[arg-type]
         .where(RoleGrant.role == FactoryRole.ADMIN, col(User.email).is_not(None))
     ).all()
-    for address in admins:
-        send_mail(
-            settings,
-            to=address,
-            subject=f"Ledger check: {len(mismatches)} balances differ from their entries",  # type: ignore[arg-type]
-            body="The nightly ledger check found:\n\n" + "\n".join(lines) + "\n",
-        )
+    send_mail_to_each(
+        settings,
+        admins,  # type: ignore[arg-type]
+        subject=f"Ledger check: {len(mismatches)} balances differ from their entries",
+        body="The nightly ledger check found:\n\n" + "\n".join(lines) + "\n",
+    )
     return len(mismatches)

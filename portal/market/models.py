@@ -94,6 +94,9 @@ class Order(SQLModel, table=True):
     refunded_cents: int = Field(default=0, sa_type=sa.BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: Why a payment Stripe reported could not be booked (another amount or currency, capacity gone, validity
+    #: over): shown to finance, who refund it in Stripe. ``None`` for an order without trouble.
+    problem: str | None = Field(default=None, max_length=500)
 
 
 class StripeEvent(SQLModel, table=True):

@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from portal.audit import services as audit
 from portal.audit.models import AuditAction
-from portal.authz import Action, allowed, organisation_role, require
+from portal.authz import Action, AssuranceTooLow, allowed, organisation_role, require, require_level
 from portal.config import AssuranceLevel, Settings
 from portal.db import utcnow
 from portal.errors import Conflict, InvalidInput, NotAuthorised, NotFound
@@ -48,6 +48,13 @@ log = logging.getLogger("portal.market")
 
 class OrderRefused(Conflict):
     title = "Order not possible"
+
+
+class PaymentNotBookedYet(Conflict):
+    """A refund of an order's payment arrived before the event of the payment itself: the webhook answers
+    non-2xx, so that Stripe delivers the refund again after the payment (it retries for up to three days)."""
+
+    title = "Payment not booked yet"
 
 
 # --- offerings ------------------------------------------------------------------------------------------
@@ -247,8 +254,10 @@ def _require_buyer(db: Session, actor: User, login: Login | None, organisation: 
         raise NotAuthorised(f"Only {organisation.name}'s admins and billing members may buy for it.")
     if organisation.verified_at is None:
         raise OrderRefused(f"{organisation.name} is not verified yet; the factory's staff check it first.")
-    if login is None or AssuranceLevel(login.level) < AssuranceLevel.SUBSTANTIAL:
-        raise OrderRefused("Buying for an organisation needs a login at level substantial or higher (eIDAS).")
+    try:  # the login placing this order, not an earlier, stronger one
+        require_level(login, AssuranceLevel.SUBSTANTIAL, to="buy for an organisation")
+    except AssuranceTooLow as exc:
+        raise OrderRefused(exc.detail) from exc
 
 
 def place_order(
@@ -385,14 +394,21 @@ HANDLED_EVENTS = frozenset(
 )
 
 
-def handle_stripe_event(db: Session, settings: Settings, event: Any) -> str:
-    """Apply a verified Stripe event once; returns what happened (for the log)."""
+def handle_stripe_event(db: Session, settings: Settings, event: Any, gateway: StripeGateway | None = None) -> str:
+    """Apply a verified Stripe event once; returns what happened (for the log).
+
+    Raises :class:`PaymentNotBookedYet` for a refund of a payment whose own event has not arrived yet (the
+    event is not recorded, so Stripe's next delivery of it is applied), and ``PaymentServiceError`` when
+    Stripe cannot be asked which order a refunded payment was for.
+    """
     if db.get(StripeEvent, event.id) is not None:
         return "duplicate"
     if event.type not in HANDLED_EVENTS:
         return _record(db, event, None, "ignored")
     data: dict[str, Any] = event.data.object.to_dict()
     order = _order_of(db, event.type, data)
+    if order is None and event.type == "charge.refunded" and data.get("payment_intent"):
+        order = _order_of_unbooked_payment(db, gateway or StripeGateway(settings), str(data["payment_intent"]))
     if order is None:
         log.warning("Stripe event %s (%s) names no known order", event.id, event.type)
         return _record(db, event, None, "unknown order")
@@ -430,6 +446,19 @@ def _order_of(db: Session, event_type: str, data: Any) -> Order | None:
     return None
 
 
+def _order_of_unbooked_payment(db: Session, gateway: StripeGateway, payment_intent: str) -> Order | None:
+    """The order a payment the portal has not booked was for, found through its Checkout Session at Stripe;
+    :class:`PaymentNotBookedYet` if that order still waits for the payment's own event."""
+    session_id = gateway.checkout_session_of_payment(payment_intent)
+    order = db.exec(select(Order).where(Order.checkout_session_id == session_id)).first() if session_id else None
+    if order is not None and order.paid_at is None and order.problem is None:
+        log.info("refund of order %s's payment %s came before the payment: Stripe retries", order.id, payment_intent)
+        raise PaymentNotBookedYet(
+            f"Order {order.id}'s payment {payment_intent} is not booked yet; send the refund again after it."
+        )
+    return order
+
+
 def _record(db: Session, event: Any, order: Order | None, outcome: str) -> str:
     db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id if order else None))
     try:
@@ -444,9 +473,47 @@ class _AlreadyPaid(Exception):
     """Raised inside the fulfilment's transaction to undo it when a concurrent event paid the order first."""
 
 
+def _payment_mismatch(order: Order, data: Any) -> str | None:
+    """Why a Checkout Session's payment is not the order's (another amount or currency), or ``None``."""
+    paid = data.get("amount_total")
+    currency = str(data.get("currency") or "").upper()
+    if type(paid) is int and paid == order.gross_cents and currency == order.currency.upper():
+        return None
+    shown = f"{paid} cents {currency}" if isinstance(paid, int) and currency else "an unknown amount"
+    return (
+        f"Stripe reports {shown} paid for order {order.id}, which costs {order.gross_cents} cents "
+        f"{order.currency}: not credited; refund the payment in Stripe."
+    )
+
+
+def _record_problem(
+    db: Session, event: Any, order: Order, data: Any, problem: str, outcome: str, *, release_hold: bool
+) -> str:
+    """Record a payment that cannot be booked, on the order for finance to see (and to match its refund)."""
+    log.error("Stripe event %s: %s", event.id, problem)
+    try:
+        with ledger.unit_of_work(db):
+            db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id))
+            db.flush()
+            order.problem = problem[:500]
+            order.payment_intent_id = order.payment_intent_id or data.get("payment_intent")
+            if release_hold and order.state == OrderState.PENDING:
+                ledger.release_purchase_hold(db, order.allocation_id)
+                order.state = OrderState.EXPIRED
+    except IntegrityError:
+        db.rollback()
+        return "duplicate"
+    return outcome
+
+
 def _fulfil(db: Session, settings: Settings, event: Any, order: Order, data: Any) -> str:
     if order.state != OrderState.PENDING and order.paid_at is not None:
         return _record(db, event, order, "already paid")
+    mismatch = _payment_mismatch(order, data)
+    if mismatch is not None:
+        return _record_problem(
+            db, event, order, data, mismatch, "amount or currency differs: not credited", release_hold=True
+        )
     resource = db.exec(
         select(Resource)
         .join(Allocation, Allocation.resource_id == Resource.id)  # type: ignore[arg-type]
@@ -496,14 +563,18 @@ def _fulfil(db: Session, settings: Settings, event: Any, order: Order, data: Any
         return _record(db, event, order, "already paid")
     except ledger.CapacityExhausted:
         db.rollback()
-        log.error("order %s was paid after its hold was released and the capacity is gone: refund it", order.id)
-        return _record(db, event, order, "paid but capacity gone: needs a refund")
+        problem = f"Order {order.id} was paid after its hold was released and the capacity is gone: refund it."
+        return _record_problem(
+            db, event, order, data, problem, "paid but capacity gone: needs a refund", release_hold=False
+        )
     except ledger.AllocationClosed:
         db.rollback()  # expires the order: paid_at is read again, as committed
         if order.paid_at is not None:  # another event for the same payment, applied a moment ago
             return _record(db, event, order, "already paid")
-        log.error("order %s was paid after its validity ended: refund it", order.id)
-        return _record(db, event, order, "paid after the validity ended: needs a refund")
+        problem = f"Order {order.id} was paid after its validity ended: refund it."
+        return _record_problem(
+            db, event, order, data, problem, "paid after the validity ended: needs a refund", release_hold=False
+        )
     return "fulfilled"
 
 
@@ -529,14 +600,16 @@ def issue_invoice(
     quantity: int,
     net_cents: int,
     corrects: Invoice | None = None,
+    vat_cents_due: int | None = None,
 ) -> Invoice:
-    """Write an invoice (or, with negative amounts, a credit note) in the caller's transaction."""
+    """Write an invoice (or, with negative amounts, a credit note) in the caller's transaction; its VAT is
+    computed from ``net_cents`` unless ``vat_cents_due`` gives it (a credit note's share of the invoice's)."""
     organisation = db.get(Organisation, order.organisation_id)
     offering = db.get(Offering, order.offering_id)
     assert organisation is not None and offering is not None
     now = utcnow()
     number = next_invoice_number(db, settings.seller_vat_number, now.year)
-    vat = vat_cents(net_cents, order.vat_basis_points)
+    vat = vat_cents(net_cents, order.vat_basis_points) if vat_cents_due is None else vat_cents_due
     mention = ""
     if order.vat_scheme in ("reverse_charge", "outside_eu"):
         mention = treatment_for(
@@ -647,8 +720,8 @@ def _book_refund(
         .where(Allocation.id == order.allocation_id)
     ).one()
     original = db.exec(select(Invoice).where(Invoice.order_id == order.id, Invoice.kind == InvoiceKind.INVOICE)).one()
-    net = -(order.net_cents * gross_cents // order.gross_cents)
     with ledger.unit_of_work(db):
+        net, vat = _credit_note_amounts(db, order, original, gross_cents)
         ledger.refund_unused(
             db,
             order.allocation_id,
@@ -661,12 +734,35 @@ def _book_refund(
             OrderState.REFUNDED if order.refunded_cents >= order.gross_cents else OrderState.PARTIALLY_REFUNDED
         )
         note = issue_invoice(
-            db, settings, order, InvoiceKind.CREDIT_NOTE, quantity=-quantity, net_cents=net, corrects=original
+            db,
+            settings,
+            order,
+            InvoiceKind.CREDIT_NOTE,
+            quantity=-quantity,
+            net_cents=-net,
+            corrects=original,
+            vat_cents_due=-vat,
         )
         summary = f"refunded {quantity} hours of order {order.id}: {gross_cents} cents, credit note {note.reference}"
         details = {"quantity": quantity, "gross_cents": gross_cents, "credit_note_id": note.id}
         audit.record(db, actor, AuditAction.REFUND_ISSUED, order, summary=summary, reason=reason, details=details)
     return note
+
+
+def _credit_note_amounts(db: Session, order: Order, original: Invoice, gross_cents: int) -> tuple[int, int]:
+    """(net, VAT) a credit note for ``gross_cents`` refunded takes back, both positive; they add up to the
+    refund. The refund that completes the order's takes exactly what the earlier notes left of the invoice,
+    so that all its credit notes together cancel it to the cent."""
+    credited = db.exec(
+        select(func.coalesce(func.sum(Invoice.net_cents), 0), func.coalesce(func.sum(Invoice.vat_cents), 0)).where(
+            Invoice.corrects_id == original.id, Invoice.kind == InvoiceKind.CREDIT_NOTE
+        )
+    ).one()
+    net_left, vat_left = original.net_cents + int(credited[0]), original.vat_cents + int(credited[1])
+    if order.refunded_cents + gross_cents >= original.gross_cents:
+        return net_left, vat_left
+    net = min(net_left, (2 * original.net_cents * gross_cents + original.gross_cents) // (2 * original.gross_cents))
+    return net, gross_cents - net
 
 
 def _reconcile_refund(db: Session, settings: Settings, event: Any, order: Order, charge: Any) -> str:

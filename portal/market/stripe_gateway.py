@@ -4,6 +4,7 @@ stand-in by ``PORTAL_STRIPE_API_BASE``; the same code path in the demo, the test
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,41 @@ class StripeGateway:
             raise PaymentServiceError(f"The refund failed at Stripe: {exc.user_message or exc}") from exc
         return refund.id
 
+    def checkout_session_of_payment(self, payment_intent: str) -> str | None:
+        """The id of the Checkout Session that created the PaymentIntent, or ``None`` if none did."""
+        try:
+            sessions = self.client.v1.checkout.sessions.list({"payment_intent": payment_intent, "limit": 1})
+        except stripe.StripeError as exc:
+            raise PaymentServiceError(f"Stripe could not be asked about payment {payment_intent}: {exc}") from exc
+        return sessions.data[0].id if sessions.data else None
+
     def verified_event(self, payload: bytes, signature: str) -> stripe.Event:
-        """The event if its signature is right; ``stripe.SignatureVerificationError`` otherwise."""
-        return stripe.Webhook.construct_event(payload, signature, self.settings.stripe_webhook_secret)
+        """The event if its signature is right and it was signed within ``WEBHOOK_TOLERANCE_S`` of now, either
+        way; ``stripe.SignatureVerificationError`` otherwise.
+
+        The stripe library refuses old timestamps only; a timestamp ahead of the clock is refused here, so that
+        a signed delivery cannot be kept for later use.
+        """
+        event = stripe.Webhook.construct_event(
+            payload, signature, self.settings.stripe_webhook_secret, tolerance=WEBHOOK_TOLERANCE_S
+        )
+        signed_at = _signed_at(signature)
+        if signed_at is None or signed_at > time.time() + WEBHOOK_TOLERANCE_S:
+            raise stripe.SignatureVerificationError(
+                "Timestamp in the future, outside the tolerance zone", signature, payload.decode(errors="replace")
+            )
+        return event
+
+
+#: How far a webhook's signing time may be from the portal's clock, in the past (the stripe library's check)
+#: and in the future: Stripe's default tolerance.
+WEBHOOK_TOLERANCE_S = 300
+
+
+def _signed_at(signature: str) -> int | None:
+    """The ``t=`` of a ``Stripe-Signature`` header (the moment Stripe signed it), or ``None``."""
+    for item in signature.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            return int(value) if value.isdigit() and len(value) < 16 else None
+    return None

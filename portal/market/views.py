@@ -123,10 +123,19 @@ def stripe_webhook():  # type: ignore[no-untyped-def]
     """Stripe's events, verified over the raw body; unknown orders are logged and answered 200."""
     try:
         event = gateway().verified_event(request.get_data(), request.headers.get("Stripe-Signature", ""))
-    except (ValueError, stripe.SignatureVerificationError):
+    except stripe.SignatureVerificationError as exc:
+        observability.stripe_webhook_handled("bad signature")
+        return problem(400, "Bad signature", f"The event's Stripe-Signature does not verify: {exc.user_message}")
+    except ValueError:
         observability.stripe_webhook_handled("bad signature")
         return problem(400, "Bad signature", "The event's Stripe-Signature does not verify.")
-    outcome = services.handle_stripe_event(get_db(), settings(), event)
+    try:
+        outcome = services.handle_stripe_event(get_db(), settings(), event, gateway())
+    except services.PaymentNotBookedYet as exc:  # not recorded: Stripe delivers it again
+        get_db().rollback()
+        observability.stripe_webhook_handled("retry: payment not booked yet")
+        current_app.logger.info("stripe event %s (%s): %s", event.id, event.type, exc.detail)
+        return problem(exc.status, exc.title, exc.detail)
     observability.stripe_webhook_handled(outcome)
     current_app.logger.info("stripe event %s (%s): %s", event.id, event.type, outcome)
     return jsonify(received=True, outcome=outcome)
@@ -339,10 +348,12 @@ def billing(organisation_id: int):  # type: ignore[no-untyped-def]
 # --- finance ---------------------------------------------------------------------------------------------
 
 
-def _finance_rows(db, state: str | None, organisation_id: int | None):  # type: ignore[no-untyped-def]
+def _finance_rows(db, state: str | None, organisation_id: int | None, problems_only: bool = False):  # type: ignore[no-untyped-def]
     stmt = select(Order, Organisation).join(Organisation, Organisation.id == Order.organisation_id)  # type: ignore[arg-type]
     if state:
         stmt = stmt.where(Order.state == state)
+    if problems_only:
+        stmt = stmt.where(col(Order.problem).is_not(None))
     if organisation_id:
         stmt = stmt.where(Order.organisation_id == organisation_id)
     return db.exec(stmt.order_by(col(Order.created_at).desc(), col(Order.id).desc())).all()
@@ -354,7 +365,8 @@ def _finance_page(errors: dict[int, str] | None = None, status: int = 200):  # t
     if state not in {s.value for s in OrderState}:
         state = None
     organisation_id = request.args.get("organisation", type=database_id)
-    rows = _finance_rows(db, state, organisation_id)
+    problems_only = request.args.get("problems") == "1"
+    rows = _finance_rows(db, state, organisation_id, problems_only)
     order_ids = [o.id for o, _org in rows]
     documents: dict[int, list[Invoice]] = {i: [] for i in order_ids}  # type: ignore[misc]
     if order_ids:
@@ -379,6 +391,7 @@ def _finance_page(errors: dict[int, str] | None = None, status: int = 200):  # t
         states=[s.value for s in OrderState],
         state=state,
         organisation_id=organisation_id,
+        problems_only=problems_only,
         errors=errors or {},
         submitted=request.form.get("quantity", "") if request.method == "POST" else "",
         submitted_reason=request.form.get("reason", "") if request.method == "POST" else "",
@@ -472,7 +485,7 @@ def orders_csv():  # type: ignore[no-untyped-def]
     header = [
         "order_id", "organisation_id", "organisation", "country", "vat_number", "vat_scheme", "vat_country",
         "state", "quantity", "unit_price_eur", "net_eur", "vat_eur", "gross_eur", "refunded_eur", "currency",
-        "created_at", "paid_at",
+        "created_at", "paid_at", "problem",
     ]  # fmt: skip
     lines = [
         [
@@ -493,6 +506,7 @@ def orders_csv():  # type: ignore[no-untyped-def]
             o.currency,
             _date(o.created_at),
             _date(o.paid_at),
+            _cell(o.problem or ""),
         ]
         for o, org in rows
     ]

@@ -164,10 +164,16 @@ def map_command(cluster_name: str, account: str, allocation_id: int, reason: str
     """Let an existing Slurm account (not created by the sync) draw from an allocation."""
     from portal.metering.services import map_slurm_account
 
-    _cluster(cluster_name)
+    site = _cluster(cluster_name).site
     try:
         mapping = map_slurm_account(
-            get_db(), None, cluster=cluster_name, account=account, allocation_id=allocation_id, reason=reason
+            get_db(),
+            None,
+            cluster=cluster_name,
+            account=account,
+            allocation_id=allocation_id,
+            reason=reason,
+            site=site,
         )
     except DomainError as exc:
         raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -94,15 +94,28 @@ def _flush_batch(db: Session, source: UsageSource, batch: dict[str, _Pending], r
     batch.clear()
 
 
-def slurm_account_map(db: Session, cluster: str) -> dict[str, tuple[int, ResourceKind]]:
-    """Account (lower case) -> (allocation id, resource kind) for one cluster."""
+@dataclass(frozen=True)
+class MappedAccount:
+    """What a Slurm account's jobs are charged to."""
+
+    allocation_id: int
+    kind: ResourceKind
+    #: Jobs that ended before this moment are not the allocation's (see README "Slurm").
+    starts_at: datetime
+
+
+def slurm_account_map(db: Session, cluster: str) -> dict[str, MappedAccount]:
+    """Account (lower case) -> the allocation it draws from, for one cluster."""
     rows = db.exec(
-        select(SlurmAccount.account, Allocation.id, Resource.kind)
+        select(SlurmAccount.account, Allocation.id, Resource.kind, Allocation.starts_at)
         .join(Allocation, Allocation.id == SlurmAccount.allocation_id)  # type: ignore[arg-type]
         .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
         .where(SlurmAccount.cluster == cluster)
     ).all()
-    return {account: (int(allocation_id), ResourceKind(kind)) for account, allocation_id, kind in rows}
+    return {
+        account: MappedAccount(int(allocation_id), ResourceKind(kind), starts_at)
+        for account, allocation_id, kind, starts_at in rows
+    }
 
 
 def import_sacct(db: Session, lines: Iterable[str], *, cluster: str) -> ImportReport:
@@ -129,16 +142,19 @@ def import_sacct(db: Session, lines: Iterable[str], *, cluster: str) -> ImportRe
         if mapped is None:
             report.skip(f"account '{job.account}' is not mapped to an allocation")
             continue
-        allocation_id, kind = mapped
+        allocation_id, kind = mapped.allocation_id, mapped.kind
         units = job.gpus if kind == ResourceKind.GPU else job.cpus
         if units == 0:
             report.skip(f"no {'GPUs' if kind == ResourceKind.GPU else 'CPUs'} allocated for a {kind} allocation")
+            continue
+        assert job.start is not None and job.end is not None
+        if job.end < mapped.starts_at:
+            report.skip("ended before its allocation started")
             continue
         key = f"slurm:{cluster}:{job.job_id_raw}"
         if key in batch:
             report.already_charged += 1
             continue
-        assert job.start is not None and job.end is not None
         batch[key] = _Pending(
             UsageCharge(
                 allocation_id, units * job.elapsed_seconds, key, reason=f"Slurm job {job.job_id}", day=job.end.date()
@@ -156,17 +172,44 @@ def import_sacct(db: Session, lines: Iterable[str], *, cluster: str) -> ImportRe
 
 
 def map_slurm_account(
-    db: Session, actor: User | None, *, cluster: str, account: str, allocation_id: int, reason: str
+    db: Session,
+    actor: User | None,
+    *,
+    cluster: str,
+    account: str,
+    allocation_id: int,
+    reason: str,
+    site: str | None = None,
 ) -> SlurmAccount:
-    """Let a Slurm account on a cluster draw from an allocation (admins; ``portal slurm sync`` as None)."""
+    """Let a Slurm account on a cluster draw from an allocation (admins; ``portal slurm sync`` as None).
+
+    Only a CPU or GPU allocation: a cluster's jobs are charged in core- or GPU-seconds. ``site`` is the
+    code of the cluster's site (its ``slurm_clusters`` entry); the allocation must be at that site.
+    """
     if actor is not None:
         require(db, actor, Action.MANAGE_ALLOCATIONS)
     reason = audit.require_reason(reason)
     account = account.strip().lower()
     if not account or len(account) > 64:
         raise InvalidInput("A Slurm account name is 1 to 64 characters.", errors={"account": "1 to 64 characters."})
-    if find(db, Allocation, allocation_id) is None:
+    allocation = find(db, Allocation, allocation_id)
+    if allocation is None:
         raise NotFound("No such allocation.")
+    resource = db.get(Resource, allocation.resource_id)
+    allocation_site = db.get(Site, resource.site_id) if resource is not None else None
+    assert resource is not None and allocation_site is not None
+    if resource.kind not in (ResourceKind.CPU, ResourceKind.GPU):
+        raise InvalidInput(
+            f"Allocation {allocation_id} is of {resource.name} ({resource.kind}): a Slurm account draws only "
+            "from a CPU or GPU allocation, whose hours its jobs use.",
+            errors={"allocation": "Not a CPU or GPU allocation."},
+        )
+    if site is not None and allocation_site.code != site:
+        raise InvalidInput(
+            f"Allocation {allocation_id} is at site {allocation_site.code}; the cluster {cluster} runs the "
+            f"allocations of site {site}.",
+            errors={"allocation": f"Not at site {site}."},
+        )
     existing = db.exec(
         select(SlurmAccount).where(SlurmAccount.cluster == cluster, SlurmAccount.account == account)
     ).first()
@@ -208,12 +251,16 @@ class AgentResult:
 
 
 MAX_AGENT_BATCH = 1000
+#: How far past the portal's clock a site agent's record may end: agents' clocks drift a little, usage from
+#: the future does not exist.
+AGENT_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def record_agent_usage(db: Session, *, site_id: int, records: list[AgentRecord]) -> AgentResult:
     """Charge a site agent's batch, all or nothing; a record id seen before from this site changes nothing.
 
-    Every record must name an allocation of a resource at the agent's own site.
+    Every record must name an allocation of a resource at the agent's own site, and have ended by now
+    (give or take ``AGENT_CLOCK_SKEW``).
     """
     site = db.get(Site, site_id)
     if site is None:
@@ -229,6 +276,7 @@ def record_agent_usage(db: Session, *, site_id: int, records: list[AgentRecord])
         ).all()
     )
     errors: dict[str, str] = {}
+    latest = utcnow() + AGENT_CLOCK_SKEW
     for index, record in enumerate(records):
         where = f"records[{index}]"
         if record.allocation_id not in sites_of:
@@ -237,6 +285,11 @@ def record_agent_usage(db: Session, *, site_id: int, records: list[AgentRecord])
             errors[where] = f"allocation {record.allocation_id} is not at site {site.code}"
         elif record.ended_at < record.started_at:
             errors[where] = "ended_at is before started_at"
+        elif record.ended_at > latest:
+            errors[where] = (
+                f"ended_at {record.ended_at.isoformat()} is in the future: the portal's clock says "
+                f"{(latest - AGENT_CLOCK_SKEW).isoformat(timespec='seconds')}; report usage once it has happened"
+            )
         elif record.quantity <= 0:
             errors[where] = "quantity must be positive"
     if errors:

@@ -335,6 +335,7 @@ def sync_cluster(
                         account=want.account,
                         allocation_id=want.allocation_id,
                         reason="created by the Slurm sync for the allocation",
+                        site=cluster.site,
                     )
                 except DomainError as exc:
                     db.rollback()

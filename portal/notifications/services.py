@@ -10,7 +10,7 @@ from portal.config import Settings
 from portal.db import utcnow
 from portal.errors import NotFound
 from portal.identity.models import User
-from portal.mail import send_mail
+from portal.mail import one_line, send_mail
 from portal.notifications.models import Notification
 
 log = logging.getLogger("portal.notifications")
@@ -19,10 +19,10 @@ log = logging.getLogger("portal.notifications")
 def notify(db: Session, settings: Settings, user: User, *, subject: str, body: str, link: str = "") -> Notification:
     """Add an inbox entry for ``user`` (committed with the caller's work) and e-mail it.
 
-    A failing mail server does not undo the caller's work: the notice stays in the inbox and the
-    failure is logged.
+    A failing mail server or an unusable address does not undo the caller's work, nor stop the notices
+    of others: the notice stays in the inbox and the failure is logged.
     """
-    notification = Notification(user_id=user.id, subject=subject[:300], body=body, link=link)  # type: ignore[arg-type]
+    notification = Notification(user_id=user.id, subject=one_line(subject)[:300], body=body, link=link)  # type: ignore[arg-type]
     db.add(notification)
     if user.email:
         try:
@@ -32,8 +32,8 @@ def notify(db: Session, settings: Settings, user: User, *, subject: str, body: s
                 subject=subject,
                 body=body + (f"\n\n{settings.base_url}{link}\n" if link else ""),
             )
-        except OSError:
-            log.exception("could not e-mail %s about %r", user.email, subject)
+        except Exception:  # the inbox entry is the record; the e-mail is a courtesy
+            log.exception("could not e-mail %r about %r", user.email, one_line(subject))
     return notification
 
 
