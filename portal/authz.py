@@ -13,11 +13,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session as SASession
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from portal.classroom.models import Course, CourseSeat
+from portal.config import AssuranceLevel
 from portal.errors import NotAuthorised, NotFound
-from portal.identity.models import FactoryRole, RoleGrant, User
+from portal.identity.models import FactoryRole, Login, RoleGrant, User
+from portal.ledger.models import Allocation, Resource
 from portal.projects.models import (
     Organisation,
     OrganisationMembership,
@@ -26,6 +28,7 @@ from portal.projects.models import (
     ProjectMembership,
     ProjectRole,
 )
+from portal.reports.models import OperatorSite
 
 
 class Action(StrEnum):
@@ -108,6 +111,30 @@ def _is_org_member_or_project_member(db: Session, user: User, org: Organisation)
     )
 
 
+def _operates_a_site_of(db: Session, user: User, project_ids: Any) -> bool:
+    """A site operator assigned (``OperatorSite``) to a site where one of these projects holds an allocation."""
+    if FactoryRole.SITE_OPERATOR not in factory_roles(db, user):
+        return False
+    found = db.exec(
+        select(Allocation.id)
+        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+        .join(OperatorSite, OperatorSite.site_id == Resource.site_id)  # type: ignore[arg-type]
+        .where(OperatorSite.user_id == user.id, col(Allocation.project_id).in_(project_ids))
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def _sees_project(db: Session, user: User, project: Project) -> bool:
+    return project_role(db, user, project) is not None or _operates_a_site_of(db, user, [project.id])
+
+
+def _sees_organisation(db: Session, user: User, org: Organisation) -> bool:
+    if _is_org_member_or_project_member(db, user, org):
+        return True
+    return _operates_a_site_of(db, user, select(Project.id).where(Project.organisation_id == org.id))
+
+
 def _holds_seat(db: Session, user: User, course: Course) -> bool:
     """A student of the course (also a removed one, who is told so on the course's page)."""
     seat = select(CourseSeat.id).where(CourseSeat.course_id == course.id, CourseSeat.user_id == user.id)
@@ -118,7 +145,7 @@ Rule = Callable[[Session, User, Any], bool]
 
 #: action -> (rule, the action that decides whether the actor may see the target at all)
 RULES: dict[Action, tuple[Rule, Action | None]] = {
-    Action.VIEW_ORGANISATION: (_is_org_member_or_project_member, None),
+    Action.VIEW_ORGANISATION: (_sees_organisation, None),
     Action.MANAGE_ORGANISATION: (
         lambda db, u, org: organisation_role(db, u, org.id) == OrganisationRole.ADMIN,
         Action.VIEW_ORGANISATION,
@@ -131,7 +158,7 @@ RULES: dict[Action, tuple[Rule, Action | None]] = {
         Action.VIEW_ORGANISATION,
     ),
     Action.VERIFY_ORGANISATION: (lambda db, u, org: False, Action.VIEW_ORGANISATION),
-    Action.VIEW_PROJECT: (lambda db, u, p: project_role(db, u, p) is not None, None),
+    Action.VIEW_PROJECT: (_sees_project, None),
     Action.EDIT_PROJECT: (
         lambda db, u, p: project_role(db, u, p) in (ProjectRole.PI, ProjectRole.MANAGER),
         Action.VIEW_PROJECT,
@@ -171,9 +198,8 @@ FACTORY_ROLE_ACTIONS: dict[FactoryRole, frozenset[Action]] = {
             Action.VIEW_REVENUE_REPORTS,
         }
     ),
-    FactoryRole.SITE_OPERATOR: frozenset(
-        {Action.VIEW_PROJECT, Action.VIEW_ORGANISATION, Action.VIEW_ALL, Action.MANAGE_CAPACITY, Action.VIEW_REPORTS}
-    ),
+    #: Projects and organisations only at the sites assigned to them (``VIEW_PROJECT``'s rule), as their reports.
+    FactoryRole.SITE_OPERATOR: frozenset({Action.MANAGE_CAPACITY, Action.VIEW_REPORTS}),
     FactoryRole.REVIEWER: frozenset(),
 }
 
@@ -197,3 +223,27 @@ def require(db: Session, actor: User | None, action: Action, target: Any = None)
     if hidden and target is not None:
         raise NotFound(f"No such {type(target).__name__.lower()}.")
     raise NotAuthorised("You are not allowed to do this.")
+
+
+# --- levels of assurance ---------------------------------------------------------------------------------
+
+
+class AssuranceTooLow(NotAuthorised):
+    """The login performing a step is below the level the step needs (a later, weaker login does not inherit
+    what an earlier one proved)."""
+
+    title = "Level of assurance too low"
+
+
+def login_reaches(login: Login | None, level: AssuranceLevel) -> bool:
+    """Whether the login behind this request was made at ``level`` or higher (no login: never)."""
+    return login is not None and AssuranceLevel(login.level) >= level
+
+
+def require_level(login: Login | None, level: AssuranceLevel, *, to: str) -> None:
+    """Raise ``AssuranceTooLow`` unless the login that performs the step (the session's, not an earlier one)
+    reached ``level``. ``to`` says the step in the user's words: "buy for an organisation"."""
+    if login_reaches(login, level):
+        return
+    have = f"this login is at level {AssuranceLevel(login.level).value}" if login else "there is no login behind this"
+    raise AssuranceTooLow(f"To {to}, log in at level {level.value} or higher (eIDAS); {have}.")

@@ -75,6 +75,7 @@ JOBS: list[Job] = [
     Job("remind_due_reviews", every=3600, run=grants_jobs.remind_due_reviews),
     Job("meter_notebooks", every=60, run=meter_job),
     Job("close_ended_courses", every=300, run=classroom.close_ended_courses),
+    Job("settle_removed_students", every=60, run=classroom.settle_removed_students),
     Job("notify_capped_students", every=60, run=classroom.notify_capped_students),
 ]
 

@@ -37,7 +37,7 @@ from portal.projects import services as projects
 from portal.reports import services as reports
 from portal.reports.models import OperatorSite
 from tests.conftest import portal_cli, post_form
-from tests.grants_world import complete_draft, mail_settings, make_grant_world, staff
+from tests.grants_world import complete_draft, login_of, mail_settings, make_grant_world, staff
 from tests.ledger_world import HOUR, Q1, admin, at, make_world, open_q1, person
 from tests.test_market import fresh, order, pay, shop, wait_for
 
@@ -365,7 +365,7 @@ def test_calls_and_award_decisions_are_recorded_with_the_managers_reasons(db: Se
 
     def ranked():  # type: ignore[no-untyped-def]
         application = complete_draft(db, g, hours=100)
-        grants.submit(db, SETTINGS, g.pi, application)
+        grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
         grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
         operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
         review = grants.assign_reviewer(db, SETTINGS, g.manager, application, operator, kind=ReviewKind.TECHNICAL)
@@ -424,7 +424,7 @@ def test_calls_and_award_decisions_are_recorded_with_the_managers_reasons(db: Se
 def test_an_acceptance_refused_for_lack_of_capacity_leaves_no_event(db: Session) -> None:
     g = make_grant_world(db, mode=ReviewMode.TECHNICAL, capacity_hours=50)
     application = complete_draft(db, g, hours=100)
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
     operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
     review = grants.assign_reviewer(db, SETTINGS, g.manager, application, operator, kind=ReviewKind.TECHNICAL)

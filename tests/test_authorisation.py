@@ -378,7 +378,7 @@ def grant_world(app: Flask, db: Session, login, settings, owner: User, project: 
         max_request=500 * HOUR,
         opens_at=now - timedelta(days=1),
         closes_at=now + timedelta(days=30),
-        first_cutoff=date.today(),
+        first_cutoff=date.today() + timedelta(days=14),
         questions=[{"key": "plan", "label": "Work plan", "type": "pdf"}],
         reason="test setup",
     )
@@ -396,7 +396,7 @@ def grant_world(app: Flask, db: Session, login, settings, owner: User, project: 
     upload = grants.upload_pdf(
         db, owner, application, question_key="plan", filename="secret-plan.pdf", content=b"%PDF-1.4 secret"
     )
-    grants.submit(db, settings, owner, application)
+    grants.submit(db, settings, owner, login_of(owner), application)
     grants.administrative_check(db, settings, manager, application, passed=True)
     review = grants.assign_reviewer(db, settings, manager, application, operator, kind=ReviewKind.TECHNICAL)
     grants.submit_review(db, operator, review.id, comment_to_applicant="Feasible.", feasible=True)  # type: ignore[arg-type]
@@ -764,3 +764,67 @@ def test_manager_can_manage_members_but_not_hand_over_the_pi_role(
     db.expire_all()
     roles = {m.user_id: m.role for m in db.exec(select(ProjectMembership).where(ProjectMembership.project_id == p))}
     assert roles == {world.owner.id: "pi", world.member.id: "manager", world.member2.id: "manager"}
+
+
+def test_a_payment_problem_and_upload_quotas_stay_with_whom_they_concern(  # type: ignore[no-untyped-def]
+    app: Flask, db: Session, world: SimpleNamespace, settings, login
+) -> None:
+    """A payment that could not be booked is shown in detail to finance only (the buyer is told no hours were
+    added, outsiders learn nothing); one user's uploads never count against another's quota."""
+    import stripe
+
+    pending = Order(
+        **{k: v for k, v in world.order.model_dump().items() if k not in ("id", "state", "paid_at")},
+        state=OrderState.PENDING,
+    )
+    pending.payment_intent_id, pending.checkout_session_id = None, "cs_secret_pending"
+    db.add(pending)
+    db.commit()
+    data = {"id": "cs_secret_pending", "object": "checkout.session", "payment_status": "paid",
+            "payment_intent": "pi_other", "amount_total": 1, "currency": "eur",
+            "metadata": {"order_id": str(pending.id)}}  # fmt: skip
+    event = stripe.Event.construct_from(
+        {"id": "evt_secret", "object": "event", "type": "checkout.session.completed", "data": {"object": data}}, "k"
+    )
+    assert market.handle_stripe_event(db, settings, event) == "amount or currency differs: not credited"
+    detail = "Stripe reports 1 cents EUR paid"
+    finance_client = new_client(app)
+    grant_role(db, None, login(finance_client), FactoryRole.FINANCE, reason="test setup")
+    assert detail in finance_client.get("/finance/orders?problems=1").get_data(as_text=True)
+    for client in (world.outsider_client, world.owner_client, world.member_client):
+        assert client.get("/finance/orders?problems=1").status_code == 403
+        assert client.get("/finance/orders.csv").status_code == 403
+    buyer_page = world.owner_client.get(f"/market/orders/{pending.id}").get_data(as_text=True)
+    assert "no hours were added" in buyer_page and detail not in buyer_page
+    assert world.outsider_client.get(f"/market/orders/{pending.id}").status_code == 404
+
+    # the owner's secret plan counts against the owner only: the outsider's tiny quota is untouched by it
+    assert grants.uploaded_bytes(db, world.owner) == len(b"%PDF-1.4 secret")
+    assert grants.uploaded_bytes(db, world.outsider) == 0
+
+
+# --- sessions ended on the server (issue 15) ---------------------------------------------------------------
+
+
+def test_the_owners_cookie_copied_before_logout_opens_no_route_afterwards(
+    app: Flask, db: Session, world: SimpleNamespace
+) -> None:
+    """A copy of the owner's signed cookie (and a form token from before) is worth no more than no cookie at all
+    once the owner has logged out: every page sends it to the login page and nothing changes."""
+    copy = new_client(app)
+    copy.set_cookie("portal_session", world.owner_client.get_cookie("portal_session").value)
+    csrf = csrf_token(copy, "/account")
+    values = values_for(world)
+    assert post_form(world.owner_client, "/logout").status_code == 302
+    before = snapshot(db, world)
+    for route in ROUTES:
+        if route.api:
+            continue  # the API never took cookies
+        response = call(copy, route, route.url(values), csrf=csrf, values=values)
+        where = f"{route.method} {route.rule}"
+        if route.rule == "/":
+            assert SECRET_TITLE not in response.get_data(as_text=True), where
+        else:
+            assert response.status_code == 302, (where, response.status_code)
+            assert response.headers["Location"].startswith("/login?next="), where
+    assert snapshot(db, world) == before

@@ -11,14 +11,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlmodel import Session, select
 
 from portal.classroom import services as classroom
 from portal.classroom.models import Course, CourseSeat, CourseState
-from portal.compute.hub_client import HubServer
+from portal.compute.hub_client import HubError, HubServer
 from portal.compute.launch import _charge, _stop_reason, launch_notebook, meter_notebooks
+from portal.compute.launch import _close as close_session
 from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused, check_spawn, hub_username
 from portal.config import Settings
@@ -106,6 +108,24 @@ def run_for(db: Session, session: NotebookSession, seconds: int) -> int:
     return _charge(db, session, session.started_at + timedelta(seconds=seconds))
 
 
+@dataclass
+class HubRunning:
+    """The hub as the metering round sees it: these servers are up; stopping one is recorded."""
+
+    servers: list[HubServer]
+    stopped: list[tuple[str, str]] = field(default_factory=list)
+
+    def active_servers(self) -> list[HubServer]:
+        return [s for s in self.servers if (s.user, s.name) not in self.stopped]
+
+    def stop_server(self, user: str, name: str) -> None:
+        self.stopped.append((user, name))
+
+
+def up(session: NotebookSession) -> HubServer:
+    return HubServer(session.hub_user, session.server_name, True, None, session.started_at, "/user/x/")
+
+
 # --- creating a course -------------------------------------------------------------------------------------
 
 
@@ -173,10 +193,12 @@ def test_only_the_projects_pi_or_managers_open_courses_from_its_allocations(
 def test_hours_awarded_through_a_call_fund_the_applicants_course(db: Session, settings: Settings) -> None:
     from portal.grants import services as grants
     from portal.grants.models import ReviewMode
-    from tests.grants_world import complete_draft, make_grant_world
+    from tests.grants_world import complete_draft, login_of, make_grant_world
 
     g = make_grant_world(db, mode=ReviewMode.AUTOMATIC, title="Teaching allocations")
-    grants.submit(db, settings, g.pi, complete_draft(db, g, hours=40))  # a playground call: accepted at once
+    grants.submit(
+        db, settings, g.pi, login_of(g.pi), complete_draft(db, g, hours=40)
+    )  # a playground call: accepted at once
     award = db.exec(select(Allocation).where(Allocation.project_id == g.project.id)).one()
     assert (award.source, award.balance) == (AllocationSource.AWARD, 40 * HOUR)
     assert [o.allocation.id for o in classroom.funding_options(db, g.pi)] == [award.id]
@@ -292,19 +314,32 @@ def test_a_removed_student_cannot_rejoin(db: Session, settings: Settings, room: 
         classroom.join_course(db, student, None, course.join_code)
 
 
-def test_removing_a_student_frees_the_seat_and_covers_a_newcomers_cap_again(
+def test_removing_a_student_frees_the_seat_once_their_notebook_stopped_and_covers_a_newcomers_cap_again(
     db: Session, settings: Settings, room: Classroom
 ) -> None:
     course = open_course(db, settings, room, max_seats=2)  # 10 core-hours each: 20 in the course
     first, first_seat = enrol(db, course, "First")
     enrol(db, course, "Second")
-    run_for(db, spawn_as(db, settings, first, course).session, 1800)  # the first used 1 core-hour
+    session = spawn_as(db, settings, first, course).session
+    run_for(db, session, 1800)  # the first used 1 core-hour so far, and their notebook runs on
     removal = classroom.remove_student(db, room.world.pi, course, first_seat.id)  # type: ignore[arg-type]
-    assert removal.seat_freed and removal.seat.removed_at is not None
-    assert fresh(db, course).seats_taken == 1
-    # the hour the first student used moved again from the teacher's allocation: 10 + 10 are covered
+    assert removal.waiting and not removal.seat_freed and removal.seat.removed_at is not None
+    assert fresh(db, course).seats_taken == 2  # not before the notebook's last minutes are charged
+    with pytest.raises(classroom.CourseFull):
+        enrol(db, course, "Too early")
+    assert classroom.settle_removed_students(db, settings) == 0
+
+    # the next metering round charges the last 15 minutes and stops it; then the seat settles
+    session = fresh(db, session)
+    hub = HubRunning([up(session)])
+    report = meter_notebooks(db, settings, hub, session.started_at + timedelta(seconds=2700))  # type: ignore[arg-type]
+    assert report.charged == {session.id: 1800} and report.stopped == {session.id: classroom.REMOVED}
+    assert classroom.settle_removed_students(db, settings) == 1
+    assert classroom.settle_removed_students(db, settings) == 0
+    assert fresh(db, course).seats_taken == 1 and fresh(db, first_seat).seat_freed
+    # the 1.5 core-hours the first student used moved again from the teacher's allocation: 10 + 10 are covered
     assert db.get(Allocation, course.allocation_id).balance == 20 * HOUR  # type: ignore[union-attr]
-    assert fresh(db, room.parent).balance == 1000 * HOUR - 21 * HOUR
+    assert fresh(db, room.parent).balance == 1000 * HOUR - 20 * HOUR - 5400
     _newcomer, seat = enrol(db, course, "Newcomer")
     assert seat.cap == 10 * HOUR
     with pytest.raises(classroom.CourseFull):
@@ -314,15 +349,27 @@ def test_removing_a_student_frees_the_seat_and_covers_a_newcomers_cap_again(
     assert ledger.balance_mismatches(db) == []
 
 
+def test_a_removed_student_without_running_notebooks_frees_the_seat_at_once(
+    db: Session, settings: Settings, room: Classroom
+) -> None:
+    course = open_course(db, settings, room, max_seats=1)
+    _student, seat = enrol(db, course)
+    removal = classroom.remove_student(db, room.world.pi, course, seat.id)  # type: ignore[arg-type]
+    assert removal.seat_freed and not removal.waiting
+    assert enrol(db, course, "Next")[1].cap == 10 * HOUR
+
+
 def test_a_removed_students_seat_stays_taken_when_the_teachers_allocation_cannot_cover_it(
     db: Session, settings: Settings, room: Classroom
 ) -> None:
     small = open_now(db, room.world.project, room.cpu, 20, days=30)
     course = open_course(db, settings, room, parent_allocation_id=small.id, max_seats=2)  # all 20 core-hours
     student, seat = enrol(db, course)
-    run_for(db, spawn_as(db, settings, student, course).session, 1800)
+    session = spawn_as(db, settings, student, course).session
+    run_for(db, session, 1800)
+    close_session(db, fresh(db, session), utcnow(), "stopped by its owner")  # stopped (and charged) before the removal
     removal = classroom.remove_student(db, room.world.pi, course, seat.id)  # type: ignore[arg-type]
-    assert not removal.seat_freed and fresh(db, seat).removed_at is not None
+    assert not removal.seat_freed and not removal.waiting and fresh(db, seat).removed_at is not None
     assert fresh(db, course).seats_taken == 1 and fresh(db, small).balance == 0
     assert ledger.balance_mismatches(db) == []
 
@@ -442,24 +489,6 @@ def test_the_launcher_lets_a_student_use_the_course_allocation(
 # --- the end of the term -----------------------------------------------------------------------------------
 
 
-@dataclass
-class HubRunning:
-    """The hub as the metering round sees it: these servers are up; stopping one is recorded."""
-
-    servers: list[HubServer]
-    stopped: list[tuple[str, str]] = field(default_factory=list)
-
-    def active_servers(self) -> list[HubServer]:
-        return [s for s in self.servers if (s.user, s.name) not in self.stopped]
-
-    def stop_server(self, user: str, name: str) -> None:
-        self.stopped.append((user, name))
-
-
-def up(session: NotebookSession) -> HubServer:
-    return HubServer(session.hub_user, session.server_name, True, None, session.started_at, "/user/x/")
-
-
 def test_the_end_of_term_returns_unused_hours_once_the_students_notebooks_are_charged_and_stopped(
     db: Session, settings: Settings, room: Classroom
 ) -> None:
@@ -497,24 +526,48 @@ def test_the_end_of_term_returns_unused_hours_once_the_students_notebooks_are_ch
         spawn_as(db, settings, student, course, server="after")
 
 
-def test_a_closed_course_whose_notebooks_the_hub_never_stops_returns_its_hours_after_the_grace(
+@dataclass
+class HubThatCannotStop(HubRunning):
+    """A hub whose servers run on but which fails every stop (an outage of its API, a stuck spawner)."""
+
+    def stop_server(self, user: str, name: str) -> None:
+        raise HubError("the hub did not answer", status=503)
+
+
+def test_a_closed_course_whose_notebook_the_hub_never_stops_keeps_only_its_promise_and_the_hours_add_up(
     db: Session, settings: Settings, room: Classroom
 ) -> None:
-    course = open_course(db, settings, room)
-    student, _seat = enrol(db, course)
-    run_for(db, spawn_as(db, settings, student, course).session, 600)
-    classroom.close_course(db, room.world.pi, course)
-    assert fresh(db, course).returned == 0 and classroom.running_notebooks(db, course) == 1
-    classroom.close_ended_courses(db, settings)
-    assert db.get(Allocation, course.allocation_id).state == AllocationState.ACTIVE  # type: ignore[union-attr]
+    with time_machine.travel(utcnow() + timedelta(minutes=1), tick=False) as clock:
+        course = open_course(db, settings, room)  # 3 seats × 10 core-hours from the teacher's 1000
+        student, _seat = enrol(db, course)
+        session = spawn_as(db, settings, student, course).session  # 1 hour of 2 cores: 7200 promised
+        hub = HubThatCannotStop([HubServer(session.hub_user, session.server_name, True, None, utcnow(), "/u/")])
+        meter_notebooks(db, settings, hub)  # seen running
+        clock.shift(timedelta(seconds=600))
+        meter_notebooks(db, settings, hub)  # 2 cores × 600 s charged
+        classroom.close_course(db, room.world.pi, course)
+        assert fresh(db, course).returned == 0 and classroom.running_notebooks(db, course) == 1
 
-    course = fresh(db, course)
-    course.closed_at = utcnow() - classroom.RETURN_GRACE
-    db.add(course)
-    db.commit()
-    classroom.close_ended_courses(db, settings)
-    assert fresh(db, course).returned == 30 * HOUR - 1200
-    assert fresh(db, room.parent).balance == 1000 * HOUR - 1200
+        clock.shift(classroom.RETURN_GRACE)  # the hub still cannot stop it; the metering goes on charging it
+        meter_notebooks(db, settings, hub)
+        assert classroom.close_ended_courses(db, settings) == 0
+        used = db.get(Allocation, course.allocation_id).used  # type: ignore[union-attr]
+        assert used == 2 * (600 + int(classroom.RETURN_GRACE.total_seconds()))
+        # what the notebook may still be charged stays in the course; the rest is back with the teacher
+        course = fresh(db, course)
+        assert course.returned == 30 * HOUR - 7200
+        assert db.get(Allocation, course.allocation_id).balance == 7200 - used  # type: ignore[union-attr]
+
+        clock.shift(timedelta(hours=1))  # past the notebook's time limit: charged in full, still not stopped
+        meter_notebooks(db, settings, hub)
+        classroom.close_ended_courses(db, settings)
+        share = db.get(Allocation, course.allocation_id)
+        assert share is not None and share.state == AllocationState.EXPIRED and share.balance == 0
+        assert share.used == 7200
+        # the teacher: before = after + what the student used, in this path too
+        assert fresh(db, room.parent).balance == 1000 * HOUR - 7200
+        assert fresh(db, course).returned == 30 * HOUR - 7200
+    assert ledger.balance_mismatches(db) == []
 
 
 def test_hours_of_a_course_outliving_its_parent_expire_instead(

@@ -132,3 +132,26 @@ def test_two_workers_closing_one_ended_course_return_its_hours_once(engine) -> N
         assert closed.state == CourseState.CLOSED and closed.returned == 20 * HOUR
         assert parent.balance == parent_before + 20 * HOUR
         assert ledger.balance_mismatches(db) == []
+
+
+def test_30_concurrent_wrong_codes_of_one_user_are_looked_at_no_more_than_the_limit(engine) -> None:  # type: ignore[no-untyped-def]
+    a_course(engine, seats=1, cap=HOUR)
+    with Session(engine, expire_on_commit=False) as db:
+        guesser = person(db, "Guesser")
+
+    def guess(i: int) -> object:
+        with Session(engine, expire_on_commit=False) as db:
+            return classroom.join_course(db, guesser, None, f"WRONG{i:05d}")
+
+    results = all_at_once(THREADS + 6, guess)
+    looked_at = [r for r in results if isinstance(r, classroom.InvalidInput)]
+    refused = [r for r in results if isinstance(r, classroom.TooManyAttempts)]
+    assert len(looked_at) + len(refused) == THREADS + 6, [r for r in results if not isinstance(r, Exception)]
+    assert 1 <= len(looked_at) <= classroom.MAX_JOIN_FAILURES
+    with Session(engine) as db:
+        count = db.exec(
+            sa.select(sa.func.count())
+            .select_from(classroom.CourseJoinFailure)
+            .where(classroom.CourseJoinFailure.user_id == guesser.id)
+        )
+        assert count.scalar_one() == len(looked_at)  # the wrong codes are recorded, the refusals are not

@@ -34,7 +34,7 @@ SCORES = {"excellence": 5, "impact": 4, "readiness": 3}
 
 def through_review(db, g, application, *, scores=SCORES, second_scores=None):  # type: ignore[no-untyped-def]
     """Submit, pass the administrative check, technical assessment, two scientific reviews."""
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
     operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
     tech = grants.assign_reviewer(db, SETTINGS, g.manager, application, operator, kind=ReviewKind.TECHNICAL)
@@ -80,9 +80,9 @@ def test_every_illegal_step_is_refused_with_a_named_error(db):
     ):
         with pytest.raises(grants.IllegalTransition):
             step()
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     with pytest.raises(grants.IllegalTransition):
-        grants.submit(db, SETTINGS, g.pi, application)
+        grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     with pytest.raises(grants.IllegalTransition):
         grants.save_draft(db, g.pi, application, title="Changed after submission")
     grants.withdraw(db, SETTINGS, g.pi, application)
@@ -111,7 +111,7 @@ def test_submitting_freezes_a_version_and_validates_first(db):
     g = make_grant_world(db)
     application = grants.start_application(db, g.pi, login_of(g.pi), call=g.call, project=g.project, title="T")
     with pytest.raises(InvalidInput) as refused:
-        grants.submit(db, SETTINGS, g.pi, application)
+        grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     assert set(refused.value.errors) == {"abstract", "answers.software", "answers.nodes", "requests"}
     assert application.state == S.DRAFT
     grants.save_draft(
@@ -123,10 +123,10 @@ def test_submitting_freezes_a_version_and_validates_first(db):
         requests=[grants.RequestInput(g.ledger.gpu.id, 500 * HOUR, "too much")],
     )
     with pytest.raises(InvalidInput, match="not complete") as too_big:
-        grants.submit(db, SETTINGS, g.pi, application)
+        grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     assert "between 1.0 GPU-hours and 400.0 GPU-hours" in too_big.value.errors["requests"]
     grants.save_draft(db, g.pi, application, requests=[grants.RequestInput(g.ledger.gpu.id, 100 * HOUR, "ok")])
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     (version,) = db.exec(select(ApplicationVersion).where(ApplicationVersion.application_id == application.id))
     assert version.content["answers"] == {"software": "JAX", "nodes": 4}
     assert version.content["requests"][0]["requested"] == 100 * HOUR
@@ -156,7 +156,7 @@ def test_only_an_affiliated_or_substantially_identified_pi_may_apply(db):
         db, g.pi, login_of(g.pi, level=AssuranceLevel.LOW, affiliation=True), call=g.call, project=g.project, title="T"
     )
     member = person(db, "Member")
-    _inv, link = projects.invite_member(db, SETTINGS, g.pi, g.project, email="m@example.eu", role="manager")
+    _inv, link = projects.invite_member(db, SETTINGS, g.pi, g.project, email=member.email or "", role="manager")
     projects.accept_invitation(db, member, link.rsplit("/", 1)[1])
     with pytest.raises(NotAuthorised, match="PI"):
         grants.start_application(db, member, login_of(member), call=g.call, project=g.project, title="T")
@@ -169,7 +169,7 @@ def test_only_an_affiliated_or_substantially_identified_pi_may_apply(db):
 def test_ineligible_organisations_fail_the_administrative_check(db, kinds, countries, reason):
     g = make_grant_world(db, kinds=kinds, countries=countries)
     application = complete_draft(db, g)
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     with pytest.raises(grants.NotEligible, match=reason):
         grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
     grants.administrative_check(db, SETTINGS, g.manager, application, passed=False, reason="Not eligible.")
@@ -179,7 +179,7 @@ def test_ineligible_organisations_fail_the_administrative_check(db, kinds, count
 def test_playground_applications_are_decided_at_once(db):
     g = make_grant_world(db, mode=ReviewMode.AUTOMATIC)
     application = complete_draft(db, g, hours=20)
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     db.refresh(application)
     assert application.state == S.ACCEPTED
     assert db.exec(select(Allocation).where(Allocation.project_id == g.project.id)).one().balance == 20 * HOUR
@@ -188,7 +188,7 @@ def test_playground_applications_are_decided_at_once(db):
 def test_an_ineligible_playground_application_is_rejected_with_the_reason(db):
     g = make_grant_world(db, mode=ReviewMode.AUTOMATIC, kinds=["public_body"])
     application = complete_draft(db, g, hours=20)
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     db.refresh(application)
     assert application.state == S.REJECTED
     assert "this call is for public body" in application.decision_reason
@@ -197,7 +197,7 @@ def test_an_ineligible_playground_application_is_rejected_with_the_reason(db):
 def test_fast_lane_goes_from_technical_assessment_to_the_decision(db):
     g = make_grant_world(db, mode=ReviewMode.TECHNICAL)
     application = complete_draft(db, g)
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
     with pytest.raises(grants.IllegalTransition, match="technical assessment must be submitted"):
         grants.complete_technical_assessment(db, SETTINGS, g.manager, application)
@@ -212,7 +212,7 @@ def test_fast_lane_goes_from_technical_assessment_to_the_decision(db):
 def test_peer_review_needs_two_reviews_before_the_reply(db):
     g = make_grant_world(db)
     application = complete_draft(db, g)
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
     operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
     tech = grants.assign_reviewer(db, SETTINGS, g.manager, application, operator, kind=ReviewKind.TECHNICAL)
@@ -232,7 +232,7 @@ def test_reviewers_from_the_applying_organisation_are_refused(db):
     colleague = staff(db, FactoryRole.REVIEWER, "Colleague")
     org = projects.get_organisation(db, g.pi, g.project.organisation_id)
     other = projects.create_project(db, g.pi, org, title="Other project of the same university")
-    _inv, link = projects.invite_member(db, SETTINGS, g.pi, other, email="c@example.eu", role="member")
+    _inv, link = projects.invite_member(db, SETTINGS, g.pi, other, email=colleague.email or "", role="member")
     projects.accept_invitation(db, colleague, link.rsplit("/", 1)[1])
     with pytest.raises(grants.ConflictOfInterest, match="works in a project of the applying organisation"):
         grants.assign_reviewer(db, SETTINGS, g.manager, application, colleague, kind=ReviewKind.SCIENTIFIC)
@@ -381,7 +381,7 @@ def test_reviewers_are_reminded_once_a_day_when_a_review_is_due_or_late(db, make
     settings = make_settings(mail_backend="smtp", smtp_port=mailbox.port)
     g = make_grant_world(db)
     application = complete_draft(db, g)
-    grants.submit(db, SETTINGS, g.pi, application)
+    grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
     operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
     grants.assign_reviewer(

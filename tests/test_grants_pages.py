@@ -122,7 +122,7 @@ def draft(db: Session, g: SimpleNamespace, *, hours: int = 200, title: str = "Sp
 
 def submitted(db: Session, g: SimpleNamespace, **kwargs: Any) -> Application:
     application = draft(db, g, **kwargs)
-    grants.submit(db, g.settings, g.pi, application)
+    grants.submit(db, g.settings, g.pi, login_of(g.pi), application)
     return application
 
 
@@ -526,14 +526,16 @@ def test_the_review_pipeline_through_the_pages(g, db):  # type: ignore[no-untype
     )
     assert declared.status_code == 302
     assert fresh(db, Review, sci[third.id].id).state == ReviewState.CONFLICT  # type: ignore[union-attr]
-    # ... and can no longer review
+    # ... and can no longer review, nor read the application
     late = post_form(
         third_client,
         f"/reviews/{sci[third.id].id}",
         {"score_0": "5", "score_1": "5", "score_2": "5", "comment_to_applicant": "x"},
     )
-    assert late.status_code == 409
-    assert "This review is already submitted or declined." in text(late)
+    assert late.status_code == 404
+    assert third_client.get(f"/reviews/{sci[third.id].id}").status_code == 404
+    assert third_client.get(a).status_code == 404
+    assert "declined: conflict of interest" in text(third_client.get("/reviews"))
 
     # too few reviews for the reply
     assert post_form(m, f"{a}/request-reply").status_code == 409
@@ -901,7 +903,7 @@ def test_an_admin_creates_a_call_and_its_manager_opens_it(g, db, login):  # type
     assert no_budget.status_code == 422 and "Give at least one resource a budget." in text(no_budget)
     stranger = create(manager_email="nobody@example.eu")
     assert stranger.status_code == 422 and "No user with the e-mail address nobody@example.eu" in text(stranger)
-    dates = create(closes_on=date.today().isoformat())
+    dates = create(closes_on=(date.today() - timedelta(days=1)).isoformat())  # closing on the opening day is fine
     assert dates.status_code == 422 and "The call must close after it opens." in text(dates)
     assert db.exec(select(Call).where(Call.title == "Spring Fast Lane")).first() is None
 
@@ -909,6 +911,9 @@ def test_an_admin_creates_a_call_and_its_manager_opens_it(g, db, login):  # type
     assert created.status_code == 302
     call = db.exec(select(Call).where(Call.title == "Spring Fast Lane")).one()
     assert created.headers["Location"] == f"/calls/{call.id}/manage"
+    # "Closes on D" means the end of D in the call's time zone, and the pages say so
+    assert call.closes_at == grants.end_of_day(date.today() + timedelta(days=90))
+    assert call.opens_at == grants.start_of_day(date.today())
     assert (call.state, call.manager_id, call.eligible_countries) == (CallState.DRAFT, g.manager.id, ["PL", "LT"])
     assert (call.max_request, call.cutoff_every_days, call.eligible_kinds) == (50_000 * HOUR, 14, ["university", "sme"])
     budget = db.exec(select(CallBudget).where(CallBudget.call_id == call.id)).one()
@@ -960,7 +965,7 @@ def test_the_standing_calls_are_created_once_and_open_for_a_year(db):  # type: i
     assert {c.id for c in grants.open_calls(db, now)} == {c.id for c in first}
     assert all(c.closes_at >= now + timedelta(days=364) for c in first)
     cutoff = grants.next_cutoff(fast, now)
-    assert cutoff == date.today() + timedelta(days=14)
+    assert cutoff == grants.local_day(now) + timedelta(days=14)
     assert grants.decision_due(fast, cutoff) == cutoff + timedelta(days=14)  # ten working days: two weeks
     budgets = db.exec(select(CallBudget).where(CallBudget.call_id == fast.id)).all()
     assert [(b.resource_id, b.budget) for b in budgets] == [(world.gpu.id, 1_000_000 * HOUR)]

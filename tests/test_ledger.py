@@ -191,7 +191,7 @@ def test_only_the_pi_or_a_manager_moves_hours(db, world):
         ledger.transfer(db, world.other_pi, from_id=a.id, to_id=b.id, amount=HOUR)
     member = person(db, "Member")
     _inv, link = projects.invite_member(
-        db, _mail_settings(), world.pi, world.project, email="m@example.eu", role="member"
+        db, _mail_settings(), world.pi, world.project, email=member.email or "", role="member"
     )
     projects.accept_invitation(db, member, link.rsplit("/", 1)[1])
     with pytest.raises(NotAuthorised):

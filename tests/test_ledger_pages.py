@@ -148,7 +148,7 @@ def test_a_plain_member_sees_allocations_but_cannot_move_hours(app, pi_world, db
     _world, project, first, _second, pi = pi_world
     member_client = app.test_client()
     member = login(member_client)
-    _inv, link = projects.invite_member(db, settings, pi, project, email="m@example.eu", role="member")
+    _inv, link = projects.invite_member(db, settings, pi, project, email=member.email or "", role="member")
     projects.accept_invitation(db, member, link.rsplit("/", 1)[1])
     assert member_client.get(f"/projects/{project.id}/allocations/{first.id}").status_code == 200
     response = post_form(

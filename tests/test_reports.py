@@ -34,7 +34,7 @@ from portal.reports import services as reports
 from portal.reports.jobs import check_report_rollups
 from portal.reports.models import UsageMonth
 from tests.conftest import portal_cli
-from tests.grants_world import complete_draft, make_grant_world, staff
+from tests.grants_world import complete_draft, login_of, make_grant_world, staff
 from tests.ledger_world import HOUR, person
 
 Q1 = (date(2030, 1, 1), date(2030, 4, 1))
@@ -484,13 +484,19 @@ def test_the_applications_funnel_counts_each_calls_applications_by_stage(app, db
         return complete_draft(db, g)
 
     draft = application("Drafting")
-    submitted = grants.submit(db, settings, g.pi, application("Waiting"))
-    withdrawn = grants.withdraw(db, settings, g.pi, grants.submit(db, settings, g.pi, application("Changed mind")))
+    submitted = grants.submit(db, settings, g.pi, login_of(g.pi), application("Waiting"))
+    withdrawn = grants.withdraw(
+        db, settings, g.pi, grants.submit(db, settings, g.pi, login_of(g.pi), application("Changed mind"))
+    )
     rejected = grants.administrative_check(
-        db, settings, manager, grants.submit(db, settings, g.pi, application("Ineligible")), passed=False
+        db,
+        settings,
+        manager,
+        grants.submit(db, settings, g.pi, login_of(g.pi), application("Ineligible")),
+        passed=False,
     )
     checked = grants.administrative_check(
-        db, settings, manager, grants.submit(db, settings, g.pi, application("Checked")), passed=True
+        db, settings, manager, grants.submit(db, settings, g.pi, login_of(g.pi), application("Checked")), passed=True
     )
     states = [a.state for a in (draft, submitted, withdrawn, rejected, checked)]
     assert [str(s) for s in states] == ["draft", "submitted", "withdrawn", "rejected", "technical_assessment"]

@@ -88,13 +88,22 @@ class CourseSeat(SQLModel, table=True):
     joined_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     #: When the teacher removed the student (who then cannot start or rejoin).
     removed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: When the removal settled: once none of the student's notebooks can be charged any more (stopped, or
+    #: charged to their time limit), so that their last charges land before their seat is given away.
+    settled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: Whether the settled removal freed the seat for another student (the hours the student used moved
+    #: again from the teacher's allocation); false when the course had closed or the teacher's allocation
+    #: could not cover them.
+    seat_freed: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     #: When a charge first took ``used`` to the cap; the teacher is told once.
     capped_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     cap_notified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class CourseJoinFailure(SQLModel, table=True):
-    """A join attempt with a wrong code; too many in a short time and the user must wait."""
+    """A join attempt with a wrong code; too many in a short time and the user must wait. The row is written
+    (and committed) before the code is looked at and removed when the code was right, so that concurrent
+    attempts count each other: no more than the limit are ever looked at."""
 
     __tablename__ = "course_join_failures"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -35,7 +36,15 @@ from portal.errors import Conflict, DomainError, InvalidInput, NotAuthorised, No
 from portal.formatting import csv_safe, display_amount, quantity
 from portal.identity.models import Login, User
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, AllocationSource, AllocationState, LedgerEntry, Resource, ResourceKind
+from portal.ledger.models import (
+    Allocation,
+    AllocationSource,
+    AllocationState,
+    EntryKind,
+    LedgerEntry,
+    Resource,
+    ResourceKind,
+)
 from portal.notifications.services import notify
 from portal.projects.models import Project, ProjectMembership, ProjectRole
 
@@ -375,32 +384,49 @@ def _affiliated(login: Login | None, required: str) -> bool:
     return any(v == wanted or ("@" not in wanted and v.split("@", 1)[0] == wanted) for v in values)
 
 
+def _in_teachers_project(db: Session, user_id: int | None, course: Course) -> bool:
+    """Members of the teacher's project compute on its own allocations, never on the students' hours."""
+    member = select(ProjectMembership.id).where(
+        ProjectMembership.project_id == course.project_id, ProjectMembership.user_id == user_id
+    )
+    return db.exec(member).first() is not None
+
+
 def _entitled(login: Login | None, required: str) -> bool:
     return login is not None and required in [str(v) for v in login.attributes.get("entitlement") or []]
 
 
-def _check_attempts(db: Session, actor: User, now: datetime) -> None:
+def _claim_attempt(db: Session, actor: User, now: datetime) -> CourseJoinFailure:
+    """Record this attempt before the code is looked at, then count: of concurrent attempts, each sees at
+    least those committed before it, so no more than ``MAX_JOIN_FAILURES`` are ever looked at. A refused
+    attempt is not kept (the wait runs from the wrong codes, not from the refusals)."""
+    attempt = CourseJoinFailure(user_id=actor.id, attempted_at=now)  # type: ignore[arg-type]
+    db.add(attempt)
+    db.commit()
     recent = db.exec(
         select(func.count()).where(
             CourseJoinFailure.user_id == actor.id, col(CourseJoinFailure.attempted_at) > now - JOIN_FAILURE_WINDOW
         )
     ).one()
-    if int(recent) >= MAX_JOIN_FAILURES:
+    if int(recent) > MAX_JOIN_FAILURES:
+        db.delete(attempt)
+        db.commit()
         minutes = int(JOIN_FAILURE_WINDOW.total_seconds() // 60)
         raise TooManyAttempts(f"Too many wrong codes. Wait {minutes} minutes and try again.")
+    return attempt
 
 
 def find_course_by_code(db: Session, actor: User, code: str, *, now: datetime | None = None) -> Course:
-    """The course with this join code; a wrong code is recorded (and too many of them refused)."""
+    """The course with this join code; a wrong code is recorded (and too many of them refused, atomically)."""
     now = now or utcnow()
-    _check_attempts(db, actor, now)
+    attempt = _claim_attempt(db, actor, now)
     code = normalise_code(code)
     course = db.exec(select(Course).where(Course.join_code == code)).first() if code else None
     if course is None:
-        db.add(CourseJoinFailure(user_id=actor.id, attempted_at=now))  # type: ignore[arg-type]
-        db.commit()
         message = "No course has this code. Check it with your teacher."
         raise InvalidInput(message, errors={"code": message})
+    db.delete(attempt)  # the right code: no failure
+    db.commit()
     return course
 
 
@@ -415,6 +441,11 @@ def join_course(db: Session, actor: User, login: Login | None, code: str, *, now
         return existing
     if course.teacher_id == actor.id:
         raise InvalidInput("You teach this course; students join it with the code.", errors={"code": "Yours."})
+    if _in_teachers_project(db, actor.id, course):
+        raise NotEligibleForCourse(
+            f"You are a member of the project that funds “{course.title}”: its hours are the students'. "
+            "Compute on your project's own allocations instead."
+        )
     if course.state != CourseState.OPEN or now >= course.ends_at:
         raise CourseClosed(f"The course “{course.title}” is closed; joining it is no longer possible.")
     if course.required_affiliation and not _affiliated(login, course.required_affiliation):
@@ -447,6 +478,84 @@ def join_course(db: Session, actor: User, login: Login | None, code: str, *, now
             raise
         return again
     return seat
+
+
+# --- hours promised to running notebooks ------------------------------------------------------------------
+
+
+def hours_promised(
+    db: Session,
+    *,
+    allocation_id: int | None = None,
+    seat_id: int | None = None,
+    replacing: tuple[str, str] | None = None,
+) -> int:
+    """Base units that notebooks not yet stopped may still be charged (each up to the hours it was started
+    for), on an allocation or of one student's seat; ``replacing`` (hub user, server name) leaves out the
+    server being spawned again, whose earlier record the next metering round closes."""
+    units = sa.case((col(NotebookSession.gpus) > 0, col(NotebookSession.gpus)), else_=col(NotebookSession.cpus))
+    left = sa.case(
+        (
+            col(NotebookSession.max_seconds) > col(NotebookSession.charged_seconds),
+            col(NotebookSession.max_seconds) - col(NotebookSession.charged_seconds),
+        ),
+        else_=0,
+    )
+    stmt = select(func.coalesce(func.sum(left * units), 0)).where(col(NotebookSession.stopped_at).is_(None))
+    if allocation_id is not None:
+        stmt = stmt.where(NotebookSession.allocation_id == allocation_id)
+    if seat_id is not None:
+        stmt = stmt.where(NotebookSession.course_seat_id == seat_id)
+    if replacing is not None:
+        stmt = stmt.where(
+            sa.not_(sa.and_(NotebookSession.hub_user == replacing[0], NotebookSession.server_name == replacing[1]))
+        )
+    return int(db.exec(stmt).one())
+
+
+def course_hours_promised(db: Session, course: Course, *, replacing: tuple[str, str] | None = None) -> int:
+    """What the course's running notebooks (all students') may still be charged."""
+    return hours_promised(db, allocation_id=course.allocation_id, replacing=replacing)
+
+
+def course_spawn_refusal(
+    db: Session,
+    course: Course,
+    seat: CourseSeat,
+    amount: int,
+    *,
+    per_second: int,
+    kind: ResourceKind,
+    replacing: tuple[str, str] | None = None,
+) -> str | None:
+    """Why a student may not start a notebook that may be charged ``amount`` (``per_second`` base units a
+    second) on the course, beyond their own cap, or None: a member of the teacher's project computes on the
+    project's own allocations; and ``amount`` must fit what the course allocation holds after every running
+    notebook's promise, whoever started it. The course allocation's row stays locked until the caller
+    commits the new notebook, so two spawns cannot both be promised the same hours."""
+    if _in_teachers_project(db, seat.user_id, course):
+        return (
+            f"You are a member of the project that funds “{course.title}”: its hours are the students'. "
+            "Compute on your project's own allocations instead."
+        )
+    allocation = db.exec(
+        select(Allocation)
+        .where(Allocation.id == course.allocation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    left = allocation.balance - course_hours_promised(db, course, replacing=replacing)
+    if amount <= left:
+        return None
+    if left < per_second:
+        return (
+            f"The course “{course.title}” has no hours left for another notebook now (counting the notebooks "
+            "running). Ask your teacher."
+        )
+    return (
+        f"The course “{course.title}” has {quantity(left, kind)} left for notebooks (counting the notebooks "
+        f"running): ask for at most {math.floor(left / per_second / 36) / 100:g} hours."
+    )
 
 
 # --- the teacher's changes -------------------------------------------------------------------------------
@@ -508,32 +617,55 @@ class Removal:
     seat: CourseSeat
     #: Whether the seat went back to the course for another student to take.
     seat_freed: bool
+    #: Whether the removal waits for the student's running notebooks (stopped at the next metering round)
+    #: before it settles.
+    waiting: bool = False
 
 
 def remove_student(db: Session, actor: User, course: Course, seat_id: int, *, now: datetime | None = None) -> Removal:
-    """The student can no longer start notebooks (running ones stop at the next metering round), and, while
-    the course is open, their seat is free for another student. A newcomer's cap must be covered, so the hours
-    the removed student used of it move again from the teacher's allocation; where they cannot (no hours
-    left there, or the teacher no longer manages it), the student is removed but the seat stays taken."""
+    """The student can no longer start notebooks; running ones stop at the next metering round, which charges
+    them first. The removal then settles (``settle_removal``, at once when nothing runs, otherwise by the
+    worker once nothing more can be charged): while the course is open the seat is freed for another student,
+    and the hours the removed student used of it move again from the teacher's allocation so that a
+    newcomer's cap is covered. Where they cannot (no hours left there, or the teacher no longer manages it),
+    the student is removed but the seat stays taken."""
     require(db, actor, Action.MANAGE_COURSE, course)
     seat = _seat_in(db, course, seat_id)
     if seat.removed_at is not None:
         return Removal(seat, seat_freed=False)
+    now = now or utcnow()
+    seats = CourseSeat.__table__  # type: ignore[attr-defined]
+    db.execute(sa.update(seats).where(seats.c.id == seat.id, seats.c.removed_at.is_(None)).values(removed_at=now))
+    db.commit()
+    freed = settle_removal(db, course, seat.id, teacher=actor, now=now)  # type: ignore[arg-type]
+    db.refresh(seat)
+    db.refresh(course)
+    return Removal(seat, seat_freed=freed, waiting=seat.settled_at is None)
+
+
+def settle_removal(db: Session, course: Course, seat_id: int, *, teacher: User, now: datetime) -> bool:
+    """Settle a removed student's seat once none of their notebooks can be charged any more (their last
+    charges have landed on the seat): claimed by a conditional UPDATE, so it happens once. True if the
+    seat was freed for another student."""
+    if hours_promised(db, seat_id=seat_id):
+        db.rollback()
+        return False
     seats, courses = CourseSeat.__table__, Course.__table__  # type: ignore[attr-defined]
-    freed = False
     db.rollback()
+    freed = False
     with ledger.unit_of_work(db):
         claimed = db.execute(
             sa.update(seats)
-            .where(seats.c.id == seat.id, seats.c.removed_at.is_(None))
-            .values(removed_at=now or utcnow())
+            .where(seats.c.id == seat_id, seats.c.removed_at.is_not(None), seats.c.settled_at.is_(None))
+            .values(settled_at=now)
         )
-        if claimed.rowcount == 1 and course.state == CourseState.OPEN:
-            db.refresh(seat)
-            missing = course.student_cap - max(0, seat.cap - seat.used)
+        state = db.execute(sa.select(courses.c.state).where(courses.c.id == course.id)).scalar_one()
+        if claimed.rowcount == 1 and state == CourseState.OPEN:
+            cap, used = db.execute(sa.select(seats.c.cap, seats.c.used).where(seats.c.id == seat_id)).one()
+            missing = course.student_cap - max(0, cap - used)
             try:
                 if missing > 0:
-                    _fund_more(db, actor, course, missing, f"a seat of “{course.title}” freed for another student")
+                    _fund_more(db, teacher, course, missing, f"a seat of “{course.title}” freed for another student")
             except (ledger.InsufficientBalance, ledger.AllocationClosed, NotAuthorised):
                 pass
             else:
@@ -542,10 +674,26 @@ def remove_student(db: Session, actor: User, course: Course, seat_id: int, *, no
                     .where(courses.c.id == course.id, courses.c.seats_taken > 0)
                     .values(seats_taken=courses.c.seats_taken - 1)
                 )
+                db.execute(sa.update(seats).where(seats.c.id == seat_id).values(seat_freed=True))
                 freed = True
-    db.refresh(seat)
-    db.refresh(course)
-    return Removal(seat, seat_freed=freed)
+    return freed
+
+
+def settle_removed_students(db: Session, _settings: Settings) -> int:
+    """``portal worker``'s job: settle the removals that waited for the students' notebooks (see
+    ``remove_student``); safe with several workers. Returns the number of seats freed."""
+    now = utcnow()
+    waiting = db.exec(
+        select(CourseSeat.id, Course)
+        .join(Course, Course.id == CourseSeat.course_id)  # type: ignore[arg-type]
+        .where(col(CourseSeat.removed_at).is_not(None), col(CourseSeat.settled_at).is_(None))
+    ).all()
+    freed = 0
+    for seat_id, course in waiting:
+        teacher = db.get(User, course.teacher_id)
+        if teacher is not None and settle_removal(db, course, seat_id, teacher=teacher, now=now):
+            freed += 1
+    return freed
 
 
 def close_course(db: Session, actor: User | None, course: Course, *, now: datetime | None = None) -> Course:
@@ -581,23 +729,31 @@ def running_notebooks(db: Session, course: Course) -> int:
 
 
 def return_unused_hours(db: Session, course: Course, *, now: datetime, force: bool = False) -> bool:
-    """Give a closed course's unused hours back to the teacher's allocation, once its notebooks have stopped
-    (``force``: regardless, when the hub has not let them stop for ``RETURN_GRACE``). True once returned."""
+    """Give a closed course's unused hours back to the teacher's allocation once nothing more can be charged
+    to it (its notebooks stopped, or charged to their time limits). ``force`` (the hub has not let them stop
+    for ``RETURN_GRACE``): what is not promised to those notebooks goes back now, the rest when they stop.
+    A closing balance below zero is settled from the teacher's allocation (``ledger.return_course_hours``):
+    what left the teacher's allocation is always what the students used plus what came back. True once the
+    course allocation is closed."""
     if course.state != CourseState.CLOSED:
         return False
-    if not force and running_notebooks(db, course):
+    keep = course_hours_promised(db, course)
+    if keep and not force:
+        db.rollback()
         return False
     course_allocation_id, parent_id = course.allocation_id, course.parent_allocation_id
     db.rollback()
-    ledger.return_course_hours(db, course_allocation_id, parent_id, now=now)
+    ledger.return_course_hours(db, course_allocation_id, parent_id, now=now, keep=keep)
     returned = db.exec(
-        select(LedgerEntry.amount).where(LedgerEntry.idempotency_key == f"course-return:{course_allocation_id}:in")
-    ).first()
+        select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+            LedgerEntry.allocation_id == course_allocation_id, LedgerEntry.kind == EntryKind.TRANSFER_OUT
+        )
+    ).one()
     table = Course.__table__  # type: ignore[attr-defined]
-    db.execute(sa.update(table).where(table.c.id == course.id).values(returned=int(returned or 0)))
+    db.execute(sa.update(table).where(table.c.id == course.id).values(returned=-int(returned)))
     db.commit()
     db.refresh(course)
-    return True
+    return not keep
 
 
 # --- metering: seats' use, stops and the teacher's notices --------------------------------------------------

@@ -267,7 +267,13 @@ def remove(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
         abort(400)
     removal = classroom.remove_student(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE), seat_id)
     if removal.seat_freed:
-        flash("The student is removed and their seat is free; their running notebooks stop within a minute.", "success")
+        flash("The student is removed and their seat is free.", "success")
+    elif removal.waiting:
+        flash(
+            "The student is removed; their running notebooks stop within a minute. Their seat is freed once "
+            "those notebooks have stopped and their last minutes are charged.",
+            "info",
+        )
     else:
         flash(
             "The student is removed; their running notebooks stop within a minute. Their seat stays taken: "

@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from portal.classroom.models import Course, CourseSeat, CourseState
-from portal.classroom.services import student_seat
+from portal.classroom.services import course_spawn_refusal, student_seat
 from portal.compute.models import NotebookSession
 from portal.config import NotebookProfile, Settings, SlurmClusterConfig
 from portal.db import find, utcnow
@@ -462,6 +462,19 @@ def _check_course_spawn(
             f"Your course cap leaves you {quantity(left, resource.kind)}: "
             f"ask for at most {math.floor(left / per_second / 36) / 100:g} hours."
         )
+    # The course's own hours too: what its allocation holds after every running notebook's promise (the course
+    # allocation's row stays locked until this session is recorded); never a member of the teacher's project.
+    refusal = course_spawn_refusal(
+        db,
+        course,
+        seat,
+        amount,
+        per_second=profile.gpus or profile.cpus,
+        kind=resource.kind,
+        replacing=(hub_user, server_name),
+    )
+    if refusal is not None:
+        raise SpawnRefused(refusal)
 
 
 #: The most Dask Gateway workers one notebook's cluster may have.

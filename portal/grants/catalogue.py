@@ -11,7 +11,7 @@ installation and the demo.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, select
@@ -157,8 +157,8 @@ def ensure_default_calls(
     if not resources:
         raise ValueError("The standing calls need at least one resource to award.")
     now = now or utcnow()
-    today = now.date()
-    opens_at = datetime.combine(today, time.min, tzinfo=UTC)
+    today = grants.local_day(now)
+    opens_at = grants.start_of_day(today)
     calls = []
     for planned in CALLS:
         existing = db.exec(select(Call).where(Call.title == planned.title)).first()
@@ -179,7 +179,7 @@ def ensure_default_calls(
             max_request=planned.max_hours * per_hour,
             duration_months=planned.duration_months,
             opens_at=opens_at,
-            closes_at=opens_at + timedelta(days=365),
+            closes_at=grants.end_of_day(today + timedelta(days=365)),
             first_cutoff=today + timedelta(days=planned.first_cutoff_in_days),
             cutoff_every_days=planned.cutoff_every_days,
             decision_within_working_days=planned.decision_within_working_days,

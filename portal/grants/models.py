@@ -240,3 +240,5 @@ class ApplicationFile(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     content: bytes = Field(sa_type=sa.LargeBinary)
     uploaded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    #: Who uploaded it: their files count against their upload quota (``PORTAL_UPLOAD_QUOTA_BYTES``).
+    uploaded_by_id: int | None = Field(default=None, foreign_key="users.id", index=True)

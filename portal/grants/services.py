@@ -11,13 +11,15 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
+from werkzeug.utils import secure_filename
 
 from portal.audit import services as audit
 from portal.audit.models import AuditAction
-from portal.authz import Action, allowed, factory_roles, organisation_role, require
+from portal.authz import Action, allowed, factory_roles, login_reaches, organisation_role, project_role, require
 from portal.config import AssuranceLevel, Settings
 from portal.db import utcnow
 from portal.errors import Conflict, InvalidInput, NotAuthorised, NotFound
@@ -233,20 +235,53 @@ def get_call(db: Session, call_id: int) -> Call:
     return call
 
 
+# Dates of calls are days in the call's time zone, as people say them: a call "opens on D" at the start of D
+# and "closes on D" at the end of D; a cut-off D takes what is submitted until the end of D. The time zone is
+# the factory's (Europe/Warsaw), stated wherever such a day is shown.
+CALL_TIME_ZONE = ZoneInfo("Europe/Warsaw")
+
+
+def start_of_day(day: date) -> datetime:
+    """00:00 of ``day`` in the call's time zone, as a UTC moment."""
+    return datetime.combine(day, time.min, tzinfo=CALL_TIME_ZONE).astimezone(UTC)
+
+
+def end_of_day(day: date) -> datetime:
+    """The end of ``day`` in the call's time zone (the next day's 00:00 there), as a UTC moment."""
+    return start_of_day(day + timedelta(days=1))
+
+
+def local_day(moment: datetime) -> date:
+    return moment.astimezone(CALL_TIME_ZONE).date()
+
+
+def closing_day(call: Call) -> date:
+    """The last day the call takes submissions (it closes at that day's end, in the call's time zone)."""
+    return local_day(call.closes_at - timedelta(microseconds=1))
+
+
+def accepting(call: Call, now: datetime) -> bool:
+    """Open, between its opening and closing, and (unless decided at submission) with a cut-off still to come:
+    a call whose last cut-off has passed takes no more applications, whatever its closing day."""
+    if call.state != CallState.OPEN or not call.opens_at <= now < call.closes_at:
+        return False
+    return call.review_mode == ReviewMode.AUTOMATIC or next_cutoff(call, now) is not None
+
+
 def open_calls(db: Session, now: datetime | None = None) -> list[Call]:
     now = now or utcnow()
-    return list(
-        db.exec(
-            select(Call)
-            .where(Call.state == CallState.OPEN, col(Call.opens_at) <= now, col(Call.closes_at) > now)
-            .order_by(Call.closes_at)
-        )
+    candidates = db.exec(
+        select(Call)
+        .where(Call.state == CallState.OPEN, col(Call.opens_at) <= now, col(Call.closes_at) > now)
+        .order_by(Call.closes_at)
     )
+    return [call for call in candidates if accepting(call, now)]
 
 
 def next_cutoff(call: Call, after: datetime) -> date | None:
-    """The first cut-off on or after ``after``'s day; None when the call has no more."""
-    day = after.date()
+    """The first cut-off whose day has not ended by ``after`` (in the call's time zone), on or before the
+    closing day; None when the call has no more."""
+    day = local_day(after)
     cutoff = call.first_cutoff
     if call.cutoff_every_days:
         if cutoff < day:
@@ -254,7 +289,7 @@ def next_cutoff(call: Call, after: datetime) -> date | None:
             cutoff = cutoff + timedelta(days=periods * call.cutoff_every_days)
     elif cutoff < day:
         return None
-    return cutoff if cutoff <= call.closes_at.date() else None
+    return cutoff if cutoff <= closing_day(call) else None
 
 
 def decision_due(call: Call, cutoff: date) -> date | None:
@@ -283,13 +318,32 @@ def budgets_of(db: Session, call: Call) -> list[tuple[CallBudget, Resource]]:
 # --- applying -------------------------------------------------------------------------------------------
 
 
+def _not_accepting(call: Call, now: datetime) -> str:
+    if call.state == CallState.OPEN and call.opens_at <= now < call.closes_at:
+        return "The call's last cut-off has passed; it takes no more applications."
+    if call.state == CallState.OPEN and now < call.opens_at:
+        return f"This call opens on {local_day(call.opens_at)} ({CALL_TIME_ZONE.key})."
+    return "This call is closed."
+
+
 def may_lead_applications(login: Login | None) -> bool:
-    """A PI applies with an academic affiliation from the login, or with eIDAS 'substantial' or higher."""
+    """A PI applies with an academic affiliation from the login, or with eIDAS 'substantial' or higher.
+
+    Asked of the login that performs each step (starting and submitting), never of an earlier one."""
     if login is None:
         return False
     if login.attributes.get("external_affiliation"):
         return True
-    return AssuranceLevel(login.level) >= AssuranceLevel.SUBSTANTIAL
+    return login_reaches(login, AssuranceLevel.SUBSTANTIAL)
+
+
+def _require_lead(login: Login | None, step: str) -> None:
+    if not may_lead_applications(login):
+        raise NotEligible(
+            f"To {step} as PI, log in with your institution (academic federation) or with eIDAS at level "
+            "substantial or higher"
+            + (f"; this login is at level {login.level} without an academic affiliation." if login else ".")
+        )
 
 
 def _require_pi(db: Session, actor: User, project: Project) -> None:
@@ -307,14 +361,10 @@ def start_application(
     db: Session, actor: User, login: Login | None, *, call: Call, project: Project, title: str
 ) -> Application:
     _require_pi(db, actor, project)
-    if not may_lead_applications(login):
-        raise NotEligible(
-            "To apply as PI, log in with your institution (academic federation) or with eIDAS at level "
-            "substantial or higher."
-        )
+    _require_lead(login, "apply")
     now = utcnow()
-    if call.state != CallState.OPEN or not call.opens_at <= now < call.closes_at:
-        raise NotEligible("This call is not open for applications.")
+    if not accepting(call, now):
+        raise NotEligible(_not_accepting(call, now))
     if not title.strip():
         raise InvalidInput("Give the application a title.", errors={"title": "Required."})
     application = Application(
@@ -329,7 +379,9 @@ def start_application(
 
 
 def get_application(db: Session, actor: User, application_id: int) -> tuple[Application, Call, Project]:
-    """An application its project's members, its call's manager, admins and its reviewers may see."""
+    """An application its project's members, its call's manager (and admins) and its reviewers may see; a
+    reviewer who declared a conflict of interest no longer sees it (nor its files), and no other staff role
+    reads applications: a site operator sees one through the technical review assigned to them."""
     application = db.get(Application, application_id)
     if application is None:
         raise NotFound("No such application.")
@@ -337,9 +389,9 @@ def get_application(db: Session, actor: User, application_id: int) -> tuple[Appl
     project = db.get(Project, application.project_id)
     assert call is not None and project is not None
     if not (
-        allowed(db, actor, Action.VIEW_PROJECT, project)
+        project_role(db, actor, project) is not None
         or allowed(db, actor, Action.MANAGE_CALL, call)
-        or _review_of(db, application, actor) is not None
+        or _active_review_of(db, application, actor)
     ):
         raise NotFound("No such application.")
     return application, call, project
@@ -350,6 +402,16 @@ def _review_of(db: Session, application: Application, reviewer: User, kind: Revi
     if kind is not None:
         stmt = stmt.where(Review.kind == kind)
     return db.exec(stmt).first()
+
+
+def _active_review_of(db: Session, application: Application, reviewer: User) -> bool:
+    """A review row that lets the reviewer read the application: any but one declined for a conflict."""
+    stmt = select(Review.id).where(
+        Review.application_id == application.id,
+        Review.reviewer_id == reviewer.id,
+        Review.state != ReviewState.CONFLICT,
+    )
+    return db.exec(stmt).first() is not None
 
 
 @dataclass(frozen=True)
@@ -463,10 +525,42 @@ def _check_answer(question: dict[str, Any], value: Any) -> tuple[Any, str | None
 DEFAULT_PDF_LIMIT = 10 * 1024 * 1024
 
 
+def safe_pdf_name(given: str) -> str:
+    """``<safe-name>.pdf`` for a name an uploader gave (``case.html`` -> ``case.pdf``): ASCII letters, digits,
+    ``._-`` only, never a path, never another extension; the only name a file is shown and served under."""
+    name = secure_filename(given or "")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{stem[:100].strip('._') or 'upload'}.pdf"
+
+
+def _size(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size / 1000:.1f} kB"
+
+
+def uploaded_bytes(db: Session, user: User) -> int:
+    """What the user's uploaded files take now (counted against ``upload_quota_bytes``)."""
+    return int(
+        db.exec(
+            select(func.coalesce(func.sum(ApplicationFile.size), 0)).where(ApplicationFile.uploaded_by_id == user.id)
+        ).one()
+    )
+
+
 def upload_pdf(
-    db: Session, actor: User, application: Application, *, question_key: str, filename: str, content: bytes
+    db: Session,
+    actor: User,
+    application: Application,
+    *,
+    question_key: str,
+    filename: str,
+    content: bytes,
+    quota_bytes: int = Settings.model_fields["upload_quota_bytes"].default,
 ) -> ApplicationFile:
-    """Store a PDF as the answer to a ``pdf`` question of the draft (replacing an earlier one)."""
+    """Store a PDF as the answer to a ``pdf`` question of the draft; the file it replaces is deleted.
+
+    The actor's uploads may take at most ``quota_bytes`` (the ``upload_quota_bytes`` setting) together; the
+    file is stored and served as :func:`safe_pdf_name` of the given name.
+    """
     call = db.get(Call, application.call_id)
     project = db.get(Project, application.project_id)
     assert call is not None and project is not None
@@ -482,16 +576,34 @@ def upload_pdf(
         raise InvalidInput("The file is too large.", errors={field: f"At most {limit // (1024 * 1024)} MB."})
     if not content.startswith(b"%PDF-"):
         raise InvalidInput("Only PDF files are accepted.", errors={field: "This is not a PDF file."})
+    # a draft's earlier files for this question are replaced: no submitted version can name them
+    replaced = (ApplicationFile.application_id == application.id, ApplicationFile.question_key == question_key)
+    freed = db.exec(
+        select(func.coalesce(func.sum(ApplicationFile.size), 0)).where(
+            *replaced, ApplicationFile.uploaded_by_id == actor.id
+        )
+    ).one()
+    used = uploaded_bytes(db, actor) - int(freed)
+    if used + len(content) > quota_bytes:
+        raise InvalidInput(
+            "This file would take you past your upload quota.",
+            errors={
+                field: f"Your files take {_size(used)} of your {_size(quota_bytes)}; this one needs "
+                f"{_size(len(content))}. Replace a file you uploaded earlier, or ask the factory for more room."
+            },
+        )
     upload = ApplicationFile(
         application_id=application.id,
         question_key=question_key,  # type: ignore[arg-type]
-        filename=(filename or "upload.pdf")[-255:],
+        filename=safe_pdf_name(filename),
         size=len(content),
         sha256=hashlib.sha256(content).hexdigest(),
         content=content,
+        uploaded_by_id=actor.id,
     )
     db.add(upload)
     db.flush()
+    db.exec(sa.delete(ApplicationFile).where(*replaced, ApplicationFile.id != upload.id))  # type: ignore[call-overload]
     application.answers = {**application.answers, question_key: upload.id}
     application.updated_at = utcnow()
     db.commit()
@@ -546,15 +658,18 @@ def submission_problems(db: Session, call: Call, application: Application) -> di
     return problems
 
 
-def submit(db: Session, settings: Settings, actor: User, application: Application) -> Application:
-    """Freeze a version and send the application to review (Playground: decided at once)."""
+def submit(db: Session, settings: Settings, actor: User, login: Login | None, application: Application) -> Application:
+    """Freeze a version and send the application to review (Playground: decided at once). ``login`` is the
+    login behind this request: submitting as PI needs the level of assurance again, whatever the draft's
+    start had."""
     call = db.get(Call, application.call_id)
     project = db.get(Project, application.project_id)
     assert call is not None and project is not None
     _require_pi(db, actor, project)
+    _require_lead(login, "submit")
     now = utcnow()
-    if call.state != CallState.OPEN or not call.opens_at <= now < call.closes_at:
-        raise NotEligible("This call is closed; the application can no longer be submitted.")
+    if not accepting(call, now):
+        raise NotEligible(_not_accepting(call, now) + " The application can no longer be submitted.")
     next_state(call, application.state, "submit")
     problems = submission_problems(db, call, application)
     if problems:
@@ -748,8 +863,9 @@ def assign_reviewer(
 
 
 def _my_review(db: Session, actor: User, review_id: int) -> tuple[Review, Application]:
+    """The actor's own review; one they declined for a conflict of interest is gone for them."""
     review = db.get(Review, review_id)
-    if review is None or review.reviewer_id != actor.id:
+    if review is None or review.reviewer_id != actor.id or review.state == ReviewState.CONFLICT:
         raise NotFound("No such review.")
     application = db.get(Application, review.application_id)
     assert application is not None
@@ -1006,8 +1122,9 @@ def decide_accept(
     """Accept with ``awarded`` base units per resource (≤ requested, ≤ what is left of the call's budget).
 
     One unit of work: the budget is taken with a conditional UPDATE, the allocations are opened through
-    the ledger (capacity reserved now); if anything is refused, nothing has happened. With
-    ``first_tranche_percent`` below 100 the rest waits as a second tranche for ``release_tranche``.
+    the ledger (capacity reserved now, for every tranche); if anything is refused, nothing has happened.
+    With ``first_tranche_percent`` below 100 the rest waits as a second tranche for ``release_tranche``,
+    its capacity already held, so releasing it never fails for capacity.
     """
     call, project = _manager_context(db, actor, application)
     if not 1 <= first_tranche_percent <= 100:
@@ -1058,6 +1175,7 @@ def decide_accept(
                 title=f"{call.access_mode.label}: {application.title}"[:200],
                 idempotency_key=f"award:{application.id}:{resource_id}:1",
                 reason=f"award of application {application.id}",
+                held_for_later=amount - first,  # the second tranche's capacity, so its release never fails
             )
             request.awarded = amount
             db.add(
@@ -1119,6 +1237,7 @@ def release_tranche(db: Session, settings: Settings, actor: User, award_id: int)
             kind=EntryKind.AWARD,  # type: ignore[arg-type]
             idempotency_key=f"award:{application.id}:{award.resource_id}:{award.tranche}",
             reason=f"tranche {award.tranche} of application {application.id}",
+            capacity_held=True,  # reserved with the decision
         )
         award.released_at = utcnow()
         summary = f"released tranche {award.tranche} of '{application.title}' to allocation {award.allocation_id}"

@@ -13,7 +13,6 @@ import io
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -115,8 +114,14 @@ def score_filter(score: int | None) -> str:
     return "—" if score is None else f"{Decimal(score) / 100:.2f}"
 
 
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
+@bp.app_template_global("call_dates")
+def call_dates(call: Call) -> dict[str, Any]:
+    """What the pages say about a call's days: its first and last day, in the call's time zone (named)."""
+    return {
+        "opens_on": grants.local_day(call.opens_at),
+        "closes_on": grants.closing_day(call),
+        "time_zone": grants.CALL_TIME_ZONE.key,
+    }
 
 
 def _call_resources(db: Session, call: Call) -> list[tuple[CallBudget, Resource, Site]]:
@@ -252,7 +257,7 @@ def _call_page(call_id: int, *, form: ApplyForm | None = None, error: DomainErro
             request_kind=kind,
             cutoff=cutoff,
             decision_due=grants.decision_due(call, cutoff) if cutoff else None,
-            accepting=call.state == CallState.OPEN and call.opens_at <= now < call.closes_at,
+            accepting=grants.accepting(call, now),
             may_lead=grants.may_lead_applications(current_login()),
             may_manage=allowed(db, me, Action.MANAGE_CALL, call),
             form=form,
@@ -492,7 +497,13 @@ def upload(application_id: int):  # type: ignore[no-untyped-def]
         if storage is None or not getattr(storage, "filename", ""):
             raise InvalidInput("Choose a file.", errors={f"answers.{key}": "Choose a PDF file to upload."})
         upload = grants.upload_pdf(
-            db, me, application, question_key=key, filename=storage.filename or "", content=storage.read()
+            db,
+            me,
+            application,
+            question_key=key,
+            filename=storage.filename or "",
+            content=storage.read(),
+            quota_bytes=settings().upload_quota_bytes,
         )
     except InvalidInput as exc:
         db.rollback()
@@ -514,9 +525,14 @@ def download(file_id: int):  # type: ignore[no-untyped-def]
         upload = grants.get_file(get_db(), actor(), file_id)
     except NotFound as exc:  # the same answer whether the file or only its application is hidden
         raise NotFound("No such file.") from exc
-    return send_file(
-        io.BytesIO(upload.content), mimetype="application/pdf", as_attachment=True, download_name=upload.filename
+    response = send_file(
+        io.BytesIO(upload.content),
+        mimetype="application/pdf",
+        as_attachment=True,
+        download_name=grants.safe_pdf_name(upload.filename),  # files stored before names were made safe too
     )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @bp.post("/applications/<int:application_id>/submit")
@@ -531,7 +547,7 @@ def submit(application_id: int):  # type: ignore[no-untyped-def]
         if form is not None:
             errors = _save(db, me, application, call, resources, form)
         if not errors:
-            grants.submit(db, settings(), me, application)
+            grants.submit(db, settings(), me, current_login(), application)
     except InvalidInput as exc:
         db.rollback()
         errors = exc.errors or {"form": exc.detail}
@@ -876,8 +892,8 @@ def reviews():  # type: ignore[no-untyped-def]
 
 def _my_review(db: Session, me: User, review_id: int) -> tuple[Review, Application, Call, Project]:
     review = db.get(Review, review_id)
-    if review is None or review.reviewer_id != me.id:
-        raise NotFound("No such review.")
+    if review is None or review.reviewer_id != me.id or review.state == ReviewState.CONFLICT:
+        raise NotFound("No such review.")  # a declared conflict of interest ends the reviewer's access
     application, call, project = grants.get_application(db, me, review.application_id)
     return review, application, call, project
 
@@ -1247,8 +1263,8 @@ def new_call():  # type: ignore[no-untyped-def]
                     min_request=limits["min_request"],
                     max_request=limits["max_request"],
                     duration_months=form.duration_months.data or 6,
-                    opens_at=_midnight(form.opens_on.data),  # type: ignore[arg-type]
-                    closes_at=_midnight(form.closes_on.data),  # type: ignore[arg-type]
+                    opens_at=grants.start_of_day(form.opens_on.data),  # type: ignore[arg-type]
+                    closes_at=grants.end_of_day(form.closes_on.data),  # type: ignore[arg-type]
                     first_cutoff=form.first_cutoff.data,  # type: ignore[arg-type]
                     cutoff_every_days=form.cutoff_every_days.data,
                     decision_within_working_days=form.decision_within_working_days.data,

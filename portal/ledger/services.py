@@ -385,15 +385,20 @@ def open_allocation(
     title: str,
     idempotency_key: str | None = None,
     reason: str = "",
+    held_for_later: int = 0,
 ) -> Allocation:
     """Create an allocation holding ``amount`` base units, reserving capacity; all or nothing.
 
-    ``actor`` None means a trusted caller in the portal (an award decision, a paid order); a person
-    opening an allocation by hand must be an admin.
+    ``held_for_later``: capacity reserved now, over the same dates, for hours credited later with
+    ``credit(..., capacity_held=True)`` (an award's second tranche), so that crediting them can never fail
+    for capacity. ``actor`` None means a trusted caller in the portal (an award decision, a paid order); a
+    person opening an allocation by hand must be an admin.
     """
     if actor is not None:
         require(db, actor, Action.MANAGE_ALLOCATIONS)
     _validate_amount(amount)
+    if held_for_later:
+        _validate_amount(held_for_later, "held_for_later")
     if starts_at.tzinfo is None or ends_at.tzinfo is None:
         raise InvalidInput("Allocation dates must be timezone-aware.")
     if ends_at <= starts_at:
@@ -423,7 +428,7 @@ def open_allocation(
         )
         db.add(allocation)
         db.flush()
-        reserve_capacity(db, allocation, amount)
+        reserve_capacity(db, allocation, amount + held_for_later)
         _move(db, allocation, kind, amount, key=idempotency_key, actor=actor, reason=reason)
         if actor is not None:  # by hand; awards and purchases are audited where they are decided
             summary = f"opened with {quantity(amount, resource.kind)} for project {project.id}"
@@ -442,8 +447,10 @@ def credit(
     kind: EntryKind,
     idempotency_key: str | None = None,
     reason: str = "",
+    capacity_held: bool = False,
 ) -> LedgerEntry:
-    """Add ``amount`` to an allocation (award tranche, purchase, course share), reserving capacity."""
+    """Add ``amount`` to an allocation (award tranche, purchase, course share), reserving capacity; with
+    ``capacity_held`` the capacity was reserved when the allocation opened (``held_for_later``)."""
     if kind not in CREDIT_KINDS:
         raise InvalidInput(f"{kind} is not a credit.")
     if actor is not None:
@@ -454,7 +461,8 @@ def credit(
         allocation = _lock_allocation(db, allocation_id)
         if allocation.state == AllocationState.EXPIRED:
             raise AllocationClosed("This allocation has expired; open a new one instead.")
-        reserve_capacity(db, allocation, amount)
+        if not capacity_held:
+            reserve_capacity(db, allocation, amount)
         entry = _move(db, allocation, kind, amount, key=idempotency_key, actor=actor, reason=reason)
         _update_state(db, allocation)
         return entry
@@ -948,11 +956,22 @@ def top_up_course(
     return entry
 
 
-def return_course_hours(db: Session, course_allocation_id: int, parent_id: int, *, now: datetime | None = None) -> int:
-    """Close a course allocation: its unused balance goes back to the parent allocation (or, when the parent
-    has ended meanwhile, expires) and the course allocation is expired. Idempotent: a closed course
-    allocation returns nothing again, so two workers may both try. Returns the base units given back."""
+def return_course_hours(
+    db: Session, course_allocation_id: int, parent_id: int, *, now: datetime | None = None, keep: int = 0
+) -> int:
+    """Give a course allocation's unused balance back to the parent allocation (or, when the parent has ended
+    meanwhile, let it expire). Returns the base units given back.
+
+    ``keep`` > 0: that much stays for charges still to come (hours promised to notebooks that have not
+    stopped); only the rest goes back and the course allocation stays open for those charges. ``keep`` 0:
+    the course allocation closes (expired). A balance below zero then (usage beyond what it held) is settled
+    from the parent allocation with a recorded reason, so the teacher's hours always add up: what left the
+    parent = what the students used + what came back. Idempotent: a closed course allocation moves nothing
+    again, and a repeated partial return finds nothing above ``keep``, so two workers may both try."""
     now = now or utcnow()
+    if not isinstance(keep, int) or keep < 0:
+        raise InvalidInput("What a course keeps is zero or more.")
+    touched: list[tuple[Allocation, str]] = []
 
     def work() -> int:
         first, second = sorted((parent_id, course_allocation_id))
@@ -962,25 +981,40 @@ def return_course_hours(db: Session, course_allocation_id: int, parent_id: int, 
             raise InvalidInput("Only a course allocation is closed this way.")
         if course.state == AllocationState.EXPIRED:
             return 0
-        amount = max(course.balance, 0)
+        touched.append((parent, parent.state))
+        amount = max(course.balance - keep, 0)
         returned = 0
-        key = f"course-return:{course.id}"
+        key = None if keep else f"course-return:{course.id}"
+        kept = f" ({quantity(keep, _kind(db, course))} kept for running notebooks)" if keep else ""
         if amount and parent.state != AllocationState.EXPIRED and parent.ends_at > now:
-            reason = f"unused course hours back to allocation {parent.id}"
-            _move(db, course, EntryKind.TRANSFER_OUT, -amount, key=f"{key}:out", actor=None, reason=reason)
-            reason = f"unused hours of course allocation {course.id}"
-            _move(db, parent, EntryKind.TRANSFER_IN, amount, key=f"{key}:in", actor=None, reason=reason)
+            reason = f"unused course hours back to allocation {parent.id}{kept}"
+            _move(db, course, EntryKind.TRANSFER_OUT, -amount, key=key and f"{key}:out", actor=None, reason=reason)
+            reason = f"unused hours of course allocation {course.id}{kept}"
+            _move(db, parent, EntryKind.TRANSFER_IN, amount, key=key and f"{key}:in", actor=None, reason=reason)
             _update_state(db, parent)
             returned = amount
         elif amount:
             reason = "the course ended after its parent allocation"
-            _move(db, course, EntryKind.EXPIRY, -amount, key=f"{key}:expiry", actor=None, reason=reason)
+            _move(db, course, EntryKind.EXPIRY, -amount, key=key and f"{key}:expiry", actor=None, reason=reason)
+        if keep:
+            _update_state(db, course)
+            return returned
+        if course.balance < 0:
+            overdraft = -course.balance
+            reason = f"usage of course allocation {course.id} beyond its hours, settled from allocation {parent.id}"
+            _move(db, parent, EntryKind.TRANSFER_OUT, -overdraft, key=f"{key}:settle-out", actor=None, reason=reason)
+            reason = f"usage beyond the course's hours, settled from allocation {parent.id}"
+            _move(db, course, EntryKind.COURSE_SHARE, overdraft, key=f"{key}:settle-in", actor=None, reason=reason)
+            _update_state(db, parent)
         release_capacity(db, course, course.reserved)
         course.state = AllocationState.EXPIRED
         db.flush()
         return returned
 
-    return _once(db, None, work, lambda e: 0)
+    returned = _once(db, None, work, lambda e: 0)
+    for allocation, previous in touched:
+        _after_commit(allocation, previous)
+    return returned
 
 
 # --- purchases -------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from portal.audit.models import AuditAction
 from portal.authz import Action, allowed, require
 from portal.config import Settings
 from portal.db import find, utcnow
-from portal.errors import Conflict, InvalidInput, InvitationUnusable, NotFound
-from portal.identity.models import User
+from portal.errors import Conflict, InvalidInput, InvitationUnusable, NotAuthorised, NotFound
+from portal.identity.models import ExternalIdentity, User
 from portal.mail import send_mail
 from portal.projects.identifiers import IdentifierError, normalise_registry_id, normalise_vat_number
 from portal.projects.models import (
@@ -316,6 +316,10 @@ def leave_project(db: Session, actor: User, project: Project) -> None:
 # --- invitations ---------------------------------------------------------------------------------------
 
 
+class InvitationNotYours(NotAuthorised):
+    title = "This invitation is for someone else"
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -408,10 +412,38 @@ def find_invitation(db: Session, token: str) -> tuple[Invitation, Project]:
     return invitation, project
 
 
+def verified_addresses(db: Session, user: User) -> set[str]:
+    """The e-mail addresses a provider verified for the user (their contact address and those of their
+    linked identities' latest logins), in lower case."""
+    found = {user.email} if user.email else set()
+    for attributes in db.exec(select(ExternalIdentity.attributes).where(ExternalIdentity.user_id == user.id)):
+        if isinstance(attributes, dict) and attributes.get("email"):
+            found.add(str(attributes["email"]))
+    return {address.strip().casefold() for address in found}
+
+
+def masked(address: str) -> str:
+    """``jonas.p@vu.lt`` -> ``j…@vu.lt``: enough for its owner to recognise it."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}…@{domain}"
+
+
+def invitation_is_for(db: Session, invitation: Invitation, user: User) -> bool:
+    """An invitation is for the person whose verified e-mail it was sent to: the link alone is not enough."""
+    return invitation.email.strip().casefold() in verified_addresses(db, user)
+
+
 def accept_invitation(db: Session, actor: User, token: str) -> Project:
-    """Join the project of an invitation. The link is single-use: of two people using it at the same
-    moment exactly one gets in (a conditional update, atomic on every database)."""
+    """Join the project of an invitation sent to one of the actor's verified e-mail addresses (a forwarded or
+    leaked link admits nobody else). The link is single-use: of two people using it at the same moment
+    exactly one gets in (a conditional update, atomic on every database)."""
     invitation, project = find_invitation(db, token)
+    if not invitation_is_for(db, invitation, actor):
+        raise InvitationNotYours(
+            f"This invitation was sent to {masked(invitation.email)}. Log in with an account whose verified "
+            "e-mail is that address (you can link it on your account page), or ask the project to invite the "
+            "address you use here."
+        )
     now = utcnow()
     claimed = db.exec(
         update(Invitation)

@@ -270,6 +270,8 @@ def invitation(token: str):  # type: ignore[no-untyped-def]
         org=services.get_organisation_of_project(db, project),
         action_form=ActionForm(),
         token=token,
+        for_me=services.invitation_is_for(db, inv, actor()),
+        sent_to=services.masked(inv.email),
     )
 
 
