@@ -16,6 +16,10 @@ result of ``client.submit(sum, [1, 2, 3])`` in a new "Python 3 (Dask GPU)" kerne
 The three kinds run interleaved (the order rotates each run) after one warm-up each; servers are stopped
 between runs. Medians are reported, with the portal's overhead on the cluster path: slurm / bare slurm.
 
+Then Dask Gateway (a fourth hub: the slurm one with ``HUB_DASK_GATEWAY=1``): in a notebook launched through
+the portal, ``--gateway-runs`` times: a ``GatewayCluster`` start (the portal's gateway check, the scheduler's
+Slurm job), scale-up 0 → 2 workers (two worker jobs), the first result, scale-up 2 → 4.
+
     .venv/bin/python benchmarks/bench_slurm_notebooks.py \\
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres --runs 5
 """
@@ -32,7 +36,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench_notebooks import hub, kernel_result, served, wait_gone, wait_ready
+import requests
+from bench_notebooks import KERNEL, hub, kernel_result, served, wait_gone, wait_ready
 from benchcommon import check_invariants, machine_summary, make_project, make_site, scratch_databases
 from sqlmodel import Session
 
@@ -51,7 +56,7 @@ from portal.identity.models import User  # noqa: E402
 from portal.ledger import services as ledger  # noqa: E402
 from portal.ledger.models import AllocationSource  # noqa: E402
 from portal.metering.slurm import account_name, sync_cluster  # noqa: E402
-from tests.test_hub import SERVICE_TOKEN  # noqa: E402
+from tests.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
 
 BARE_SLURM_CONFIG = Path(__file__).resolve().parent / "hub_bare_slurm_config.py"
 HOUR = 3600
@@ -74,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", required=True, help="a PostgreSQL server (user with CREATEDB)")
     parser.add_argument("--runs", type=int, default=5, help="launches of each kind (default 5)")
+    parser.add_argument("--gateway-runs", type=int, default=3, help="gateway clusters started (default 3)")
     args = parser.parse_args()
 
     print(machine_summary(args.database_url), flush=True)
@@ -141,6 +147,17 @@ def main() -> None:
             hubs["slurm"].port, hubs["local"].port = ports["slurm"], ports["local"]
             hubs["slurm"].env.update(slurm_env)
             hubs["bare slurm"].env.update(slurm_env)
+            gateway_hub = hub(settings, portal_url, Path(tmp) / "hub-gateway")
+            gateway_hub.env.update(slurm_env)
+            gateway_hub.env.update(
+                {
+                    "HUB_DASK_GATEWAY": "1",
+                    "HUB_DASK_GATEWAY_PORT": str(free_port()),
+                    "HUB_DASK_GATEWAY_TCP_PORT": str(free_port()),
+                    "HUB_DASK_GATEWAY_SCHEDULER_MEMORY": "512 M",
+                }
+            )
+            gateway: list[dict[str, float]] = []
             results: dict[str, list[tuple[float, float]]] = {kind: [] for kind in hubs}
             try:
                 for process in hubs.values():
@@ -201,8 +218,11 @@ def main() -> None:
                             results[kind].append(run(kind, str(i)))
                             ready, first = results[kind][-1]
                             print(f"  run {i + 1} {kind}: ready {ready:.2f} s, first Dask result {first:.2f} s")
+                    print(f"Dask Gateway, {args.gateway_runs} clusters", flush=True)
+                    gateway_hub.start(timeout=120)
+                    gateway = bench_gateway(db, settings, gateway_hub, pi, allocation.id, args.gateway_runs)
             finally:
-                for process in hubs.values():
+                for process in [*hubs.values(), gateway_hub]:
                     process.stop()
                 slurm.destroy()
         engine.dispose()
@@ -223,6 +243,56 @@ def main() -> None:
         print(f"| {kind} | {row['ready_s']:.2f} s | {row['result_s']:.2f} s |")
     overhead = summary["slurm"]["result_s"] / summary["bare slurm"]["result_s"]
     print(f"\nportal on the cluster / bare Slurm spawn (first Dask result, medians): {overhead:.3f}")
+    if gateway:
+        print(f"\n| Dask Gateway (median of {len(gateway)}) | seconds |")
+        print("| --- | --- |")
+        for key, label in GATEWAY_STEPS.items():
+            print(f"| {label} | {statistics.median(g[key] for g in gateway):.2f} s |")
+
+
+GATEWAY_STEPS = {
+    "start": "cluster start (gateway check + scheduler job)",
+    "up2": "scale-up 0 → 2 workers",
+    "first": "first result on the workers",
+    "up4": "scale-up 2 → 4 workers",
+}
+GATEWAY_CODE = """
+import json, os, time
+from dask_gateway import GatewayCluster
+client.close(); cluster.close()
+runs = []
+for _ in range({n}):
+    t0 = time.perf_counter()
+    c = GatewayCluster(session=int(os.environ["PORTAL_NOTEBOOK_SESSION"]))
+    t1 = time.perf_counter()
+    cl = c.get_client()
+    c.scale(2); cl.wait_for_workers(2, timeout=600)
+    t2 = time.perf_counter()
+    assert cl.submit(sum, [1, 2, 3]).result() == 6
+    t3 = time.perf_counter()
+    c.scale(4); cl.wait_for_workers(4, timeout=600)
+    t4 = time.perf_counter()
+    cl.close(); c.shutdown()
+    runs.append({{"start": t1 - t0, "up2": t2 - t1, "first": t3 - t2, "up4": t4 - t3}})
+print(json.dumps(runs))
+"""
+
+
+def bench_gateway(db, settings, process, pi, allocation_id: int, n: int) -> list[dict[str, float]]:  # type: ignore[no-untyped-def]
+    """Gateway clusters started and scaled in a notebook launched through the portal on the gateway hub."""
+    hub_settings = settings.model_copy(update={"hub_url": process.url, "hub_slurm_cluster": "factory"})
+    client = HubClient(process.url, SERVICE_TOKEN)
+    launch = launch_notebook(db, hub_settings, client, pi, allocation_id=allocation_id, profile="cpu", hours=1)
+    url = wait_ready(client, launch.hub_user, launch.server_name, timeout=300)
+    headers = {"Authorization": f"token {SERVICE_TOKEN}"}
+    kernel = requests.post(f"{process.url}{url}api/kernels", headers=headers, json={"name": KERNEL}, timeout=60)
+    kernel.raise_for_status()
+    out = run_in_kernel(process, url, kernel.json()["id"], GATEWAY_CODE.format(n=n), timeout=1800)
+    runs = json.loads(out.strip().splitlines()[-1])
+    for run in runs:
+        print("  " + ", ".join(f"{GATEWAY_STEPS[k]}: {v:.2f} s" for k, v in run.items()), flush=True)
+    stop_notebook(db, hub_settings, client, pi, session_id=launch.session.id)
+    return runs
 
 
 if __name__ == "__main__":
