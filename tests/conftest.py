@@ -242,6 +242,13 @@ class Mailbox:
     messages: list[EmailMessage] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
+        """Like a real server, it refuses mailboxes it does not have: any local part starting "nobody"."""
+        if address.lower().startswith("nobody"):
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.arrived:
             self.messages.append(message_from_bytes(envelope.original_content, policy=policy.default))  # type: ignore[arg-type]

@@ -210,6 +210,15 @@ def invite(team: SimpleNamespace, email: str, role: str = "member"):  # type: ig
     return post_form(team.owner_client, f"/projects/{team.project.id}/invitations", {"email": email, "role": role})
 
 
+def test_an_address_the_mail_server_refuses_is_told_and_no_invitation_is_left(mail_team, mailbox, db):
+    response = invite(mail_team, "nobody@example.eu")
+    assert response.status_code == 422
+    assert "The mail server does not take mail for nobody@example.eu" in page(response)
+    assert mailbox.messages == []
+    assert db.exec(select(Invitation)).all() == []
+    assert invite(mail_team, "somebody@example.eu").status_code == 302  # the next one goes out
+
+
 def test_invitation_mail_link_works_once(mail_team, mailbox, db, login):
     response = invite(mail_team, "Ieva.Invitee@Example.EU", "manager")
     assert response.status_code == 302

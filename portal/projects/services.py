@@ -20,7 +20,7 @@ from portal.config import Settings
 from portal.db import find, utcnow
 from portal.errors import Conflict, InvalidInput, InvitationUnusable, NotAuthorised, NotFound
 from portal.identity.models import ExternalIdentity, User
-from portal.mail import send_mail
+from portal.mail import MailNotSent, send_mail
 from portal.projects.identifiers import IdentifierError, normalise_registry_id, normalise_vat_number
 from portal.projects.models import (
     Invitation,
@@ -356,18 +356,26 @@ def invite_member(
     db.add(invitation)
     db.commit()
     link = f"{settings.base_url}/invitations/{token}"
-    send_mail(
-        settings,
-        to=email,
-        subject=f"Invitation to the project {project.title}",
-        body=(
-            f'{actor.display_name} invites you to join the project "{project.title}" on the Baltic AI '
-            f"Factory portal as {role_value.label.lower()}.\n\n"
-            f"Open this link to accept (it works until "
-            f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC):\n{link}\n\n"
-            "If you did not expect this, ignore this message."
-        ),
-    )
+    try:
+        send_mail(
+            settings,
+            to=email,
+            subject=f"Invitation to the project {project.title}",
+            body=(
+                f'{actor.display_name} invites you to join the project "{project.title}" on the Baltic AI '
+                f"Factory portal as {role_value.label.lower()}.\n\n"
+                f"Open this link to accept (it works until "
+                f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC):\n{link}\n\n"
+                "If you did not expect this, ignore this message."
+            ),
+        )
+    except MailNotSent as exc:  # the address is refused: bad input, and an invitation nobody got is none
+        db.delete(invitation)
+        db.commit()
+        raise InvalidInput(
+            "The invitation could not be sent.",
+            errors={"email": f"The mail server does not take mail for {email}; check the address."},
+        ) from exc
     return invitation, link
 
 
