@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlmodel import Session, col, select
 from werkzeug.serving import make_server
 
@@ -43,7 +44,7 @@ from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, LedgerEntry, Resource, ResourceKind, Site
 from portal.metering.models import UsageRecord, UsageSource
 from portal.metering.slurm import account_name, pull_sacct, sync_cluster
-from tests.ledger_world import HOUR, person
+from tests.ledger_world import HOUR
 from tests.test_compute import open_now, plan_capacity_around_now
 from tests.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for
 from tests.test_notebooks import start_hub
@@ -69,13 +70,15 @@ class Factory:
     cpu: Resource
     gpu: Resource
     pi: User
+    #: The PI's browser: logged in to the portal through the real OIDC provider.
+    web: FlaskClient
 
     def db(self) -> Session:
         return Session(self.app.extensions["portal.engine"], expire_on_commit=False)
 
 
 @contextmanager
-def factory_stack(make_settings, slurm: SlurmCluster, state: Path) -> Iterator[Factory]:  # type: ignore[no-untyped-def]
+def factory_stack(make_settings, login, slurm: SlurmCluster, state: Path) -> Iterator[Factory]:  # type: ignore[no-untyped-def]
     if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
         pytest.skip("configurable-http-proxy is not installed (npm ci)")
     hub_url = f"http://127.0.0.1:{free_port()}"
@@ -115,7 +118,8 @@ def factory_stack(make_settings, slurm: SlurmCluster, state: Path) -> Iterator[F
             )
             for resource in (cpu, gpu):
                 plan_capacity_around_now(db, resource, 100_000 * HOUR)
-            pi = person(db, "Pi")
+            web = app.test_client()
+            pi = login(web, given_name="Pia")
         hub = start_hub(
             settings,
             f"http://127.0.0.1:{server.server_port}",
@@ -131,7 +135,7 @@ def factory_stack(make_settings, slurm: SlurmCluster, state: Path) -> Iterator[F
             HUB_DASK_GATEWAY_SCHEDULER_MEMORY="512 M",
             DASK_KERNEL_GATEWAY_TIMEOUT="300",
         )
-        yield Factory(app, settings, hub, HubClient.from_settings(settings), slurm, site, cpu, gpu, pi)
+        yield Factory(app, settings, hub, HubClient.from_settings(settings), slurm, site, cpu, gpu, pi, web)
     finally:
         if hub is not None:
             hub.stop()
@@ -142,8 +146,8 @@ def factory_stack(make_settings, slurm: SlurmCluster, state: Path) -> Iterator[F
 
 
 @pytest.fixture
-def factory(make_settings, slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[Factory]:  # type: ignore[no-untyped-def]
-    with factory_stack(make_settings, slurm_cluster, tmp_path / "hub") as stack:
+def factory(make_settings, login, slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[Factory]:  # type: ignore[no-untyped-def]
+    with factory_stack(make_settings, login, slurm_cluster, tmp_path / "hub") as stack:
         yield stack
 
 
@@ -215,12 +219,26 @@ def test_a_notebook_runs_as_a_slurm_job_of_its_account_and_is_charged_once_from_
         assert report.problems == []
         assert "root" in slurm.run("sacctmgr", "-n", "-P", "show", "assoc", f"account={account}", "format=User").stdout
 
-        # --- launch: the portal decides the job, the hub submits it, it becomes ready ---------------------
+        # --- launch while the node is full: the job waits in the queue, and the session page says so ---------
+        blocker_account = f"{account}-blocker"  # not the allocation's: the blocker is nobody's usage here
+        slurm.sacctmgr("add", "account", blocker_account, f"cluster={CLUSTER}")
+        slurm.sacctmgr("add", "user", "root", f"account={blocker_account}")
+        blocker = slurm.run(
+            "sbatch", "--parsable", "-A", blocker_account, "-c", "8", "--wrap", "sleep 120"
+        ).stdout.strip()
+        wait_for(lambda: queue(slurm, "wrap").get("state") == "RUNNING", timeout=30, what="the node to be full")
         launch = launch_notebook(db, settings, client, factory.pi, allocation_id=allocation.id, profile="cpu", hours=1)
         session = launch.session
         assert session is not None
         assert (session.slurm_cluster, session.slurm_account) == (CLUSTER, account)
         job_name = f"portal-nb-{session.id}"
+        page = factory.web.get(f"/notebooks/{session.id}").get_data(as_text=True)
+        queued_job = queue(slurm, job_name)
+        assert queued_job["state"] == "PENDING"
+        assert '<li aria-current="step" class="current">Queued on the cluster factory' in page
+        assert f"job {queued_job['id']}, waiting: Resources" in page
+        assert 'class="done">Request accepted' in page and "Open the notebook" not in page
+        slurm.run("scancel", blocker)
         wait_for(
             lambda: client.server_status(hub_user, launch.server_name) == ServerStatus.READY,
             timeout=180,
@@ -229,6 +247,8 @@ def test_a_notebook_runs_as_a_slurm_job_of_its_account_and_is_charged_once_from_
         job = queue(slurm, job_name)
         assert job["state"] == "RUNNING"
         assert (job["account"], job["partition"], job["cpus"]) == (account, "debug", "2")
+        page = factory.web.get(f"/notebooks/{session.id}").get_data(as_text=True)
+        assert "Your notebook is ready." in page and "Open the notebook" in page
         time_limit = slurm.run("squeue", "-h", "-j", job["id"], "-o", "%l").stdout.strip()
         assert time_limit == "1:00:00"  # the hour asked for
 

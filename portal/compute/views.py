@@ -18,6 +18,7 @@ from portal.errors import DomainError, InvalidInput
 from portal.forms import ActionForm
 from portal.ledger import statements
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource
+from portal.metering.slurm import QueuedJob, queued_job
 from portal.projects import services as projects
 from portal.web import actor, settings
 
@@ -139,8 +140,15 @@ def _notebook_url(found: NotebookSession) -> str:
 def session(session_id: int):  # type: ignore[no-untyped-def]
     found = _my_session(session_id)
     state = _state(found)
+    job = _queued_job(found) if state == "starting" else None
+    if job is not None and job.state in ("PENDING", "CONFIGURING"):
+        state = "queued"
     template = "compute/_session_state.html" if request.headers.get("HX-Request") == "true" else "compute/session.html"
-    return render_template(template, s=found, state=state, url=_notebook_url(found))
+    return render_template(template, s=found, state=state, url=_notebook_url(found), job=job, steps=STEPS)
+
+
+#: What the session page shows while a notebook starts, in order: the step reached is marked.
+STEPS = ("accepted", "queued", "starting", "ready")
 
 
 def _state(found: NotebookSession) -> str:
@@ -151,6 +159,12 @@ def _state(found: NotebookSession) -> str:
     except HubError:
         return "unknown"
     return {ServerStatus.READY: "ready", ServerStatus.PENDING: "starting"}.get(status, "stopped")
+
+
+def _queued_job(found: NotebookSession) -> QueuedJob | None:
+    """Where a Slurm-run notebook's job is in the cluster's queue (None for a local server, or no answer)."""
+    cluster = settings().slurm_cluster(found.slurm_cluster) if found.slurm_cluster else None
+    return queued_job(cluster, f"portal-nb-{found.id}") if cluster is not None else None
 
 
 @bp.post("/notebooks/<int:session_id>/stop")

@@ -373,6 +373,32 @@ def sync_all(db: Session, clusters: list[SlurmClusterConfig]) -> int:
     return changes
 
 
+# --- a job's place in the queue ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    job_id: str
+    #: squeue's long state: PENDING, CONFIGURING, RUNNING, COMPLETING, ...
+    state: str
+    #: Why a pending job waits (``Resources``, ``Priority``, ``AssocGrpGRESMinutes``, ...); "None" when running.
+    reason: str
+
+
+def queued_job(cluster: SlurmClusterConfig, job_name: str) -> QueuedJob | None:
+    """The newest job named ``job_name`` in the cluster's queue (squeue), or None when there is none or
+    squeue does not answer: for showing users where their job is, never for charging."""
+    try:
+        output = _run(cluster, ["squeue", "--noheader", "--name", job_name, "--format", "%i|%T|%r"], timeout=5)
+    except SlurmCommandFailed:
+        return None
+    rows = [line.split("|") for line in output.splitlines() if line.count("|") == 2]
+    if not rows:
+        return None
+    job_id, state, reason = max(rows, key=lambda row: int(row[0]) if row[0].isdigit() else -1)
+    return QueuedJob(job_id, state, reason)
+
+
 # --- user names ------------------------------------------------------------------------------------------
 
 
