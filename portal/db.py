@@ -10,6 +10,8 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, current_app, g
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
@@ -114,6 +116,20 @@ def find(db: Session, model: type[_Row], row_id: int) -> _Row | None:
     """``db.get`` for an id that came from outside (a form, a JSON body): one that no row can have finds
     nothing, instead of overflowing the query."""
     return db.get(model, row_id) if 1 <= row_id <= LARGEST_ID else None
+
+
+def add_to_sums(db: Session, table: sa.Table, key: tuple[str, ...], sums: tuple[str, ...], rows: list[dict]) -> None:  # type: ignore[type-arg]
+    """Add ``rows`` to the running totals ``sums`` of ``table``, keyed by ``key``, in one batched upsert
+    (``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``): atomic on SQLite and PostgreSQL, so
+    concurrent writers never lose an update. Pass rows in key order so that concurrent batches lock alike."""
+    if not rows:
+        return
+    insert = postgresql_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key), set_={name: table.c[name] + statement.excluded[name] for name in sums}
+    )
+    db.execute(statement, rows)
 
 
 def get_db() -> Session:

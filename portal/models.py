@@ -23,6 +23,7 @@ from portal.ledger.models import (
     LedgerEntry,
     Resource,
     Site,
+    UsageMonth,
 )
 from portal.market.models import (
     Invoice,
@@ -30,6 +31,7 @@ from portal.market.models import (
     Offering,
     OfferingPrice,
     Order,
+    RevenueMonth,
     StripeEvent,
 )
 from portal.metering.models import SlurmAccount, SlurmPull, UsageRecord
@@ -41,7 +43,8 @@ from portal.projects.models import (
     Project,
     ProjectMembership,
 )
-from portal.reports.models import OperatorSite, RevenueMonth, UsageMonth
+from portal.reports.models import OperatorSite
+from portal.worker_models import WorkerJob
 
 __all__ = [
     "Allocation",
@@ -91,4 +94,5 @@ __all__ = [
     "UsageRecord",
     "User",
     "WebSession",
+    "WorkerJob",
 ]

@@ -23,7 +23,7 @@ from portal.grants.models import ReviewMode
 from portal.identity.models import FactoryRole, User
 from portal.identity.services import create_api_token, grant_role
 from portal.ledger import services as ledger
-from portal.ledger.models import AllocationSource, ResourceKind
+from portal.ledger.models import AllocationSource, ResourceKind, UsageMonth
 from portal.ledger.services import UsageCharge
 from portal.market import services as market
 from portal.market.invoice_pdf import money
@@ -32,7 +32,6 @@ from portal.projects import services as projects
 from portal.reports import rollups
 from portal.reports import services as reports
 from portal.reports.jobs import check_report_rollups
-from portal.reports.models import UsageMonth
 from tests.conftest import portal_cli
 from tests.grants_world import complete_draft, login_of, make_grant_world, staff
 from tests.ledger_world import HOUR, person

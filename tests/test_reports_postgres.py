@@ -10,9 +10,9 @@ import pytest
 from sqlmodel import Session, func, select
 
 from portal.ledger import services as ledger
+from portal.ledger.models import UsageMonth
 from portal.ledger.services import UsageCharge
 from portal.reports import rollups
-from portal.reports.models import UsageMonth
 from tests import test_ledger_postgres
 from tests.ledger_world import HOUR
 from tests.test_reports import USAGE, seed

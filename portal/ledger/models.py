@@ -211,3 +211,16 @@ class DailyUsage(SQLModel, table=True):
     day: date = Field(primary_key=True)
     #: Base units charged as usage on that day (by the usage's end time).
     amount: int = Field(default=0, sa_type=sa.BigInteger)
+
+
+class UsageMonth(SQLModel, table=True):
+    """Usage of one allocation in one calendar month (UTC), by the usage's day as ``DailyUsage`` counts it;
+    written with the daily usage in the charge's transaction, read by the operators' dashboards."""
+
+    __tablename__ = "report_usage_months"
+
+    allocation_id: int = Field(foreign_key="allocations.id", primary_key=True)
+    #: First day of the month.
+    month: date = Field(primary_key=True, index=True)
+    #: Base units charged as usage in that month.
+    amount: int = Field(default=0, sa_type=sa.BigInteger)

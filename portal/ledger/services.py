@@ -18,8 +18,6 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, func, select
@@ -28,10 +26,11 @@ from portal import observability
 from portal.audit import services as audit
 from portal.audit.models import AuditAction
 from portal.authz import Action, require
-from portal.db import utcnow
+from portal.db import add_to_sums, utcnow
 from portal.errors import Conflict, InvalidInput, NotFound
 from portal.formatting import quantity
 from portal.identity.models import User
+from portal.ledger import rollups
 from portal.ledger.models import (
     CREDIT_KINDS,
     DEBIT_KINDS,
@@ -48,7 +47,6 @@ from portal.ledger.models import (
     Site,
 )
 from portal.projects.models import Project
-from portal.reports import rollups as report_rollups
 
 log = logging.getLogger("portal.ledger")
 T = TypeVar("T")
@@ -704,18 +702,9 @@ def _add_daily_usage(db: Session, charges: list[UsageCharge]) -> None:
         totals[key] = totals.get(key, 0) + charge.amount
     if not totals:
         return
-    dialect = db.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    table = DailyUsage.__table__  # type: ignore[attr-defined]
-    statement = insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=["allocation_id", "day"], set_={"amount": table.c.amount + statement.excluded.amount}
-    )
-    db.execute(
-        statement,
-        [{"allocation_id": a, "day": d, "amount": amount} for (a, d), amount in sorted(totals.items())],
-    )
-    report_rollups.add_usage(db, totals)  # the monthly rollup of the dashboards, same transaction
+    rows = [{"allocation_id": a, "day": d, "amount": amount} for (a, d), amount in sorted(totals.items())]
+    add_to_sums(db, DailyUsage.__table__, ("allocation_id", "day"), ("amount",), rows)  # type: ignore[attr-defined]
+    rollups.add_usage(db, totals)  # the monthly rollup beside it, same transaction
 
 
 def transfer(

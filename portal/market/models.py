@@ -6,7 +6,7 @@ Money is integer cents of ``currency`` (EUR); quantities are whole display units
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -154,3 +154,20 @@ class Invoice(SQLModel, table=True):
     gross_cents: int = Field(sa_type=sa.BigInteger)
     #: The legal mention (reverse charge, outside the EU) or empty.
     mention: str = Field(default="", max_length=500)
+
+
+class RevenueMonth(SQLModel, table=True):
+    """Invoiced amounts (credit notes subtracted) per month of issue, offering and buying organisation;
+    written in the transaction that issues the invoice or credit note, read by the operators' dashboards."""
+
+    __tablename__ = "report_revenue_months"
+
+    #: First day of the month the invoices were issued in (UTC).
+    month: date = Field(primary_key=True, index=True)
+    offering_id: int = Field(foreign_key="offerings.id", primary_key=True)
+    organisation_id: int = Field(foreign_key="organisations.id", primary_key=True)
+    #: Display units (hours) invoiced, credit notes subtracted.
+    quantity: int = Field(default=0, sa_type=sa.BigInteger)
+    net_cents: int = Field(default=0, sa_type=sa.BigInteger)
+    vat_cents: int = Field(default=0, sa_type=sa.BigInteger)
+    gross_cents: int = Field(default=0, sa_type=sa.BigInteger)

@@ -26,6 +26,7 @@ from portal.errors import Conflict, InvalidInput, NotAuthorised, NotFound
 from portal.identity.models import Login, User
 from portal.ledger import services as ledger
 from portal.ledger.models import UNITS, Allocation, CapacityPeriod, Resource, Site
+from portal.market import rollups
 from portal.market.models import (
     Invoice,
     InvoiceKind,
@@ -41,7 +42,6 @@ from portal.market.stripe_gateway import StripeGateway
 from portal.market.vat import confirm_with_vies, treatment_for, vat_cents
 from portal.notifications.services import notify
 from portal.projects.models import Organisation, OrganisationRole, Project
-from portal.reports import rollups as report_rollups
 
 log = logging.getLogger("portal.market")
 
@@ -659,7 +659,7 @@ def issue_invoice(
     )
     db.add(invoice)
     db.flush()
-    report_rollups.add_invoice(db, invoice, order.offering_id)
+    rollups.add_invoice(db, invoice, order.offering_id)  # the monthly revenue, same transaction
     return invoice
 
 

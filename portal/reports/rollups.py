@@ -1,103 +1,24 @@
-"""Keeping the monthly rollups: added to in the writer's transaction, rebuilt and checked from the source.
+"""Rebuilding and checking the monthly rollups that the dashboards read; the producers keep them.
 
-The ledger calls ``add_usage`` from the transaction that charges usage (next to its daily aggregates), the
-market calls ``add_invoice`` from the transaction that issues an invoice or credit note. Each is one
-batched upsert (``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``), atomic on SQLite and
-PostgreSQL, so concurrent charges never lose an update. This module imports only models: it is safe for the
-ledger and the market to import.
+The ledger adds to the usage months (``portal.ledger.rollups``) in the transaction that charges usage, the
+market to the revenue months (``portal.market.rollups``) in the transaction that issues an invoice or
+credit note. This module only reads them: it recomputes both from their source, lists the differences
+(``portal reports check``) and replaces them by the recomputation (``portal reports rebuild``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
-from portal.ledger.models import Allocation, DailyUsage
-from portal.market.models import Invoice, Order
-from portal.reports.models import RevenueMonth, UsageMonth
-
-USAGE_KEY = ("allocation_id", "month")
-REVENUE_KEY = ("month", "offering_id", "organisation_id")
-REVENUE_SUMS = ("quantity", "net_cents", "vat_cents", "gross_cents")
-
-
-def month_of(day: date | datetime) -> date:
-    return date(day.year, day.month, 1)
-
-
-def _add(db: Session, table: sa.Table, key: tuple[str, ...], sums: tuple[str, ...], rows: list[dict]) -> None:
-    if not rows:
-        return
-    insert = postgresql_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(key), set_={name: table.c[name] + statement.excluded[name] for name in sums}
-    )
-    db.execute(statement, rows)
-
-
-def add_usage(db: Session, daily_totals: dict[tuple[int, date], int]) -> None:
-    """Add usage per (allocation, day), as the ledger adds it to its daily aggregates, to the months."""
-    months: dict[tuple[int, date], int] = {}
-    for (allocation_id, day), amount in daily_totals.items():
-        key = (allocation_id, month_of(day))
-        months[key] = months.get(key, 0) + amount
-    rows = [{"allocation_id": a, "month": m, "amount": amount} for (a, m), amount in sorted(months.items())]
-    _add(db, UsageMonth.__table__, USAGE_KEY, ("amount",), rows)  # type: ignore[attr-defined]
-
-
-def _invoice_row(invoice: Invoice, offering_id: int) -> dict[str, object]:
-    return {
-        "month": month_of(invoice.issued_at),
-        "offering_id": offering_id,
-        "organisation_id": invoice.organisation_id,
-        "quantity": sum(int(line.get("quantity", 0)) for line in invoice.lines),
-        "net_cents": invoice.net_cents,
-        "vat_cents": invoice.vat_cents,
-        "gross_cents": invoice.gross_cents,
-    }
-
-
-def add_invoice(db: Session, invoice: Invoice, offering_id: int) -> None:
-    """Add an issued invoice (or credit note, whose amounts are negative) to its month's revenue."""
-    _add(db, RevenueMonth.__table__, REVENUE_KEY, REVENUE_SUMS, [_invoice_row(invoice, offering_id)])  # type: ignore[attr-defined]
-
-
-# --- recomputing from the source ------------------------------------------------------------------------
-
-
-def expected_usage(db: Session) -> dict[tuple[int, date], int]:
-    """Usage months recomputed from the ledger's daily usage, read in streamed batches."""
-    months: dict[tuple[int, date], int] = {}
-    rows = db.execute(
-        select(DailyUsage.allocation_id, DailyUsage.day, DailyUsage.amount).execution_options(yield_per=20_000)
-    )
-    for allocation_id, day, amount in rows:
-        key = (int(allocation_id), month_of(day))
-        months[key] = months.get(key, 0) + int(amount)
-    return {k: v for k, v in months.items() if v}
-
-
-def expected_revenue(db: Session) -> dict[tuple[date, int, int], tuple[int, ...]]:
-    """Revenue months recomputed from every invoice and credit note."""
-    months: dict[tuple[date, int, int], list[int]] = {}
-    rows = db.execute(
-        select(Invoice, Order.offering_id)
-        .join(Order, Order.id == Invoice.order_id)  # type: ignore[arg-type]
-        .execution_options(yield_per=5_000)
-    )
-    for invoice, offering_id in rows:
-        row = _invoice_row(invoice, int(offering_id))
-        sums = months.setdefault((row["month"], int(offering_id), invoice.organisation_id), [0] * 4)  # type: ignore[arg-type]
-        for i, name in enumerate(REVENUE_SUMS):
-            sums[i] += int(row[name])  # type: ignore[call-overload]
-    return {k: tuple(v) for k, v in months.items()}
+from portal.ledger.models import Allocation, UsageMonth
+from portal.ledger.rollups import expected_usage
+from portal.market.models import RevenueMonth
+from portal.market.rollups import REVENUE_KEY, REVENUE_SUMS, expected_revenue
 
 
 def _stored_usage(db: Session) -> dict[tuple[int, date], int]:

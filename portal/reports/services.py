@@ -31,10 +31,10 @@ from portal.db import utcnow
 from portal.errors import InvalidInput, NotAuthorised, NotFound
 from portal.grants.models import Application, ApplicationState, Call
 from portal.identity.models import FactoryRole, User
-from portal.ledger.models import Allocation, CapacityPeriod, CapacityReservation, Resource, Site
-from portal.market.models import Offering
+from portal.ledger.models import Allocation, CapacityPeriod, CapacityReservation, Resource, Site, UsageMonth
+from portal.market.models import Offering, RevenueMonth
 from portal.projects.models import Organisation, OrganisationKind, Project
-from portal.reports.models import OperatorSite, RevenueMonth, UsageMonth
+from portal.reports.models import OperatorSite
 
 PUBLIC_KINDS = frozenset({OrganisationKind.UNIVERSITY, OrganisationKind.PUBLIC_BODY})
 #: Projects listed per resource kind in "top projects by use".
