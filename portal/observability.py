@@ -93,6 +93,21 @@ WORKER_JOB_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
 )
 
+CAPACITY = Gauge(
+    "portal_capacity_units",
+    "Base units a resource can deliver in its current capacity period (GPU- or core-seconds, bytes), per site "
+    "and resource; reported by ``portal worker``.",
+    ["site", "resource"],
+    multiprocess_mode="max",
+)
+CAPACITY_RESERVED = Gauge(
+    "portal_capacity_reserved_units",
+    "Base units of the current capacity period reserved by awards and purchases, per site and resource; reported "
+    "by ``portal worker``.",
+    ["site", "resource"],
+    multiprocess_mode="max",
+)
+
 #: The metering lag a scrape reports is computed from this gauge at scrape time (see ``MeteringLag``).
 LAG_NAME = "portal_metering_lag_seconds"
 _newest_lock = threading.Lock()
@@ -132,6 +147,34 @@ def worker_job_ran(job: str, seconds: float, *, failed: bool) -> None:
     WORKER_JOB_SECONDS.labels(job=job).observe(seconds)
 
 
+#: ``portal worker``'s state for the scrape-time metrics of ``WorkerState`` (empty in the web processes).
+_worker_lock = threading.Lock()
+_heartbeat: list[float] = []
+_job_schedule: dict[str, tuple[int, float | None]] = {}
+
+
+def worker_alive() -> None:
+    """The worker's loop made progress (a job or one of its items began or ended): its health check passes."""
+    with _worker_lock:
+        _heartbeat[:] = [time.time()]
+
+
+def worker_seconds_since_progress() -> float | None:
+    with _worker_lock:
+        return time.time() - _heartbeat[0] if _heartbeat else None
+
+
+def worker_job_schedule(job: str, every: int, last_success: datetime | None) -> None:
+    """Job ``job`` runs every ``every`` seconds and last succeeded (in any worker) at ``last_success``."""
+    with _worker_lock:
+        _job_schedule[job] = (every, last_success.timestamp() if last_success else None)
+
+
+def capacity_in_use(site: str, resource: str, capacity: int, reserved: int) -> None:
+    CAPACITY.labels(site=site, resource=resource).set(capacity)
+    CAPACITY_RESERVED.labels(site=site, resource=resource).set(reserved)
+
+
 #: The spawn check's answers and what they mean for the spawn.
 _SPAWN_OUTCOMES = {200: "accepted", 403: "refused", 401: "unauthorised"}
 
@@ -160,6 +203,43 @@ class MeteringLag:
         yield lag
 
 
+class WorkerState:
+    """``portal worker``'s progress, computed when scraped: the loop's last heartbeat, and per job the last
+    success (in any worker, from the shared schedule) and its lag (seconds overdue: now - last success - interval,
+    so it grows while a job fails or nobody runs it)."""
+
+    def collect(self) -> Iterator[Metric]:
+        with _worker_lock:
+            heartbeat = list(_heartbeat)
+            schedule = dict(_job_schedule)
+        if not heartbeat and not schedule:
+            return
+        now = time.time()
+        alive = GaugeMetricFamily(
+            "portal_worker_heartbeat_timestamp_seconds",
+            "When the worker's loop last made progress (a job or one of its items began or ended).",
+        )
+        if heartbeat:
+            alive.add_metric([], heartbeat[0])
+        yield alive
+        success = GaugeMetricFamily(
+            "portal_worker_job_last_success_timestamp_seconds",
+            "When the job last succeeded, in any worker.",
+            labels=["job"],
+        )
+        lag = GaugeMetricFamily(
+            "portal_worker_job_lag_seconds",
+            "Seconds the job's next successful run is overdue: now - last success - its interval (0 while on time).",
+            labels=["job"],
+        )
+        for job, (every, last) in sorted(schedule.items()):
+            if last is not None:
+                success.add_metric([job], last)
+                lag.add_metric([job], max(0.0, now - last - every))
+        yield success
+        yield lag
+
+
 def registry() -> CollectorRegistry:
     """All metrics of this process, or of every process sharing ``PROMETHEUS_MULTIPROC_DIR``."""
     collected = CollectorRegistry(auto_describe=False)
@@ -169,6 +249,7 @@ def registry() -> CollectorRegistry:
     else:
         source = REGISTRY
     collected.register(MeteringLag(source))  # type: ignore[arg-type]
+    collected.register(WorkerState())  # type: ignore[arg-type]
     return collected
 
 
@@ -257,18 +338,37 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 # --- the worker's metrics endpoint ----------------------------------------------------------------------------
 
+#: The worker's health check fails once its loop has made no progress for its interval plus this long.
+WORKER_STALLED_GRACE_SECONDS = 600
+
 
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-def serve_worker_metrics(settings: Settings, host: str = "0.0.0.0") -> WSGIServer | None:  # noqa: S104 - inside its container
-    """``portal worker``'s ``/metrics`` on ``PORTAL_WORKER_METRICS_PORT`` (0: none), in a daemon thread."""
+def serve_worker_metrics(
+    settings: Settings,
+    host: str = "0.0.0.0",  # noqa: S104 - inside its container
+    *,
+    stalled_after: float | None = None,
+) -> WSGIServer | None:
+    """``portal worker``'s ``/metrics`` on ``PORTAL_WORKER_METRICS_PORT`` (0: none), in a daemon thread, and its
+    health check ``/healthz``: 200 while the loop made progress in the last ``stalled_after`` seconds, 503 (saying
+    how long it has been) once it is stuck, so that the container turns unhealthy although the thread answers."""
     if not settings.worker_metrics_port:
         return None
+    stalled_after = stalled_after or settings.worker_interval_seconds + WORKER_STALLED_GRACE_SECONDS
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            quiet = worker_seconds_since_progress()
+            if quiet is not None and quiet <= stalled_after:
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ok\n"]
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            said = "has not started" if quiet is None else f"has made no progress for {quiet:.0f} s"
+            return [f"the worker's loop {said} (limit {stalled_after:.0f} s)\n".encode()]
         if not settings.metrics_token or environ.get("PATH_INFO") != "/metrics":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"Not found\n"]

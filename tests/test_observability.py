@@ -299,7 +299,7 @@ def test_the_worker_serves_its_job_runs_and_failures_and_logs_json(app: Flask) -
             try:
                 answer = requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
                 samples = parse(answer.text)
-                if value(samples, "portal_worker_job_runs_total", job="meter_notebooks", outcome="ok"):
+                if value(samples, "portal_worker_job_runs_total", job="meter_notebooks", outcome="failed"):
                     break
             except requests.ConnectionError:
                 pass
@@ -315,6 +315,6 @@ def test_the_worker_serves_its_job_runs_and_failures_and_logs_json(app: Flask) -
     assert "Traceback" in failed[0]["exc_info"]
     runs = "portal_worker_job_runs_total"
     assert value(samples, runs, job="purge_stale_invitations", outcome="ok") == 1
-    assert value(samples, runs, job="meter_notebooks", outcome="ok") == 1  # an unreachable hub skips a round
+    assert value(samples, runs, job="meter_notebooks", outcome="failed") == 1  # an unreachable hub fails the run
     assert value(samples, runs, job="sync_slurm_accounts", outcome="failed") == 1
     assert value(samples, "portal_worker_job_duration_seconds_count", job="check_balances") == 1

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from portal import observability
 from portal.classroom.services import course_stop_reason, record_seat_usage, student_seat
-from portal.compute.hub_client import HubClient, HubError, HubRefused, HubServer, HubUnavailable, ServerStatus
+from portal.compute.hub_client import HubClient, HubError, HubRefused, HubServer, ServerStatus
 from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused, hub_username
 from portal.config import Settings
@@ -276,74 +276,158 @@ def _stop_reason(db: Session, session: NotebookSession, now: datetime) -> str | 
     return None
 
 
-def meter_notebooks(db: Session, settings: Settings, client: HubClient, now: datetime | None = None) -> MeterReport:
-    """One round of metering: start times from the hub, charges, and stops (see the module's docstring)."""
+#: Sessions one claim takes: small enough that several workers share a round, large enough to keep statements few.
+CLAIM_BATCH = 50
+
+
+def _claim_sessions(db: Session, now: datetime, after: int, fresh_for: timedelta, batch: int) -> list[int]:
+    """Claim the next open sessions (id above ``after``) that no worker metered in the last ``fresh_for``: one
+    ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``, so concurrent workers take disjoint sessions
+    (SQLite, with one writer at a time, ignores the clause)."""
+    table = NotebookSession.__table__  # type: ignore[attr-defined]
+    due = (
+        sa.select(table.c.id)
+        .where(
+            table.c.stopped_at.is_(None),
+            table.c.id > after,
+            sa.or_(table.c.metered_at.is_(None), table.c.metered_at <= now - fresh_for),
+        )
+        .order_by(table.c.id)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = db.execute(
+        sa.update(table).where(table.c.id.in_(due.scalar_subquery())).values(metered_at=now).returning(table.c.id)
+    )
+    ids = sorted(claimed.scalars().all())
+    db.commit()
+    return ids
+
+
+def _release_sessions(db: Session, ids: Sequence[int]) -> None:
+    """Claimed sessions left unmetered (the worker is stopping): the next worker's round takes them."""
+    if ids:
+        table = NotebookSession.__table__  # type: ignore[attr-defined]
+        db.execute(sa.update(table).where(table.c.id.in_(ids)).values(metered_at=None))
+        db.commit()
+
+
+def _newest_open(db: Session, sessions: Sequence[NotebookSession]) -> dict[tuple[str, str], int]:
+    """The newest open session of each (hub user, server) among ``sessions``'s, whichever worker claimed it."""
+    users = sorted({s.hub_user for s in sessions})
+    newest: dict[tuple[str, str], int] = {}
+    for session_id, user, name in db.exec(
+        select(NotebookSession.id, NotebookSession.hub_user, NotebookSession.server_name).where(
+            col(NotebookSession.stopped_at).is_(None), col(NotebookSession.hub_user).in_(users)
+        )
+    ).all():
+        newest[(user, name)] = max(session_id, newest.get((user, name), 0))  # type: ignore[arg-type]
+    return newest
+
+
+def meter_notebooks(
+    db: Session,
+    settings: Settings,
+    client: HubClient,
+    now: datetime | None = None,
+    *,
+    keep_going: Callable[[], bool] | None = None,
+    fresh_for: timedelta = timedelta(0),
+    batch: int = CLAIM_BATCH,
+) -> MeterReport:
+    """One round of metering: start times from the hub, charges, and stops (see the module's docstring).
+
+    The open sessions are claimed in batches (``_claim_sessions``), so several workers share a round: a session
+    metered by any worker within ``fresh_for`` is left alone. ``keep_going`` is asked before each session; when it
+    says no, the round ends after the session in hand and hands the rest of its claim back. Raises
+    ``HubUnavailable`` when the hub does not answer (nothing is charged or stopped then).
+    """
     now = now or utcnow()
     report = MeterReport()
     servers = {(s.user, s.name): s for s in client.active_servers()}
-    open_sessions = db.exec(
-        select(NotebookSession).where(col(NotebookSession.stopped_at).is_(None)).order_by(col(NotebookSession.id))
-    ).all()
-    latest: dict[tuple[str, str], NotebookSession] = {}
-    for session in open_sessions:
-        key = (session.hub_user, session.server_name)
-        older = latest.get(key)
-        if older is not None:  # the server was spawned again: the older record is over
-            _charge(db, older, now)
-            _close(db, older, now, REPLACED)
-            report.stopped[older.id] = REPLACED  # type: ignore[index]
-        latest[key] = session
-
-    for key, session in latest.items():
-        if session.stopped_at is not None:  # stopped by the enforcement hook when an earlier charge exhausted
-            report.stopped[session.id] = session.stop_reason  # type: ignore[index]
-            continue
-        server = servers.get(key)
-        if session.started_at is None:
-            if server is not None and server.ready:
-                _mark_started(db, session, server, now)
-                report.started.append(session.id)  # type: ignore[arg-type]
-            elif server is None and now - session.requested_at > NEVER_STARTED_AFTER:
-                _close(db, session, now, NOT_STARTED)
-                observability.hub_server_never_started(session.profile)
-                report.stopped[session.id] = NOT_STARTED  # type: ignore[index]
-                continue
-            else:
-                continue
-        if server is None:
-            # Stopped at the hub (by its user or the idle culler) since the last round: its time after the
-            # last charge is not known, so it is not charged.
-            _close(db, session, now, AT_HUB)
-            report.stopped[session.id] = AT_HUB  # type: ignore[index]
-            continue
-        amount = _charge(db, session, now)
-        if amount:
-            report.charged[session.id] = amount  # type: ignore[index]
-        if session.stopped_at is not None:  # this charge exhausted the allocation: the hook stopped it
-            report.stopped[session.id] = session.stop_reason  # type: ignore[index]
-            continue
-        reason = _stop_reason(db, session, now)
-        if reason is None:
-            continue
-        try:
-            client.stop_server(session.hub_user, session.server_name)
-        except HubError:
-            log.exception("could not stop %s/%s (%s); trying again next round", *key, reason)
-            continue
-        _close(db, session, now, reason)
-        _tell_owner(db, settings, session, reason)
-        report.stopped[session.id] = reason  # type: ignore[index]
-    return report
+    after = 0
+    while True:
+        ids = _claim_sessions(db, now, after, fresh_for, batch)
+        if not ids:
+            return report
+        after = ids[-1]
+        claimed = db.exec(
+            select(NotebookSession).where(col(NotebookSession.id).in_(ids)).order_by(col(NotebookSession.id))
+        ).all()
+        newest = _newest_open(db, claimed)
+        db.rollback()
+        for position, session in enumerate(claimed):
+            if keep_going is not None and not keep_going():
+                _release_sessions(db, ids[position:])
+                return report
+            _meter_session(db, settings, client, session, servers, newest, now, report)
 
 
-def meter_job(db: Session, settings: Settings) -> int:
-    """``portal worker``'s job: one metering round against ``settings.hub_url``; returns how much it did.
-    An unreachable hub skips the round (logged): nothing is charged or stopped until it answers again."""
+def _meter_session(
+    db: Session,
+    settings: Settings,
+    client: HubClient,
+    session: NotebookSession,
+    servers: dict[tuple[str, str], HubServer],
+    newest: dict[tuple[str, str], int],
+    now: datetime,
+    report: MeterReport,
+) -> None:
+    key = (session.hub_user, session.server_name)
+    if session.stopped_at is not None:  # stopped by the enforcement hook when an earlier charge exhausted
+        report.stopped[session.id] = session.stop_reason  # type: ignore[index]
+        return
+    if newest.get(key, 0) > session.id:  # type: ignore[operator]
+        _charge(db, session, now)  # the server was spawned again: this older record is over
+        _close(db, session, now, REPLACED)
+        report.stopped[session.id] = REPLACED  # type: ignore[index]
+        return
+    server = servers.get(key)
+    if session.started_at is None:
+        if server is not None and server.ready:
+            _mark_started(db, session, server, now)
+            report.started.append(session.id)  # type: ignore[arg-type]
+        elif server is None and now - session.requested_at > NEVER_STARTED_AFTER:
+            _close(db, session, now, NOT_STARTED)
+            observability.hub_server_never_started(session.profile)
+            report.stopped[session.id] = NOT_STARTED  # type: ignore[index]
+            return
+        else:
+            return
+    if server is None:
+        # Stopped at the hub (by its user or the idle culler) since the last round: its time after the
+        # last charge is not known, so it is not charged.
+        _close(db, session, now, AT_HUB)
+        report.stopped[session.id] = AT_HUB  # type: ignore[index]
+        return
+    amount = _charge(db, session, now)
+    if amount:
+        report.charged[session.id] = amount  # type: ignore[index]
+    if session.stopped_at is not None:  # this charge exhausted the allocation: the hook stopped it
+        report.stopped[session.id] = session.stop_reason  # type: ignore[index]
+        return
+    reason = _stop_reason(db, session, now)
+    if reason is None:
+        return
     try:
-        return meter_notebooks(db, settings, HubClient.from_settings(settings)).total
-    except HubUnavailable as exc:
-        log.warning("notebook metering skipped: %s", exc)
-        return 0
+        client.stop_server(session.hub_user, session.server_name)
+    except HubError:
+        log.exception("could not stop %s/%s (%s); trying again next round", *key, reason)
+        return
+    _close(db, session, now, reason)
+    _tell_owner(db, settings, session, reason)
+    report.stopped[session.id] = reason  # type: ignore[index]
+
+
+def meter_job(db: Session, settings: Settings, keep_going: Callable[[], bool] | None = None) -> int:
+    """``portal worker``'s job: one metering round against ``settings.hub_url``; returns how much it did.
+
+    An unreachable hub fails the run (``HubUnavailable``): nothing is charged or stopped, and the worker counts
+    the run as failed, so the metrics and alerts show it. Sessions another worker metered in the last half
+    interval are left to it."""
+    fresh_for = timedelta(seconds=settings.worker_interval_seconds / 2)
+    client = HubClient.from_settings(settings)
+    return meter_notebooks(db, settings, client, keep_going=keep_going, fresh_for=fresh_for).total
 
 
 # --- telling the owner; stopping at the moment of exhaustion ----------------------------------------------------

@@ -103,6 +103,9 @@ class NotebookSession(SQLModel, table=True):
     #: by the portal's metering.
     slurm_cluster: str | None = Field(default=None, max_length=64)
     slurm_account: str | None = Field(default=None, max_length=64)
+    #: When a worker last claimed the session for metering (``SKIP LOCKED``): the other workers leave it to that
+    #: worker for the rest of the round, so N workers share the sessions instead of each walking all of them.
+    metered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     @property
     def charged_from_slurm(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -12,7 +13,7 @@ from portal.db import utcnow
 from portal.formatting import quantity
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource
+from portal.ledger.models import Allocation, AllocationSource, AllocationState, CapacityPeriod, Resource, Site
 from portal.mail import MailNotSent, send_mail_to_each
 from portal.projects.models import Project, ProjectMembership, ProjectRole
 
@@ -155,3 +156,17 @@ def check_balances(db: Session, settings: Settings) -> int:
         body="The nightly ledger check found:\n\n" + "\n".join(lines) + "\n",
     )
     return len(mismatches)
+
+
+def capacity_in_use(db: Session, today: date) -> list[tuple[str, str, int, int]]:
+    """Each resource's current capacity period as ``(site code, resource code, capacity, reserved)``: what the
+    worker exports for the "capacity near full" alert."""
+    rows = db.exec(
+        select(Site.code, Resource.code, CapacityPeriod.capacity, CapacityPeriod.reserved)
+        .join(Resource, Resource.id == CapacityPeriod.resource_id)  # type: ignore[arg-type]
+        .join(Site, Site.id == Resource.site_id)  # type: ignore[arg-type]
+        .where(CapacityPeriod.starts_on <= today, CapacityPeriod.ends_on > today)
+        .order_by(Site.code, Resource.code)
+    ).all()
+    db.rollback()
+    return [(site, resource, int(capacity), int(reserved)) for site, resource, capacity, reserved in rows]
