@@ -144,6 +144,26 @@ def deactivate_command(email: str, reason: str) -> None:
     click.echo(f"{user.display_name} <{user.email}> is deactivated; their sessions have ended")
 
 
+@users.command("erase")
+@click.argument("email")
+@reason_option
+@with_appcontext
+def erase_command(email: str, reason: str) -> None:
+    """Erase the personal data of the user with EMAIL (GDPR): the user is pseudonymised and deactivated; the ledger,
+    invoices and audit log stay as they are (see docs/personal-data.md)."""
+    from portal.db import get_db
+    from portal.identity.personal_data import erase_user, erased_name
+    from portal.identity.services import find_user_by_email
+
+    try:
+        user = find_user_by_email(get_db(), email)
+        removed = erase_user(get_db(), None, user, reason=reason)
+    except DomainError as exc:
+        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
+    counts = ", ".join(f"{name} {count}" for name, count in removed.items() if count)
+    click.echo(f"{email} is erased: user {user.id} is now {erased_name(user.id)!r} (removed: {counts or 'nothing'})")
+
+
 from portal.grants.cli import calls  # noqa: E402
 from portal.ledger.cli import sites  # noqa: E402
 from portal.metering.cli import slurm, usage  # noqa: E402

@@ -313,6 +313,15 @@ class Settings(BaseSettings):
     database_statement_timeout_seconds: int = Field(default=20, ge=0, le=3600)
     #: Bytes of PDFs one user may keep uploaded to applications (a replaced file no longer counts).
     upload_quota_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    #: Personal data (docs/personal-data.md): days a login record is kept (provider, subject, level of assurance and
+    #: the attributes asserted, such as a person identifier or birth date); the worker deletes older ones.
+    login_retention_days: int = Field(default=180, gt=0)
+    #: Days an ended or expired browser session is kept (for "who was logged in when").
+    web_session_retention_days: int = Field(default=30, gt=0)
+    #: Days the hub's authorization codes and access tokens are kept after they expired.
+    oauth_retention_days: int = Field(default=7, gt=0)
+    #: Days a notification stays in the in-portal inbox (it was e-mailed too).
+    notification_retention_days: int = Field(default=365, gt=0)
 
     @field_validator("rate_limits")
     @classmethod

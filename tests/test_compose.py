@@ -89,7 +89,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_the_compose_file_parses_with_the_example_env_and_runs_the_whole_topology(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {
-        "proxy", "migrate", "portal", "worker", "db", "redis", "keycloak", "hub", *STAGING
+        "proxy", "migrate", "portal", "worker", "db", "redis", "keycloak", "hub", "backup", *STAGING
     }  # fmt: skip
     assert compose["services"]["db"]["image"].startswith("postgres:")
     assert compose["services"]["keycloak"]["image"].startswith("quay.io/keycloak/keycloak:")

@@ -20,6 +20,7 @@ class AuditAction(StrEnum):
     ROLE_GRANTED = "role_granted"
     ROLE_REVOKED = "role_revoked"
     USER_DEACTIVATED = "user_deactivated"
+    USER_ERASED = "user_erased"
     AGENT_TOKEN_CREATED = "agent_token_created"  # noqa: S105  (an action name, not a secret)
     ORGANISATION_VERIFIED = "organisation_verified"
     OPERATOR_SITE_ASSIGNED = "operator_site_assigned"

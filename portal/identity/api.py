@@ -1,6 +1,8 @@
-"""``/api/v1/me``: who the token belongs to."""
+"""``/api/v1/me``: who the token belongs to, and ``/api/v1/me/export``: everything the portal holds about them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import jsonify
 from pydantic import BaseModel
@@ -34,3 +36,21 @@ def me():  # type: ignore[no-untyped-def]
             factory_roles=roles,
         ).model_dump()
     )
+
+
+class PersonalDataExport(BaseModel):
+    exported_at: str
+    #: The account row.
+    user: dict[str, Any]
+    #: Per table, the rows that belong to the person or record what they did (secrets' digests left out).
+    tables: dict[str, list[dict[str, Any]]]
+
+
+@bp.get("/me/export")
+@token_required(ApiScope.READ)
+@spec.validate(resp=Response(HTTP_200=PersonalDataExport, HTTP_401=Problem, HTTP_403=Problem), tags=["identity"])
+def export_me():  # type: ignore[no-untyped-def]
+    """Everything the portal holds about the token's owner (GDPR Art. 15 and 20), as one JSON document."""
+    from portal.identity.personal_data import export_personal_data
+
+    return jsonify(export_personal_data(get_db(), api_user()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
 from portal.authz import Action, require
@@ -124,6 +124,17 @@ def account():  # type: ignore[no-untyped-def]
         web_session=current_web_session(),
         live_sessions=services.live_sessions_of(db, me),
     )
+
+
+@bp.get("/account/export")
+@login_required
+def export_account():  # type: ignore[no-untyped-def]
+    """The user's personal data as a JSON download (the same document as ``GET /api/v1/me/export``)."""
+    from portal.identity.personal_data import export_personal_data
+
+    response = jsonify(export_personal_data(get_db(), actor()))
+    response.headers["Content-Disposition"] = f'attachment; filename="my-data-{actor().id}.json"'
+    return response
 
 
 @bp.post("/account/identities/link/<name>")
