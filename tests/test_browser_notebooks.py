@@ -87,7 +87,7 @@ def test_a_member_launches_opens_jupyterlab_through_the_portal_login_and_stops_i
     # Back in the portal: My sessions shows it running, and Stop stops it.
     page.goto(f"{portal_url}/notebooks")
     row = page.get_by_role("row").filter(has_text=server_name)
-    assert "cpu" in row.inner_text()
+    assert row.get_by_role("link", name="cpu award · CPU only: 2 cores, 4 GB").is_visible()
     assert_accessible(page, "My sessions, one running")
     row.get_by_role("button", name="Stop").click()
     page.wait_for_url(f"{portal_url}/notebooks")

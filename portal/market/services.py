@@ -552,7 +552,10 @@ def _fulfil(db: Session, settings: Settings, event: Any, order: Order, data: Any
                     settings,
                     buyer,
                     subject=f"Payment received: order {order.id}",
-                    body=f"{order.quantity} hours are on the project page. Invoice {invoice.reference}.",
+                    body=(
+                        f"{order.quantity} hours are on the project page; start a notebook on them from the order's"
+                        f" page. Invoice {invoice.reference}: {settings.base_url}/market/invoices/{invoice.id}.pdf"
+                    ),
                     link=f"/market/orders/{order.id}",
                 )
     except IntegrityError:

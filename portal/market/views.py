@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 
 import stripe
 from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
-from flask_login import login_required
+from flask_login import current_user, login_required
 from sqlmodel import col, select
 from wtforms.fields.choices import SelectChoice
 
@@ -28,10 +29,10 @@ from portal.market.forms import (
     parse_price,
 )
 from portal.market.invoice_pdf import invoice_pdf
-from portal.market.models import Invoice, Offering, OfferingPrice, OfferingState, Order, OrderState
+from portal.market.models import Invoice, InvoiceKind, Offering, OfferingPrice, OfferingState, Order, OrderState
 from portal.market.stripe_gateway import StripeGateway
 from portal.projects import services as projects
-from portal.projects.models import Organisation, Project
+from portal.projects.models import Organisation, OrganisationRole, Project
 from portal.web import actor, current_login, database_id, problem, settings
 
 bp = Blueprint("market", __name__)
@@ -43,11 +44,45 @@ def gateway() -> StripeGateway:
     return current_app.extensions["portal.stripe"]  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class BuyingFor:
+    """The projects a user can buy hours for, and when there is none, the first thing missing: ``organisation``
+    (none they buy for), ``verification`` (``organisation`` awaits the staff's check) or ``project`` (a verified
+    ``organisation`` has no project to hold the hours)."""
+
+    projects: list[projects.ProjectSummary]
+    missing: str | None = None
+    organisation: Organisation | None = None
+
+
+def buying_for(db, me: User) -> BuyingFor:  # type: ignore[no-untyped-def]
+    buyer_of = [
+        o for o, role in projects.organisations_of(db, me) if role in (OrganisationRole.ADMIN, OrganisationRole.BILLING)
+    ]
+    verified = [o for o in buyer_of if o.verified_at is not None]
+    verified_ids = {o.id for o in verified}
+    mine = [
+        s for s in projects.projects_of(db, me) if s.project.archived_at is None and s.organisation.id in verified_ids
+    ]
+    if mine:
+        return BuyingFor(mine)
+    if verified:
+        return BuyingFor([], "project", verified[0])
+    if buyer_of:
+        return BuyingFor([], "verification", buyer_of[0])
+    return BuyingFor([], "organisation")
+
+
 @bp.get("/market")
 def catalogue():  # type: ignore[no-untyped-def]
     site, gpu = request.args.get("site") or None, request.args.get("gpu") or None
+    buying = buying_for(get_db(), actor()) if current_user.is_authenticated else None
     return render_template(
-        "market/catalogue.html", items=services.catalogue(get_db(), site_code=site, gpu_model=gpu), site=site, gpu=gpu
+        "market/catalogue.html",
+        items=services.catalogue(get_db(), site_code=site, gpu_model=gpu),
+        site=site,
+        gpu=gpu,
+        buying=buying,
     )
 
 
@@ -58,7 +93,7 @@ def order(offering_id: int):  # type: ignore[no-untyped-def]
     offering = db.get(Offering, offering_id)
     if offering is None:
         abort(404)
-    my_projects = [s for s in projects.projects_of(db, me) if s.project.archived_at is None]
+    buying = buying_for(db, me)
     error, status = None, 200
     if request.method == "POST":
         try:
@@ -73,15 +108,19 @@ def order(offering_id: int):  # type: ignore[no-untyped-def]
             error, status = exc.detail, exc.status
         else:
             return redirect(pay_url, code=303)
-    return render_template("market/order.html", offering=offering, projects=my_projects, error=error), status
+    return render_template(
+        "market/order.html", offering=offering, projects=buying.projects, buying=buying, error=error
+    ), status
 
 
 @bp.get("/market/orders/<int:order_id>")
 @login_required
 def order_status(order_id: int):  # type: ignore[no-untyped-def]
-    placed = services.get_order(get_db(), actor(), order_id)
+    db = get_db()
+    placed = services.get_order(db, actor(), order_id)
+    invoice = db.exec(select(Invoice).where(Invoice.order_id == placed.id, Invoice.kind == InvoiceKind.INVOICE)).first()
     template = "market/_order_state.html" if request.headers.get("HX-Request") == "true" else "market/order_status.html"
-    return render_template(template, order=placed, cancelled=request.args.get("cancelled") == "1")
+    return render_template(template, order=placed, invoice=invoice, cancelled=request.args.get("cancelled") == "1")
 
 
 @bp.post("/market/orders/<int:order_id>/cancel")
