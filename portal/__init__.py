@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from portal.health import bp as health_bp
     from portal.identity.views import bp as identity_bp
     from portal.ledger.views import bp as ledger_bp
+    from portal.ledger.views import project_allocations
     from portal.notifications.views import bp as notifications_bp
     from portal.projects.views import bp as projects_bp
 
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(identity_bp)
     app.register_blueprint(projects_bp)
     app.register_blueprint(ledger_bp)
+    app.extensions["portal.project_allocations"] = project_allocations  # the project page's ledger section
     app.register_blueprint(grants_bp)
     app.register_blueprint(notifications_bp)
     app.register_blueprint(audit_bp)
@@ -100,8 +102,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     app.register_blueprint(notebooks_bp)
     from portal.classroom.views import bp as classroom_bp
+    from portal.compute.launch import start_notebook
 
     app.register_blueprint(classroom_bp)
+    app.extensions["portal.start_notebook"] = start_notebook  # the course pages' launcher (classroom.views)
     init_api(app)
     from portal.compute.oauth import init_app as init_hub_oauth
 

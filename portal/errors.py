@@ -62,3 +62,9 @@ class InsufficientAssurance(LoginRefused):
 class InvitationUnusable(DomainError):
     status = 410
     title = "Invitation no longer valid"
+
+
+class ServiceUnavailable(RuntimeError):
+    """A service the portal calls (the notebook hub: ``compute.hub_client.HubError``) failed or refused; pages
+    answer 503. Not a ``DomainError``: nothing the user asked for was wrong, and callers that know only this
+    module (``classroom``, which must not import ``compute``) can still tell it apart."""

@@ -2,7 +2,7 @@
 
 from portal.audit.models import AuditEvent
 from portal.classroom.models import Course, CourseJoinFailure, CourseSeat
-from portal.compute.models import NotebookSession, OAuthCode, OAuthToken
+from portal.compute.models import OAuthCode, OAuthToken
 from portal.grants.models import (
     Application,
     ApplicationFile,
@@ -35,6 +35,7 @@ from portal.market.models import (
     StripeEvent,
 )
 from portal.metering.models import SlurmAccount, SlurmPull, UsageRecord
+from portal.notebook_models import NotebookSession
 from portal.notifications.models import Notification
 from portal.projects.models import (
     Invitation,

@@ -21,7 +21,6 @@ from portal.classroom.models import Course, CourseSeat, CourseState
 from portal.compute.hub_client import HubError, HubServer
 from portal.compute.launch import _charge, _stop_reason, launch_notebook, meter_notebooks
 from portal.compute.launch import _close as close_session
-from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused, check_spawn, hub_username
 from portal.config import Settings
 from portal.db import utcnow
@@ -30,6 +29,7 @@ from portal.identity.models import Login, User
 from portal.ledger import services as ledger
 from portal.ledger.jobs import start_and_expire_allocations
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, LedgerEntry, Resource, ResourceKind
+from portal.notebook_models import NotebookSession
 from portal.notifications.models import Notification
 from portal.projects.models import ProjectMembership, ProjectRole
 from tests.conftest import LoginAttempt, post_form

@@ -12,12 +12,12 @@ from sqlmodel import Session
 from portal.classroom import services as classroom
 from portal.classroom.models import Course, CourseSeat, CourseState
 from portal.compute.launch import _charge, _stop_reason
-from portal.compute.models import NotebookSession
 from portal.compute.services import check_spawn, hub_username
 from portal.config import load_settings
 from portal.db import utcnow
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, ResourceKind
+from portal.notebook_models import NotebookSession
 from tests import test_ledger_postgres
 from tests.ledger_world import HOUR, make_world, person
 from tests.test_compute import open_now, plan_capacity_around_now

@@ -17,12 +17,13 @@ from sqlmodel import Session, select
 from portal import create_app
 from portal.classroom import services as classroom
 from portal.compute import launch
-from portal.compute.models import NotebookSession, OAuthCode, OAuthToken
+from portal.compute.models import OAuthCode, OAuthToken
 from portal.config import DEV_HUB_OAUTH_CLIENT_SECRET, DEV_HUB_SPAWN_CHECK_TOKEN, Settings
 from portal.db import utcnow
 from portal.identity.services import create_api_token
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind
+from portal.notebook_models import NotebookSession
 from portal.projects import services as projects
 from portal.projects.models import Project, ProjectMembership, ProjectRole
 from tests.ledger_world import HOUR, World, make_world, person

@@ -12,12 +12,12 @@ from flask.testing import FlaskClient
 from sqlmodel import Session
 
 from portal import create_app
-from portal.compute.models import NotebookSession
 from portal.config import DEV_HUB_SPAWN_CHECK_TOKEN, Settings
 from portal.db import utcnow
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, Resource, ResourceKind
 from portal.metering.services import map_slurm_account
+from portal.notebook_models import NotebookSession
 from portal.projects.models import ProjectMembership, ProjectRole
 from tests.ledger_world import HOUR, World, make_world, person
 from tests.test_compute import open_now, plan_capacity_around_now, refused, spawn

@@ -25,7 +25,6 @@ pytest.importorskip("websocket", reason="needs websocket-client (the [hub] extra
 from portal import create_app
 from portal.compute.hub_client import HubClient, HubRefused, ServerStatus
 from portal.compute.launch import EXHAUSTED, launch_notebook, meter_notebooks
-from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused
 from portal.config import Settings
 from portal.db import utcnow
@@ -35,6 +34,7 @@ from portal.errors import NotFound
 from portal.identity.models import User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, LedgerEntry, ResourceKind
+from portal.notebook_models import NotebookSession
 from tests.conftest import EIDAS
 from tests.ledger_world import HOUR, make_world
 from tests.test_compute import cpu_project, open_now, plan_capacity_around_now

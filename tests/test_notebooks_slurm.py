@@ -32,7 +32,6 @@ pytest.importorskip("batchspawner", reason="needs batchspawner (the [hub] extra)
 from portal import create_app
 from portal.compute.hub_client import HubClient, ServerStatus
 from portal.compute.launch import BY_USER, EXHAUSTED, launch_notebook, meter_notebooks, stop_notebook
-from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused
 from portal.config import Settings
 from portal.db import utcnow
@@ -44,6 +43,7 @@ from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, LedgerEntry, Resource, ResourceKind, Site
 from portal.metering.models import UsageRecord, UsageSource
 from portal.metering.slurm import account_name, pull_sacct, sync_cluster
+from portal.notebook_models import NotebookSession
 from tests.ledger_world import HOUR
 from tests.test_compute import open_now, plan_capacity_around_now
 from tests.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for

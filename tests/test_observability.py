@@ -27,11 +27,11 @@ from sqlmodel import Session, col, select
 from portal import create_app
 from portal.compute.hub_client import HubServer
 from portal.compute.launch import meter_notebooks
-from portal.compute.models import NotebookSession
 from portal.devstack import free_port, wait_for_http
 from portal.identity.services import create_agent_token
 from portal.ledger import services as ledger
 from portal.ledger.models import ResourceKind
+from portal.notebook_models import NotebookSession
 from tests.ledger_world import HOUR, make_world, open_q1, person
 from tests.test_compute import open_now, plan_capacity_around_now
 

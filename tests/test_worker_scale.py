@@ -24,13 +24,13 @@ from sqlmodel import Session, col, func, select
 from portal import observability
 from portal.compute.hub_client import HubServer
 from portal.compute.launch import TIME_LIMIT, meter_notebooks
-from portal.compute.models import NotebookSession
 from portal.config import load_settings
 from portal.db import utcnow
 from portal.devstack import free_port
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry, ResourceKind
 from portal.migrations import upgrade
+from portal.notebook_models import NotebookSession
 from portal.worker import run_due_jobs
 from portal.worker_models import WorkerJob
 from tests.conftest import portal_cli

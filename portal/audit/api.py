@@ -9,11 +9,10 @@ from flask import jsonify, request
 from pydantic import BaseModel, Field
 from spectree import Response
 
-from portal.api import Problem, api_user, bp, spec, token_required
+from portal.api import ApiScope, Problem, api_user, bp, spec, token_required
 from portal.audit import services
 from portal.audit.models import AuditAction
 from portal.db import get_db
-from portal.identity.models import ApiScope
 
 
 class AuditQuery(BaseModel):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from flask import g, has_request_context, request
 from sqlalchemy.sql.elements import ColumnElement
@@ -23,7 +23,6 @@ from portal.audit.models import AuditAction, AuditEvent
 from portal.authz import Action, require
 from portal.errors import InvalidInput
 from portal.formatting import csv_safe
-from portal.identity.models import User
 
 #: Events per page of the search; the page costs the same few queries however long the history.
 PAGE_SIZE = 50
@@ -49,11 +48,25 @@ CSV_COLUMNS = [
 ]
 
 
-def actor_label(actor: User | str | None) -> str:
+class Person(Protocol):
+    """Someone who acts, as the log names them (``identity.models.User`` is one): the log keeps their id and
+    their name and e-mail at the time, so audit imports nothing of identity, which writes to it."""
+
+    @property
+    def id(self) -> int | None: ...
+
+    @property
+    def display_name(self) -> str: ...
+
+    @property
+    def email(self) -> str | None: ...
+
+
+def actor_label(actor: Person | str | None) -> str:
     """How the actor is shown for ever: the person's name and e-mail at the time, or ``cli``/``system``."""
-    if isinstance(actor, User):
-        return f"{actor.display_name} <{actor.email}>" if actor.email else actor.display_name
-    return actor or "system"
+    if actor is None or isinstance(actor, str):
+        return actor or "system"
+    return f"{actor.display_name} <{actor.email}>" if actor.email else actor.display_name
 
 
 def require_reason(reason: str) -> str:
@@ -94,7 +107,7 @@ def _request_origin() -> tuple[str | None, str | None]:
 
 def record(
     db: Session,
-    actor: User | str | None,
+    actor: Person | str | None,
     action: AuditAction,
     obj: Any,
     *,
@@ -111,7 +124,7 @@ def record(
         db.flush()
     request_id, ip_address = _request_origin()
     event = AuditEvent(
-        actor_user_id=actor.id if isinstance(actor, User) else None,
+        actor_user_id=None if actor is None or isinstance(actor, str) else actor.id,
         actor_label=actor_label(actor)[:400],
         action=action,
         object_type=type(obj).__tablename__,
@@ -176,10 +189,10 @@ def _conditions(filters: AuditFilters) -> list[ColumnElement[bool]]:
 
 
 def search(
-    db: Session, actor: User, filters: AuditFilters, *, before: int | None = None, limit: int = PAGE_SIZE
+    db: Session, actor: Person, filters: AuditFilters, *, before: int | None = None, limit: int = PAGE_SIZE
 ) -> AuditPage:
     """One page of matching events, newest first; ``before`` (an event id) continues where a page ended."""
-    require(db, actor, Action.VIEW_AUDIT)
+    require(db, actor, Action.VIEW_AUDIT)  # type: ignore[arg-type]  # a User
     for name, value in (("object_id", filters.object_id), ("before", before)):
         if value is not None and not 1 <= value <= MAX_ID:
             raise InvalidInput(
@@ -215,9 +228,9 @@ def csv_row(event: AuditEvent) -> list[Any]:
     ]
 
 
-def export_csv(db: Session, actor: User, filters: AuditFilters) -> Iterator[str]:
+def export_csv(db: Session, actor: Person, filters: AuditFilters) -> Iterator[str]:
     """The whole filtered record as CSV text, newest first, read and sent in batches (never all in memory)."""
-    require(db, actor, Action.VIEW_AUDIT)
+    require(db, actor, Action.VIEW_AUDIT)  # type: ignore[arg-type]  # a User
 
     def lines() -> Iterator[str]:
         buffer = io.StringIO()

@@ -29,7 +29,6 @@ from sqlmodel import Session, col, func, select
 
 from portal.authz import Action, require
 from portal.classroom.models import Course, CourseJoinFailure, CourseSeat, CourseState
-from portal.compute.models import NotebookSession
 from portal.config import NotebookProfile, Settings
 from portal.db import utcnow
 from portal.errors import Conflict, DomainError, InvalidInput, NotAuthorised, NotFound
@@ -45,6 +44,7 @@ from portal.ledger.models import (
     Resource,
     ResourceKind,
 )
+from portal.notebook_models import NotebookSession
 from portal.notifications.services import notify
 from portal.projects.models import Project, ProjectMembership, ProjectRole
 

@@ -5,28 +5,44 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
+from typing import Protocol
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import login_required
 from flask_wtf import FlaskForm
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from wtforms.fields.choices import SelectChoice
 
 from portal.authz import Action, allowed
 from portal.classroom import services as classroom
 from portal.classroom.forms import CapForm, CourseForm, JoinForm, LaunchForm
 from portal.classroom.models import Course, CourseState
-from portal.compute.hub_client import HubClient, HubError
-from portal.compute.launch import launch_notebook
-from portal.compute.models import NotebookSession
+from portal.config import Settings
 from portal.db import get_db
-from portal.errors import DomainError, InvalidInput
+from portal.errors import DomainError, InvalidInput, ServiceUnavailable
 from portal.formatting import display_amount, parse_quantity
 from portal.forms import ActionForm, apply_errors
+from portal.identity.models import User
 from portal.ledger.models import Allocation, AllocationState, Resource
+from portal.notebook_models import NotebookSession
 from portal.web import actor, current_login, settings
 
 bp = Blueprint("classroom", __name__)
+
+
+class StartNotebook(Protocol):
+    """Starts a notebook for ``actor`` on ``allocation_id``; the started session's id (None: no record of it).
+    Raises ``DomainError`` (refused, invalid) or ``ServiceUnavailable`` (the hub failed)."""
+
+    def __call__(
+        self, db: Session, settings: Settings, actor: User, *, allocation_id: int, profile: str, hours: float
+    ) -> int | None: ...
+
+
+def _start_notebook() -> StartNotebook:
+    """compute's ``start_notebook``, installed by ``create_app``: compute checks and charges the course seats,
+    so classroom receives what starts a notebook rather than importing it."""
+    return current_app.extensions["portal.start_notebook"]  # type: ignore[no-any-return]
 
 
 def _day_start(day: date) -> datetime:
@@ -203,25 +219,19 @@ def launch(course_id: int):  # type: ignore[no-untyped-def]
     if not math.isfinite(hours):
         return _student_page(found, form, "Enter the hours as a number.", 422)
     try:
-        started = launch_notebook(
-            db,
-            settings(),
-            HubClient.from_settings(settings()),
-            me,
-            allocation_id=found.allocation_id,
-            profile=form.profile.data or "",
-            hours=hours,
+        session_id = _start_notebook()(
+            db, settings(), me, allocation_id=found.allocation_id, profile=form.profile.data or "", hours=hours
         )
     except InvalidInput as exc:
         return _student_page(found, form, " ".join(exc.errors.values()) or exc.detail, 422)
     except DomainError as exc:
         return _student_page(found, form, exc.detail, exc.status)
-    except HubError as exc:
+    except ServiceUnavailable as exc:
         detail = f"The notebook service is not reachable right now ({exc}). Try again in a minute."
         return render_template("error.html", title="Notebooks unavailable", detail=detail, status=503), 503
-    if started.session is None:
+    if session_id is None:
         abort(502)
-    return redirect(url_for("notebooks.session", session_id=started.session.id))
+    return redirect(url_for("notebooks.session", session_id=session_id))
 
 
 @bp.get("/courses/<int:course_id>/usage.csv")

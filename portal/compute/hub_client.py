@@ -16,12 +16,13 @@ from urllib.parse import quote
 import requests
 
 from portal.config import Settings
+from portal.errors import ServiceUnavailable
 
 #: JupyterHub's paginated answers (``items`` and ``_pagination``) are asked for with this media type.
 PAGINATION = "application/jupyterhub-pagination+json"
 
 
-class HubError(RuntimeError):
+class HubError(ServiceUnavailable):
     """The hub did not do what was asked."""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:

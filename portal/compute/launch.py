@@ -25,7 +25,6 @@ from sqlmodel import Session, col, select
 from portal import observability
 from portal.classroom.services import course_stop_reason, record_seat_usage, student_seat
 from portal.compute.hub_client import HubClient, HubError, HubRefused, HubServer, ServerStatus
-from portal.compute.models import NotebookSession
 from portal.compute.services import SpawnRefused, hub_username
 from portal.config import Settings
 from portal.db import find, utcnow
@@ -33,6 +32,7 @@ from portal.errors import InvalidInput, NotFound
 from portal.identity.models import User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, LedgerEntry
+from portal.notebook_models import NotebookSession
 from portal.projects.models import ProjectMembership
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,17 @@ def launch_notebook(
             client.stop_server(hub_user, server_name)
         raise SpawnRefused(exc.message) from exc
     return Launch(hub_user, server_name, status, _latest_session(db, hub_user, server_name))
+
+
+def start_notebook(
+    db: Session, settings: Settings, actor: User, *, allocation_id: int, profile: str, hours: float
+) -> int | None:
+    """``launch_notebook`` through the hub the settings name: the started session's id (None: the hub started
+    a server the portal has no record of). The course pages receive it (``create_app``), so that ``classroom``
+    imports nothing of ``compute``; a ``HubError`` is a ``portal.errors.ServiceUnavailable``."""
+    client = HubClient.from_settings(settings)
+    started = launch_notebook(db, settings, client, actor, allocation_id=allocation_id, profile=profile, hours=hours)
+    return started.session.id if started.session is not None else None
 
 
 def stop_notebook(

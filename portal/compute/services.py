@@ -42,7 +42,6 @@ from sqlmodel import Session, col, select
 
 from portal.classroom.models import Course, CourseSeat, CourseState
 from portal.classroom.services import course_spawn_refusal, student_seat
-from portal.compute.models import NotebookSession
 from portal.config import NotebookProfile, Settings, SlurmClusterConfig
 from portal.db import find, utcnow
 from portal.errors import NotAuthorised
@@ -50,6 +49,7 @@ from portal.formatting import quantity
 from portal.identity.models import User
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind, Site
 from portal.metering.models import SlurmAccount
+from portal.notebook_models import NotebookSession
 from portal.projects.models import ProjectMembership
 
 HUB_NAME = re.compile(r"^u([1-9][0-9]{0,17})$")

@@ -11,7 +11,6 @@ from portal.classroom import services as classroom
 from portal.classroom.models import CourseSeat, CourseState
 from portal.compute.hub_client import HubClient, HubError, ServerStatus
 from portal.compute.launch import launch_notebook, stop_notebook
-from portal.compute.models import NotebookSession
 from portal.compute.services import hub_backend, profile_choices
 from portal.db import get_db, utcnow
 from portal.errors import DomainError, InvalidInput
@@ -19,6 +18,7 @@ from portal.forms import ActionForm
 from portal.ledger import statements
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource
 from portal.metering.slurm import QueuedJob, queued_job
+from portal.notebook_models import NotebookSession
 from portal.projects import services as projects
 from portal.web import actor, settings
 
@@ -131,6 +131,13 @@ def _my_session(session_id: int) -> NotebookSession:
     return found
 
 
+def notebook_name(found: NotebookSession, allocation_title: str) -> str:
+    """What people call a notebook: its allocation and its profile's label (the hub's server name, ``a6-1``,
+    is only a detail beside it)."""
+    profile = settings().notebook_profile(found.profile)
+    return f"{allocation_title} · {profile.label if profile else found.profile}"
+
+
 def _notebook_url(found: NotebookSession) -> str:
     return f"{settings().hub_url}/user/{found.hub_user}/{found.server_name}/lab"
 
@@ -144,7 +151,9 @@ def session(session_id: int):  # type: ignore[no-untyped-def]
     if job is not None and job.state in ("PENDING", "CONFIGURING"):
         state = "queued"
     template = "compute/_session_state.html" if request.headers.get("HX-Request") == "true" else "compute/session.html"
-    return render_template(template, s=found, state=state, url=_notebook_url(found), job=job, steps=STEPS)
+    allocation = get_db().get(Allocation, found.allocation_id)
+    name = notebook_name(found, allocation.title if allocation else "")
+    return render_template(template, s=found, name=name, state=state, url=_notebook_url(found), job=job, steps=STEPS)
 
 
 #: What the session page shows while a notebook starts, in order: the step reached is marked.
@@ -196,15 +205,16 @@ def mine():  # type: ignore[no-untyped-def]
         .order_by(col(NotebookSession.requested_at).desc())
     ).all()
     stopped = db.exec(
-        select(NotebookSession)
+        select(NotebookSession, Allocation.title)
+        .join(Allocation, Allocation.id == NotebookSession.allocation_id)  # type: ignore[arg-type]
         .where(NotebookSession.user_id == me.id, col(NotebookSession.stopped_at).is_not(None))
         .order_by(col(NotebookSession.stopped_at).desc(), col(NotebookSession.id).desc())
         .limit(RECENTLY_STOPPED)
     ).all()
     return render_template(
         "compute/mine.html",
-        rows=rows,
-        stopped=stopped,
+        rows=[(s, a, r, seat, notebook_name(s, a.title)) for s, a, r, seat in rows],
+        stopped=[(s, notebook_name(s, title)) for s, title in stopped],
         places=_where_to_start(db, me),
         now=utcnow(),
         hub_url=settings().hub_url,

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import login_required
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from portal.authz import Action, allowed, require
 from portal.db import get_db
 from portal.errors import Conflict, InvalidInput, NotFound
 from portal.formatting import parse_quantity
 from portal.forms import apply_errors
+from portal.identity.models import User
 from portal.ledger import services as ledger
 from portal.ledger import statements
 from portal.ledger.forms import CapacityForm, ManualAllocationForm, OverbookingForm, ReleaseForm, TransferForm
 from portal.ledger.models import AllocationSource, CapacityPeriod, Resource, Site
 from portal.projects import services as projects
+from portal.projects.models import Project
 from portal.web import actor, database_id
 
 bp = Blueprint("ledger", __name__)
@@ -26,6 +29,15 @@ bp = Blueprint("ledger", __name__)
 
 def _project(project_id: int):  # type: ignore[no-untyped-def]
     return projects.get_project(get_db(), actor(), project_id)
+
+
+def project_allocations(db: Session, actor: User, project: Project) -> dict[str, Any]:
+    """The project page's allocations section (``ledger/_allocations.html``): the statements and the transfer
+    form. ``create_app`` hands it to the project page, which imports nothing of the ledger."""
+    allocations = statements.allocations_of_project(db, actor, project)
+    transfer_form = TransferForm(formdata=None)
+    transfer_form.set_choices(allocations)
+    return {"allocations": allocations, "transfer_form": transfer_form}
 
 
 @bp.get("/projects/<int:project_id>/allocations/<int:allocation_id>")

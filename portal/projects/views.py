@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from typing import Any
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required
+from sqlmodel import Session
 
 from portal.authz import Action, allowed
 from portal.db import get_db, utcnow
 from portal.errors import DomainError, InvalidInput
 from portal.forms import ActionForm, ReasonForm, apply_errors
-from portal.ledger import statements
-from portal.ledger.forms import TransferForm
+from portal.identity.models import User
 from portal.projects import services
 from portal.projects.forms import InviteForm, MemberRoleForm, OrganisationForm, ProjectForm
-from portal.projects.models import ProjectRole
+from portal.projects.models import Project, ProjectRole
 from portal.web import actor, settings
 
 bp = Blueprint("projects", __name__)
@@ -112,13 +114,18 @@ def new_project(organisation_id: int):  # type: ignore[no-untyped-def]
     return render_template("projects/project_form.html", form=form, org=org, project=None), status
 
 
+def _allocations_section(db: Session, me: User, project: Project) -> dict[str, Any]:
+    """The ledger's part of the project page (``allocations`` and ``transfer_form`` for
+    ``ledger/_allocations.html``): ``create_app`` installs ``ledger.views.project_allocations``, so the project
+    page receives it rather than importing the ledger, which reads projects."""
+    return current_app.extensions["portal.project_allocations"](db, me, project)  # type: ignore[no-any-return]
+
+
 def _project_page(project_id: int, *, invite_form: InviteForm | None = None, status: int = 200):  # type: ignore[no-untyped-def]
     db, me = get_db(), actor()
     project = services.get_project(db, me, project_id)
     can_manage = allowed(db, me, Action.MANAGE_MEMBERS, project)
-    allocations = statements.allocations_of_project(db, me, project)
-    transfer_form = TransferForm(formdata=None)
-    transfer_form.set_choices(allocations)
+    ledger_section = _allocations_section(db, me, project)
     return (
         render_template(
             "projects/project.html",
@@ -128,9 +135,8 @@ def _project_page(project_id: int, *, invite_form: InviteForm | None = None, sta
             invitations=services.invitations_of(db, me, project) if can_manage else [],
             can_manage=can_manage,
             can_edit=allowed(db, me, Action.EDIT_PROJECT, project),
-            allocations=allocations,
+            **ledger_section,
             can_manage_allocations=allowed(db, me, Action.MANAGE_ALLOCATIONS_OF_PROJECT, project),
-            transfer_form=transfer_form,
             invite_form=invite_form or InviteForm(formdata=None),
             roles=list(ProjectRole),
             action_form=ActionForm(),
