@@ -1,29 +1,116 @@
-"""The ``portal`` command."""
+"""The ``portal`` command.
+
+Every command starts quickly: this module imports only click and Flask's CLI, the command groups of the other
+packages (``portal usage``, ``portal sites``, ...) are imported when one of them is run, and each command imports
+what it needs in its body. ``portal --help`` loads neither the application nor the database, PDF or Stripe
+libraries (tests/test_cli_start.py counts the modules).
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
-from pydantic import ValidationError
 
-from portal import create_app
 from portal.audit.cli import reason_option
-from portal.errors import DomainError
+
+if TYPE_CHECKING:
+    from portal.errors import DomainError
+
+#: The command groups of the other packages: imported when run, listed by ``--help`` with this summary
+#: (tests/test_cli_start.py checks that each matches the group's own).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "calls": ("portal.grants.cli:calls", "Calls for proposals."),
+    "reports": ("portal.reports.cli:reports", "The operators' dashboards."),
+    "sites": ("portal.ledger.cli:sites", "Sites, resources and capacity."),
+    "slurm": ("portal.metering.cli:slurm", "Slurm accounts, users and limits of the configured clusters."),
+    "usage": ("portal.metering.cli:usage", "Usage metering."),
+}
+
+
+class PortalGroup(FlaskGroup):
+    """Flask's command group, but lazy: ``--help`` lists the commands without loading the application (Flask's
+    own group loads it to look for ``app.cli`` commands, which the portal has none of), and the other packages'
+    groups and Flask plugins' commands (``flask.commands`` entry points) are imported only when run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(LAZY_COMMANDS)
+
+    def _load_plugin_commands(self) -> None:
+        if self._loaded_plugin_commands:
+            return
+        for entry in metadata.entry_points(group="flask.commands"):
+            owner = entry.dist.name if entry.dist else entry.module
+            self.lazy_commands.setdefault(entry.name, (entry.value, f"Commands of the {owner} plugin."))
+        self._loaded_plugin_commands = True
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        self._load_plugin_commands()
+        if name in self.lazy_commands and name not in self.commands:
+            module, _, attribute = self.lazy_commands[name][0].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, with the summary of a group not imported yet taken from ``lazy_commands``."""
+        commands = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                command: click.Command | None = self.commands[name]
+            else:
+                command = click.Command(name, help=self.lazy_commands[name][1])
+            if command is not None and not command.hidden:
+                commands.append((name, command))
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in commands])
+
+
+#: Set by ``portal serve`` to the metrics folder it made itself: gunicorn removes it on exit (gunicorn_conf.py).
+OWN_METRICS_DIR = "PORTAL_SERVE_METRICS_DIR"
+
+
+def _database_url() -> str:
+    """The database the settings name, without building the application (the ``db`` commands need no more)."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from portal.config import load_settings
+
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"Invalid settings:\n{exc}") from exc
+    Path(settings.instance_path).mkdir(parents=True, exist_ok=True)  # SQLite's default file lives there
+    return settings.resolved_database_url
 
 
 def _create_app():  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from portal import create_app
+
     try:
         return create_app()
     except ValidationError as exc:
         raise click.ClickException(f"Invalid settings:\n{exc}") from exc
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, load_dotenv=False, set_debug_flag=False)
+@click.group(cls=PortalGroup, create_app=_create_app, load_dotenv=False, set_debug_flag=False)
 def main() -> None:
     """Baltic AI Factory portal."""
     logging.basicConfig(
@@ -35,25 +122,99 @@ def _settings():  # type: ignore[no-untyped-def]
     return current_app.extensions["portal.settings"]
 
 
+def _refused(exc: DomainError) -> click.ClickException:
+    """A refusal of the services as the command's message."""
+    return click.ClickException(" ".join([exc.detail, *exc.errors.values()]))
+
+
 @main.group()
 def db() -> None:
     """Database schema (Alembic migrations)."""
 
 
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-@with_appcontext
-def db_upgrade(revision: str) -> None:
-    """Bring the database schema up to date."""
+def _revision_name(revision: str | None) -> str:
+    return revision or "base (no schema)"
+
+
+def _migrations(count: int) -> str:
+    return f"{count} migration{'' if count == 1 else 's'}"
+
+
+def _target(revision: str) -> str | None:
     from alembic.util import CommandError
 
-    from portal.migrations import upgrade
+    from portal.migrations import resolve_revision
 
     try:
-        upgrade(_settings().resolved_database_url, revision)
+        return resolve_revision(revision)
     except CommandError as exc:  # an unknown or ambiguous revision
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"database at revision {revision}")
+
+
+@db.command("upgrade", with_appcontext=False)
+@click.option("--revision", default="head", show_default=True, help="The revision to bring the schema up to.")
+def db_upgrade(revision: str) -> None:
+    """Bring the database schema up to date (or up to REVISION); never goes down (see 'portal db downgrade')."""
+    from portal.migrations import current_revision, migrations_between, upgrade
+
+    url = _database_url()
+    target = _target(revision)
+    before = current_revision(url)
+    if before is not None and before != target and migrations_between(before, target):
+        raise click.ClickException(
+            f"revision {_revision_name(target)} is older than the database's {before}; 'portal db upgrade' only goes"
+            f" up (to go back: 'portal db downgrade --revision {revision}')"
+        )
+    upgrade(url, target or "base")
+    after = current_revision(url)
+    if after == before:
+        click.echo(f"database already at revision {_revision_name(after)}; nothing to do")
+    else:
+        applied = len(migrations_between(after, before))
+        click.echo(f"database upgraded from revision {_revision_name(before)} to {after} ({_migrations(applied)})")
+
+
+@db.command("downgrade", with_appcontext=False)
+@click.option("--revision", required=True, help="The older revision to go back to, e.g. 0015; 'base' drops everything.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+def db_downgrade(revision: str, yes: bool) -> None:
+    """Take the database schema back to an older REVISION, undoing the later migrations: the tables and columns
+    they added are dropped with their data. Take a backup and stop the portal and the workers first.
+
+    Lists the migrations it will undo and asks for confirmation (--yes skips it); the downgrade is logged (a
+    warning naming the revisions and the operating-system user), not written to the audit log, whose table
+    the downgrade may drop.
+    """
+    import getpass
+
+    from portal.migrations import current_revision, downgrade, migrations_between
+
+    url = _database_url()
+    target = _target(revision)
+    before = current_revision(url)
+    if before == target:
+        click.echo(f"database already at revision {_revision_name(before)}; nothing to do")
+        return
+    undone = migrations_between(before, target)
+    if not undone:
+        raise click.ClickException(
+            f"revision {_revision_name(target)} is not older than the database's {_revision_name(before)}; nothing"
+            f" to undo (to go up: 'portal db upgrade --revision {revision}')"
+        )
+    click.echo(
+        f"going down from revision {before} to {_revision_name(target)} undoes {_migrations(len(undone))}:", err=True
+    )
+    for name, description in undone:
+        click.echo(f"  {name}  {description}", err=True)
+    if not yes:
+        click.confirm("Their tables and columns are dropped with their data. Go ahead?", abort=True, err=True)
+    logging.getLogger("portal.migrations").warning(
+        "schema downgrade from %s to %s by %s", before, _revision_name(target), getpass.getuser()
+    )
+    downgrade(url, target or "base")
+    after = current_revision(url)
+    done = f"database downgraded from revision {before} to {_revision_name(after)}"
+    click.echo(f"{done} ({_migrations(len(undone))} undone)")
 
 
 @main.command()
@@ -61,8 +222,17 @@ def db_upgrade(revision: str) -> None:
 @click.option("--workers", type=int, help="gunicorn workers (default: PORTAL_SERVE_WORKERS).")
 @with_appcontext
 def serve(bind: str | None, workers: int | None) -> None:
-    """Serve the portal with gunicorn (production)."""
+    """Serve the portal with gunicorn (production).
+
+    The workers add up their metrics in PROMETHEUS_MULTIPROC_DIR; when it is unset, a new temporary folder,
+    removed when gunicorn exits.
+    """
     settings = _settings()
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="portal-metrics-")
+        os.environ[OWN_METRICS_DIR] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     args = [
         sys.executable,
         "-m",
@@ -116,6 +286,7 @@ def users() -> None:
 def grant_role_command(email: str, role: str, reason: str) -> None:
     """Give the user with EMAIL a factory ROLE."""
     from portal.db import get_db
+    from portal.errors import DomainError
     from portal.identity.models import FactoryRole
     from portal.identity.services import find_user_by_email, grant_role
 
@@ -123,7 +294,7 @@ def grant_role_command(email: str, role: str, reason: str) -> None:
         user = find_user_by_email(get_db(), email)
         grant_role(get_db(), None, user, FactoryRole(role), reason=reason)
     except DomainError as exc:
-        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
+        raise _refused(exc) from exc
     click.echo(f"{user.display_name} <{user.email}> is now {role}")
 
 
@@ -134,13 +305,14 @@ def grant_role_command(email: str, role: str, reason: str) -> None:
 def deactivate_command(email: str, reason: str) -> None:
     """Deactivate the user with EMAIL: no more logins or API calls, and their sessions end now."""
     from portal.db import get_db
+    from portal.errors import DomainError
     from portal.identity.services import deactivate_user, find_user_by_email
 
     try:
         user = find_user_by_email(get_db(), email)
         deactivate_user(get_db(), None, user, reason=reason)
     except DomainError as exc:
-        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
+        raise _refused(exc) from exc
     click.echo(f"{user.display_name} <{user.email}> is deactivated; their sessions have ended")
 
 
@@ -152,6 +324,7 @@ def erase_command(email: str, reason: str) -> None:
     """Erase the personal data of the user with EMAIL (GDPR): the user is pseudonymised and deactivated; the ledger,
     invoices and audit log stay as they are (see docs/personal-data.md)."""
     from portal.db import get_db
+    from portal.errors import DomainError
     from portal.identity.personal_data import erase_user, erased_name
     from portal.identity.services import find_user_by_email
 
@@ -159,21 +332,9 @@ def erase_command(email: str, reason: str) -> None:
         user = find_user_by_email(get_db(), email)
         removed = erase_user(get_db(), None, user, reason=reason)
     except DomainError as exc:
-        raise click.ClickException(" ".join([exc.detail, *exc.errors.values()])) from exc
+        raise _refused(exc) from exc
     counts = ", ".join(f"{name} {count}" for name, count in removed.items() if count)
     click.echo(f"{email} is erased: user {user.id} is now {erased_name(user.id)!r} (removed: {counts or 'nothing'})")
-
-
-from portal.grants.cli import calls  # noqa: E402
-from portal.ledger.cli import sites  # noqa: E402
-from portal.metering.cli import slurm, usage  # noqa: E402
-from portal.reports.cli import reports  # noqa: E402
-
-main.add_command(usage)
-main.add_command(slurm)
-main.add_command(sites)
-main.add_command(calls)
-main.add_command(reports)
 
 
 @main.command()

@@ -1,8 +1,9 @@
 """gunicorn's settings for ``portal serve`` (``--config python:portal.gunicorn_conf``).
 
-With ``PROMETHEUS_MULTIPROC_DIR`` set, the workers write their metrics to files there and ``/metrics`` adds
-them up: the folder is emptied when gunicorn starts and a dead worker's live gauges are dropped. With
-``PORTAL_LOG_FORMAT=json`` gunicorn's own lines are JSON too (the portal logs each request itself, with its id).
+``PROMETHEUS_MULTIPROC_DIR`` is always set (``portal serve`` makes a temporary folder when it is unset, removed
+when gunicorn exits): the workers write their metrics to files there and ``/metrics`` adds them up; the folder is
+emptied when gunicorn starts and a dead worker's live gauges are dropped. With ``PORTAL_LOG_FORMAT=json``
+gunicorn's own lines are JSON too (the portal logs each request itself, with its id).
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ def on_starting(server: Any) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         for stale in Path(folder).glob("*.db"):
             stale.unlink()
+
+
+def on_exit(server: Any) -> None:
+    own = os.environ.get("PORTAL_SERVE_METRICS_DIR")  # portal.cli.OWN_METRICS_DIR
+    if own and own == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import shutil
+
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -142,7 +142,7 @@ def resolve_portal_command(argv: list[str]) -> click.Command:
     context = click.Context(main, info_name="portal")
     while isinstance(command, click.Group):
         name = args.pop(0)
-        found = command.commands.get(name)
+        found = command.get_command(context, name)  # the lazy groups (portal/cli.py) are imported here
         assert found is not None, f"`portal` has no command {' '.join(argv[1:])!r}"
         context = click.Context(found, info_name=name, parent=context)
         command = found
@@ -161,6 +161,9 @@ def test_portal_worker_and_migrate_run_real_portal_commands(compose: dict[str, A
         resolve_portal_command(argv)
     with pytest.raises(click.UsageError):
         resolve_portal_command(["portal", "serve", "--port", "8000"])  # the resolver does refuse what is wrong
+    for documented in (["portal", "db", "downgrade", "--revision", "0015", "--yes"], ["portal", "usage", "pull-sacct",
+                       "--cluster", "c", "--since", "2026-11-02T06:00:00"]):  # fmt: skip
+        resolve_portal_command(documented)  # README's commands, including the lazily imported groups
     stripe = compose["services"]["stripe"]["command"]
     assert stripe[:3] == ["python", "-m", "portal.devstripe"]
     from portal.devstripe.server import main as devstripe_main
@@ -398,3 +401,115 @@ def test_the_factory_override_runs_the_hubs_servers_as_slurm_jobs_of_the_portals
     assert "slurm-client" in (REPO / "deploy" / "hub.Dockerfile").read_text()
     # deploy/portal.toml's example cluster says which login the hub submits as
     assert f'notebook_user = "{env["HUB_SLURM_SUBMIT_USER"]}"' in (REPO / "deploy" / "portal.toml").read_text()
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves PATH out of the build context: the last matching pattern wins, ``!`` re-includes,
+    a pattern matches the path or a folder above it (``**/`` at any depth)."""
+    import fnmatch
+
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        forms = [pattern, pattern.removeprefix("**/")] if pattern.startswith("**/") else [pattern]
+        for candidate in candidates:
+            names = [candidate, candidate.rsplit("/", 1)[-1]] if pattern.startswith("**/") else [candidate]
+            if any(fnmatch.fnmatchcase(name, form) for name in names for form in forms):
+                ignored = not negated
+                break
+    return ignored
+
+
+def test_the_build_context_leaves_out_local_state_and_secrets_but_not_what_the_images_copy() -> None:
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for local in (".git", ".venv", "node_modules", "instance", "instance/portal.db", "instance/secret_key", ".env",
+                  ".env.production", ".pytest_cache", ".ruff_cache", ".hypothesis", "test-artifacts",
+                  "portal/__pycache__/cli.cpython-311.pyc", "baltic_ai_factory_portal.egg-info"):  # fmt: skip
+        assert dockerignored(local, patterns), f"{local} goes into the build context"
+    assert not dockerignored(".env.example", patterns)
+    copied = set()
+    for dockerfile in ("portal.Dockerfile", "hub.Dockerfile"):
+        for line in (REPO / "deploy" / dockerfile).read_text().splitlines():
+            if line.startswith("COPY ") and "--from=" not in line:
+                copied |= set(line.split()[1:-1])
+    assert {"pyproject.toml", "README.md", "portal", "static", "hub_config", "deploy/hub-requirements.txt"} <= copied
+    for source in copied:
+        assert (REPO / source).exists(), source
+        assert not dockerignored(source, patterns), f".dockerignore leaves out {source}, which an image copies"
+    for source in ("portal/cli.py", "portal/migrations/versions/0001_foundation.py", "hub_config/jupyterhub_config.py"):
+        assert not dockerignored(source, patterns), source
+
+
+def dockerfile_stages(text: str) -> list[tuple[str, str]]:
+    """(FROM line, the stage's instructions) per build stage."""
+    stages = re.split(r"^(FROM .+)$", text, flags=re.MULTILINE)[1:]
+    return list(zip(stages[0::2], stages[1::2], strict=True))
+
+
+def test_the_hub_image_has_git_and_a_node_new_enough_for_the_proxy_not_debians() -> None:
+    text = (REPO / "deploy" / "hub.Dockerfile").read_text()
+    stages = dockerfile_stages(text)
+    (node_from, node_stage), (final_from, final_stage) = stages[0], stages[-1]
+    node = re.fullmatch(r"FROM node:(\d+)-(\w+)-slim AS (\w+)", node_from)
+    assert node is not None, node_from
+    proxy_needs = json.loads((REPO / "node_modules" / "configurable-http-proxy" / "package.json").read_text())
+    assert proxy_needs["engines"]["node"] == ">= 20"
+    assert int(node[1]) >= 20, "configurable-http-proxy 5 needs Node >= 20"
+    assert final_from.startswith("FROM python:") and final_from.endswith(f"-{node[2]}")  # the same Debian (glibc)
+    assert "npm install -g configurable-http-proxy@" in node_stage
+    installed = re.search(r"apt-get install -y --no-install-recommends ([^\\\n&]+)", final_stage)
+    assert installed is not None
+    packages = installed[1].split()
+    assert "git" in packages, "course materials are cloned (hub_config/course_materials.py)"
+    assert "nodejs" not in packages and "npm" not in packages  # Debian bookworm's nodejs is 18
+    assert f"COPY --from={node[3]} /usr/local/bin/node /usr/local/bin/node" in final_stage
+    assert f"COPY --from={node[3]} /usr/local/lib/node_modules/configurable-http-proxy " in final_stage
+    assert "configurable-http-proxy --version" in final_stage  # the build fails if the copied proxy cannot run
+
+
+def size_in_bytes(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG])", str(value)).groups()  # type: ignore[union-attr]
+    return int(float(number) * 1024 ** {"K": 1, "M": 2, "G": 3}[unit])
+
+
+def test_every_service_rotates_its_logs_and_has_resource_limits(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert service["logging"] == {"driver": "json-file", "options": {"max-size": "20m", "max-file": "5"}}, name
+        limits = service["deploy"]["resources"]["limits"]
+        assert 64 * 1024**2 <= size_in_bytes(limits["memory"]) <= 64 * 1024**3, (name, limits)
+        if name == "hub":  # its notebook servers live inside it; Docker refuses a CPU limit above the host's
+            assert "cpus" not in limits
+        else:
+            assert 0 < float(limits["cpus"]) <= 2, (name, limits)
+    # the defaults of the ones an operator sizes to the host, and that they are overridable from .env
+    text = COMPOSE.read_text()
+    sized = ("LIMIT_PORTAL_CPUS", "LIMIT_PORTAL_MEMORY", "LIMIT_DB_CPUS", "LIMIT_DB_MEMORY", "LIMIT_HUB_MEMORY")
+    for variable in sized:
+        assert f"${{{variable}:-" in text, variable
+        assert f"`{variable}`" in (REPO / "README.md").read_text(), f"{variable} is not in the README"
+
+
+def test_keycloak_imports_the_realm_once_and_the_readme_says_so(compose: dict[str, Any]) -> None:
+    keycloak = compose["services"]["keycloak"]
+    assert keycloak["command"] == ["start", "--import-realm"]
+    text = COMPOSE.read_text()
+    comment = text[: text.index('command: ["start", "--import-realm"]')].rsplit("keycloak:", 1)[1]
+    assert "later edits of the file are" in comment and "ignored" in comment
+    deployment = (REPO / "README.md").read_text().split("## Deployment (docker compose)", 1)[1].split("\n## ", 1)[0]
+    assert "**Keycloak's realm is imported once.**" in deployment
+    assert "partialImport" in deployment  # how to apply an edit to the running realm
+
+
+def test_the_portals_metrics_folder_is_a_tmpfs_and_portal_serve_makes_one_when_unset(compose: dict[str, Any]) -> None:
+    portal = compose["services"]["portal"]
+    assert environment(portal)["PROMETHEUS_MULTIPROC_DIR"] in portal["tmpfs"]
+    source = (REPO / "portal" / "cli.py").read_text()
+    serve = source[source.index("def serve(") :].split("\n@main.command", 1)[0]
+    assert 'os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(' in serve  # run by test_config_and_cli.py

@@ -257,3 +257,129 @@ def test_serve_runs_the_portal_under_gunicorn(cli_env):
         process.terminate()
         output = process.communicate(timeout=10)[0].decode()
     assert "Booting worker" in output
+
+
+def run_db(*args: str, env: dict[str, str], answer: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PORTAL, "db", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        input=answer,
+        timeout=120,
+        check=False,
+    )
+
+
+def check_db_upgrade_and_downgrade(url: str, env: dict[str, str]) -> None:
+    """`portal db upgrade/downgrade` against the database at URL: each says from which revision to which it went,
+    refuses the wrong direction naming the right command, asks before undoing migrations, and leaves the
+    schema exactly the models' after going down and up again."""
+    from portal.migrations import current_revision, head_revision
+    from tests.test_migrations import schema_differences
+
+    head = head_revision()
+    env = {**env, "PORTAL_DATABASE_URL": url}
+    steps = [
+        (
+            ("upgrade", "--revision", "0014"),
+            0,
+            "database upgraded from revision base (no schema) to 0014 (14 migrations)",
+        ),
+        (("upgrade",), 0, f"database upgraded from revision 0014 to {head} ("),
+        (("upgrade",), 0, f"database already at revision {head}; nothing to do"),
+        (("upgrade", "--revision", "0005"), 1, f"revision 0005 is older than the database's {head}"),
+        (("downgrade", "--revision", head), 0, f"database already at revision {head}; nothing to do"),
+        (("downgrade", "--revision", "nope"), 1, "Can't locate revision identified by 'nope'"),
+    ]
+    for args, status, says in steps:
+        result = run_db(*args, env=env)
+        assert result.returncode == status, (args, result.stdout, result.stderr)
+        assert says in result.stdout + result.stderr, (args, result.stdout, result.stderr)
+    assert "portal db downgrade --revision 0005" in run_db("upgrade", "--revision", "0005", env=env).stderr
+
+    refused = run_db("downgrade", "--revision", "0014", env=env, answer="n\n")  # asks, and "no" changes nothing
+    assert refused.returncode == 1 and "Aborted" in refused.stderr
+    assert "0015  classroom:" in refused.stderr and f"{head}  " in refused.stderr  # the migrations it would undo
+    assert current_revision(url) == head
+
+    done = run_db("downgrade", "--revision", "0014", "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"database downgraded from revision {head} to 0014 (" in done.stdout
+    assert f"schema downgrade from {head} to 0014 by " in done.stderr  # logged for the operators
+    assert current_revision(url) == "0014"
+    up = run_db("downgrade", "--revision", head, env=env)
+    assert up.returncode == 1 and f"revision {head} is not older than the database's 0014" in up.stderr
+
+    assert run_db("upgrade", env=env).returncode == 0
+    assert current_revision(url) == head and schema_differences(url) == []
+    gone = run_db("downgrade", "--revision", "base", "--yes", env=env)
+    assert f"database downgraded from revision {head} to base (no schema)" in gone.stdout, gone.stderr
+    assert current_revision(url) is None
+
+
+def test_db_upgrade_and_downgrade_say_what_they_did_on_sqlite(cli_env, tmp_path):
+    check_db_upgrade_and_downgrade(f"sqlite:///{tmp_path / 'schema.db'}", cli_env)
+
+
+@pytest.mark.postgres
+def test_db_upgrade_and_downgrade_say_what_they_did_on_postgresql(cli_env):
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = os.environ.get("PORTAL_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("PORTAL_TEST_DATABASE_URL is not set; scripts/test sets it to the local PostgreSQL")
+    name = f"portal_test_downgrade_{uuid.uuid4().hex[:8]}"  # its own database: the shared one stays at head
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        check_db_upgrade_and_downgrade(
+            sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False), cli_env
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_serve_shares_the_workers_metrics_in_a_folder_of_its_own_when_none_is_set(cli_env, tmp_path):
+    """Without PROMETHEUS_MULTIPROC_DIR, `portal serve` makes one (in TMPDIR), so /metrics adds up every gunicorn
+    worker's requests; gunicorn removes it on exit. One set by the operator is left alone (the compose file's)."""
+    import requests
+
+    from portal.devstack import free_port, wait_for_http
+
+    assert run_portal("db", "upgrade", env=cli_env).returncode == 0
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    env |= {**cli_env, "TMPDIR": str(scratch), "PORTAL_METRICS_TOKEN": "metrics-token"}
+    port = free_port()
+    process = subprocess.Popen(
+        [PORTAL, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
+        for _ in range(20):
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        folders = list(scratch.glob("portal-metrics-*"))
+        assert len(folders) == 1 and list(folders[0].glob("*.db")), folders
+        metrics = requests.get(
+            f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer metrics-token"}, timeout=10
+        ).text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    healthz = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("portal_http_request_duration_seconds_count{") and 'endpoint="health.healthz"' in line
+    ]
+    assert sum(healthz) >= 20, metrics[:2000]  # the multiprocess collector's sum over both workers
+    assert not folders[0].exists()  # removed when gunicorn exited

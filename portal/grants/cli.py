@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import click
 from flask.cli import with_appcontext
-from sqlmodel import select
 
-from portal.db import get_db
-from portal.errors import DomainError
-from portal.grants.catalogue import ensure_default_calls
-from portal.identity.services import find_user_by_email
-from portal.ledger.models import Resource, Site
+# The heavy imports are in the commands' bodies: ``portal --help`` and this group's help start fast (portal/cli.py).
 
 
 @click.group()
@@ -30,6 +25,14 @@ def calls() -> None:
 @with_appcontext
 def seed_command(manager: str, resources: tuple[str, ...]) -> None:
     """Create and open Playground, Fast Lane and Large Scale where they do not exist yet."""
+    from sqlmodel import select
+
+    from portal.db import get_db
+    from portal.errors import DomainError
+    from portal.grants.catalogue import ensure_default_calls
+    from portal.identity.services import find_user_by_email
+    from portal.ledger.models import Resource, Site
+
     db = get_db()
     chosen = []
     for item in resources:

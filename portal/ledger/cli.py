@@ -6,15 +6,10 @@ from datetime import date
 
 import click
 from flask.cli import with_appcontext
-from sqlmodel import select
 
 from portal.audit.cli import reason_option
-from portal.db import get_db
-from portal.errors import DomainError
-from portal.formatting import quantity
-from portal.identity.services import create_agent_token, find_user_by_email
-from portal.ledger.catalogue import ensure_sites
-from portal.ledger.models import CapacityPeriod, Resource, Site
+
+# The heavy imports are in the commands' bodies: ``portal --help`` and this group's help start fast (portal/cli.py).
 
 #: Ten years: the furthest ahead ``portal sites seed`` plans.
 MOST_QUARTERS = 40
@@ -36,6 +31,9 @@ def sites() -> None:
 @with_appcontext
 def seed_command(quarters: int) -> None:
     """Create the factory's eight sites and their resources, and plan capacity where none is planned."""
+    from portal.db import get_db
+    from portal.ledger.catalogue import ensure_sites
+
     created = ensure_sites(
         get_db(),
         reason="the factory's standard sites (portal sites seed)",
@@ -49,6 +47,12 @@ def seed_command(quarters: int) -> None:
 @with_appcontext
 def list_command() -> None:
     """Sites, resources and planned capacity."""
+    from sqlmodel import select
+
+    from portal.db import get_db
+    from portal.formatting import quantity
+    from portal.ledger.models import CapacityPeriod, Resource, Site
+
     db = get_db()
     rows = db.exec(
         select(Site, Resource, CapacityPeriod)
@@ -75,6 +79,13 @@ def list_command() -> None:
 @with_appcontext
 def agent_token_command(site_code: str, owner: str, name: str, days: int, reason: str) -> None:
     """Print a usage:write token for SITE_CODE's usage agent (shown once; store it in the agent's secrets)."""
+    from sqlmodel import select
+
+    from portal.db import get_db
+    from portal.errors import DomainError
+    from portal.identity.services import create_agent_token, find_user_by_email
+    from portal.ledger.models import Site
+
     db = get_db()
     site = db.exec(select(Site).where(Site.code == site_code.lower())).first()
     if site is None:

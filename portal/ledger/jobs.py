@@ -153,7 +153,7 @@ def check_balances(db: Session, settings: Settings) -> int:
         settings,
         admins,  # type: ignore[arg-type]
         subject=f"Ledger check: {len(mismatches)} balances differ from their entries",
-        body="The nightly ledger check found:\n\n" + "\n".join(lines) + "\n",
+        body="The daily ledger check found:\n\n" + "\n".join(lines) + "\n",
     )
     return len(mismatches)
 

@@ -6,16 +6,19 @@ import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
 from portal.audit.cli import reason_option
-from portal.config import SlurmClusterConfig
-from portal.db import get_db
-from portal.errors import DomainError
-from portal.metering.services import ImportReport, import_sacct
+
+if TYPE_CHECKING:
+    from portal.config import SlurmClusterConfig
+    from portal.metering.services import ImportReport
+
+# The heavy imports are in the commands' bodies: ``portal --help`` and this group's help start fast (portal/cli.py).
 
 
 @click.group()
@@ -40,11 +43,20 @@ def print_report(report: ImportReport) -> None:
 def import_sacct_command(file: Path, cluster: str) -> None:
     """Charge the finished jobs in FILE (sacct output; "-" reads standard input).
 
-    Make FILE with: TZ=UTC sacct --parsable2 --noheader --allusers
-    --format=JobID,JobIDRaw,Cluster,Account,User,Partition,AllocTRES,ElapsedRaw,Start,End,State
-    --starttime ... --endtime ...  Importing the same jobs again changes nothing. Unreadable lines are
+    Make FILE with (one command; --state makes sacct select jobs by their end time):
+
+    \b
+    TZ=UTC sacct --parsable2 --noheader --allusers -X
+      --state=CA,CD,DL,F,NF,BF,OOM,PR,TO
+      --format=JobID,JobIDRaw,Cluster,Account,User,Partition,AllocTRES,ElapsedRaw,Start,End,State
+      --starttime ... --endtime ...
+
+    Importing the same jobs again changes nothing. Unreadable lines are
     reported with their numbers (exit status 1); the readable ones are charged all the same.
     """
+    from portal.db import get_db
+    from portal.metering.services import import_sacct
+
     stream = sys.stdin if str(file) == "-" else file.open(encoding="utf-8", errors="replace")
     try:
         report = import_sacct(get_db(), stream, cluster=cluster)
@@ -77,8 +89,12 @@ def pull_sacct_command(cluster_name: str, since: datetime | None) -> None:
     What ``portal worker`` does every few minutes for every configured cluster. Unreadable lines are
     reported (exit status 1); the window is recorded all the same.
     """
+    from portal.db import get_db
+    from portal.errors import DomainError
     from portal.metering.slurm import pull_sacct
 
+    if since is not None and since.replace(tzinfo=UTC) > datetime.now(UTC):
+        raise click.ClickException(f"--since {since:%Y-%m-%dT%H:%M:%S} is in the future; give a past UTC time")
     try:
         report = pull_sacct(get_db(), _cluster(cluster_name), since=since.replace(tzinfo=UTC) if since else None)
     except DomainError as exc:
@@ -112,6 +128,8 @@ def sync_command(cluster_name: str, dry_run: bool) -> None:
     with a login on the cluster as its users, and a limit of the minutes the allocation may still use
     (0 holds exhausted, expired, suspended and pending allocations). Only what differs is changed.
     """
+    from portal.db import get_db
+    from portal.errors import DomainError
     from portal.metering.slurm import sync_cluster
 
     try:
@@ -142,6 +160,8 @@ def sync_command(cluster_name: str, dry_run: bool) -> None:
 @with_appcontext
 def set_username_command(cluster_name: str, email: str, username: str, reason: str) -> None:
     """Record that the user with EMAIL logs in to the cluster as USERNAME (the next sync adds them)."""
+    from portal.db import get_db
+    from portal.errors import DomainError
     from portal.identity.services import find_user_by_email
     from portal.metering.slurm import set_slurm_username
 
@@ -162,6 +182,8 @@ def set_username_command(cluster_name: str, email: str, username: str, reason: s
 @with_appcontext
 def map_command(cluster_name: str, account: str, allocation_id: int, reason: str) -> None:
     """Let an existing Slurm account (not created by the sync) draw from an allocation."""
+    from portal.db import get_db
+    from portal.errors import DomainError
     from portal.metering.services import map_slurm_account
 
     site = _cluster(cluster_name).site

@@ -6,10 +6,8 @@ import click
 from flask.cli import with_appcontext
 
 from portal.audit.cli import reason_option
-from portal.db import get_db
-from portal.errors import DomainError
-from portal.identity.services import find_user_by_email
-from portal.reports import rollups, services
+
+# The heavy imports are in the commands' bodies: ``portal --help`` and this group's help start fast (portal/cli.py).
 
 
 @click.group()
@@ -21,6 +19,9 @@ def reports() -> None:
 @with_appcontext
 def rebuild_command() -> None:
     """Recompute the monthly usage and revenue rollups from the ledger's daily usage and the invoices."""
+    from portal.db import get_db
+    from portal.reports import rollups
+
     usage, revenue = rollups.rebuild(get_db())
     click.echo(f"rebuilt {usage} usage months and {revenue} revenue months")
 
@@ -29,6 +30,9 @@ def rebuild_command() -> None:
 @with_appcontext
 def check_command() -> None:
     """Compare the rollups with a recomputation; exit status 1 if they differ."""
+    from portal.db import get_db
+    from portal.reports import rollups
+
     differences = rollups.rollup_differences(get_db())
     for d in differences[:50]:
         click.echo(f"{d.table} {d.key}: stored {d.stored}, recomputed {d.expected}")
@@ -44,6 +48,11 @@ def check_command() -> None:
 @with_appcontext
 def assign_site_command(email: str, site_code: str, reason: str) -> None:
     """Let the site operator with EMAIL see the figures of the site SITE_CODE."""
+    from portal.db import get_db
+    from portal.errors import DomainError
+    from portal.identity.services import find_user_by_email
+    from portal.reports import services
+
     db = get_db()
     try:
         operator = find_user_by_email(db, email)
