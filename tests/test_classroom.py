@@ -846,3 +846,22 @@ def test_a_students_sessions_page_shows_what_is_left_of_their_cap_not_the_classe
     page = client.get("/notebooks").get_data(as_text=True)
     assert "9.0 core-hours" in page and "of your course cap" in page
     assert "29.0 core-hours" not in page  # the course's own balance is the teacher's business
+
+
+def test_a_students_dashboard_lists_the_course_and_running_notebooks_first(
+    app: Flask, db: Session, settings: Settings, room: Classroom, login
+) -> None:  # type: ignore[no-untyped-def]
+    course = open_course(db, settings, room)
+    browser = app.test_client()
+    student = login(browser, given_name="Piotr")
+    before = browser.get("/").get_data(as_text=True)
+    assert "Your courses" not in before
+    classroom.join_course(db, student, student_login(student), course.join_code)
+    page = browser.get("/").get_data(as_text=True)
+    assert f'<a href="/courses/{course.id}">Intro to Dask</a>' in page
+    assert page.index("Your courses") < page.index("Your projects")
+    assert "you need no project for them" in page
+    session = spawn_as(db, settings, student, course).session
+    page = browser.get("/").get_data(as_text=True)
+    assert f'href="/notebooks/{session.id}"' in page
+    assert page.index("Your running notebooks") < page.index("Your courses") < page.index("Your projects")

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time
 from typing import Protocol
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
-from flask_login import login_required
+from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlmodel import Session, col, select
 from wtforms.fields.choices import SelectChoice
@@ -308,3 +308,19 @@ def close(course_id: int):  # type: ignore[no-untyped-def]
             "success",
         )
     return redirect(url_for("classroom.course", course_id=course_id))
+
+
+@bp.app_context_processor
+def _courses_for_pages() -> dict:  # type: ignore[type-arg]
+    """``my_open_courses()`` for any page (the dashboard lists a student's courses first); queried when called."""
+
+    def my_open_courses() -> list[Course]:
+        if not current_user.is_authenticated:
+            return []
+        return [
+            course
+            for course, seat, _resource in classroom.courses_of(get_db(), actor()).attending
+            if seat.removed_at is None and course.state == CourseState.OPEN
+        ]
+
+    return {"my_open_courses": my_open_courses}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
-from flask_login import login_required
+from flask_login import current_user, login_required
 from sqlmodel import col, select
 
 from portal.classroom import services as classroom
@@ -220,3 +220,25 @@ def mine():  # type: ignore[no-untyped-def]
         hub_url=settings().hub_url,
         action_form=ActionForm(),
     )
+
+
+@bp.app_context_processor
+def _running_notebooks_for_pages() -> dict:  # type: ignore[type-arg]
+    """``my_running_notebooks()`` for any page (the dashboard lists them first); queried only when called."""
+
+    def my_running_notebooks() -> list[tuple[NotebookSession, str]]:
+        if not current_user.is_authenticated:
+            return []
+        rows = (
+            get_db()
+            .exec(
+                select(NotebookSession, Allocation.title)
+                .join(Allocation, Allocation.id == NotebookSession.allocation_id)  # type: ignore[arg-type]
+                .where(NotebookSession.user_id == actor().id, col(NotebookSession.stopped_at).is_(None))
+                .order_by(col(NotebookSession.requested_at).desc())
+            )
+            .all()
+        )
+        return [(found, notebook_name(found, title)) for found, title in rows]
+
+    return {"my_running_notebooks": my_running_notebooks}
