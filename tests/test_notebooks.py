@@ -88,21 +88,29 @@ def running_stack(settings: Settings, state: Path, *, port: int = 0) -> Iterator
     if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
         pytest.skip("configurable-http-proxy is not installed (npm ci)")
     app = create_app(settings)
+    with served(app, port=port) as portal_url:
+        hub = None
+        try:
+            hub = start_hub(settings, portal_url, state)
+            yield Stack(app, settings, portal_url, hub, HubClient.from_settings(settings))
+        finally:
+            if hub is not None:
+                hub.stop()
+            app.extensions["portal.engine"].dispose()
+
+
+@contextmanager
+def served(app: Flask, *, port: int = 0) -> Iterator[str]:
+    """``app`` served over HTTP on 127.0.0.1 (any free port with 0) in a thread; yields its URL."""
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    portal_url = f"http://127.0.0.1:{server.server_port}"
-    hub = None
     try:
-        hub = start_hub(settings, portal_url, state)
-        yield Stack(app, settings, portal_url, hub, HubClient.from_settings(settings))
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
-        if hub is not None:
-            hub.stop()
         server.shutdown()
         thread.join(timeout=5)
         server.server_close()
-        app.extensions["portal.engine"].dispose()
 
 
 @pytest.fixture

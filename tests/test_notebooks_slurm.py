@@ -12,7 +12,6 @@ the cluster cannot serve is refused saying why.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlmodel import Session, col, select
-from werkzeug.serving import make_server
 
 pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 pytest.importorskip("batchspawner", reason="needs batchspawner (the [hub] extra)")
@@ -47,7 +45,7 @@ from portal.notebook_models import NotebookSession
 from tests.ledger_world import HOUR
 from tests.test_compute import open_now, plan_capacity_around_now
 from tests.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for
-from tests.test_notebooks import start_hub
+from tests.test_notebooks import served, start_hub
 
 pytestmark = [pytest.mark.hub, pytest.mark.xdist_group("slurm")]
 
@@ -101,48 +99,50 @@ def factory_stack(make_settings, login, slurm: SlurmCluster, state: Path) -> Ite
         log_level="WARNING",
     )
     app = create_app(settings)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     hub = None
-    try:
-        with Session(app.extensions["portal.engine"], expire_on_commit=False) as db:
-            site = ledger.create_site(
-                db, None, code=site_code, name="Factory", city="Riga", country="LV", reason="test setup"
+    with served(app) as portal_url:
+        try:
+            with Session(app.extensions["portal.engine"], expire_on_commit=False) as db:
+                site = ledger.create_site(
+                    db, None, code=site_code, name="Factory", city="Riga", country="LV", reason="test setup"
+                )
+                cpu = ledger.create_resource(
+                    db, None, site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+                )
+                gpu = ledger.create_resource(
+                    db,
+                    None,
+                    site,
+                    code="h100",
+                    name="H100",
+                    kind=ResourceKind.GPU,
+                    gpu_model="H100",
+                    reason="test setup",
+                )
+                for resource in (cpu, gpu):
+                    plan_capacity_around_now(db, resource, 100_000 * HOUR)
+                web = app.test_client()
+                pi = login(web, given_name="Pia")
+            hub = start_hub(
+                settings,
+                portal_url,
+                state,
+                HUB_SPAWNER="slurm",
+                HUB_SLURM_CLUSTER=CLUSTER,
+                HUB_SLURM_HOME_ROOT=str(state.parent / "homes"),
+                HUB_SLURM_SERVER_IP="127.0.0.1",
+                SLURM_CONF=str(slurm.conf),
+                HUB_DASK_GATEWAY="1",
+                HUB_DASK_GATEWAY_PORT=str(free_port()),
+                HUB_DASK_GATEWAY_TCP_PORT=str(free_port()),
+                HUB_DASK_GATEWAY_SCHEDULER_MEMORY="512 M",
+                DASK_KERNEL_GATEWAY_TIMEOUT="300",
             )
-            cpu = ledger.create_resource(
-                db, None, site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
-            )
-            gpu = ledger.create_resource(
-                db, None, site, code="h100", name="H100", kind=ResourceKind.GPU, gpu_model="H100", reason="test setup"
-            )
-            for resource in (cpu, gpu):
-                plan_capacity_around_now(db, resource, 100_000 * HOUR)
-            web = app.test_client()
-            pi = login(web, given_name="Pia")
-        hub = start_hub(
-            settings,
-            f"http://127.0.0.1:{server.server_port}",
-            state,
-            HUB_SPAWNER="slurm",
-            HUB_SLURM_CLUSTER=CLUSTER,
-            HUB_SLURM_HOME_ROOT=str(state.parent / "homes"),
-            HUB_SLURM_SERVER_IP="127.0.0.1",
-            SLURM_CONF=str(slurm.conf),
-            HUB_DASK_GATEWAY="1",
-            HUB_DASK_GATEWAY_PORT=str(free_port()),
-            HUB_DASK_GATEWAY_TCP_PORT=str(free_port()),
-            HUB_DASK_GATEWAY_SCHEDULER_MEMORY="512 M",
-            DASK_KERNEL_GATEWAY_TIMEOUT="300",
-        )
-        yield Factory(app, settings, hub, HubClient.from_settings(settings), slurm, site, cpu, gpu, pi, web)
-    finally:
-        if hub is not None:
-            hub.stop()
-        server.shutdown()
-        thread.join(timeout=5)
-        server.server_close()
-        app.extensions["portal.engine"].dispose()
+            yield Factory(app, settings, hub, HubClient.from_settings(settings), slurm, site, cpu, gpu, pi, web)
+        finally:
+            if hub is not None:
+                hub.stop()
+            app.extensions["portal.engine"].dispose()
 
 
 @pytest.fixture

@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from portal.classroom.models import Course, CourseSeat, CourseState
-from portal.classroom.services import course_spawn_refusal, student_seat
+from portal.classroom.services import course_spawn_refusal, hours_promised, student_seat
 from portal.config import NotebookProfile, Settings, SlurmClusterConfig
 from portal.db import find, utcnow
 from portal.errors import NotAuthorised
@@ -284,21 +283,6 @@ def profile_choices(settings: Settings, resource: Resource) -> list[ProfileChoic
     return sorted(choices, key=lambda choice: choice.unavailable is not None)
 
 
-def promised_to_running(db: Session, allocation_id: int, *, exclude: tuple[str, str] | None = None) -> int:
-    """Base units the allocation's open notebook sessions may still use: each for the hours it may still run
-    (a Slurm job, charged only when it ends, for all of them). ``exclude``: the server being spawned again."""
-    sessions = db.exec(
-        select(NotebookSession).where(
-            NotebookSession.allocation_id == allocation_id, col(NotebookSession.stopped_at).is_(None)
-        )
-    ).all()
-    return sum(
-        max(0, s.max_seconds - s.charged_seconds) * (s.gpus or s.cpus)
-        for s in sessions
-        if exclude is None or (s.hub_user, s.server_name) != exclude
-    )
-
-
 def check_spawn(
     db: Session,
     settings: Settings,
@@ -359,7 +343,8 @@ def check_spawn(
     if hours <= 0:
         raise SpawnRefused("Ask for a positive number of hours.")
     max_seconds = int(hours * 3600)
-    promised = promised_to_running(db, allocation.id, exclude=(hub_user, server_name))  # type: ignore[arg-type]
+    # what running notebooks may still use (a Slurm job, charged only when it ends, for all its hours)
+    promised = hours_promised(db, allocation_id=allocation.id, replacing=(hub_user, server_name))
     affordable = max(0, allocation.balance - promised) // per_second
     if max_seconds > affordable:
         running = (
@@ -442,14 +427,7 @@ def _check_course_spawn(
         raise SpawnRefused(f"The course “{course.title}” begins on {course.starts_at:%Y-%m-%d}.")
     if profile.name not in course.profiles:
         raise SpawnRefused(f"The course “{course.title}” allows only these profiles: {', '.join(course.profiles)}.")
-    others = db.exec(
-        select(NotebookSession).where(
-            NotebookSession.course_seat_id == seat.id,
-            col(NotebookSession.stopped_at).is_(None),
-            sa.not_(sa.and_(NotebookSession.hub_user == hub_user, NotebookSession.server_name == server_name)),
-        )
-    ).all()
-    promised = sum((s.max_seconds - s.charged_seconds) * (s.gpus or s.cpus) for s in others)
+    promised = hours_promised(db, seat_id=seat.id, replacing=(hub_user, server_name))
     left = seat.cap - seat.used - promised
     if left <= 0:
         raise SpawnRefused(
