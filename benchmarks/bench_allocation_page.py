@@ -127,18 +127,18 @@ def build(url: str, entries: int, analyze: bool) -> World:
     with Session(engine, expire_on_commit=False) as db:
         started = time.perf_counter()
         site = make_site(db, QUARTERS, capacity=2 * LARGE_AWARD)
-        world = World(site.pi.id, ledgers)  # type: ignore[arg-type]
+        world = World(site.pi.id, ledgers)
         for item in ledgers:
             project = make_project(db, site.pi, f"Ledger of {item.label}")
             award = SMALL_AWARD if item.entries <= 1 + SERVICE_CHARGES else LARGE_AWARD
             allocation = open_allocation(db, project, site.gpu, award, STARTS_AT, ENDS_AT, f"H100 ({item.label})")
-            item.project_id, item.allocation_id = project.id, allocation.id  # type: ignore[assignment]
+            item.project_id, item.allocation_id = project.id, allocation.id
             bulk = item.entries - 1 - SERVICE_CHARGES
             if bulk > 0:
                 t0 = time.perf_counter()
-                _bulk_entries(db, allocation.id, allocation.balance, bulk)  # type: ignore[arg-type]
+                _bulk_entries(db, allocation.id, allocation.balance, bulk)
                 world.build_seconds[f"bulk SQL for {item.label}"] = time.perf_counter() - t0
-            _service_charges(db, allocation.id)  # type: ignore[arg-type]
+            _service_charges(db, allocation.id)
         large = ledgers[-1]
         world.middle_entry = db.execute(
             sa.text("SELECT id FROM ledger_entries WHERE allocation_id = :a ORDER BY id OFFSET :n LIMIT 1"),
@@ -186,14 +186,14 @@ def measure(url: str, world: World, requests: int, warmup: int, show_queries: bo
         captured: list[str] | None = None
 
         @sa.event.listens_for(engine, "before_cursor_execute")
-        def _before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        def _before(conn, cursor, statement, parameters, context, executemany):
             counter["queries"] += 1
             if captured is not None:
                 captured.append(" ".join(statement.split()))
             conn.info["bench_t0"] = time.perf_counter()
 
         @sa.event.listens_for(engine, "after_cursor_execute")
-        def _after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        def _after(conn, cursor, statement, parameters, context, executemany):
             counter["sql"] += time.perf_counter() - conn.info.pop("bench_t0")
 
         client = app.test_client()

@@ -3,7 +3,7 @@
 In a scratch PostgreSQL database ``bench_checkout_*`` (migrated with ``portal.migrations.upgrade``,
 dropped at the end) a site with an H100 resource gets one capacity period covering the offering's
 validity, a published 3-month offering, and a verified LT company whose admin buys (a login at level
-substantial) for its project. A Stripe stand-in (``portal.devstripe.StripeStandIn``, its own process)
+substantial) for its project. A Stripe stand-in (``portal_standin.devstripe.StripeStandIn``, its own process)
 runs on this machine.
 
 (a) Checkout creation: ``--orders`` orders placed one after the other through ``market.place_order``
@@ -46,11 +46,11 @@ from typing import Any
 import sqlalchemy as sa
 import stripe
 from benchcommon import HOUR, check_invariants, machine_summary, make_site, person, scratch_databases
+from portal_standin.devstack import free_port
+from portal_standin.devstripe import StripeStandIn
 from sqlmodel import Session, func, select
 
 from portal.config import Settings, load_settings
-from portal.devstack import free_port
-from portal.devstripe import StripeStandIn
 from portal.identity.models import FactoryRole, Login, User
 from portal.identity.services import grant_role
 from portal.market import services as market
@@ -98,7 +98,7 @@ class StubGateway(StripeGateway):
 
 
 def login_of(user: User) -> Login:
-    return Login(user_id=user.id, provider="eidas", subject="x", level="substantial", attributes={})  # type: ignore[arg-type]
+    return Login(user_id=user.id, provider="eidas", subject="x", level="substantial", attributes={})
 
 
 def build_shop(engine: sa.Engine, settings: Settings, capacity_hours: int) -> Shop:
@@ -126,7 +126,7 @@ def build_shop(engine: sa.Engine, settings: Settings, capacity_hours: int) -> Sh
         )
         projects.verify_organisation(db, staff, org, reason="benchmark data")
         project = projects.create_project(db, buyer, org, title="Shelf vision")
-        return Shop(settings, buyer.id, project.id, offering.id)  # type: ignore[arg-type]
+        return Shop(settings, buyer.id, project.id, offering.id)
 
 
 def place(engine: sa.Engine, shop: Shop, gateway: StripeGateway) -> Order:

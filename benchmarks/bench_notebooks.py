@@ -60,14 +60,15 @@ from werkzeug.serving import make_server
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from portal_standin.devhub import HubProcess  # noqa: E402
+from portal_standin.devstack import free_port  # noqa: E402
+
 from portal import create_app  # noqa: E402
 from portal.compute.hub_client import HubClient  # noqa: E402
 from portal.compute.launch import NEVER_STARTED_AFTER, launch_notebook, meter_notebooks, stop_notebook  # noqa: E402
 from portal.compute.services import check_spawn, hub_username  # noqa: E402
 from portal.config import Settings, load_settings  # noqa: E402
 from portal.db import utcnow  # noqa: E402
-from portal.devhub import HubProcess  # noqa: E402
-from portal.devstack import free_port  # noqa: E402
 from portal.identity.models import User  # noqa: E402
 from portal.ledger import services as ledger  # noqa: E402
 from portal.ledger.models import Allocation, AllocationSource  # noqa: E402
@@ -103,8 +104,8 @@ def hub(settings: Settings, portal_url: str, state: Path, *, config: Path | None
         portal_api_token=settings.hub_spawn_check_token,
         service_token=SERVICE_TOKEN,
         env={
-            "HUB_OAUTH_CLIENT_ID": settings.hub_oauth_client_id,
-            "HUB_OAUTH_CLIENT_SECRET": settings.hub_oauth_client_secret,
+            "PORTAL_HUB_OAUTH_CLIENT_ID": settings.hub_oauth_client_id,
+            "PORTAL_HUB_OAUTH_CLIENT_SECRET": settings.hub_oauth_client_secret,
             "HUB_CULL_IDLE_SECONDS": "0",
             "DASK_KERNEL_N_WORKERS": "2",
         },
@@ -163,7 +164,7 @@ def wait_gone(client: HubClient, user: str, name: str, timeout: float = 30) -> N
         time.sleep(0.1)
 
 
-def portal_launch(db: Session, settings: Settings, client: HubClient, hub_p: HubProcess, pi: User, alloc: int):  # type: ignore[no-untyped-def]
+def portal_launch(db: Session, settings: Settings, client: HubClient, hub_p: HubProcess, pi: User, alloc: int):
     start = time.perf_counter()
     launch = launch_notebook(db, settings, client, pi, allocation_id=alloc, profile="cpu", hours=OPTIONS_HOURS)
     posted = time.perf_counter()
@@ -172,12 +173,12 @@ def portal_launch(db: Session, settings: Settings, client: HubClient, hub_p: Hub
     kernel_result(hub_p, url)
     done = time.perf_counter()
     assert launch.session is not None
-    stop_notebook(db, settings, client, pi, session_id=launch.session.id)  # type: ignore[arg-type]
+    stop_notebook(db, settings, client, pi, session_id=launch.session.id)
     wait_gone(client, launch.hub_user, launch.server_name)
     return posted - start, ready - start, done - start
 
 
-def bare_launch(client: HubClient, hub_b: HubProcess, user: str, name: str, alloc: int):  # type: ignore[no-untyped-def]
+def bare_launch(client: HubClient, hub_b: HubProcess, user: str, name: str, alloc: int):
     start = time.perf_counter()
     client.ensure_user(user)
     client.start_server(user, name, {"allocation": alloc, "profile": "cpu", "hours": OPTIONS_HOURS})
@@ -191,7 +192,7 @@ def bare_launch(client: HubClient, hub_b: HubProcess, user: str, name: str, allo
     return posted - start, ready - start, done - start
 
 
-def bench_launch(db, settings, client_p, client_b, hub_p, hub_b, pi, alloc, runs: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def bench_launch(db, settings, client_p, client_b, hub_p, hub_b, pi, alloc, runs: int) -> dict[str, Any]:
     results: dict[str, list[tuple[float, float, float]]] = {"portal": [], "bare": []}
     # One warm-up of each (first imports of the kernel's Dask, first proxy routes), not counted.
     portal_launch(db, settings, client_p, hub_p, pi, alloc)
@@ -216,7 +217,7 @@ def bench_launch(db, settings, client_p, client_b, hub_p, hub_b, pi, alloc, runs
     return summary
 
 
-def bench_portal_share(db, settings, portal_url: str, client: HubClient, pi: User, alloc: int, n: int = 20):  # type: ignore[no-untyped-def]
+def bench_portal_share(db, settings, portal_url: str, client: HubClient, pi: User, alloc: int, n: int = 20):
     """The portal's own part of a launch, timed without the spawn's noise: the spawn check's HTTP round trip
     (as the hub makes it) and the one extra hub look-up ``launch_notebook`` makes (a free server name)."""
     body = {
@@ -294,7 +295,7 @@ def timed_rounds(
     return seconds, sql, http, charged
 
 
-def bench_metering_real(db, settings, client_p, counter, pi, alloc, servers: int, rounds: int):  # type: ignore[no-untyped-def]
+def bench_metering_real(db, settings, client_p, counter, pi, alloc, servers: int, rounds: int):
     launched = []
     for _ in range(servers):
         launch = launch_notebook(db, settings, client_p, pi, allocation_id=alloc, profile="cpu", hours=OPTIONS_HOURS)
@@ -320,7 +321,7 @@ def bench_metering_real(db, settings, client_p, counter, pi, alloc, servers: int
     }, captured
 
 
-def bench_metering_captured(engine, settings, world, captured, sizes: list[int], rounds: int):  # type: ignore[no-untyped-def]
+def bench_metering_captured(engine, settings, world, captured, sizes: list[int], rounds: int):
     model = next(iter(next(u for u in captured if u.get("servers"))["servers"].values()))
     results = []
     for size in sizes:

@@ -172,10 +172,10 @@ def build(url: str) -> World:
             )
             allocations.append(allocation)
             order = Order(
-                organisation_id=org.id,  # type: ignore[arg-type]
-                project_id=project.id,  # type: ignore[arg-type]
-                buyer_id=owner.id,  # type: ignore[arg-type]
-                offering_id=offerings[i % 2].id,  # type: ignore[arg-type]
+                organisation_id=org.id,
+                project_id=project.id,
+                buyer_id=owner.id,
+                offering_id=offerings[i % 2].id,
                 quantity=10 + i,
                 unit_price_cents=250,
                 net_cents=250 * (10 + i),
@@ -185,7 +185,7 @@ def build(url: str) -> World:
                 vat_scheme="domestic",
                 vat_country=org.country,
                 state=OrderState.PAID,
-                allocation_id=allocation.id,  # type: ignore[arg-type]
+                allocation_id=allocation.id,
                 paid_at=datetime.now(UTC),
             )
             db.add(order)
@@ -202,12 +202,12 @@ def build(url: str) -> World:
         db.commit()
         today = datetime.now(UTC).date()
         charges = [
-            UsageCharge(allocations[i].id, (i + 1) * HOUR, f"small:{uuid.uuid4().hex}", "Slurm job", today)  # type: ignore[arg-type]
+            UsageCharge(allocations[i].id, (i + 1) * HOUR, f"small:{uuid.uuid4().hex}", "Slurm job", today)
             for i in range(SMALL_CHARGES)
         ]
         assert len(ledger.charge_usage_batch(db, charges)) == SMALL_CHARGES
         balances = dict(db.execute(sa.select(Allocation.id, Allocation.balance)).all())
-        world = World(admin.id, plain, [(a.id, balances[a.id]) for a in allocations])  # type: ignore[misc]
+        world = World(admin.id, plain, [(a.id, balances[a.id]) for a in allocations])
     engine.dispose()
     world.build_seconds["build through the services"] = time.perf_counter() - started
     return world
@@ -281,7 +281,7 @@ def measure(url: str, world: World, pages: list[Page], label: str, requests: int
         counter = {"queries": 0}
 
         @sa.event.listens_for(engine, "before_cursor_execute")
-        def _count(*_args):  # type: ignore[no-untyped-def]
+        def _count(*_args):
             counter["queries"] += 1
 
         client = app.test_client()

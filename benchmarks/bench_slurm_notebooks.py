@@ -1,7 +1,7 @@
 """Benchmark: notebooks on the factory cluster (Slurm) against the local spawner and a bare Slurm spawn.
 
 Everything real: the portal (``create_app`` on a scratch PostgreSQL database, served by werkzeug in a thread),
-the test Slurm 22.05 with accounting (``portal.devstack_slurm.SlurmCluster``: 8 declared CPUs, 2 fake GPUs)
+the test Slurm 22.05 with accounting (``portal_standin.devstack_slurm.SlurmCluster``: 8 declared CPUs, 2 fake GPUs)
 and three JupyterHubs with configurable-http-proxy:
 
 - **slurm**: ``hub_config/jupyterhub_config.py`` with ``HUB_SPAWNER=slurm``: every spawn asks the portal's
@@ -44,14 +44,15 @@ from sqlmodel import Session
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from portal_standin.devstack import free_port  # noqa: E402
+from portal_standin.devstack_slurm import SlurmCluster  # noqa: E402
+
 from portal import create_app  # noqa: E402
 from portal.compute.hub_client import HubClient  # noqa: E402
 from portal.compute.launch import launch_notebook, stop_notebook  # noqa: E402
 from portal.compute.services import hub_username  # noqa: E402
 from portal.config import load_settings  # noqa: E402
 from portal.db import utcnow  # noqa: E402
-from portal.devstack import free_port  # noqa: E402
-from portal.devstack_slurm import SlurmCluster  # noqa: E402
 from portal.identity.models import User  # noqa: E402
 from portal.ledger import services as ledger  # noqa: E402
 from portal.ledger.models import AllocationSource  # noqa: E402
@@ -63,7 +64,7 @@ HOUR = 3600
 PROFILE = {"name": "cpu", "label": "CPU only: 2 cores, 1 GB", "gpus": 0, "cpus": 2, "memory_gb": 1}
 
 
-def timed(start_call, client: HubClient, process, user: str, name: str, stop) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def timed(start_call, client: HubClient, process, user: str, name: str, stop) -> tuple[float, float]:
     start = time.perf_counter()
     start_call()
     url = wait_ready(client, user, name, timeout=300)
@@ -132,7 +133,7 @@ def main() -> None:
         job |= {"memory_mb": 1024, "time_minutes": 60}
         slurm_env = {
             "HUB_SPAWNER": "slurm",
-            "HUB_SLURM_CLUSTER": "factory",
+            "PORTAL_HUB_SLURM_CLUSTER": "factory",
             "HUB_SLURM_HOME_ROOT": str(Path(tmp) / "homes"),
             "HUB_SLURM_SERVER_IP": "127.0.0.1",
             "SLURM_CONF": str(slurm.conf),
@@ -278,7 +279,7 @@ print(json.dumps(runs))
 """
 
 
-def bench_gateway(db, settings, process, pi, allocation_id: int, n: int) -> list[dict[str, float]]:  # type: ignore[no-untyped-def]
+def bench_gateway(db, settings, process, pi, allocation_id: int, n: int) -> list[dict[str, float]]:
     """Gateway clusters started and scaled in a notebook launched through the portal on the gateway hub."""
     hub_settings = settings.model_copy(update={"hub_url": process.url, "hub_slurm_cluster": "factory"})
     client = HubClient(process.url, SERVICE_TOKEN)

@@ -1,4 +1,5 @@
-"""What the benchmarks share: scratch PostgreSQL databases, a world built through the services, memory.
+"""What the benchmarks share: scratch PostgreSQL databases, memory, and the tests' builders
+(``tests/factories.py``: a world built through the services).
 
 Scratch databases are named ``bench_*`` and always dropped afterwards (also when a benchmark fails).
 """
@@ -9,31 +10,32 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
+from pathlib import Path
 
 import sqlalchemy as sa
-from sqlmodel import Session
 
-from portal.config import OIDCProvider
-from portal.identity.models import User
-from portal.identity.services import provision_user
-from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, AllocationSource, Resource, ResourceKind, Site
 from portal.migrations import upgrade
-from portal.projects import services as projects
-from portal.projects.models import Project
 
-PROVIDER = OIDCProvider(name="eidas", label="eIDAS", discovery_url="https://idp.example/x", client_id="portal")
-HOUR = 3600
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # the tests' builders, for a benchmark run as `python benchmarks/bench_x.py`
 
-
-def at(year: int, month: int, day: int) -> datetime:
-    return datetime(year, month, day, tzinfo=UTC)
-
+from tests.factories import (  # noqa: E402, F401  (the builders the benchmarks import from here)
+    HOUR,
+    PROVIDER,
+    SiteWorld,
+    at,
+    make_project,
+    make_site,
+    open_allocation,
+    person,
+)
 
 # --- scratch databases -------------------------------------------------------------------------------
 
@@ -107,74 +109,6 @@ class ScratchDatabases:
         if migrate and template is None:
             upgrade(url)
         return name, url
-
-
-# --- a world built through the services ---------------------------------------------------------------
-
-
-@dataclass
-class SiteWorld:
-    site: Site
-    gpu: Resource
-    cpu: Resource
-    pi: User
-
-
-def person(db: Session, name: str) -> User:
-    return provision_user(
-        db,
-        provider=PROVIDER,
-        subject=f"{name}-{uuid.uuid4().hex}",
-        display_name=name,
-        email=f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.eu",
-    )
-
-
-def make_site(db: Session, quarters: list[tuple[date, date]], *, capacity: int) -> SiteWorld:
-    """A site with a GPU and a CPU resource, ``capacity`` base units planned in each quarter, and a PI."""
-    site = ledger.create_site(
-        db, None, code="bench", name="Bench Centre", city="Riga", country="LV", reason="benchmark data"
-    )
-    gpu = ledger.create_resource(
-        db,
-        None,
-        site,
-        code="h100",
-        name="H100 GPU-hours",
-        kind=ResourceKind.GPU,
-        gpu_model="H100",
-        reason="benchmark data",
-    )
-    cpu = ledger.create_resource(
-        db, None, site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="benchmark data"
-    )
-    for starts_on, ends_on in quarters:
-        for res in (gpu, cpu):
-            ledger.set_capacity(
-                db, None, res, starts_on=starts_on, ends_on=ends_on, capacity=capacity, reason="benchmark data"
-            )
-    return SiteWorld(site, gpu, cpu, person(db, "Pi"))
-
-
-def make_project(db: Session, pi: User, title: str) -> Project:
-    org = projects.create_organisation(db, pi, name=f"Org of {title}", kind="university", country="LV")
-    return projects.create_project(db, pi, org, title=title)
-
-
-def open_allocation(
-    db: Session, project: Project, res: Resource, amount: int, starts_at: datetime, ends_at: datetime, title: str
-) -> Allocation:
-    return ledger.open_allocation(
-        db,
-        None,
-        project=project,
-        resource=res,
-        amount=amount,
-        starts_at=starts_at,
-        ends_at=ends_at,
-        source=AllocationSource.AWARD,
-        title=title,
-    )
 
 
 # --- memory and machine ----------------------------------------------------------------------------------

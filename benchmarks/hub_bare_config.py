@@ -5,8 +5,8 @@ the servers are the same. For benchmarks only: a hub without the portal's check 
 
 from pathlib import Path
 
-c = get_config()  # type: ignore[name-defined]  # noqa: F821
-load_subconfig(str(Path(__file__).resolve().parent.parent / "hub_config" / "jupyterhub_config.py"))  # type: ignore[name-defined]  # noqa: F821
+c = get_config()  # noqa: F821
+load_subconfig(str(Path(__file__).resolve().parent.parent / "hub_config" / "jupyterhub_config.py"))  # noqa: F821
 
 c.Spawner.apply_user_options = None
 c.Spawner.environment.update({"CUDA_VISIBLE_DEVICES": "", "PORTAL_PROFILE": "cpu"})

@@ -8,13 +8,13 @@ import json
 import os
 from pathlib import Path
 
-c = get_config()  # type: ignore[name-defined]  # noqa: F821
-load_subconfig(str(Path(__file__).resolve().parent.parent / "hub_config" / "jupyterhub_config.py"))  # type: ignore[name-defined]  # noqa: F821
+c = get_config()  # noqa: F821
+load_subconfig(str(Path(__file__).resolve().parent.parent / "hub_config" / "jupyterhub_config.py"))  # noqa: F821
 
 JOB = json.loads(os.environ["BENCH_BARE_SLURM_JOB"])
 
 
-async def the_benchmarks_job(spawner, user_options):  # type: ignore[no-untyped-def]
+async def the_benchmarks_job(spawner, user_options):
     spawner.portal_slurm = {**JOB, "job_name": f"bare-{spawner.name}"}
     spawner.environment = {**spawner.environment, "CUDA_VISIBLE_DEVICES": "", "PORTAL_PROFILE": "cpu"}
 

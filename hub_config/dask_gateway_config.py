@@ -28,7 +28,7 @@ from factory_gateway import (  # noqa: E402
     cluster_options,
 )
 
-c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by dask-gateway-server when it loads this file
+c = get_config()  # noqa: F821 - provided by dask-gateway-server when it loads this file
 
 settings = GatewaySettings.from_env(os.environ)
 settings.gateway_dir.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,9 @@ HUB_DASK_GATEWAY_SCHEDULER_CORES, HUB_DASK_GATEWAY_SCHEDULER_MEMORY
 HUB_DASK_GATEWAY_CHECK_TIMEOUT   seconds the gateway waits for the portal's gateway check [5]
 HUB_STATE_DIR                    the hub's state folder; the gateway keeps its database (SQLite, encrypted with
                                  a key it creates there, or DASK_GATEWAY_ENCRYPT_KEYS) under dask-gateway/
-PORTAL_URL, PORTAL_API_TOKEN     the portal and the bearer token for its gateway check (as for the spawn check)
+PORTAL_URL, PORTAL_HUB_SPAWN_CHECK_TOKEN
+                                 the portal and the bearer token for its gateway check (as for the spawn check;
+                                 PORTAL_API_TOKEN, its earlier name, still works for one release)
 HUB_DEBUG                        "1": debug logging
 """
 
@@ -72,6 +74,7 @@ from dask_gateway_server.backends.base import ClusterConfig
 from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend, SlurmClusterConfig
 from dask_gateway_server.options import Float, Integer, Options
 from dask_gateway_server.traitlets import Type
+from portal_env import shared
 from traitlets import Integer as IntegerTrait
 from traitlets import Unicode, default
 
@@ -90,7 +93,15 @@ UNAVAILABLE_MESSAGE = (
     "The portal could not confirm this notebook's allocation for Dask right now; please try again later."
 )
 #: Variables of the hub's environment that the gateway service gets (besides the HUB_DASK_GATEWAY_* ones).
-PASSED_TO_SERVICE = ("SLURM_CONF", "PORTAL_URL", "PORTAL_API_TOKEN", "DASK_GATEWAY_ENCRYPT_KEYS", "HUB_DEBUG", "TZ")
+PASSED_TO_SERVICE = (
+    "SLURM_CONF",
+    "PORTAL_URL",
+    "PORTAL_HUB_SPAWN_CHECK_TOKEN",
+    "PORTAL_API_TOKEN",
+    "DASK_GATEWAY_ENCRYPT_KEYS",
+    "HUB_DEBUG",
+    "TZ",
+)
 
 
 def job_name(session: int | str) -> str:
@@ -149,7 +160,7 @@ class GatewaySettings:
             scheduler_memory=_env(env, "HUB_DASK_GATEWAY_SCHEDULER_MEMORY", "2 G"),
             check_timeout=float(_env(env, "HUB_DASK_GATEWAY_CHECK_TIMEOUT", "5")),
             portal_url=_env(env, "PORTAL_URL", "http://127.0.0.1:5000").rstrip("/"),
-            portal_api_token=_env(env, "PORTAL_API_TOKEN"),
+            portal_api_token=shared("PORTAL_HUB_SPAWN_CHECK_TOKEN", env=env),
             debug=_env(env, "HUB_DEBUG") == "1",
         )
 

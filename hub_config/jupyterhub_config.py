@@ -1,21 +1,24 @@
 """JupyterHub configuration of the Baltic AI Factory: users log in through the portal, which also decides
 who may start what.
 
-    jupyterhub -f hub_config/jupyterhub_config.py      (portal/devhub.py's HubProcess does this)
+    jupyterhub -f hub_config/jupyterhub_config.py      (portal_standin.devhub's HubProcess does this)
 
 Everything is read from environment variables:
 
 PORTAL_URL                  the portal's base URL (default http://127.0.0.1:5000): OAuth2 authorize/token/
                             userinfo endpoints and the spawn check at /api/v1/hub/spawn-check
-HUB_OAUTH_CLIENT_ID         the hub's OAuth2 client at the portal (default "jupyterhub")
-HUB_OAUTH_CLIENT_SECRET     its secret
-HUB_OAUTH_CALLBACK_URL      default {HUB_PUBLIC_URL}/hub/oauth_callback
+PORTAL_HUB_OAUTH_CLIENT_ID  the hub's OAuth2 client at the portal (default "jupyterhub")
+PORTAL_HUB_OAUTH_CLIENT_SECRET
+                            its secret
+PORTAL_HUB_OAUTH_REDIRECT_URI
+                            the hub's OAuth2 callback (default {HUB_PUBLIC_URL}/hub/oauth_callback)
 HUB_IP, HUB_PORT            where the proxy serves users (default 127.0.0.1:8000)
 HUB_PUBLIC_URL              the URL users reach the hub at (default http://{HUB_IP}:{HUB_PORT})
 HUB_API_PORT                the hub's own port behind the proxy (default 8081)
 HUB_PROXY_API_PORT          configurable-http-proxy's API port (default 8001)
-PORTAL_API_TOKEN            the bearer token the hub sends to the portal's spawn check
-HUB_PORTAL_SERVICE_TOKEN    the API token of the hub service "portal" (the portal calls the hub with it)
+PORTAL_HUB_SPAWN_CHECK_TOKEN
+                            the bearer token the hub sends to the portal's spawn check
+PORTAL_HUB_API_TOKEN        the API token of the hub service "portal" (the portal calls the hub with it)
 HUB_STATE_DIR               database, cookie secret, users' homes, Dask scratch (default ./instance/hub)
 HUB_CULL_IDLE_SECONDS       idle servers are stopped and removed after this many seconds (default 3600; 0: off)
 HUB_CULL_EVERY_SECONDS      how often the culler looks for idle servers (default: half of HUB_CULL_IDLE_SECONDS)
@@ -27,12 +30,17 @@ HUB_SPAWNER                 "local" (default): servers are processes on this mac
                             homes under HUB_STATE_DIR/homes; the portal meters them); "slurm": servers are
                             Slurm jobs on the factory cluster (slurm_spawner.FactorySlurmSpawner; charged from
                             sacct), configured by:
-HUB_SLURM_CLUSTER           the cluster's name, as in the portal's slurm_clusters (required with "slurm")
+PORTAL_HUB_SLURM_CLUSTER    the cluster's name, as in the portal's slurm_clusters (required with "slurm")
 HUB_SLURM_HOME_ROOT         users' homes on the shared file system: {root}/{username} (default /home/hub)
 HUB_SLURM_SUBMIT_USER       the login that submits jobs, the cluster's notebook_user (default: the hub's user)
 HUB_SLURM_SERVER_IP         the address servers listen on in the job (default 0.0.0.0)
 HUB_SLURM_START_TIMEOUT     seconds a job may wait in the queue and start (default 300)
 SLURM_CONF                  the cluster's slurm.conf, when not the host's default
+
+The PORTAL_HUB_* variables are the portal's settings of the same names (docs/settings.md): give both the same
+values. The hub's earlier names for them (HUB_OAUTH_CLIENT_ID, HUB_OAUTH_CLIENT_SECRET, HUB_OAUTH_CALLBACK_URL,
+PORTAL_API_TOKEN, HUB_PORTAL_SERVICE_TOKEN, HUB_SLURM_CLUSTER) still work for one release, logging that they
+are deprecated (portal_env.py).
 
 With "local", the GPUs this machine has (nvidia-smi) are reported with each spawn check: the portal refuses
 GPU profiles they cannot serve. KubeSpawner and Dask Gateway are documented in hub_config/README.md.
@@ -50,9 +58,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from course_materials import clone_course_materials  # noqa: E402
+from portal_env import shared  # noqa: E402
 from portal_spawn import PortalSpawnCheck  # noqa: E402
 
-c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub when it loads this file
+c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 
 
 def env(name: str, default: str = "") -> str:
@@ -87,9 +96,9 @@ if env("HUB_DEBUG") == "1":
 
 # --- login through the portal (OAuth2) ------------------------------------------------------------------
 c.JupyterHub.authenticator_class = "generic-oauth"
-c.GenericOAuthenticator.client_id = env("HUB_OAUTH_CLIENT_ID", "jupyterhub")
-c.GenericOAuthenticator.client_secret = env("HUB_OAUTH_CLIENT_SECRET")
-c.GenericOAuthenticator.oauth_callback_url = env("HUB_OAUTH_CALLBACK_URL", f"{public_url}/hub/oauth_callback")
+c.GenericOAuthenticator.client_id = shared("PORTAL_HUB_OAUTH_CLIENT_ID", "jupyterhub")
+c.GenericOAuthenticator.client_secret = shared("PORTAL_HUB_OAUTH_CLIENT_SECRET")
+c.GenericOAuthenticator.oauth_callback_url = shared("PORTAL_HUB_OAUTH_REDIRECT_URI", f"{public_url}/hub/oauth_callback")
 c.GenericOAuthenticator.authorize_url = f"{portal_url}/oauth/authorize"
 c.GenericOAuthenticator.token_url = f"{portal_url}/oauth/token"
 c.GenericOAuthenticator.userdata_url = f"{portal_url}/oauth/userinfo"
@@ -118,9 +127,9 @@ if os.geteuid() == 0:
 if spawner_kind == "slurm":
     from slurm_spawner import FactorySlurmSpawner
 
-    slurm_cluster = env("HUB_SLURM_CLUSTER")
+    slurm_cluster = shared("PORTAL_HUB_SLURM_CLUSTER")
     if not slurm_cluster:
-        raise SystemExit("HUB_SPAWNER=slurm needs HUB_SLURM_CLUSTER (the cluster's name in the portal)")
+        raise SystemExit("HUB_SPAWNER=slurm needs PORTAL_HUB_SLURM_CLUSTER (the cluster's name in the portal)")
     c.JupyterHub.spawner_class = FactorySlurmSpawner
     c.FactorySlurmSpawner.cluster_name = slurm_cluster
     c.FactorySlurmSpawner.home_root = env("HUB_SLURM_HOME_ROOT", "/home/hub")
@@ -153,15 +162,25 @@ c.Spawner.environment = {
 
 # Every spawn, from the portal or from the hub's own pages, is checked by the portal first.
 c.Spawner.apply_user_options = PortalSpawnCheck(
-    portal_url, env("PORTAL_API_TOKEN"), timeout=float(env("HUB_SPAWN_CHECK_TIMEOUT", "10")), backend=spawn_backend
+    portal_url,
+    shared("PORTAL_HUB_SPAWN_CHECK_TOKEN"),
+    timeout=float(env("HUB_SPAWN_CHECK_TIMEOUT", "10")),
+    backend=spawn_backend,
 )
 # A course's materials (a git repository) are cloned into the student's home at the first start.
 c.Spawner.pre_spawn_hook = clone_course_materials
 
+# The hub's pages (hub_config/templates) lead back to the portal.
+c.JupyterHub.template_paths = [str(HERE / "templates")]
+c.JupyterHub.template_vars = {"portal_url": portal_url}
+# The start request returns (202) after 3 s at most instead of JupyterHub's 10: the portal's session page then
+# shows the start's progress. The spawn check runs first, so its refusal still comes back with the request.
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 3}
+
 # --- services: the portal and the idle culler --------------------------------------------------------------
 services: list[dict] = []
 roles: list[dict] = []
-portal_service_token = env("HUB_PORTAL_SERVICE_TOKEN")
+portal_service_token = shared("PORTAL_HUB_API_TOKEN")
 if portal_service_token:
     services.append({"name": "portal", "api_token": portal_service_token})
     roles.append(

@@ -39,7 +39,7 @@ try:  # JupyterHub 6.0+
 except ImportError:  # pragma: no cover - older hubs: an HTTPError carries the message just as well
     from tornado.web import HTTPError
 
-    class SpawnException(HTTPError):  # type: ignore[no-redef]
+    class SpawnException(HTTPError):
         def __init__(self, message: str, *, reason: str, status_code: int = 400, **_: Any) -> None:
             self.message = message
             super().__init__(status_code, message, reason=reason)

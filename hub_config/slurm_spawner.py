@@ -32,7 +32,7 @@ from traitlets import Unicode, default
 try:  # JupyterHub 6.0+
     from jupyterhub.spawner import SpawnException
 except ImportError:  # pragma: no cover
-    SpawnException = RuntimeError  # type: ignore[misc,assignment]
+    SpawnException = RuntimeError
 
 BATCH_SCRIPT = """#!/bin/bash
 #SBATCH --job-name={{job_name}}

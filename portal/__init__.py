@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import secrets
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from portal.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from portal.ledger.services import EnforcementHooks
+
+#: The domain packages, each plugged in by its ``init_app(app)`` (blueprints, API routes, ``app.extensions``
+#: hooks) and, beside it, ``CLI_GROUPS`` (``portal.cli``) and ``register_jobs(add_job)`` (``portal.worker``):
+#: Warehouse's ``includeme``. Names, not modules, so that ``import portal`` stays light. In this order the
+#: packages add their API routes (the order of the tags in the OpenAPI document) and their jobs (``JOBS``).
+DOMAINS = (
+    "portal.audit",
+    "portal.classroom",
+    "portal.compute",
+    "portal.grants",
+    "portal.identity",
+    "portal.ledger",
+    "portal.market",
+    "portal.metering",
+    "portal.notifications",
+    "portal.projects",
+    "portal.reports",
+)
 
 
 def _secret_key(settings: Settings) -> str:
@@ -24,19 +46,30 @@ def _secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def _install_enforcement_hooks(settings: Settings) -> None:
+def enforcement_hooks(settings: Settings) -> EnforcementHooks:
     """What happens the moment an allocation is exhausted: its Slurm accounts are held and its notebook
-    servers stopped at once."""
+    servers stopped at once. A process that uses the ledger without ``create_app`` (a script, a worker of its
+    own) puts them in force with ``ledger.install_enforcement_hooks(enforcement_hooks(settings))``."""
     from functools import partial
 
     from portal.compute.launch import stop_notebooks_of_exhausted
-    from portal.ledger.services import register_enforcement_hook
+    from portal.ledger.services import EnforcementHooks
     from portal.metering.slurm import hold_allocation_now
 
-    register_enforcement_hook("slurm_hold", partial(hold_allocation_now, settings) if settings.slurm_clusters else None)
-    register_enforcement_hook(
-        "notebook_stop", partial(stop_notebooks_of_exhausted, settings) if settings.hub_api_token else None
-    )
+    hooks = EnforcementHooks()
+    hooks.register("slurm_hold", partial(hold_allocation_now, settings) if settings.slurm_clusters else None)
+    hooks.register("notebook_stop", partial(stop_notebooks_of_exhausted, settings) if settings.hub_api_token else None)
+    return hooks
+
+
+def _install_enforcement_hooks(app: Flask, settings: Settings) -> None:
+    """The app's hooks, in its ``extensions``; a copy for this process's code that runs outside an app context
+    (the worker thread of ``portal demo``), as the last app built in a process always had."""
+    from portal.ledger.services import EnforcementHooks, install_enforcement_hooks
+
+    hooks = enforcement_hooks(settings)
+    install_enforcement_hooks(hooks, app)
+    install_enforcement_hooks(EnforcementHooks(hooks))
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -63,7 +96,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.extensions["portal.settings"] = settings
     logging.getLogger("portal").setLevel(settings.log_level)
 
-    from portal import db, web
+    from portal import db, i18n, web
 
     engine = db.make_engine(
         settings.resolved_database_url,
@@ -72,52 +105,21 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     db.init_app(app, engine)
     web.init_app(app, settings)
+    i18n.init_app(app)  # the request's language, the switch, the locale-aware filters
     from portal import observability
 
     observability.init_app(app, settings)
 
-    from portal.identity import oidc
-
-    oidc.init_app(app, settings)
-
-    from portal.api import init_app as init_api
-    from portal.audit.views import bp as audit_bp
-    from portal.grants.views import bp as grants_bp
     from portal.health import bp as health_bp
-    from portal.identity.views import bp as identity_bp
-    from portal.ledger.views import bp as ledger_bp
-    from portal.ledger.views import project_allocations
-    from portal.notifications.views import bp as notifications_bp
-    from portal.projects.views import bp as projects_bp
 
     app.register_blueprint(health_bp)
-    app.register_blueprint(identity_bp)
-    app.register_blueprint(projects_bp)
-    app.register_blueprint(ledger_bp)
-    app.extensions["portal.project_allocations"] = project_allocations  # the project page's ledger section
-    app.register_blueprint(grants_bp)
-    app.register_blueprint(notifications_bp)
-    app.register_blueprint(audit_bp)
-    from portal.compute.views import bp as notebooks_bp
+    for package in DOMAINS:
+        importlib.import_module(package).init_app(app)
+    from portal import api
 
-    app.register_blueprint(notebooks_bp)
-    from portal.classroom.views import bp as classroom_bp
-    from portal.compute.launch import start_notebook
-
-    app.register_blueprint(classroom_bp)
-    app.extensions["portal.start_notebook"] = start_notebook  # the course pages' launcher (classroom.views)
-    init_api(app)
-    from portal.compute.oauth import init_app as init_hub_oauth
-
-    init_hub_oauth(app)
-    from portal.market.views import init_app as init_market
-
-    init_market(app)
-    from portal.reports.views import bp as reports_bp
-
-    app.register_blueprint(reports_bp)
+    api.init_app(app)  # after the packages: they add their routes to its blueprint
     from portal import ratelimit
 
     ratelimit.init_app(app, settings)
-    _install_enforcement_hooks(settings)
+    _install_enforcement_hooks(app, settings)
     return app

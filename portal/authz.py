@@ -64,28 +64,40 @@ def factory_roles(db: Session, user: User) -> set[FactoryRole]:
     cache: dict[int, set[FactoryRole]] = db.info.setdefault(_ROLES_CACHE, {})
     if user.id not in cache:
         rows = db.exec(select(RoleGrant.role).where(RoleGrant.user_id == user.id)).all()
-        cache[user.id] = {FactoryRole(r) for r in rows}  # type: ignore[index]
-    return set(cache[user.id])  # type: ignore[index]
+        cache[user.id] = {FactoryRole(r) for r in rows}
+    return set(cache[user.id])
 
 
 @sa.event.listens_for(SASession, "after_transaction_end")
 def _forget_roles(session: SASession, _transaction: object) -> None:
     session.info.pop(_ROLES_CACHE, None)
+    session.info.pop(_PROJECT_ROLES_CACHE, None)
 
 
 @sa.event.listens_for(SASession, "before_flush")
 def _forget_roles_on_grant(session: SASession, _context: object, _instances: object) -> None:
-    if any(isinstance(o, RoleGrant) for o in (*session.new, *session.deleted)):
+    changed = (*session.new, *session.dirty, *session.deleted)
+    if any(isinstance(o, RoleGrant) for o in changed):
         session.info.pop(_ROLES_CACHE, None)
+    if any(isinstance(o, ProjectMembership) for o in changed):
+        session.info.pop(_PROJECT_ROLES_CACHE, None)
+
+
+_PROJECT_ROLES_CACHE = "portal.project_roles"
 
 
 def project_role(db: Session, user: User, project: Project) -> ProjectRole | None:
-    role = db.exec(
-        select(ProjectMembership.role).where(
-            ProjectMembership.project_id == project.id, ProjectMembership.user_id == user.id
-        )
-    ).first()
-    return ProjectRole(role) if role else None
+    """The user's role in the project, read once per transaction (one page asks several permission questions)."""
+    cache: dict[tuple[int, int], ProjectRole | None] = db.info.setdefault(_PROJECT_ROLES_CACHE, {})
+    key = (user.id, project.id)
+    if key not in cache:
+        role = db.exec(
+            select(ProjectMembership.role).where(
+                ProjectMembership.project_id == project.id, ProjectMembership.user_id == user.id
+            )
+        ).first()
+        cache[key] = ProjectRole(role) if role else None
+    return cache[key]
 
 
 def organisation_role(db: Session, user: User, organisation_id: int) -> OrganisationRole | None:
@@ -99,12 +111,12 @@ def organisation_role(db: Session, user: User, organisation_id: int) -> Organisa
 
 
 def _is_org_member_or_project_member(db: Session, user: User, org: Organisation) -> bool:
-    if organisation_role(db, user, org.id) is not None:  # type: ignore[arg-type]
+    if organisation_role(db, user, org.id) is not None:
         return True
     return (
         db.exec(
             select(ProjectMembership.id)
-            .join(Project, Project.id == ProjectMembership.project_id)  # type: ignore[arg-type]
+            .join(Project, Project.id == ProjectMembership.project_id)
             .where(Project.organisation_id == org.id, ProjectMembership.user_id == user.id)
         ).first()
         is not None
@@ -117,8 +129,8 @@ def _operates_a_site_of(db: Session, user: User, project_ids: Any) -> bool:
         return False
     found = db.exec(
         select(Allocation.id)
-        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
-        .join(OperatorSite, OperatorSite.site_id == Resource.site_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == Allocation.resource_id)
+        .join(OperatorSite, OperatorSite.site_id == Resource.site_id)
         .where(OperatorSite.user_id == user.id, col(Allocation.project_id).in_(project_ids))
         .limit(1)
     ).first()

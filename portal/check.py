@@ -145,7 +145,8 @@ def check_hub(settings: Settings) -> str:
     if users.status_code in (401, 403):
         raise CheckFailed(
             f"JupyterHub {_json(version)['version']} at {settings.hub_url} refused the portal's token "
-            f"({users.status_code}): PORTAL_HUB_API_TOKEN must be the hub's HUB_PORTAL_SERVICE_TOKEN"
+            f"({users.status_code}): PORTAL_HUB_API_TOKEN must have the same value "
+            "in the portal's and the hub's environment"
         )
     if users.status_code != 200:
         raise CheckFailed(f"listing the hub's users answered {users.status_code}")
@@ -231,7 +232,7 @@ def run_checks(settings: Settings | None = None) -> Iterator[CheckResult]:
 
 def _errors(exc: Exception) -> list[dict[str, Any]]:
     if isinstance(exc, ValidationError):
-        return list(exc.errors())  # type: ignore[arg-type]
+        return list(exc.errors())
     return [{"loc": (), "msg": str(exc)}]
 
 

@@ -13,26 +13,64 @@ import logging
 import os
 import sys
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from portal.audit.cli import reason_option
 
-if TYPE_CHECKING:
-    from portal.errors import DomainError
+def _domain_groups() -> dict[str, tuple[str, str]]:
+    """The command groups the packages declare in ``CLI_GROUPS`` beside their ``init_app`` (``portal.DOMAINS``).
 
-#: The command groups of the other packages: imported when run, listed by ``--help`` with this summary
+    The one part of a package's plugging-in that ``init_app`` cannot do: ``portal --help`` must list the groups
+    without building the application or importing the groups' modules (each imports its package's services in
+    its commands' bodies, and ``app.cli`` would need the application). So each package owns its group object in
+    its ``cli.py`` and names it, with its summary, in a dict literal in its ``__init__.py``, which imports
+    nothing; this reads those dicts."""
+    from portal import DOMAINS
+
+    groups: dict[str, tuple[str, str]] = {}
+    for package in DOMAINS:
+        groups.update(getattr(importlib.import_module(package), "CLI_GROUPS", {}))
+    return groups
+
+
+#: The command groups of the packages: imported when run, listed by ``--help`` with this summary
 #: (tests/test_cli_start.py checks that each matches the group's own).
-LAZY_COMMANDS: dict[str, tuple[str, str]] = {
-    "calls": ("portal.grants.cli:calls", "Calls for proposals."),
-    "reports": ("portal.reports.cli:reports", "The operators' dashboards."),
-    "sites": ("portal.ledger.cli:sites", "Sites, resources and capacity."),
-    "slurm": ("portal.metering.cli:slurm", "Slurm accounts, users and limits of the configured clusters."),
-    "usage": ("portal.metering.cli:usage", "Usage metering."),
+LAZY_COMMANDS: dict[str, tuple[str, str]] = _domain_groups()
+
+
+#: The entry-point group through which other distributions add commands to ``portal`` (``name = "module:command"``).
+CLI_PLUGINS = "portal.cli_plugins"
+
+#: The commands of the development stand-ins (the separate distribution in standin/, the ``standin`` extra, which
+#: registers them in ``portal.cli_plugins``): listed by ``--help`` with this summary whether or not it is installed.
+STANDIN_COMMANDS: dict[str, str] = {
+    "demo": "Run the whole portal locally: OIDC providers, migrated SQLite, demo data. Ctrl-C stops it all.",
 }
+
+STANDIN_MISSING = (
+    "`portal {name}` comes with the development stand-ins, which are not installed. In a checkout of the portal,"
+    " run scripts/bootstrap (or: pip install -e ./standin -e '.[standin]'); production installs leave them out."
+)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def standin_missing(ctx: click.Context) -> None:
+    """A command of the development stand-ins, which are not installed (see scripts/bootstrap)."""
+    raise click.ClickException(STANDIN_MISSING.format(name=ctx.info_name))
+
+
+def _cli_plugins() -> dict[str, tuple[str, str]]:
+    """The commands of ``portal.cli_plugins`` entry points, as ``lazy_commands`` entries (imported when run); a
+    stand-in command whose distribution is missing runs :func:`standin_missing`, which says how to install it."""
+    plugins = {name: ("portal.cli:standin_missing", summary) for name, summary in STANDIN_COMMANDS.items()}
+    for entry in metadata.entry_points(group=CLI_PLUGINS):
+        owner = entry.dist.name if entry.dist else entry.module
+        plugins[entry.name] = (entry.value, STANDIN_COMMANDS.get(entry.name, f"A command of the {owner} plugin."))
+    return plugins
 
 
 class PortalGroup(FlaskGroup):
@@ -47,6 +85,7 @@ class PortalGroup(FlaskGroup):
     def _load_plugin_commands(self) -> None:
         if self._loaded_plugin_commands:
             return
+        self.lazy_commands.update(_cli_plugins())
         for entry in metadata.entry_points(group="flask.commands"):
             owner = entry.dist.name if entry.dist else entry.module
             self.lazy_commands.setdefault(entry.name, (entry.value, f"Commands of the {owner} plugin."))
@@ -99,7 +138,7 @@ def _database_url() -> str:
     return settings.resolved_database_url
 
 
-def _create_app():  # type: ignore[no-untyped-def]
+def _create_app():
     from pydantic import ValidationError
 
     from portal import create_app
@@ -118,13 +157,8 @@ def main() -> None:
     )
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings():
     return current_app.extensions["portal.settings"]
-
-
-def _refused(exc: DomainError) -> click.ClickException:
-    """A refusal of the services as the command's message."""
-    return click.ClickException(" ".join([exc.detail, *exc.errors.values()]))
 
 
 @main.group()
@@ -271,77 +305,3 @@ def check() -> None:
     results = [click.echo(r.line()) or r for r in run_checks()]
     if not all(r.ok for r in results):
         sys.exit(1)
-
-
-@main.group()
-def users() -> None:
-    """Users and factory roles."""
-
-
-@users.command("grant-role")
-@click.argument("email")
-@click.argument("role", type=click.Choice(["admin", "finance", "site_operator", "reviewer"]))
-@reason_option
-@with_appcontext
-def grant_role_command(email: str, role: str, reason: str) -> None:
-    """Give the user with EMAIL a factory ROLE."""
-    from portal.db import get_db
-    from portal.errors import DomainError
-    from portal.identity.models import FactoryRole
-    from portal.identity.services import find_user_by_email, grant_role
-
-    try:
-        user = find_user_by_email(get_db(), email)
-        grant_role(get_db(), None, user, FactoryRole(role), reason=reason)
-    except DomainError as exc:
-        raise _refused(exc) from exc
-    click.echo(f"{user.display_name} <{user.email}> is now {role}")
-
-
-@users.command("deactivate")
-@click.argument("email")
-@reason_option
-@with_appcontext
-def deactivate_command(email: str, reason: str) -> None:
-    """Deactivate the user with EMAIL: no more logins or API calls, and their sessions end now."""
-    from portal.db import get_db
-    from portal.errors import DomainError
-    from portal.identity.services import deactivate_user, find_user_by_email
-
-    try:
-        user = find_user_by_email(get_db(), email)
-        deactivate_user(get_db(), None, user, reason=reason)
-    except DomainError as exc:
-        raise _refused(exc) from exc
-    click.echo(f"{user.display_name} <{user.email}> is deactivated; their sessions have ended")
-
-
-@users.command("erase")
-@click.argument("email")
-@reason_option
-@with_appcontext
-def erase_command(email: str, reason: str) -> None:
-    """Erase the personal data of the user with EMAIL (GDPR): the user is pseudonymised and deactivated; the ledger,
-    invoices and audit log stay as they are (see docs/personal-data.md)."""
-    from portal.db import get_db
-    from portal.errors import DomainError
-    from portal.identity.personal_data import erase_user, erased_name
-    from portal.identity.services import find_user_by_email
-
-    try:
-        user = find_user_by_email(get_db(), email)
-        removed = erase_user(get_db(), None, user, reason=reason)
-    except DomainError as exc:
-        raise _refused(exc) from exc
-    counts = ", ".join(f"{name} {count}" for name, count in removed.items() if count)
-    click.echo(f"{email} is erased: user {user.id} is now {erased_name(user.id)!r} (removed: {counts or 'nothing'})")
-
-
-@main.command()
-@click.option("--port", default=5000, show_default=True)
-@click.option("--provider-port", default=9400, show_default=True, help="First port of the local OIDC providers.")
-def demo(port: int, provider_port: int) -> None:
-    """Run the whole portal locally: OIDC providers, migrated SQLite, demo data. Ctrl-C stops it all."""
-    from portal.demo import run_demo
-
-    run_demo(port=port, provider_port=provider_port)

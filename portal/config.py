@@ -2,7 +2,8 @@
 
 Values come, in rising order of precedence, from the defaults below, an optional TOML file named by
 ``PORTAL_CONFIG``, and ``PORTAL_*`` environment variables (complex values as JSON). The defaults run the
-embedded demo. ``README.md`` lists every setting; a test keeps the two in step.
+embedded demo. ``docs/settings.md`` is generated from the descriptions below
+(``scripts/settings-doc``); ``tests/test_docs.py`` keeps the two in step.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ class AssuranceLevel(StrEnum):
     def rank(self) -> int:
         return list(AssuranceLevel).index(self)
 
-    def __ge__(self, other: object) -> bool:  # type: ignore[override]
+    def __ge__(self, other: object) -> bool:
         if not isinstance(other, AssuranceLevel):
             return NotImplemented
         return self.rank >= other.rank
 
-    def __lt__(self, other: object) -> bool:  # type: ignore[override]
+    def __lt__(self, other: object) -> bool:
         if not isinstance(other, AssuranceLevel):
             return NotImplemented
         return self.rank < other.rank
@@ -75,30 +76,43 @@ DEFAULT_CLAIM_MAP: dict[str, str] = {
 class OIDCProvider(BaseModel):
     """One OpenID Connect provider users may log in with."""
 
-    #: Short name used in URLs and stored with each identity; never change it once users have logged in.
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
-    #: What the login page shows.
-    label: str
-    #: The provider's ``/.well-known/openid-configuration`` URL.
-    discovery_url: str
-    client_id: str
-    #: Read from ``PORTAL_OIDC_<NAME>_CLIENT_SECRET`` when not given here; keep secrets out of files.
-    client_secret: str | None = None
-    scopes: str = "openid email profile"
-    #: ``acr_values`` to request (for example ``http://eidas.europa.eu/LoA/substantial``); none by default.
-    request_acr: str | None = None
-    #: Extra acr values of this provider and their level; merged over the common eIDAS/TARA/REFEDS values.
-    acr_map: dict[str, AssuranceLevel] = Field(default_factory=dict)
-    #: Level assumed when the ID token carries no acr claim.
-    default_acr: AssuranceLevel = AssuranceLevel.LOW
-    #: Logins below this level are refused.
-    min_acr: AssuranceLevel = AssuranceLevel.LOW
-    #: Portal attribute -> claim name, merged over the defaults.
-    claim_map: dict[str, str] = Field(default_factory=dict)
-    #: Endpoint overrides for providers whose discovery document is incomplete or wrong.
-    authorize_url: str | None = None
-    token_url: str | None = None
-    jwks_uri: str | None = None
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="Short name used in URLs and stored with each identity; never change it once users have logged in.",
+    )
+    label: str = Field(description="What the login page shows.")
+    discovery_url: str = Field(description="The provider's ``/.well-known/openid-configuration`` URL.")
+    client_id: str = Field(description="The portal's client id at the provider.")
+    client_secret: str | None = Field(
+        default=None,
+        description="Read from ``PORTAL_OIDC_<NAME>_CLIENT_SECRET`` when not given here; keep secrets out of files.",
+    )
+    scopes: str = Field(default="openid email profile", description="Scopes requested at login.")
+    request_acr: str | None = Field(
+        default=None,
+        description=(
+            "``acr_values`` to request (for example ``http://eidas.europa.eu/LoA/substantial``); none by default."
+        ),
+    )
+    acr_map: dict[str, AssuranceLevel] = Field(
+        default_factory=dict,
+        description=(
+            "Extra acr values of this provider and their level; merged over the common eIDAS/TARA/REFEDS values."
+        ),
+    )
+    default_acr: AssuranceLevel = Field(
+        default=AssuranceLevel.LOW, description="Level assumed when the ID token carries no acr claim."
+    )
+    min_acr: AssuranceLevel = Field(default=AssuranceLevel.LOW, description="Logins below this level are refused.")
+    claim_map: dict[str, str] = Field(
+        default_factory=dict, description="Portal attribute -> claim name, merged over the defaults."
+    )
+    authorize_url: str | None = Field(
+        default=None,
+        description="Authorization endpoint override, for providers whose discovery document is incomplete or wrong.",
+    )
+    token_url: str | None = Field(default=None, description="Token endpoint override (see ``authorize_url``).")
+    jwks_uri: str | None = Field(default=None, description="JWKS (signing keys) URL override (see ``authorize_url``).")
 
     @model_validator(mode="after")
     def _secret_from_environment(self) -> OIDCProvider:
@@ -120,39 +134,52 @@ class OIDCProvider(BaseModel):
 class SlurmClusterConfig(BaseModel):
     """A Slurm cluster whose accounts ``portal slurm sync`` manages and whose usage the portal charges."""
 
-    #: The cluster's ``ClusterName`` (lower case, as sacct prints it).
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    #: Code of the site whose allocations run on this cluster (``waw``).
-    site: str = Field(pattern=r"^[a-z0-9]{1,16}$")
-    #: The ``sacct`` program (a path, or a name looked up on PATH).
-    sacct: str = "sacct"
-    #: The ``sacctmgr`` program (a path, or a name looked up on PATH).
-    sacctmgr: str = "sacctmgr"
-    #: ``SLURM_CONF`` for both programs, when not the host's default slurm.conf.
-    slurm_conf: str | None = None
-    #: The cluster login the JupyterHub submits notebook and Dask Gateway jobs as (hub users are portal
-    #: identities, not Unix accounts): ``portal slurm sync`` makes it a user of every account it manages, so
-    #: a notebook's job runs under its allocation's account. Empty: the hub does not run jobs here.
-    notebook_user: str = Field(default="", pattern=r"^([a-z_][a-z0-9_.-]{0,31})?$")
-    #: Partition per resource code (``{"h100": "gpu-h100"}``); resources not listed use the default partition.
-    partitions: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="The cluster's ``ClusterName`` (lower case, as sacct prints it).",
+    )
+    site: str = Field(
+        pattern=r"^[a-z0-9]{1,16}$", description="Code of the site whose allocations run on this cluster (``waw``)."
+    )
+    sacct: str = Field(default="sacct", description="The ``sacct`` program (a path, or a name looked up on PATH).")
+    sacctmgr: str = Field(
+        default="sacctmgr", description="The ``sacctmgr`` program (a path, or a name looked up on PATH)."
+    )
+    slurm_conf: str | None = Field(
+        default=None, description="``SLURM_CONF`` for both programs, when not the host's default slurm.conf."
+    )
+    notebook_user: str = Field(
+        default="",
+        pattern=r"^([a-z_][a-z0-9_.-]{0,31})?$",
+        description=(
+            "The cluster login the JupyterHub submits notebook and Dask Gateway jobs as (hub users are portal "
+            "identities, not Unix accounts): ``portal slurm sync`` makes it a user of every account it manages, so "
+            "a notebook's job runs under its allocation's account. Empty: the hub does not run jobs here."
+        ),
+    )
+    partitions: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Partition per resource code (``{"h100": "gpu-h100"}``) for notebook and Dask jobs; resources not listed '
+            "use the default partition."
+        ),
+    )
 
 
 class NotebookProfile(BaseModel):
     """A size of notebook server users may start through the hub (``[[notebook_profiles]]`` in TOML)."""
 
-    #: Short name sent in the spawn's ``user_options`` (``1x-h100``).
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")
-    #: What the portal's start form shows.
-    label: str
-    #: GPUs of the server; 0 for a CPU-only server.
-    gpus: int = Field(default=0, ge=0)
-    #: The GPU model; must equal the allocation's resource ``gpu_model`` when ``gpus`` > 0.
-    gpu_model: str | None = None
-    #: CPU cores (the spawner's ``cpu_limit``).
-    cpus: int = Field(default=2, gt=0)
-    #: Memory in GB (the spawner's ``mem_limit``).
-    memory_gb: int = Field(default=4, gt=0)
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$",
+        description="Short name sent in the spawn's ``user_options`` (``1x-h100``).",
+    )
+    label: str = Field(description="What the portal's start form shows.")
+    gpus: int = Field(default=0, ge=0, description="GPUs of the server; 0 for a CPU-only server.")
+    gpu_model: str | None = Field(
+        default=None, description="The GPU model; must equal the allocation's resource ``gpu_model`` when ``gpus`` > 0."
+    )
+    cpus: int = Field(default=2, gt=0, description="CPU cores (the spawner's ``cpu_limit``).")
+    memory_gb: int = Field(default=4, gt=0, description="Memory in GB (the spawner's ``mem_limit``).")
 
     @model_validator(mode="after")
     def _gpu_model_with_gpus(self) -> NotebookProfile:
@@ -215,113 +242,286 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PORTAL_", extra="ignore", validate_default=True)
 
-    #: ``development`` (the demo), ``test`` or ``production``; production refuses insecure defaults.
-    env: Literal["development", "test", "production"] = "development"
-    #: The public URL of the portal, used in e-mails and OIDC redirect URIs.
-    base_url: str = "http://127.0.0.1:5000"
-    #: Folder for the SQLite file, the generated development secret key and other local state.
-    instance_path: Path = Path("instance")
-    #: SQLAlchemy database URL; SQLite under the instance folder when empty.
-    database_url: str = ""
-    #: Signs sessions and CSRF tokens; generated into the instance folder outside production.
-    secret_key: str | None = None
-    #: OIDC providers offered on the login page (a JSON list in the environment, ``[[oidc_providers]]`` in TOML).
-    oidc_providers: list[OIDCProvider] = Field(default_factory=list)
-    #: How many reverse proxies in front of the portal set ``X-Forwarded-*`` (0: none is trusted).
-    trusted_proxies: int = 0
-    #: ``log`` writes outgoing e-mail to the log; ``smtp`` sends it through the SMTP server below.
-    mail_backend: Literal["log", "smtp"] = "log"
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 25
-    smtp_username: str | None = None
-    smtp_password: str | None = None
-    smtp_starttls: bool = False
-    #: Sender address of the portal's e-mail.
-    mail_from: str = "Baltic AI Factory <noreply@factory.example.eu>"
-    #: Hours an invitation link stays valid.
-    invitation_ttl_hours: int = Field(default=168, gt=0)
-    #: Days a personal API token stays valid unless its owner chooses otherwise.
-    api_token_ttl_days: int = Field(default=90, gt=0)
-    #: Address and worker count for ``portal serve`` (gunicorn).
-    serve_bind: str = "127.0.0.1:8000"
-    serve_workers: int = Field(default=2, gt=0)
-    #: Seconds between two rounds of ``portal worker``.
-    worker_interval_seconds: int = Field(default=60, gt=0)
-    #: Stripe secret key (``sk_live_...``); the demo's stand-in accepts any ``sk_test_...``.
-    stripe_api_key: str = "sk_test_devstripe"
-    #: Signing secret of the portal's Stripe webhook endpoint (``whsec_...``).
-    stripe_webhook_secret: str = "whsec_devstripe"  # noqa: S105  (the local stand-in's; production refuses it)
-    #: Another Stripe API address (the local stand-in); empty for Stripe itself.
-    stripe_api_base: str = ""
-    #: The seller printed on invoices: name, address, country and EU VAT number.
-    seller_name: str = "Baltic AI Factory (demo)"
-    seller_address: str = "ul. Przykładowa 1, 00-001 Warszawa"
-    seller_country: str = "PL"
-    seller_vat_number: str = "PL5260250274"
-    #: Confirm customers' VAT numbers online with the EU's VIES service before a reverse-charge sale.
-    vies_check: bool = False
-    #: The VIES REST endpoint (the EU's; another one for a test stand-in).
-    vies_url: str = "https://ec.europa.eu/taxation_customs/vies/rest-api/check-vat-number"
-    #: Prefix of invoice numbers (``BAIF-2026-000042``).
-    invoice_prefix: str = "BAIF"
-    #: Log level of the portal's loggers (DEBUG, INFO, WARNING, ERROR).
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    #: ``text`` (one readable line per record) or ``json`` (one JSON object per line, with ``request_id``).
-    log_format: Literal["text", "json"] = "text"
-    #: Bearer token Prometheus sends to ``/metrics`` (portal and worker); empty: no metrics are served.
-    metrics_token: str = ""
-    #: Port of ``portal worker``'s own ``/metrics`` (behind the same token); 0: none.
-    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
-    #: Languages offered in the interface.
-    languages: list[str] = Field(default_factory=lambda: ["en"])
-    #: Slurm clusters kept in step with the allocations (a JSON list, ``[[slurm_clusters]]`` in TOML): name, site, ...
-    slurm_clusters: list[SlurmClusterConfig] = Field(default_factory=list)
-    #: The JupyterHub's address (its REST API is under ``/hub/api``).
-    hub_url: str = "http://127.0.0.1:8081"
-    #: The hub's client id at the portal's OAuth2 server.
-    hub_oauth_client_id: str = "jupyterhub"
-    #: The hub's client secret at the portal's OAuth2 server. Outside production it defaults to a development
-    #: stand-in; production refuses that stand-in, and while it is unset there the hub cannot log anyone in.
-    hub_oauth_client_secret: str = ""
-    #: The only redirect URI the portal's OAuth2 server sends the hub's authorization codes to.
-    hub_oauth_redirect_uri: str = "http://127.0.0.1:8081/hub/oauth_callback"
-    #: The bearer token the hub sends to ``POST /api/v1/hub/spawn-check`` (development stand-in outside
-    #: production; production refuses the stand-in, and while it is unset there every spawn check is refused).
-    hub_spawn_check_token: str = ""
-    #: The portal's service token for the hub's REST API (starting, listing and stopping servers); as above.
-    hub_api_token: str = ""
-    #: Notebook server sizes (a JSON list, ``[[notebook_profiles]]`` in TOML): name, label, gpus, gpu_model, ...
-    notebook_profiles: list[NotebookProfile] = Field(default_factory=_default_notebook_profiles)
-    #: Where the hub runs notebook servers: the name of a ``slurm_clusters`` entry (its servers are Slurm jobs,
-    #: charged from sacct), or empty for the hub's own machine (the demo; charged by the portal's metering).
-    hub_slurm_cluster: str = ""
-    #: Only without ``hub_slurm_cluster``: the GPU models the hub's own machine has, one entry per GPU
-    #: (``["H100", "H100"]``); GPU profiles need them. The demo fills it from ``nvidia-smi``.
-    hub_local_gpus: list[str] = Field(default_factory=list)
-    #: Hours a login lasts, however active its user: then the session ends and the user logs in again.
-    session_lifetime_hours: int = Field(default=12, gt=0, le=24 * 30)
-    #: Where rate-limit counters live: ``memory://`` (one process: the demo, tests) or a Redis URL, shared by
-    #: every gunicorn worker (``redis://redis:6379/0``).
-    rate_limit_storage_url: str = "memory://"
-    #: Rate limits per kind of request (``login``, ``api_auth_failures``, ``oauth_client_auth_failures``,
-    #: ``invitations``, ``join_codes``), in Flask-Limiter's notation; given kinds replace the defaults.
-    rate_limits: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
-    #: Seconds to wait for a PostgreSQL connection (and for a free one in the pool) before answering 503.
-    database_connect_timeout_seconds: int = Field(default=5, gt=0, le=300)
-    #: Longest a PostgreSQL statement may run before it is cancelled (0: no limit); below gunicorn's 30 s
-    #: worker timeout, so that a hung database answers 503 instead of freezing the worker.
-    database_statement_timeout_seconds: int = Field(default=20, ge=0, le=3600)
-    #: Bytes of PDFs one user may keep uploaded to applications (a replaced file no longer counts).
-    upload_quota_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
-    #: Personal data (docs/personal-data.md): days a login record is kept (provider, subject, level of assurance and
-    #: the attributes asserted, such as a person identifier or birth date); the worker deletes older ones.
-    login_retention_days: int = Field(default=180, gt=0)
-    #: Days an ended or expired browser session is kept (for "who was logged in when").
-    web_session_retention_days: int = Field(default=30, gt=0)
-    #: Days the hub's authorization codes and access tokens are kept after they expired.
-    oauth_retention_days: int = Field(default=7, gt=0)
-    #: Days a notification stays in the in-portal inbox (it was e-mailed too).
-    notification_retention_days: int = Field(default=365, gt=0)
+    env: Literal["development", "test", "production"] = Field(
+        default="development",
+        description="``development`` (the demo), ``test`` or ``production``; production refuses insecure defaults.",
+    )
+    base_url: str = Field(
+        default="http://127.0.0.1:5000",
+        description=(
+            "The public URL of the portal, used in e-mails and OIDC redirect URIs; ``https://`` makes cookies Secure."
+        ),
+    )
+    instance_path: Path = Field(
+        default=Path("instance"),
+        description="Folder for the SQLite file, the generated development secret key and other local state.",
+    )
+    database_url: str = Field(
+        default="",
+        description=(
+            "SQLAlchemy database URL (``postgresql+psycopg://portal@db/portal``); SQLite under the instance "
+            "folder when empty."
+        ),
+    )
+    secret_key: str | None = Field(
+        default=None,
+        description=(
+            "Signs sessions and CSRF tokens; required in production, generated into ``instance/secret_key`` elsewhere."
+        ),
+    )
+    oidc_providers: list[OIDCProvider] = Field(
+        default_factory=list,
+        description=(
+            "OIDC providers offered on the login page (a JSON list in the environment, ``[[oidc_providers]]`` in TOML)."
+        ),
+    )
+    trusted_proxies: int = Field(
+        default=0,
+        description="How many reverse proxies in front of the portal set ``X-Forwarded-*`` (0: none is trusted).",
+    )
+    mail_backend: Literal["log", "smtp"] = Field(
+        default="log",
+        description="``log`` writes outgoing e-mail to the log; ``smtp`` sends it through the SMTP server below.",
+    )
+    smtp_host: str = Field(
+        default="127.0.0.1", description='SMTP server the portal sends e-mail through (with ``mail_backend = "smtp"``).'
+    )
+    smtp_port: int = Field(default=25, description="SMTP port.")
+    smtp_username: str | None = Field(default=None, description="SMTP login, if the server needs one.")
+    smtp_password: str | None = Field(default=None, description="SMTP password, if the server needs one.")
+    smtp_starttls: bool = Field(default=False, description="Use STARTTLS on the SMTP connection.")
+    mail_from: str = Field(
+        default="Baltic AI Factory <noreply@factory.example.eu>", description="Sender address of the portal's e-mail."
+    )
+    invitation_ttl_hours: int = Field(default=168, gt=0, description="Hours an invitation link stays valid.")
+    api_token_ttl_days: int = Field(
+        default=90, gt=0, description="Days a personal API token stays valid unless its owner chooses otherwise."
+    )
+    serve_bind: str = Field(default="127.0.0.1:8000", description="Address ``portal serve`` (gunicorn) listens on.")
+    serve_workers: int = Field(default=2, gt=0, description="gunicorn workers of ``portal serve``.")
+    worker_interval_seconds: int = Field(
+        default=60, gt=0, description="Seconds between two rounds of ``portal worker``."
+    )
+    stripe_api_key: str = Field(
+        default="sk_test_devstripe",
+        description="Stripe secret key (``sk_live_...``); the demo's stand-in accepts any ``sk_test_...``.",
+    )
+    stripe_webhook_secret: str = Field(
+        default="whsec_devstripe",
+        description=(
+            "Signing secret of the portal's Stripe webhook endpoint ``/market/stripe/webhook`` (``whsec_...``)."
+        ),
+    )
+    stripe_api_base: str = Field(
+        default="",
+        description=(
+            "Another Stripe API address (the local stand-in, ``http://127.0.0.1:8420``); empty for Stripe itself."
+        ),
+    )
+    seller_name: str = Field(default="Baltic AI Factory (demo)", description="The seller printed on invoices.")
+    seller_address: str = Field(
+        default="ul. Przykładowa 1, 00-001 Warszawa", description="The seller's address on invoices."
+    )
+    seller_country: str = Field(
+        default="PL", description="The seller's country: decides domestic VAT and reverse charge."
+    )
+    seller_vat_number: str = Field(
+        default="PL5260250274", description="The seller's EU VAT number; invoices are numbered per seller and year."
+    )
+    seller_above_oss_threshold: bool = Field(
+        default=True,
+        description=(
+            "Whether the seller's cross-border sales to consumers in other EU member states exceed EUR 10,000 a "
+            "year (Article 59c of the VAT Directive): then a private buyer there pays their own country's VAT, "
+            "declared through the One-Stop Shop; otherwise the seller's own rate."
+        ),
+    )
+    vies_check: bool = Field(
+        default=False,
+        description="Confirm customers' VAT numbers online with the EU's VIES service before a reverse-charge sale.",
+    )
+    vies_url: str = Field(
+        default="https://ec.europa.eu/taxation_customs/vies/rest-api/check-vat-number",
+        description="The VIES REST endpoint (the EU's; another one for a test stand-in).",
+    )
+    invoice_prefix: str = Field(default="BAIF", description="Prefix of invoice numbers (``BAIF-2026-000042``).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the portal's loggers (DEBUG, INFO, WARNING, ERROR)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description=(
+            "``text`` (one readable line per record) or ``json`` (one JSON object per line with ``time``, ``level``, "
+            "``logger``, ``message``, ``request_id``)."
+        ),
+    )
+    metrics_token: str = Field(
+        default="",
+        description=(
+            "Bearer token Prometheus sends to ``/metrics`` (portal and worker); empty: ``/metrics`` answers 404."
+        ),
+    )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of ``portal worker``'s own ``/metrics`` (behind the same token); 0: none.",
+    )
+    languages: list[str] = Field(
+        default_factory=lambda: ["en", "pl", "lt", "lv", "et"],
+        description="Languages offered in the interface (codes of portal/translations); the first is the fallback "
+        "where ``en`` is not among them.",
+    )
+    slurm_clusters: list[SlurmClusterConfig] = Field(
+        default_factory=list,
+        description=(
+            "Slurm clusters kept in step with the allocations (a JSON list, ``[[slurm_clusters]]`` in TOML): name, "
+            "site, ..."
+        ),
+    )
+    hub_url: str = Field(
+        default="http://127.0.0.1:8081", description="The JupyterHub's address (its REST API is under ``/hub/api``)."
+    )
+    hub_oauth_client_id: str = Field(
+        default="jupyterhub", description="The hub's client id at the portal's OAuth2 server."
+    )
+    hub_oauth_client_secret: str = Field(
+        default="",
+        description=(
+            "The hub's client secret at the portal's OAuth2 server. Outside production it defaults to a development"
+            " stand-in; production refuses that stand-in, and while it is unset there the hub cannot log anyone in."
+        ),
+    )
+    hub_oauth_redirect_uri: str = Field(
+        default="http://127.0.0.1:8081/hub/oauth_callback",
+        description="The only redirect URI the portal's OAuth2 server sends the hub's authorization codes to.",
+    )
+    hub_spawn_check_token: str = Field(
+        default="",
+        description=(
+            "The bearer token the hub sends to ``POST /api/v1/hub/spawn-check`` (development stand-in outside "
+            "production; production refuses the stand-in, and while it is unset there every spawn check is "
+            "refused)."
+        ),
+    )
+    hub_api_token: str = Field(
+        default="",
+        description=(
+            "The portal's service token for the hub's REST API (starting, listing and stopping servers); as above."
+        ),
+    )
+    notebook_profiles: list[NotebookProfile] = Field(
+        default_factory=_default_notebook_profiles,
+        description=(
+            "Notebook server sizes (a JSON list, ``[[notebook_profiles]]`` in TOML): name, label, gpus, gpu_model, ..."
+        ),
+    )
+    hub_slurm_cluster: str = Field(
+        default="",
+        description=(
+            "Where the hub runs notebook servers: the name of a ``slurm_clusters`` entry (its servers are Slurm "
+            "jobs, charged from sacct), or empty for the hub's own machine (the demo; charged by the portal's "
+            "metering)."
+        ),
+    )
+    hub_local_gpus: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Only without ``hub_slurm_cluster``: the GPU models the hub's own machine has, one entry per GPU "
+            '(``["H100", "H100"]``); GPU profiles it cannot serve are shown as unavailable, saying why. The demo '
+            "fills it from ``nvidia-smi``."
+        ),
+    )
+    session_lifetime_hours: int = Field(
+        default=12,
+        gt=0,
+        le=24 * 30,
+        description="Hours a login lasts, however active its user: then the session ends and the user logs in again.",
+    )
+    rate_limit_storage_url: str = Field(
+        default="memory://",
+        description=(
+            "Where rate-limit counters live: ``memory://`` (one process: the demo, tests) or a Redis URL, shared by"
+            " every gunicorn worker (``redis://redis:6379/0``)."
+        ),
+    )
+    rate_limits: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
+        description=(
+            "Rate limits per kind of request (``login``, ``api_auth_failures``, ``oauth_client_auth_failures``, "
+            "``invitations``, ``join_codes``), in Flask-Limiter's notation; given kinds replace the defaults."
+        ),
+    )
+    database_connect_timeout_seconds: int = Field(
+        default=5,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds to wait for a PostgreSQL connection (and for a free one in the pool) before answering 503."
+        ),
+    )
+    database_statement_timeout_seconds: int = Field(
+        default=20,
+        ge=0,
+        le=3600,
+        description=(
+            "Longest a PostgreSQL statement may run before it is cancelled (0: no limit); below gunicorn's 30 s "
+            "worker timeout, so that a hung database answers 503 instead of freezing the worker."
+        ),
+    )
+    upload_quota_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Bytes of PDFs one user may keep uploaded to applications (a replaced file no longer counts); an "
+            "upload beyond it is refused, saying how much is used."
+        ),
+    )
+    login_retention_days: int = Field(
+        default=180,
+        gt=0,
+        description=(
+            "Personal data (docs/personal-data.md): days a login record is kept (provider, subject, level of "
+            "assurance and the attributes asserted, such as a person identifier or birth date); the worker's daily "
+            "``enforce_retention_periods`` deletes older ones."
+        ),
+    )
+    web_session_retention_days: int = Field(
+        default=30, gt=0, description='Days an ended or expired browser session is kept (for "who was logged in when").'
+    )
+    oauth_retention_days: int = Field(
+        default=7, gt=0, description="Days the hub's authorization codes and access tokens are kept after they expired."
+    )
+    notification_retention_days: int = Field(
+        default=365, gt=0, description="Days a notification stays in the in-portal inbox (it was e-mailed too)."
+    )
+    progress_report_due_days: int = Field(
+        default=30,
+        ge=0,
+        le=365,
+        description=(
+            "Days after the middle of an awarded allocation's period that its progress report is due; the worker "
+            "asks the PI for it at the middle."
+        ),
+    )
+    final_report_due_days: int = Field(
+        default=60,
+        ge=0,
+        le=365,
+        description=(
+            "Days after an awarded allocation ends that its final report is due; the worker asks the PI for it at "
+            "the end."
+        ),
+    )
+    report_reminder_days: int = Field(
+        default=7,
+        ge=0,
+        le=90,
+        description=(
+            "Days before a progress or final report is due that the PI is reminded (once); an overdue report is "
+            "notified once more, and its call manager sees it on the call's page."
+        ),
+    )
 
     @field_validator("rate_limits")
     @classmethod
@@ -486,3 +686,108 @@ def _secrets_in_config_file() -> list[str]:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the file and environment, with explicit overrides (tests, the demo) winning."""
     return Settings(**overrides)
+
+
+# --- the settings reference (docs/settings.md), generated from the declarations above ---------------------------
+
+SETTINGS_DOC_COMMAND = "scripts/settings-doc"
+
+_SETTINGS_DOC_INTRO = """\
+# Settings reference
+
+<!-- Generated from portal/config.py by `{command}`; do not edit: tests/test_docs.py fails when this file
+differs from what the command writes. Change a setting's `description=` instead. -->
+
+One settings object, `Settings` in `portal/config.py`. Values come, in rising order of precedence, from the
+defaults below (which run the embedded demo), an optional TOML file named by `PORTAL_CONFIG` (names in lower
+case, lists of tables as `[[oidc_providers]]`), and `PORTAL_*` environment variables (lists and tables as JSON).
+Secrets belong in the environment only: their values are never shown here.
+
+`PORTAL_ENV=production` refuses to start, naming every problem at once, with SQLite, without an `https://` base
+URL, with a secret key or metrics token shorter than {min_secret} characters, with the development Stripe or hub
+secrets, with a secret still holding `.env.example`'s `change-me`, with secrets in the `PORTAL_CONFIG` file, or
+without a login provider.
+
+Each login provider's client secret comes from `PORTAL_OIDC_<NAME>_CLIENT_SECRET` (`<NAME>`: its `name` in
+upper case, `-` as `_`) when its entry does not give one. The JupyterHub reads the settings it shares with the
+portal (`PORTAL_HUB_OAUTH_*`, `PORTAL_HUB_SPAWN_CHECK_TOKEN`, `PORTAL_HUB_API_TOKEN`,
+`PORTAL_HUB_SLURM_CLUSTER`) under the same names: give both the same values.
+"""
+
+_SETTINGS_DOC_SECTIONS: tuple[tuple[str, str, type[BaseModel]], ...] = (
+    ("OIDC providers", "Each entry of `oidc_providers`. The redirect URI to register at each provider is "
+     "`<PORTAL_BASE_URL>/login/<name>/callback`.", OIDCProvider),
+    ("Slurm clusters", "Each entry of `slurm_clusters`.", SlurmClusterConfig),
+    ("Notebook profiles", "Each entry of `notebook_profiles`.", NotebookProfile),
+)  # fmt: skip
+
+#: Secrets whose value outside production is a development stand-in (production refuses it).
+_STAND_IN_SECRETS = {"stripe_api_key", "stripe_webhook_secret", "hub_oauth_client_secret", "hub_spawn_check_token",
+                     "hub_api_token"}  # fmt: skip
+
+
+def _markdown(text: str) -> str:
+    """A description in Markdown: reST's double backticks as single ones, table pipes escaped."""
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def _type_name(annotation: Any) -> str:
+    from typing import get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return " or ".join(f"`{value}`" for value in get_args(annotation))
+    text = annotation.__name__ if isinstance(annotation, type) and not get_args(annotation) else repr(annotation)
+    text = re.sub(r"\b[a-z_]+(?:\.[a-z_]+)*\.(?=[A-Za-z])", "", text)
+    text = text.replace("NoneType", "None").replace("<enum '", "").replace("'>", "")
+    return f"`{text}`".replace("|", "\\|")
+
+
+def _default_text(field: Any) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if field.default_factory is not None:
+        value = field.default_factory()
+    elif field.default is PydanticUndefined:
+        return "required"
+    else:
+        value = field.default
+    if isinstance(value, list) and value and all(isinstance(item, BaseModel) for item in value):
+        return ", ".join(f"`{getattr(item, 'name', item)}`" for item in value)
+    if isinstance(value, StrEnum):
+        value = value.value
+    if value is None:
+        return "(none)"
+    if value == "":
+        return "(empty)"
+    if isinstance(value, list | dict):
+        import json
+
+        return f"`{json.dumps(value, ensure_ascii=False)}`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`".replace("|", "\\|")
+
+
+def settings_reference() -> str:
+    """docs/settings.md: every setting with its environment variable, type, default and description."""
+    lines = [_SETTINGS_DOC_INTRO.format(command=SETTINGS_DOC_COMMAND, min_secret=MIN_SECRET_LENGTH)]
+    lines += ["## Settings", "", "| setting | environment variable | type | default | meaning |"]
+    lines.append("| --- | --- | --- | --- | --- |")
+    for name, field in Settings.model_fields.items():
+        if name in SECRET_SETTINGS:
+            default = "secret: a development stand-in" if name in _STAND_IN_SECRETS else "secret: unset"
+        else:
+            default = _default_text(field)
+        description = _markdown(field.description or "")
+        lines.append(
+            f"| `{name}` | `PORTAL_{name.upper()}` | {_type_name(field.annotation)} | {default} | {description} |"
+        )
+    for title, intro, model in _SETTINGS_DOC_SECTIONS:
+        lines += ["", f"## {title}", "", intro, "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            secret = name == "client_secret"
+            default = "secret: `PORTAL_OIDC_<NAME>_CLIENT_SECRET`" if secret else _default_text(field)
+            lines.append(
+                f"| `{name}` | {_type_name(field.annotation)} | {default} | {_markdown(field.description or '')} |"
+            )
+    return "\n".join(lines) + "\n"

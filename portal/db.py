@@ -83,7 +83,7 @@ def make_engine(url: str, *, connect_timeout: int = 5, statement_timeout: int = 
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection, _record):
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -118,7 +118,7 @@ def find(db: Session, model: type[_Row], row_id: int) -> _Row | None:
     return db.get(model, row_id) if 1 <= row_id <= LARGEST_ID else None
 
 
-def add_to_sums(db: Session, table: sa.Table, key: tuple[str, ...], sums: tuple[str, ...], rows: list[dict]) -> None:  # type: ignore[type-arg]
+def add_to_sums(db: Session, table: sa.Table, key: tuple[str, ...], sums: tuple[str, ...], rows: list[dict]) -> None:
     """Add ``rows`` to the running totals ``sums`` of ``table``, keyed by ``key``, in one batched upsert
     (``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``): atomic on SQLite and PostgreSQL, so
     concurrent writers never lose an update. Pass rows in key order so that concurrent batches lock alike."""

@@ -1,6 +1,16 @@
-"""Domain errors every package raises; the web and API layers map them to a response in one place."""
+"""Domain errors every package raises; the web and API layers map them to a response in one place.
+
+A detail (and each field's message) may be a ``portal.messages.Message``: it is then read in the language of the
+request that shows it (a page's, or the API's ``Accept-Language``), in English everywhere else (the CLI, logs,
+tests). ``detail`` and ``errors`` always give strings."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from portal.messages import Text
 
 
 class DomainError(Exception):
@@ -9,11 +19,19 @@ class DomainError(Exception):
     status = 400
     title = "Request refused"
 
-    def __init__(self, detail: str, *, errors: dict[str, str] | None = None) -> None:
+    def __init__(self, detail: str | Text, *, errors: Mapping[str, str | Text] | None = None) -> None:
         super().__init__(detail)
-        self.detail = detail
-        #: Field name -> message, for forms and problem details.
-        self.errors = errors or {}
+        self._detail = detail
+        self._errors = dict(errors or {})
+
+    @property
+    def detail(self) -> str:
+        return str(self._detail)
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Field name -> message, for forms and problem details."""
+        return {name: str(message) for name, message in self._errors.items()}
 
     @property
     def type_slug(self) -> str:

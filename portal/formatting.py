@@ -1,24 +1,114 @@
-"""The one way quantities are shown and read: integer base units <-> decimal display units."""
+"""The one way quantities, money, numbers and dates are shown and read: integer base units <-> display units.
+
+Every function takes the ``locale`` to show in. Python callers get ``"en"`` unless they ask: CSV cells, audit
+summaries and service messages stay the same whoever causes them. The templates' filters (``portal.i18n``) pass
+the request's locale, so a page shows ``1 234,50 €`` in Polish and ``€1,234.50`` in English."""
 
 from __future__ import annotations
 
+import functools
+from datetime import UTC
+from datetime import date as Date
+from datetime import datetime as DateTime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
+
+from babel import Locale
+from babel.dates import format_date, format_time
+from babel.numbers import format_currency, format_decimal
+from babel.support import NullTranslations, Translations
+from babel.units import format_unit
+from flask import has_request_context
+from flask_babel import get_locale, get_translations
+from flask_babel import lazy_gettext as _l
 
 from portal.errors import InvalidInput
 from portal.ledger.models import UNITS, ResourceKind
 
+#: The locale of everything shown outside a page: CSV, audit summaries, the CLI.
+DEFAULT_LOCALE = "en"
+#: The catalogues (``portal.i18n`` compiles them): the units' names in each language.
+TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
-def display_amount(amount: int, kind: ResourceKind, *, places: int = 1) -> str:
+
+def _pattern(places: int) -> str:
+    return "#,##0" + ("." + "0" * places if places > 0 else "")
+
+
+def number(value: int | Decimal, *, places: int = 0, locale: str = DEFAULT_LOCALE) -> str:
+    """``1234.5`` -> ``"1,234.50"`` (en), ``"1 234,50"`` (pl; no-break spaces), rounded half up to ``places``."""
+    exact = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return format_decimal(exact, format=_pattern(places), locale=locale)
+
+
+def money(cents: int, currency: str, *, locale: str = DEFAULT_LOCALE) -> str:
+    """Integer cents of ``currency`` as the locale writes money: ``123450, "EUR"`` -> ``"€1,234.50"`` (en),
+    ``"1 234,50 €"`` (pl, lt, lv, et; no-break spaces). Exact: no float on the way."""
+    return format_currency(Decimal(cents) / 100, currency, locale=locale)
+
+
+def date(value: Date | DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
+    """A day in the locale's medium form: ``Mar 5, 2026`` (en), ``5 mar 2026`` (pl), ``2026-03-05`` (lt). A
+    datetime is read in UTC first."""
+    if isinstance(value, DateTime):
+        value = value.astimezone(UTC).date()
+    return format_date(value, format="medium", locale=locale)
+
+
+def datetime(value: DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
+    """A moment in UTC, to the minute, as the locale writes it, with ``UTC`` after it: ``Mar 5, 2026, 2:07 PM
+    UTC`` (en), ``5 mar 2026, 14:07 UTC`` (pl). A naive datetime is taken to be UTC, as the database keeps it."""
+    moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    pattern = Locale.parse(locale).datetime_formats["medium"]
+    day = format_date(moment.date(), format="medium", locale=locale)
+    time = format_time(moment, format="short", tzinfo=UTC, locale=locale)
+    return f"{pattern.format(time, day)} UTC"
+
+
+def hours(seconds: int, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
+    """Integer seconds as hours with the locale's short unit: ``9000`` -> ``"2.5 hr"`` (en), ``"2,5 godz."`` (pl)."""
+    value = (Decimal(seconds) / 3600).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return format_unit(value, "duration-hour", length="short", format=_pattern(places), locale=locale)
+
+
+def display_amount(amount: int, kind: ResourceKind, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
     """``7200`` GPU-seconds -> ``"2.0"`` (GPU-hours), exactly, with grouping of thousands."""
     per = UNITS[ResourceKind(kind)][2]
-    value = (Decimal(amount) / Decimal(per)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return f"{value:,}"
+    return number(Decimal(amount) / Decimal(per), places=places, locale=locale)
 
 
-def quantity(amount: int, kind: ResourceKind, *, places: int = 1) -> str:
-    """``7200`` GPU-seconds -> ``"2.0 GPU-hours"``."""
-    return f"{display_amount(amount, kind, places=places)} {UNITS[ResourceKind(kind)][1]}s"
+@functools.lru_cache(maxsize=16)
+def _compiled_catalogue(locale: str, _modified: float) -> NullTranslations:
+    return Translations.load(str(TRANSLATIONS), [locale])
+
+
+def catalogue(locale: str) -> NullTranslations:
+    """The request's own translations when it is in ``locale`` (a page's filters), else the compiled catalogue of
+    ``locale``, read again when it is rebuilt."""
+    if has_request_context() and str(get_locale()) == locale:
+        return get_translations()
+    compiled = TRANSLATIONS / locale / "LC_MESSAGES" / "messages.mo"
+    return _compiled_catalogue(locale, compiled.stat().st_mtime if compiled.exists() else 0.0)
+
+
+def unit_name(kind: ResourceKind, *, locale: str = DEFAULT_LOCALE) -> str:
+    """The display unit after a number, in the locale's words (``GPU-hours``; the glossary's terms)."""
+    kind = ResourceKind(kind)
+    if locale == DEFAULT_LOCALE:
+        return f"{UNITS[kind][1]}s"
+    translations = catalogue(locale)
+    names = {
+        ResourceKind.GPU: translations.pgettext("unit after a number", "GPU-hours"),
+        ResourceKind.CPU: translations.pgettext("unit after a number", "core-hours"),
+        ResourceKind.STORAGE: translations.pgettext("unit after a number", "TB-months"),
+    }
+    return names[kind]
+
+
+def quantity(amount: int, kind: ResourceKind, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
+    """``7200`` GPU-seconds -> ``"2.0 GPU-hours"`` (en), ``"2,0 godz. GPU"`` (pl)."""
+    return f"{display_amount(amount, kind, places=places, locale=locale)} {unit_name(kind, locale=locale)}"
 
 
 def parse_quantity(text: str, kind: ResourceKind, *, field: str = "amount") -> int:
@@ -27,11 +117,11 @@ def parse_quantity(text: str, kind: ResourceKind, *, field: str = "amount") -> i
     try:
         value = Decimal(text.strip().replace(",", "."))
     except InvalidOperation as exc:
-        raise InvalidInput("Enter a number.", errors={field: "Enter a number, for example 12.5."}) from exc
+        raise InvalidInput(_l("Enter a number."), errors={field: _l("Enter a number, for example 12.5.")}) from exc
     if not value.is_finite() or value <= 0:
-        raise InvalidInput("Enter a positive number.", errors={field: "Must be more than zero."})
-    if value.as_tuple().exponent < -2:  # type: ignore[operator]
-        raise InvalidInput("Too many decimals.", errors={field: "Use at most two decimals."})
+        raise InvalidInput(_l("Enter a positive number."), errors={field: _l("Must be more than zero.")})
+    if value.as_tuple().exponent < -2:
+        raise InvalidInput(_l("Too many decimals."), errors={field: _l("Use at most two decimals.")})
     return int(value * per)
 
 

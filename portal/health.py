@@ -16,7 +16,7 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz():
     engine = get_engine()
     database: dict[str, object] = {"dialect": engine.dialect.name}
     try:

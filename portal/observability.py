@@ -248,8 +248,8 @@ def registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(source)
     else:
         source = REGISTRY
-    collected.register(MeteringLag(source))  # type: ignore[arg-type]
-    collected.register(WorkerState())  # type: ignore[arg-type]
+    collected.register(MeteringLag(source))
+    collected.register(WorkerState())
     return collected
 
 

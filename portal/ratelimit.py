@@ -91,7 +91,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
     return limiter
 
 
-def _too_many_requests(exc: RateLimitExceeded):  # type: ignore[no-untyped-def]
+def _too_many_requests(exc: RateLimitExceeded):
     from portal.web import problem
 
     limit = current_app.extensions["portal.limiter"].current_limit

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from flask import Flask, Response, current_app, g, render_template, request, session
-from flask_babel import Babel
+from flask import Flask, Response, current_app, g, render_template, request, session, stream_with_context
+from flask_babel import gettext
 from flask_login import LoginManager, current_user
 from flask_talisman import Talisman
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -21,7 +25,7 @@ from portal.authz import factory_roles
 from portal.config import AssuranceLevel, Settings
 from portal.db import LARGEST_ID, get_db
 from portal.errors import DomainError
-from portal.formatting import quantity
+from portal.formatting import csv_safe
 from portal.identity.models import Login, User, WebSession
 
 csrf = CSRFProtect()
@@ -67,7 +71,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.url_map.converters["int"] = IdConverter
     if settings.trusted_proxies:
         n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_prefix=n)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_prefix=n)
     Talisman(
         app,
         force_https=False,  # TLS ends at the reverse proxy; HSTS is still sent on every HTTPS request
@@ -80,15 +84,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         session_cookie_http_only=True,
     )
     csrf.init_app(app)
-    Babel(app, locale_selector=lambda: request.accept_languages.best_match(settings.languages) or "en")
     login_manager.init_app(app)
     login_manager.login_view = "identity.login"
-    login_manager.login_message = "Log in to see this page."
     login_manager.login_message_category = "info"
     login_manager.user_loader(_load_user)
 
     app.context_processor(_template_globals)
-    app.add_template_filter(quantity, "quantity")
     app.register_error_handler(DomainError, _domain_error)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -142,7 +143,7 @@ def settings() -> Settings:
 
 def actor() -> User:
     """The logged-in user as a model object, for passing to services."""
-    return current_user._get_current_object()  # type: ignore[no-any-return]
+    return current_user._get_current_object()
 
 
 def current_login() -> Login | None:
@@ -181,13 +182,18 @@ def wants_problem_json() -> bool:
     return request.path.startswith("/api/")
 
 
-def problem(status: int, title: str, detail: str, *, type_slug: str = "about:blank", **extra: Any):  # type: ignore[no-untyped-def]
-    """An RFC 9457 problem details response."""
+def _translated(message: str | None) -> str | None:
+    """A message in the request's language where the catalogue has it (``portal.i18n``), else as it is."""
+    return gettext(message) if message else message
+
+
+def problem(status: int, title: str, detail: str, *, type_slug: str = "about:blank", **extra: Any):
+    """An RFC 9457 problem details response, its title and detail in the language of ``Accept-Language``."""
     body = {
         "type": type_slug if type_slug == "about:blank" else f"https://factory.example.eu/problems/{type_slug}",
-        "title": title,
+        "title": _translated(title),
         "status": status,
-        "detail": detail,
+        "detail": _translated(detail),
         **extra,
     }
     response = current_app.json.response(body)
@@ -196,46 +202,46 @@ def problem(status: int, title: str, detail: str, *, type_slug: str = "about:bla
     return response
 
 
-def _domain_error(exc: DomainError):  # type: ignore[no-untyped-def]
+def _domain_error(exc: DomainError):
     get_db().rollback()
     if wants_problem_json():
         extra = {"errors": exc.errors} if exc.errors else {}
         return problem(exc.status, exc.title, exc.detail, type_slug=exc.type_slug, **extra)
-    return render_template("error.html", title=exc.title, detail=exc.detail, status=exc.status), exc.status
+    title, detail = _translated(exc.title), _translated(exc.detail)
+    return render_template("error.html", title=title, detail=detail, status=exc.status), exc.status
 
 
-def _csrf_error(exc: CSRFError):  # type: ignore[no-untyped-def]
-    detail = "The form expired or did not come from this portal. Go back, reload the page and try again."
+def _csrf_error(exc: CSRFError):
+    detail = gettext("The form expired or did not come from this portal. Go back, reload the page and try again.")
     if wants_problem_json():
-        return problem(400, "CSRF check failed", detail)
-    return render_template("error.html", title="Form expired", detail=detail, status=400), 400
+        return problem(400, gettext("CSRF check failed"), detail)
+    return render_template("error.html", title=gettext("Form expired"), detail=detail, status=400), 400
 
 
-def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+def _http_error(exc: HTTPException):
     status = exc.code or 500
     if wants_problem_json():
         response = problem(status, exc.name, exc.description or exc.name)
     else:
-        response = Response(
-            render_template("error.html", title=exc.name, detail=exc.description, status=status), status
-        )
+        title, detail = _translated(exc.name), _translated(exc.description)
+        response = Response(render_template("error.html", title=title, detail=detail, status=status), status)
     for name, value in exc.get_headers():
         if name.lower() in ("allow", "retry-after", "www-authenticate"):
             response.headers[name] = value  # 405's Allow, 429's and 503's Retry-After
     return response
 
 
-def _database_unavailable(exc: Exception):  # type: ignore[no-untyped-def]
+def _database_unavailable(exc: Exception):
     """The database is down, unreachable or too slow: 503 with Retry-After and a plain explanation, one log
     line (no traceback: the cause is outside the portal, and one per request would drown the log)."""
     cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     log.warning("database unavailable for %s %s: %s", request.method, request.path, cause[0][:300] if cause else "")
-    title = "Service temporarily unavailable"
-    detail = "The portal cannot reach its database at the moment. Nothing was changed; try again in a minute."
+    g._login_user = login_manager.anonymous_user()  # neither the page nor its language may ask the database
+    title = gettext("Service temporarily unavailable")
+    detail = gettext("The portal cannot reach its database at the moment. Nothing was changed; try again in a minute.")
     if wants_problem_json():
         response = problem(503, title, detail, type_slug="database-unavailable")
     else:
-        g._login_user = login_manager.anonymous_user()  # the page must not ask the database who is logged in
         response = Response(render_template("unavailable.html", title=title, detail=detail), 503)
     response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
     return response
@@ -251,3 +257,51 @@ def _no_store_for_private_responses(response: Response) -> Response:
     if private:
         response.headers["Cache-Control"] = "no-store"
     return response
+
+
+#: A cell that is a plain number (``-75.00``, ``12``): a spreadsheet reads it as a number, never as a formula.
+_PLAIN_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+#: Rows written to the buffer before it is sent on.
+CSV_ROWS_PER_CHUNK = 500
+_SAFE_FILENAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value):
+        return csv_safe(value)
+    return value
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the file's name; a name beyond plain ASCII also goes as RFC 6266 ``filename*``."""
+    if _SAFE_FILENAME.fullmatch(filename):
+        return f'attachment; filename="{filename}"'
+    fallback = "".join(c if _SAFE_FILENAME.fullmatch(c) else "_" for c in filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def csv_response(filename: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Response:
+    """A CSV download, the one way every export is sent: UTF-8, CRLF line ends, a header row, streamed in
+    chunks (``rows`` may be a generator that reads in batches, with the request still open). Numbers stay
+    numbers (``-75.00``, ``None`` an empty cell); text a spreadsheet would run as a formula gets a leading
+    apostrophe."""
+
+    def chunks() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(header)
+        for n, row in enumerate(rows, start=1):
+            writer.writerow([_csv_cell(value) for value in row])
+            if n % CSV_ROWS_PER_CHUNK == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    return Response(
+        stream_with_context(chunks()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": content_disposition(filename)},
+    )

@@ -7,6 +7,7 @@ and a failed run is retried with backoff (``retry_delay``)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import threading
@@ -14,30 +15,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import click
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, select
 
-from portal import observability
-from portal.classroom import services as classroom
-from portal.compute.launch import meter_job
+from portal import DOMAINS, observability
 from portal.config import Settings
 from portal.db import session_scope, utcnow
-from portal.grants import jobs as grants_jobs
-from portal.identity import personal_data
-from portal.ledger import jobs as ledger_jobs
-from portal.projects.models import Invitation
-from portal.reports import jobs as reports_jobs
+from portal.ledger import jobs as ledger_jobs  # capacity in use, for the metrics
 from portal.worker_models import WorkerJob
 
 log = logging.getLogger("portal.worker")
-
-#: Invitations that were never accepted are deleted this long after they expired (the invitee's
-#: address is personal data the factory has no reason to keep).
-INVITATION_RETENTION = timedelta(days=90)
 
 
 @dataclass(frozen=True)
@@ -80,49 +72,37 @@ class RoundResults(dict[str, int]):
         self.failed: list[str] = []
 
 
-def purge_stale_invitations(db: Session, _settings: Settings) -> int:
-    """Delete unaccepted invitations that expired more than the retention period ago; returns the count."""
-    cutoff = utcnow() - INVITATION_RETENTION
-    result = db.exec(
-        delete(Invitation).where(col(Invitation.accepted_at).is_(None), col(Invitation.expires_at) < cutoff)
-    )
-    db.commit()
-    return int(result.rowcount or 0)
+class AddJob(Protocol):
+    """What a package's ``register_jobs(add_job)`` is given: ``add_job(name, every=..., run=...)`` adds a ``Job``."""
+
+    def __call__(
+        self, name: str, *, every: int, run: Callable[..., int], shared: bool = False, stoppable: bool = False
+    ) -> None: ...
 
 
-def pull_slurm_usage(db: Session, settings: Settings) -> int:
-    """Charge the finished jobs of every configured Slurm cluster (``portal usage pull-sacct``); returns
-    how many jobs were charged. Several workers may run it: each cluster is pulled under a lock."""
-    from portal.metering.slurm import pull_all
+def _registered_jobs() -> list[Job]:
+    """Every package's jobs (``register_jobs`` beside its ``init_app``): the leased ones in the order of
+    ``portal.DOMAINS``, then the shared ones. Metering, the shared job, is the long one that a stop (SIGTERM)
+    cuts short after the item in hand: last, so that a stop during it leaves no other job of the round undone.
 
-    return pull_all(db, settings.slurm_clusters)
+    A hook of its own rather than ``init_app``'s work: ``run_due_jobs(engine, settings)`` needs no application."""
+    jobs: list[Job] = []
+
+    def add_job(
+        name: str, *, every: int, run: Callable[..., int], shared: bool = False, stoppable: bool = False
+    ) -> None:
+        jobs.append(Job(name, every=every, run=run, shared=shared, stoppable=stoppable))
+
+    for package in DOMAINS:
+        register = getattr(importlib.import_module(package), "register_jobs", None)
+        if register is not None:
+            register(add_job)
+    return sorted(jobs, key=lambda job: job.shared)
 
 
-def sync_slurm_accounts(db: Session, settings: Settings) -> int:
-    """Bring every configured cluster's accounts and limits in line (``portal slurm sync``): holds
-    exhausted allocations soon after their usage is charged; returns the number of sacctmgr changes."""
-    from portal.metering.slurm import sync_all
+JOBS: list[Job] = _registered_jobs()
 
-    return sync_all(db, settings.slurm_clusters)
-
-
-JOBS: list[Job] = [
-    Job("purge_stale_invitations", every=3600, run=purge_stale_invitations),
-    Job("pull_slurm_usage", every=300, run=pull_slurm_usage),
-    Job("sync_slurm_accounts", every=300, run=sync_slurm_accounts),
-    Job("start_and_expire_allocations", every=300, run=ledger_jobs.start_and_expire_allocations),
-    Job("notify_usage_thresholds", every=600, run=ledger_jobs.notify_usage_thresholds),
-    Job("check_balances", every=86_400, run=ledger_jobs.check_balances),
-    Job("check_report_rollups", every=86_400, run=reports_jobs.check_report_rollups),
-    Job("remind_due_reviews", every=3600, run=grants_jobs.remind_due_reviews),
-    Job("meter_notebooks", every=60, run=meter_job, shared=True, stoppable=True),
-    Job("close_ended_courses", every=300, run=classroom.close_ended_courses),
-    Job("settle_removed_students", every=60, run=classroom.settle_removed_students),
-    Job("notify_capped_students", every=60, run=classroom.notify_capped_students),
-    Job("enforce_retention_periods", every=86_400, run=personal_data.enforce_retention_periods),
-]
-
-_SCHEDULE = WorkerJob.__table__  # type: ignore[attr-defined]
+_SCHEDULE = WorkerJob.__table__
 
 
 def _ensure_scheduled(engine: Engine, at: datetime) -> None:

@@ -2,10 +2,17 @@
 
 Every login in the tests goes through the portal's own routes and the provider's authorize and token
 endpoints; no session is forged.
+
+What each test worker builds once: the Alembic migrations (``migrated_sqlite``, a file every test gets a copy
+of) and the OIDC provider process, started only when the first test that logs in asks for it (``oidc_provider``
+or ``login``). Each test still gets its own database and its own app. Tests that start Slurm, JupyterHub or
+Chromium or need PostgreSQL are marked so by what they use (``pytest_collection_modifyitems``), so that
+``-m "not slurm and not hub and not browser"`` leaves them out (the quick loop of docs/development.md).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -13,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import types
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,13 +36,13 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
+from portal_standin.devstack import OIDCProviderProcess, free_port, patience
+from portal_standin.devstack_slurm import SlurmCluster, SlurmUnavailable, ensure_installed
+from portal_standin.devstripe import StripeStandIn
 from sqlmodel import Session
 
 from portal import create_app
 from portal.config import OIDCProvider, Settings, load_settings
-from portal.devstack import OIDCProviderProcess, free_port
-from portal.devstack_slurm import SlurmCluster, SlurmUnavailable, ensure_installed
-from portal.devstripe import StripeStandIn
 from portal.identity.models import User
 from portal.migrations import upgrade
 
@@ -43,21 +51,28 @@ EIDAS = "http://eidas.europa.eu/LoA/"
 
 @pytest.fixture(scope="session")
 def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OIDCProviderProcess]:
-    """One real OIDC provider process for the whole run; tests add their users with ``add_user``."""
+    """One real OIDC provider process for the test worker, started by the first test that asks for it (or for
+    ``login``); tests add their users with ``add_user``."""
     log = tmp_path_factory.mktemp("oidc") / "provider.log"
     provider = OIDCProviderProcess(port=free_port(), log_path=log).start()
     yield provider
     provider.stop()
 
 
-def provider_configs(provider: OIDCProviderProcess) -> list[OIDCProvider]:
+#: The discovery URL in the settings of a test that did not ask for the OIDC provider: nothing answers there, and
+#: the path says why, should such a test try to log in.
+PROVIDER_NOT_STARTED = "http://127.0.0.1:9/this-test-did-not-ask-for-the-oidc_provider-fixture"
+
+
+def provider_configs(provider: OIDCProviderProcess | None) -> list[OIDCProvider]:
     """Three configured providers (as in production: eIDAS broker, academic federation, TARA), all
-    served by the one local provider process under different client ids."""
+    served by the one local provider process under different client ids (``None``: at ``PROVIDER_NOT_STARTED``)."""
+    discovery_url = provider.discovery_url if provider is not None else PROVIDER_NOT_STARTED
     return [
         OIDCProvider(
             name="eidas",
             label="eIDAS",
-            discovery_url=provider.discovery_url,
+            discovery_url=discovery_url,
             client_id="portal-eidas",
             client_secret="s1",
             min_acr="low",
@@ -65,14 +80,14 @@ def provider_configs(provider: OIDCProviderProcess) -> list[OIDCProvider]:
         OIDCProvider(
             name="academic",
             label="MyAccessID",
-            discovery_url=provider.discovery_url,
+            discovery_url=discovery_url,
             client_id="portal-academic",
             client_secret="s2",
         ),
         OIDCProvider(
             name="tara",
             label="TARA",
-            discovery_url=provider.discovery_url,
+            discovery_url=discovery_url,
             client_id="portal-tara",
             client_secret="s3",
             min_acr="substantial",
@@ -89,7 +104,12 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, oidc_provider: OIDCProviderProcess, migrated_sqlite: Path):  # type: ignore[no-untyped-def]
+def make_settings(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Path):
+    """``make_settings(**overrides) -> Settings`` for this test's own copy of the migrated database. The login
+    providers point at the OIDC provider process when the test uses it (``oidc_provider`` or ``login``, directly or
+    through its fixtures); the other tests leave it unstarted and never reach it."""
+    provider = request.getfixturevalue("oidc_provider") if "oidc_provider" in request.fixturenames else None
+
     def factory(**overrides: Any) -> Settings:
         db_file = tmp_path / "portal.db"
         if not db_file.exists():
@@ -100,7 +120,7 @@ def make_settings(tmp_path: Path, oidc_provider: OIDCProviderProcess, migrated_s
             "database_url": f"sqlite:///{db_file}",
             "secret_key": "test-secret-key",
             "base_url": "http://127.0.0.1:5000",
-            "oidc_providers": provider_configs(oidc_provider),
+            "oidc_providers": provider_configs(provider),
         }
         values.update(overrides)
         return load_settings(**values)
@@ -109,7 +129,7 @@ def make_settings(tmp_path: Path, oidc_provider: OIDCProviderProcess, migrated_s
 
 
 @pytest.fixture
-def settings(make_settings) -> Settings:  # type: ignore[no-untyped-def]
+def settings(make_settings) -> Settings:
     return make_settings()
 
 
@@ -147,6 +167,10 @@ class LoginAttempt:
 
     def start(self, next_url: str | None = None) -> LoginAttempt:
         query = f"?next={next_url}" if next_url else ""
+        providers = self.client.application.extensions["portal.settings"].oidc_providers
+        assert all(p.discovery_url != PROVIDER_NOT_STARTED for p in providers), (
+            "this test logs in: ask for the oidc_provider fixture (or login), which starts the provider"
+        )
         response = self.client.get(f"/login/{self.provider_name}{query}")
         assert response.status_code == 302, response.data
         self.authorize_url = response.headers["Location"]
@@ -161,7 +185,7 @@ class LoginAttempt:
         self.callback_url = response.headers["Location"]
         return self
 
-    def finish(self, callback_url: str | None = None):  # type: ignore[no-untyped-def]
+    def finish(self, callback_url: str | None = None):
         return self.client.get(_path(callback_url or self.callback_url))
 
 
@@ -170,7 +194,7 @@ def unique_sub(prefix: str = "user") -> str:
 
 
 @pytest.fixture
-def login(oidc_provider: OIDCProviderProcess):  # type: ignore[no-untyped-def]
+def login(oidc_provider: OIDCProviderProcess):
     """``login(client, sub=None, provider="eidas", **claims) -> User``: a full, real OIDC login."""
 
     def do_login(client: FlaskClient, sub: str | None = None, *, provider: str = "eidas", **claims: Any) -> User:
@@ -202,7 +226,7 @@ def csrf_token(client: FlaskClient, page: str = "/account") -> str:
 
 def post_form(
     client: FlaskClient, path: str, data: dict[str, Any] | None = None, *, page: str = "/account", **kwargs: Any
-):  # type: ignore[no-untyped-def]
+):
     """POST a form the way a browser does: with the CSRF token from a page of the portal."""
     payload = {"csrf_token": csrf_token(client, page), **(data or {})}
     return client.post(path, data=payload, **kwargs)
@@ -227,7 +251,7 @@ def portal_cli(app: Flask, *args: str, **env: str) -> subprocess.CompletedProces
         **env,
     }
     return subprocess.run(
-        [PORTAL_COMMAND, *args], capture_output=True, text=True, env=environment, timeout=120, check=False
+        [PORTAL_COMMAND, *args], capture_output=True, text=True, env=environment, timeout=patience(120), check=False
     )
 
 
@@ -251,7 +275,7 @@ class Mailbox:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.arrived:
-            self.messages.append(message_from_bytes(envelope.original_content, policy=policy.default))  # type: ignore[arg-type]
+            self.messages.append(message_from_bytes(envelope.original_content, policy=policy.default))
             self.arrived.notify_all()
         return "250 Message accepted for delivery"
 
@@ -260,7 +284,7 @@ class Mailbox:
             return next((m for m in self.messages if m["To"] == to), None)
 
         with self.arrived:
-            self.arrived.wait_for(lambda: find() is not None, timeout=timeout)
+            self.arrived.wait_for(lambda: find() is not None, timeout=patience(timeout))
             found = find()
         assert found is not None, f"no e-mail to {to} within {timeout} s; got {[m['To'] for m in self.messages]}"
         return found
@@ -333,3 +357,60 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         pytest.skip(f"Slurm cannot run here: {exc}")
     yield cluster
     cluster.destroy()
+
+
+# --- markers from what a test uses -----------------------------------------------------------------------
+
+#: The marker a test gets when its code, its fixtures' code or the helpers of the test modules they call name one
+#: of these: what starts Slurm, a JupyterHub or Chromium.
+MARK_BY_NAME = {"SlurmCluster": "slurm", "HubProcess": "hub", "sync_playwright": "browser"}
+#: The marker a test gets when it uses one of these fixtures (directly or through other fixtures).
+MARK_BY_FIXTURE = {"slurm_cluster": "slurm", "postgres_url": "postgres"}
+TESTS = str(Path(__file__).parent)
+
+
+def _names_used(code: types.CodeType) -> set[str]:
+    """The global and imported names ``code`` and the functions defined in it refer to."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names_used(constant)
+    return names
+
+
+def _marks_of(function: Any, seen: dict[Any, set[str]]) -> set[str]:
+    """The markers that ``function`` needs, following the calls it makes to functions of the test modules."""
+    function = inspect.unwrap(getattr(function, "__func__", function))
+    if function in seen:
+        return seen[function]
+    seen[function] = marks = set()
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return marks
+    scope = getattr(function, "__globals__", {})
+    for name in _names_used(code):
+        if name in MARK_BY_NAME:
+            marks.add(MARK_BY_NAME[name])
+        called = scope.get(name)
+        if inspect.isfunction(called) and called.__code__.co_filename.startswith(TESTS):
+            marks |= _marks_of(called, seen)
+    return marks
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test ``slurm``, ``hub``, ``browser`` or ``postgres`` when it uses what those markers stand for, so
+    that the markers cannot drift from the code: ``-m "not slurm and not hub and not browser"`` leaves out every
+    test that starts one of them, however it does."""
+    seen: dict[Any, set[str]] = {}
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        marks = {MARK_BY_FIXTURE[name] for name in item.fixturenames if name in MARK_BY_FIXTURE}
+        marks |= _marks_of(item.function, seen)
+        for name in item.fixturenames:
+            for definition in item._fixtureinfo.name2fixturedefs.get(name, ()):
+                marks |= _marks_of(definition.func, seen)
+        for mark in sorted(marks):
+            if item.get_closest_marker(mark) is None:
+                item.add_marker(mark)

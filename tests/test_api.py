@@ -25,17 +25,17 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def assert_problem(response, status: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def assert_problem(response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/problem+json"
     body = response.json
     assert body["status"] == status
     assert body["title"] and "type" in body
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 @pytest.fixture
-def user(client: FlaskClient, login) -> User:  # type: ignore[no-untyped-def]
+def user(client: FlaskClient, login) -> User:
     return login(client, given_name="Anna", family_name="Api")
 
 
@@ -266,7 +266,11 @@ def test_round_trip_organisation_project_members_invitation(client, token, user,
     assert made.status_code == 201, made.get_data(as_text=True)
     project = made.json
     assert project["organisation_id"] == org["id"] and project["archived"] is False
-    assert client.get("/api/v1/projects", headers=auth).json == [project]
+    assert client.get("/api/v1/projects", headers=auth).json == {
+        "projects": [project],
+        "next_cursor": None,
+        "next": None,
+    }
     assert client.get(f"/api/v1/projects/{project['id']}", headers=auth).json == project
     assert client.get(f"/api/v1/projects/{project['id']}/members", headers=auth).json == [
         {"user_id": user.id, "display_name": "Anna Api", "role": "pi"}

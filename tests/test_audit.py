@@ -54,7 +54,7 @@ def mark(db: Session) -> int:
 
 def added_since(db: Session, since: int) -> list[AuditEvent]:
     db.expire_all()
-    return list(db.exec(select(AuditEvent).where(AuditEvent.id > since).order_by(AuditEvent.id)))  # type: ignore[arg-type]
+    return list(db.exec(select(AuditEvent).where(AuditEvent.id > since).order_by(AuditEvent.id)))
 
 
 def only_event(db: Session, since: int) -> AuditEvent:
@@ -66,7 +66,7 @@ def only_event(db: Session, since: int) -> AuditEvent:
 # --- each privileged action leaves exactly one event ----------------------------------------------------
 
 
-def test_granting_and_revoking_a_role_on_the_users_page_records_the_admin_and_the_request(  # type: ignore[no-untyped-def]
+def test_granting_and_revoking_a_role_on_the_users_page_records_the_admin_and_the_request(
     client: FlaskClient, db: Session, login
 ) -> None:
     boss = login(client, given_name="Agnes", family_name="Admin")
@@ -105,7 +105,7 @@ def test_granting_and_revoking_a_role_on_the_users_page_records_the_admin_and_th
     )
 
 
-def test_a_role_granted_on_the_command_line_is_recorded_as_cli(app, db: Session) -> None:  # type: ignore[no-untyped-def]
+def test_a_role_granted_on_the_command_line_is_recorded_as_cli(app, db: Session) -> None:
     someone = person(db, "Ilze")
     since = mark(db)
     why = ("--reason", "Operates the Riga site from June")
@@ -122,7 +122,7 @@ def test_a_role_granted_on_the_command_line_is_recorded_as_cli(app, db: Session)
     assert event.request_id is None and event.ip_address is None
     # granting a role someone already holds changes nothing, so records nothing
     assert portal_cli(app, "users", "grant-role", someone.email or "", "site_operator", *why).returncode == 0
-    assert added_since(db, event.id) == []  # type: ignore[arg-type]
+    assert added_since(db, event.id) == []
 
 
 def test_refused_role_changes_leave_no_event(db: Session) -> None:
@@ -144,14 +144,14 @@ def test_a_manual_adjustment_records_the_admin_the_amount_and_the_reason(db: Ses
     boss = admin(db)
     since = mark(db)
     with pytest.raises(InvalidInput, match="Say why"):
-        ledger.adjust(db, boss, allocation.id, HOUR, reason=" ")  # type: ignore[arg-type]
+        ledger.adjust(db, boss, allocation.id, HOUR, reason=" ")
     with pytest.raises(NotAuthorised):
-        ledger.adjust(db, world.pi, allocation.id, HOUR, reason="I want more")  # type: ignore[arg-type]
+        ledger.adjust(db, world.pi, allocation.id, HOUR, reason="I want more")
     with pytest.raises(ledger.CapacityExhausted):
-        ledger.adjust(db, boss, allocation.id, 5000 * HOUR, reason="Far too much")  # type: ignore[arg-type]
+        ledger.adjust(db, boss, allocation.id, 5000 * HOUR, reason="Far too much")
     assert added_since(db, since) == []
 
-    entry = ledger.adjust(db, boss, allocation.id, -2 * HOUR, reason="Node outage double-charged job 4711")  # type: ignore[arg-type]
+    entry = ledger.adjust(db, boss, allocation.id, -2 * HOUR, reason="Node outage double-charged job 4711")
     event = only_event(db, since)
     assert (event.action, event.actor_user_id, event.object_type, event.object_id) == (
         AuditAction.ALLOCATION_ADJUSTED,
@@ -176,9 +176,9 @@ def test_an_adjustment_rolled_back_with_its_unit_of_work_leaves_no_event(postgre
             boss = admin(db)
             since = mark(db)
             with pytest.raises(ledger.CapacityExhausted), ledger.unit_of_work(db):
-                ledger.adjust(db, boss, allocation.id, HOUR, reason="First half of a correction")  # type: ignore[arg-type]
+                ledger.adjust(db, boss, allocation.id, HOUR, reason="First half of a correction")
                 assert [e.reason for e in added_since(db, since)] == ["First half of a correction"]
-                ledger.adjust(db, boss, allocation.id, 5000 * HOUR, reason="Second half, refused")  # type: ignore[arg-type]
+                ledger.adjust(db, boss, allocation.id, 5000 * HOUR, reason="Second half, refused")
             assert added_since(db, since) == []
             db.refresh(allocation)
             assert allocation.balance == 10 * HOUR
@@ -192,16 +192,16 @@ def test_suspending_and_resuming_an_allocation_are_recorded_with_the_reason(db: 
     boss = admin(db)
     since = mark(db)
     with pytest.raises(InvalidInput):
-        ledger.set_suspended(db, boss, allocation.id, True, reason="")  # type: ignore[arg-type]
-    ledger.set_suspended(db, boss, allocation.id, True, reason="Crypto mining reported by the site")  # type: ignore[arg-type]
+        ledger.set_suspended(db, boss, allocation.id, True, reason="")
+    ledger.set_suspended(db, boss, allocation.id, True, reason="Crypto mining reported by the site")
     suspended = only_event(db, since)
     assert (suspended.action, suspended.reason, suspended.details) == (
         AuditAction.ALLOCATION_SUSPENDED,
         "Crypto mining reported by the site",
         {"before": "pending", "after": "suspended"},
     )
-    ledger.set_suspended(db, boss, allocation.id, False, reason="The PI explained")  # type: ignore[arg-type]
-    resumed = only_event(db, suspended.id)  # type: ignore[arg-type]
+    ledger.set_suspended(db, boss, allocation.id, False, reason="The PI explained")
+    resumed = only_event(db, suspended.id)
     assert (resumed.action, resumed.reason, resumed.details["before"]) == (
         AuditAction.ALLOCATION_RESUMED,
         "The PI explained",
@@ -235,7 +235,7 @@ def test_an_allocation_opened_by_hand_is_recorded_but_an_award_is_recorded_as_it
     )
     assert event.summary == f"opened with 5.0 GPU-hours for project {world.project.id}"
     open_q1(db, world, 3)  # the portal's own opening (as for an award) is not a person's privileged act
-    assert added_since(db, event.id) == []  # type: ignore[arg-type]
+    assert added_since(db, event.id) == []
 
 
 def test_capacity_and_overbooking_changes_record_before_and_after(db: Session) -> None:
@@ -265,7 +265,7 @@ def test_capacity_and_overbooking_changes_record_before_and_after(db: Session) -
     assert event.details == {"resource_id": world.gpu.id, "before": 100 * HOUR, "after": 80 * HOUR}
 
     ledger.set_overbooking(db, operator, world.gpu, 1250, reason="test setup")
-    event = only_event(db, event.id)  # type: ignore[arg-type]
+    event = only_event(db, event.id)
     assert (event.action, event.object_type, event.details) == (
         AuditAction.OVERBOOKING_CHANGED,
         "resources",
@@ -292,10 +292,10 @@ def test_new_sites_and_resources_are_recorded_and_a_failed_commit_leaves_no_even
         ledger.create_resource(
             db, boss, site, code="h200", name="Again", kind=ResourceKind.GPU, gpu_model="H200", reason="test setup"
         )
-    assert added_since(db, created[-1].id) == []  # type: ignore[arg-type]
+    assert added_since(db, created[-1].id) == []
 
 
-def test_offering_creation_price_details_and_state_changes_are_recorded(app, client, db, login) -> None:  # type: ignore[no-untyped-def]
+def test_offering_creation_price_details_and_state_changes_are_recorded(app, client, db, login) -> None:
     world = make_world(db)
     operator = login(client, given_name="Sandra", family_name="Operator")
     grant_role(db, None, operator, FactoryRole.SITE_OPERATOR, reason="test setup")
@@ -321,7 +321,7 @@ def test_offering_creation_price_details_and_state_changes_are_recorded(app, cli
         page=f"/admin/offerings/{offering.id}",
     )
     assert response.status_code in (302, 303), response.get_data(as_text=True)
-    priced = only_event(db, created.id)  # type: ignore[arg-type]
+    priced = only_event(db, created.id)
     assert (priced.action, priced.actor_user_id, priced.details, priced.reason) == (
         AuditAction.PRICE_CHANGED,
         operator.id,
@@ -339,14 +339,14 @@ def test_offering_creation_price_details_and_state_changes_are_recorded(app, cli
         validity_months=6,
         reason="test setup",
     )
-    updated = only_event(db, priced.id)  # type: ignore[arg-type]
+    updated = only_event(db, priced.id)
     assert updated.action == AuditAction.OFFERING_UPDATED
     assert updated.details == {
         "description": {"before": "", "after": "Now with NVLink"},
         "max_quantity": {"before": 50, "after": 80},
     }
     market.set_offering_state(db, operator, offering, OfferingState.PUBLISHED, reason="test setup")
-    published = only_event(db, updated.id)  # type: ignore[arg-type]
+    published = only_event(db, updated.id)
     assert (published.action, published.summary) == (
         AuditAction.OFFERING_STATE_CHANGED,
         "offering 'H100 hours' draft -> published",
@@ -363,13 +363,13 @@ def test_calls_and_award_decisions_are_recorded_with_the_managers_reasons(db: Se
         {"before": "draft", "after": "open"},
     )
 
-    def ranked():  # type: ignore[no-untyped-def]
+    def ranked():
         application = complete_draft(db, g, hours=100)
         grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
         grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
         operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
         review = grants.assign_reviewer(db, SETTINGS, g.manager, application, operator, kind=ReviewKind.TECHNICAL)
-        grants.submit_review(db, operator, review.id, comment_to_applicant="OK", feasible=True)  # type: ignore[arg-type]
+        grants.submit_review(db, operator, review.id, comment_to_applicant="OK", feasible=True)
         grants.complete_technical_assessment(db, SETTINGS, g.manager, application)
         return application
 
@@ -399,8 +399,8 @@ def test_calls_and_award_decisions_are_recorded_with_the_managers_reasons(db: Se
     assert accepted.details["first_tranche_percent"] == 50
 
     held = db.exec(select(Award).where(Award.application_id == application.id, Award.tranche == 2)).one()
-    grants.release_tranche(db, SETTINGS, g.manager, held.id)  # type: ignore[arg-type]
-    released = only_event(db, accepted.id)  # type: ignore[arg-type]
+    grants.release_tranche(db, SETTINGS, g.manager, held.id)
+    released = only_event(db, accepted.id)
     assert (released.action, released.object_type, released.object_id, released.details["amount"]) == (
         AuditAction.TRANCHE_RELEASED,
         "awards",
@@ -418,7 +418,7 @@ def test_calls_and_award_decisions_are_recorded_with_the_managers_reasons(db: Se
         "The budget is spent on stronger proposals",
     )
     grants.set_call_state(db, g.manager, g.call, CallState.CLOSED, reason="test setup")
-    assert only_event(db, rejected.id).summary == f"call '{g.call.title}' open -> closed"  # type: ignore[arg-type]
+    assert only_event(db, rejected.id).summary == f"call '{g.call.title}' open -> closed"
 
 
 def test_an_acceptance_refused_for_lack_of_capacity_leaves_no_event(db: Session) -> None:
@@ -428,7 +428,7 @@ def test_an_acceptance_refused_for_lack_of_capacity_leaves_no_event(db: Session)
     grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
     operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
     review = grants.assign_reviewer(db, SETTINGS, g.manager, application, operator, kind=ReviewKind.TECHNICAL)
-    grants.submit_review(db, operator, review.id, comment_to_applicant="OK", feasible=True)  # type: ignore[arg-type]
+    grants.submit_review(db, operator, review.id, comment_to_applicant="OK", feasible=True)
     grants.complete_technical_assessment(db, SETTINGS, g.manager, application)
     since = mark(db)
     with pytest.raises(Exception, match="not enough capacity"):
@@ -436,7 +436,7 @@ def test_an_acceptance_refused_for_lack_of_capacity_leaves_no_event(db: Session)
     assert added_since(db, since) == []
 
 
-def test_refunds_by_finance_and_from_stripes_dashboard_are_each_recorded_once(shop, db, login) -> None:  # type: ignore[no-untyped-def]
+def test_refunds_by_finance_and_from_stripes_dashboard_are_each_recorded_once(shop, db, login) -> None:
     pay_url = order(shop, 40)
     placed = db.exec(select(Order).where(Order.project_id == shop.project.id)).one()
     pay(pay_url)
@@ -484,7 +484,7 @@ def test_refunds_by_finance_and_from_stripes_dashboard_are_each_recorded_once(sh
         {"payment_intent": placed.payment_intent_id, "amount": 1_000, "reason": "requested_by_customer"}
     )  # 4 hours
     wait_for("the dashboard refund", lambda: fresh(db, Order, placed.id).refunded_cents == 3_500)
-    dashboard = only_event(db, refund.id)  # type: ignore[arg-type]
+    dashboard = only_event(db, refund.id)
     assert (dashboard.action, dashboard.actor_user_id, dashboard.actor_label, dashboard.details["quantity"]) == (
         AuditAction.REFUND_ISSUED,
         None,
@@ -495,7 +495,7 @@ def test_refunds_by_finance_and_from_stripes_dashboard_are_each_recorded_once(sh
     assert dashboard.reason == f"refunded in Stripe's dashboard (requested by customer; {made.id})"
 
 
-def client_refunds(shop, placed) -> list:  # type: ignore[no-untyped-def,type-arg]
+def client_refunds(shop, placed) -> list:
     client = stripe.StripeClient(shop.stand_in.api_key, base_addresses={"api": shop.stand_in.url})
     return list(client.v1.refunds.list({"payment_intent": placed.payment_intent_id}).data)
 
@@ -518,8 +518,8 @@ def test_verifying_an_organisation_and_making_an_agent_token_are_recorded(db: Se
     )
     token, _plain = create_agent_token(
         db, None, owner=boss, site_id=world.site.id, name="riga-agent", reason="test setup"
-    )  # type: ignore[arg-type]
-    made = only_event(db, verified.id)  # type: ignore[arg-type]
+    )
+    made = only_event(db, verified.id)
     assert (made.action, made.actor_label, made.object_type, made.object_id) == (
         AuditAction.AGENT_TOKEN_CREATED,
         "cli",
@@ -529,7 +529,7 @@ def test_verifying_an_organisation_and_making_an_agent_token_are_recorded(db: Se
     assert _plain not in made.summary and token.digest not in made.summary
 
 
-def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> None:  # type: ignore[no-untyped-def]
+def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> None:
     boss, operator = admin(db), person(db, "Olga")
     world = make_world(db)
     allocation = open_q1(db, world, 10)
@@ -564,8 +564,8 @@ def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> N
     since = mark(db)
     mapping = map_slurm_account(
         db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id, reason="test setup"
-    )  # type: ignore[arg-type]
-    map_slurm_account(db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id, reason="test setup")  # type: ignore[arg-type]
+    )
+    map_slurm_account(db, None, cluster="baltic", account="proj-1", allocation_id=allocation.id, reason="test setup")
     mapped = only_event(db, since)
     assert (mapped.action, mapped.object_type, mapped.object_id) == (
         AuditAction.SLURM_ACCOUNT_MAPPED,
@@ -634,7 +634,7 @@ def scene(db: Session) -> SimpleNamespace:
     )
 
 
-def new_call(db: Session, actor, world, reason: str):  # type: ignore[no-untyped-def]
+def new_call(db: Session, actor, world, reason: str):
     now = datetime.now(UTC)
     return grants.create_call(
         db,
@@ -652,17 +652,17 @@ def new_call(db: Session, actor, world, reason: str):  # type: ignore[no-untyped
     )
 
 
-def count(db: Session, model) -> int:  # type: ignore[no-untyped-def]
+def count(db: Session, model) -> int:
     db.expire_all()
     return db.exec(select(func.count()).select_from(model)).one()
 
 
-def roles_of(db: Session, user) -> list[str]:  # type: ignore[no-untyped-def]
+def roles_of(db: Session, user) -> list[str]:
     db.expire_all()
     return sorted(db.exec(select(RoleGrant.role).where(RoleGrant.user_id == user.id)).all())
 
 
-def reread(db: Session, obj, field: str):  # type: ignore[no-untyped-def]
+def reread(db: Session, obj, field: str):
     db.expire_all()
     return getattr(db.get(type(obj), obj.id), field)
 
@@ -700,6 +700,10 @@ ACTIONS = {
             db, c.boss, code="tll2", name="Tallinn two", city="Tallinn", country="EE", reason=why
         ),
         lambda db, c: count(db, Site),
+    ),
+    "update a site": (
+        lambda db, c, why: ledger.update_site(db, c.boss, c.world.site, city="Kaunas", reason=why),
+        lambda db, c: reread(db, c.world.site, "city"),
     ),
     "create a resource": (
         lambda db, c, why: ledger.create_resource(
@@ -864,7 +868,7 @@ PAGE_FORMS = {
 }
 
 
-def page_scene(client: FlaskClient, db: Session, login) -> SimpleNamespace:  # type: ignore[no-untyped-def]
+def page_scene(client: FlaskClient, db: Session, login) -> SimpleNamespace:
     boss = login(client, given_name="Agnes", family_name="Admin")
     grant_role(db, None, boss, FactoryRole.ADMIN, reason="test setup")
     c = scene(db)
@@ -873,12 +877,12 @@ def page_scene(client: FlaskClient, db: Session, login) -> SimpleNamespace:  # t
     return c
 
 
-def page_data(form: dict, c: SimpleNamespace, reason: str) -> dict:  # type: ignore[type-arg]
+def page_data(form: dict, c: SimpleNamespace, reason: str) -> dict:
     return {"resource_id": c.world.gpu.id, **form, "reason": reason}
 
 
 @pytest.mark.parametrize("form", list(PAGE_FORMS))
-def test_each_staff_form_records_the_reason_typed_into_it(client: FlaskClient, db: Session, login, form: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_staff_form_records_the_reason_typed_into_it(client: FlaskClient, db: Session, login, form: str) -> None:
     url, data, page, _seen = PAGE_FORMS[form]
     c = page_scene(client, db, login)
     since = mark(db)
@@ -888,7 +892,7 @@ def test_each_staff_form_records_the_reason_typed_into_it(client: FlaskClient, d
 
 
 @pytest.mark.parametrize("form", list(PAGE_FORMS))
-def test_a_staff_form_with_a_blank_reason_is_shown_again_with_the_message_and_changes_nothing(  # type: ignore[no-untyped-def]
+def test_a_staff_form_with_a_blank_reason_is_shown_again_with_the_message_and_changes_nothing(
     client: FlaskClient, db: Session, login, form: str
 ) -> None:
     url, data, page, seen = PAGE_FORMS[form]
@@ -901,7 +905,7 @@ def test_a_staff_form_with_a_blank_reason_is_shown_again_with_the_message_and_ch
     assert (seen(db, c), added_since(db, since)) == (before, [])
 
 
-def test_creating_a_call_on_its_page_asks_why(client: FlaskClient, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+def test_creating_a_call_on_its_page_asks_why(client: FlaskClient, db: Session, login) -> None:
     c = page_scene(client, db, login)
     today = datetime.now(UTC).date()
     form = {
@@ -955,7 +959,7 @@ COMMANDS = {
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_each_command_asks_why_and_records_it(app, db: Session, command: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_command_asks_why_and_records_it(app, db: Session, command: str) -> None:
     args, seen = COMMANDS[command]
     c = scene(db)
     clusters = json.dumps([{"name": "baltic", "site": c.world.site.code}])
@@ -1012,19 +1016,19 @@ BATCH = 60
 
 
 @pytest.fixture
-def history(db: Session):  # type: ignore[no-untyped-def]
+def history(db: Session):
     """An admin, and a few dozen events of several kinds by several people."""
     world = make_world(db)
     allocation = open_q1(db, world, 100)
     boss, other = admin(db), admin(db)
     for i in range(BATCH):
-        ledger.adjust(db, boss, allocation.id, HOUR, reason=f"batch {i} of the Riga re-run")  # type: ignore[arg-type]
-    ledger.adjust(db, other, allocation.id, -HOUR, reason='=HYPERLINK("http://evil")')  # type: ignore[arg-type]
-    ledger.set_suspended(db, other, allocation.id, True, reason="Abuse report")  # type: ignore[arg-type]
+        ledger.adjust(db, boss, allocation.id, HOUR, reason=f"batch {i} of the Riga re-run")
+    ledger.adjust(db, other, allocation.id, -HOUR, reason='=HYPERLINK("http://evil")')
+    ledger.set_suspended(db, other, allocation.id, True, reason="Abuse report")
     return boss, other, allocation, world
 
 
-def test_admins_search_by_actor_action_object_dates_and_words(db: Session, history) -> None:  # type: ignore[no-untyped-def]
+def test_admins_search_by_actor_action_object_dates_and_words(db: Session, history) -> None:
     boss, other, allocation, _world = history
     search = lambda **f: audit.search(db, boss, audit.AuditFilters(**f), limit=500).events  # noqa: E731
 
@@ -1044,7 +1048,7 @@ def test_admins_search_by_actor_action_object_dates_and_words(db: Session, histo
     assert search(since=today + timedelta(days=1)) == []
 
 
-def test_pages_run_newest_first_without_gaps_and_cost_the_same_queries(app, db: Session, history) -> None:  # type: ignore[no-untyped-def]
+def test_pages_run_newest_first_without_gaps_and_cost_the_same_queries(app, db: Session, history) -> None:
     boss, _other, allocation, _world = history
     filters = audit.AuditFilters(object_type="allocations", object_id=allocation.id)
     seen, before, pages = [], None, 0
@@ -1060,7 +1064,7 @@ def test_pages_run_newest_first_without_gaps_and_cost_the_same_queries(app, db: 
     engine = app.extensions["portal.engine"]
     counted: list[str] = []
 
-    def count(*_args) -> None:  # type: ignore[no-untyped-def]
+    def count(*_args) -> None:
         counted.append("query")
 
     def queries(filters: audit.AuditFilters, limit: int) -> int:
@@ -1077,7 +1081,7 @@ def test_pages_run_newest_first_without_gaps_and_cost_the_same_queries(app, db: 
     assert queries(audit.AuditFilters(), 5) == queries(filters, 30) == 2
 
 
-def test_the_audit_page_filters_pages_and_links_the_csv_of_the_same_search(client, db, login, history) -> None:  # type: ignore[no-untyped-def]
+def test_the_audit_page_filters_pages_and_links_the_csv_of_the_same_search(client, db, login, history) -> None:
     _boss, other, _allocation, _world = history
     me = login(client, given_name="Alma", family_name="Auditor")
     grant_role(db, None, me, FactoryRole.ADMIN, reason="test setup")
@@ -1110,7 +1114,7 @@ def test_the_audit_page_filters_pages_and_links_the_csv_of_the_same_search(clien
     assert by_other.count('id="audit-event-') == 1 and "Abuse report" in by_other
 
 
-def test_the_csv_export_holds_the_whole_filtered_set_and_defuses_formulas(client, db, login, history) -> None:  # type: ignore[no-untyped-def]
+def test_the_csv_export_holds_the_whole_filtered_set_and_defuses_formulas(client, db, login, history) -> None:
     _boss, other, allocation, _world = history
     me = login(client)
     grant_role(db, None, me, FactoryRole.ADMIN, reason="test setup")
@@ -1131,7 +1135,7 @@ def test_the_csv_export_holds_the_whole_filtered_set_and_defuses_formulas(client
     assert client.get(f"/admin/audit?before={too_big}").status_code == 422
 
 
-def test_admins_read_the_log_through_the_api(client, db, login, history) -> None:  # type: ignore[no-untyped-def]
+def test_admins_read_the_log_through_the_api(client, db, login, history) -> None:
     _boss, other, allocation, _world = history
     me = login(client)
     grant_role(db, None, me, FactoryRole.ADMIN, reason="test setup")
@@ -1161,7 +1165,7 @@ def test_admins_read_the_log_through_the_api(client, db, login, history) -> None
 
 
 @pytest.mark.parametrize("role", [None, FactoryRole.FINANCE, FactoryRole.SITE_OPERATOR, FactoryRole.REVIEWER])
-def test_only_admins_see_the_audit_log(client, db, login, role) -> None:  # type: ignore[no-untyped-def]
+def test_only_admins_see_the_audit_log(client, db, login, role) -> None:
     grant_role(db, None, person(db, "Secretly Promoted"), FactoryRole.FINANCE, reason="test setup")
     user = login(client, given_name="Nosy", family_name="Staffer")
     if role is not None:
@@ -1178,10 +1182,10 @@ def test_only_admins_see_the_audit_log(client, db, login, role) -> None:  # type
     with pytest.raises(NotAuthorised):
         audit.search(db, user, audit.AuditFilters())
     with pytest.raises(NotAuthorised):
-        audit.export_csv(db, user, audit.AuditFilters())
+        audit.export_rows(db, user, audit.AuditFilters())
 
 
-def test_anonymous_visitors_are_sent_to_log_in_and_the_api_wants_a_token(client) -> None:  # type: ignore[no-untyped-def]
+def test_anonymous_visitors_are_sent_to_log_in_and_the_api_wants_a_token(client) -> None:
     assert client.get("/admin/audit").status_code == 302
     assert client.get("/admin/audit.csv").status_code == 302
     assert client.get("/api/v1/audit").status_code == 401

@@ -23,6 +23,7 @@ from portal.audit.models import AuditEvent
 from portal.classroom import services as classroom
 from portal.classroom.models import Course, CourseSeat
 from portal.compute.services import check_spawn, hub_username
+from portal.grants import outputs
 from portal.grants import services as grants
 from portal.grants.models import (
     AccessMode,
@@ -32,7 +33,10 @@ from portal.grants.models import (
     Call,
     CallBudget,
     CallState,
+    ProgressReport,
     Reply,
+    ReportKind,
+    ResearchOutput,
     Review,
     ReviewKind,
     ReviewMode,
@@ -40,7 +44,7 @@ from portal.grants.models import (
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.identity.services import create_api_token, grant_role
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, LedgerEntry, ResourceKind
+from portal.ledger.models import Allocation, LedgerEntry, Resource, ResourceKind, Site
 from portal.market import services as market
 from portal.market.models import Invoice, InvoiceKind, Offering, OfferingPrice, OfferingState, Order, OrderState
 from portal.notifications.models import Notification
@@ -78,6 +82,9 @@ OBJECT_ARGUMENTS = {
     "session_id",
     "course_id",
     "seat_id",
+    "output_id",
+    "report_id",
+    "site_id",  # the sites' set-up is the operators' (their API needs the operate scope)
 }
 #: Paths that deal with projects or organisations (or their applications, reviews and notices) even
 #: without naming one.
@@ -90,6 +97,7 @@ SECRET_TITLE = "Kappa Secret Research"
 SECRET_ORG = "Hiddenorg Dynamics"
 SECRET_EMAIL = "pending-invitee@example.eu"
 SECRET_APPLICATION = "Zeta Confidential Proposal"
+SECRET_CITATION = "Quartermain, Z. (2026) Unpublished secret results"
 SECRET_ABSTRACT = "Nobody else may read this abstract."
 SECRET_COURSE = "Omega Private Course"
 MISSING_ID = 987654
@@ -164,6 +172,7 @@ ROUTES: list[Route] = [
     Route("GET", "/applications/<int:application_id>/edit"),
     Route("POST", "/applications/<int:application_id>/edit", {"title": "Defaced", "abstract": "pwned"}),
     Route("POST", "/applications/<int:application_id>/save", {"title": "Defaced", "abstract": "pwned"}),
+    Route("POST", "/applications/<int:application_id>/sites", {"title": "Defaced", "sites_shown": "1"}),
     Route("POST", "/applications/<int:application_id>/files", {"question": "plan"}),
     Route("GET", "/files/<int:file_id>"),
     Route("POST", "/applications/<int:application_id>/submit"),
@@ -184,9 +193,57 @@ ROUTES: list[Route] = [
     Route("POST", "/reviews/<int:review_id>/conflict", {"conflict_reason": "pwned"}),
     Route("GET", "/inbox", outsider=200),
     Route("POST", "/inbox/<int:notification_id>/read"),
+    # P's research outputs and the reports its award owes: its members only, and only its PI and managers write
+    Route("GET", "/projects/<int:project_id>/outputs/new"),
+    Route(
+        "POST", "/projects/<int:project_id>/outputs", {"kind": "dataset", "citation": "Intruder data", "year": "2026"}
+    ),
+    Route("POST", "/projects/<int:project_id>/outputs/<int:output_id>/remove"),
+    Route("GET", "/progress-reports/<int:report_id>"),
+    Route("POST", "/progress-reports/<int:report_id>", {"text": "pwned"}),
     # --- the marketplace --------------------------------------------------------------------------------
     # a published offering is public; buying it for P takes being P's buyer (a "<name>" value is the world's)
     Route("GET", "/market/offerings/<int:offering_id>/order", outsider=200),
+    Route("GET", "/market/offerings/<int:offering_id>/quote", outsider=200),
+    Route("GET", "/api/v1/allocations/<int:allocation_id>"),
+    Route("GET", "/api/v1/allocations/<int:allocation_id>/entries"),
+    Route("GET", "/api/v1/allocations/<int:allocation_id>/usage"),
+    Route("GET", "/api/v1/notebooks/<int:session_id>"),
+    Route("POST", "/api/v1/notebooks/<int:session_id>/stop"),
+    Route("GET", "/api/v1/invoices/<int:invoice_id>/pdf"),
+    Route("GET", "/api/v1/calls", outsider=200),
+    Route("GET", "/api/v1/applications", outsider=200),
+    Route("POST", "/api/v1/applications", {"call_id": "<call_id>", "project_id": "<project_id>", "title": "Intrusion"}),
+    Route("GET", "/api/v1/applications/<int:application_id>"),
+    Route("PATCH", "/api/v1/applications/<int:application_id>", {"title": "Defaced"}),
+    Route("POST", "/api/v1/applications/<int:application_id>/submit"),
+    Route("GET", "/api/v1/courses", outsider=200),
+    Route("GET", "/api/v1/courses/<int:course_id>/seats"),
+    Route("POST", "/api/v1/notifications/<int:notification_id>/read"),
+    # the operators' API: a token without the operate or admin scope is refused before anything is looked up
+    Route(
+        "POST",
+        "/api/v1/admin/allocations/<int:allocation_id>/adjustments",
+        {"amount": 3600, "reason": "pwned"},
+        outsider=403,
+    ),
+    Route(
+        "POST",
+        "/api/v1/admin/users/<int:user_id>/role-grants",
+        {"role": "admin", "reason": "pwned"},
+        outsider=403,
+        args={"user_id": "outsider"},
+    ),
+    Route(
+        "POST", "/api/v1/admin/users/<int:user_id>/role-revocations", {"role": "admin", "reason": "pwned"}, outsider=403
+    ),
+    Route("PATCH", "/api/v1/admin/sites/<int:site_id>", {"name": "Defaced", "reason": "pwned"}, outsider=403),
+    Route(
+        "POST",
+        "/api/v1/admin/sites/<int:site_id>/resources",
+        {"code": "evil", "name": "Intruder hours", "kind": "cpu", "reason": "pwned"},
+        outsider=403,
+    ),
     Route("POST", "/market/offerings/<int:offering_id>/order", {"project_id": "<project_id>", "quantity": "10"}),
     # O's order, invoice and billing page: O's admins and billing members, and finance staff only
     Route("GET", "/market/orders/<int:order_id>"),
@@ -280,7 +337,7 @@ def new_client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
-def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type: ignore[no-untyped-def]
+def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:
     owner_client = new_client(app)
     owner = login(owner_client, given_name="Olga", family_name="Owner")
     org = services.create_organisation(db, owner, name=SECRET_ORG, kind="sme", country="EE", registry_id="14532901")
@@ -318,7 +375,7 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
         db,
         settings,
         owner,
-        parent_allocation_id=running.id,  # type: ignore[arg-type]
+        parent_allocation_id=running.id,
         title=SECRET_COURSE,
         starts_at=datetime.now(UTC),
         ends_at=datetime.now(UTC) + timedelta(days=10),
@@ -329,6 +386,14 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
     student = login(new_client(app), given_name="Stella", family_name="Studentova")
     seat = classroom.join_course(db, student, None, course.join_code)
     shop = market_world(db, settings, owner, org, project, allocation, ledger_world.gpu)
+    output = outputs.add_output(
+        db, owner, project, kind="publication", citation=SECRET_CITATION, year=date.today().year
+    )
+    progress_report = ProgressReport(
+        application_id=grant["application"].id, kind=ReportKind.PROGRESS, due_on=date.today() + timedelta(days=30)
+    )
+    db.add(progress_report)
+    db.commit()
 
     return SimpleNamespace(
         **grant,
@@ -347,13 +412,16 @@ def world(app: Flask, db: Session, login, settings) -> SimpleNamespace:  # type:
         other_project=other_project,
         allocation=allocation,
         second_allocation=second_allocation,
+        site=ledger_world.site,
         notebook=notebook,
         course=course,
         seat=seat,
+        output=output,
+        progress_report=progress_report,
     )
 
 
-def grant_world(app: Flask, db: Session, login, settings, owner: User, project: Project, gpu) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def grant_world(app: Flask, db: Session, login, settings, owner: User, project: Project, gpu) -> dict[str, Any]:
     """P's application to an open Fast Lane call, through to an award with a held second tranche: with a
     PDF, a technical review by a site operator and the owner's notices."""
     manager = login(new_client(app), given_name="Magda", family_name="Callmanager")
@@ -399,7 +467,7 @@ def grant_world(app: Flask, db: Session, login, settings, owner: User, project: 
     grants.submit(db, settings, owner, login_of(owner), application)
     grants.administrative_check(db, settings, manager, application, passed=True)
     review = grants.assign_reviewer(db, settings, manager, application, operator, kind=ReviewKind.TECHNICAL)
-    grants.submit_review(db, operator, review.id, comment_to_applicant="Feasible.", feasible=True)  # type: ignore[arg-type]
+    grants.submit_review(db, operator, review.id, comment_to_applicant="Feasible.", feasible=True)
     grants.complete_technical_assessment(db, settings, manager, application)
     grants.decide_accept(db, settings, manager, application, awarded={gpu.id: 100 * HOUR}, first_tranche_percent=50)
     held = db.exec(select(Award).where(Award.application_id == application.id, Award.tranche == 2)).one()
@@ -415,7 +483,7 @@ def grant_world(app: Flask, db: Session, login, settings, owner: User, project: 
     }
 
 
-def market_world(db: Session, settings, owner: User, org, project, allocation, gpu) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def market_world(db: Session, settings, owner: User, org, project, allocation, gpu) -> dict[str, Any]:
     """A published offering and O's paid order of it for P, with its invoice (written as the webhook would)."""
     offering = market.create_offering(
         db, None, resource=gpu, title="Public H100 hours", price_cents=250, max_quantity=50, reason="test setup"
@@ -425,7 +493,7 @@ def market_world(db: Session, settings, owner: User, org, project, allocation, g
         organisation_id=org.id,
         project_id=project.id,
         buyer_id=owner.id,
-        offering_id=offering.id,  # type: ignore[arg-type]
+        offering_id=offering.id,
         quantity=10,
         unit_price_cents=250,
         net_cents=2_500,
@@ -465,6 +533,9 @@ def values_for(world: SimpleNamespace, **overrides: Any) -> dict[str, Any]:
         "session_id": world.notebook.id,
         "course_id": world.course.id,
         "seat_id": world.seat.id,
+        "output_id": world.output.id,
+        "report_id": world.progress_report.id,
+        "site_id": world.site.id,
         "outsider": world.outsider.id,
         "token": "guessed-" + "x" * 40,
         "role": "admin",
@@ -502,6 +573,8 @@ def snapshot(db: Session, world: SimpleNamespace) -> dict[str, Any]:
             for a in db.exec(select(Allocation).where(Allocation.project_id == project.id))
         ),
         "ledger entries": len(db.exec(select(LedgerEntry)).all()),
+        "sites": sorted((s.id, s.code, s.name, s.city, s.country) for s in db.exec(select(Site))),
+        "resources": len(db.exec(select(Resource)).all()),
         "calls": sorted((c.id, c.title, c.state) for c in db.exec(select(Call))),
         "call budgets": sorted((b.id, b.budget, b.awarded) for b in db.exec(select(CallBudget))),
         "applications": sorted(
@@ -520,10 +593,12 @@ def snapshot(db: Session, world: SimpleNamespace) -> dict[str, Any]:
         "audit events": len(db.exec(select(AuditEvent)).all()),
         "courses": sorted((c.id, c.state, c.seats_taken, c.returned) for c in db.exec(select(Course))),
         "seats": sorted((s.id, s.cap, s.removed_at) for s in db.exec(select(CourseSeat))),
+        "outputs": sorted((o.id, o.citation) for o in db.exec(select(ResearchOutput))),
+        "progress reports": sorted((r.id, r.text, r.submitted_at) for r in db.exec(select(ProgressReport))),
     }
 
 
-def call(  # type: ignore[no-untyped-def]
+def call(
     client: FlaskClient,
     route: Route,
     url: str,
@@ -540,7 +615,7 @@ def call(  # type: ignore[no-untyped-def]
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         if route.method == "GET":
             return client.get(url, headers=headers)
-        return client.post(url, json=data, headers=headers)
+        return client.open(url, method=route.method, json=data, headers=headers)
     if route.method == "GET":
         return client.get(url)
     return client.post(url, data={"csrf_token": csrf or csrf_token(client), **data})
@@ -550,12 +625,14 @@ def scrub(body: str) -> str:
     """A page without what differs between two requests anyway (CSRF tokens, flashed messages)."""
     body = re.sub(r'<div class="flashes".*?</div>', "", body, flags=re.DOTALL)
     body = re.sub(r'name="csrf_token" value="[^"]*"', "", body)
+    body = re.sub(r'name="next" value="[^"]*"', "", body)  # the language switch returns to the URL asked for
     return re.sub(r"\s+", " ", body)
 
 
 # --- the table-driven test -------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("oidc_provider")  # its logins start at the provider
 def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: SimpleNamespace) -> None:
     table = {(r.rule, r.method) for r in ROUTES}
     assert len(table) == len(ROUTES), "a route is listed twice"
@@ -584,6 +661,8 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
         session_id=MISSING_ID,
         course_id=MISSING_ID,
         seat_id=MISSING_ID,
+        output_id=MISSING_ID,
+        report_id=MISSING_ID,
         # offering_id stays: a published offering is public, and the POST names the missing project
     )
     secrets_ = [
@@ -598,6 +677,7 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
         "secret-plan.pdf",
         SECRET_COURSE,
         "Studentova",
+        SECRET_CITATION,
     ]
     before = snapshot(db, world)
     failures: list[str] = []
@@ -641,7 +721,7 @@ def test_outsider_learns_and_changes_nothing(app: Flask, db: Session, world: Sim
     db.expire_all()
     projects = world.outsider_client.get(
         "/api/v1/projects", headers={"Authorization": f"Bearer {world.outsider_token}"}
-    ).json
+    ).json["projects"]
     assert [p["id"] for p in projects] == [world.other_project.id]
     dashboard = world.outsider_client.get("/").get_data(as_text=True)
     assert "Outsider&#39;s own project" in dashboard or "Outsider's own project" in dashboard
@@ -694,7 +774,7 @@ def test_plain_member_can_view_but_not_manage_members(app: Flask, db: Session, w
     assert snapshot(db, world) == before
 
 
-def test_factory_admin_can_view_any_project(app: Flask, db: Session, world: SimpleNamespace, login) -> None:  # type: ignore[no-untyped-def]
+def test_factory_admin_can_view_any_project(app: Flask, db: Session, world: SimpleNamespace, login) -> None:
     client = new_client(app)
     admin = login(client, given_name="Ada", family_name="Admin")
     assert client.get(f"/projects/{world.project.id}").status_code == 404  # not before the grant
@@ -766,7 +846,7 @@ def test_manager_can_manage_members_but_not_hand_over_the_pi_role(
     assert roles == {world.owner.id: "pi", world.member.id: "manager", world.member2.id: "manager"}
 
 
-def test_a_payment_problem_and_upload_quotas_stay_with_whom_they_concern(  # type: ignore[no-untyped-def]
+def test_a_payment_problem_and_upload_quotas_stay_with_whom_they_concern(
     app: Flask, db: Session, world: SimpleNamespace, settings, login
 ) -> None:
     """A payment that could not be booked is shown in detail to finance only (the buyer is told no hours were

@@ -28,6 +28,7 @@ import stripe
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_wtf import FlaskForm
+from portal_standin.devstack import free_port
 from sqlalchemy import func
 from sqlmodel import Session, select
 from werkzeug.exceptions import HTTPException
@@ -35,10 +36,9 @@ from werkzeug.routing import Rule
 from wtforms import fields as wtf
 from wtforms.fields.core import UnboundField
 
-from portal.api import spec
+from portal.api.core import spec
 from portal.audit.models import AuditEvent
 from portal.config import Settings
-from portal.devstack import free_port
 from portal.grants import services as grants
 from portal.grants.models import ApplicationFile
 from portal.identity.models import ExternalIdentity, FactoryRole, User
@@ -123,7 +123,14 @@ EXTRA_QUERY_KEYS = ("next", "code", "state", "error", "page")
 ENDING_WORDS = ("close", "withdraw", "remove", "revoke", "cancel", "leave", "unlink", "refund", "reject", "accept")
 
 #: The routes of an application's applicant: they get a draft.
-ON_THE_DRAFT = {"grants.edit", "grants.autosave", "grants.upload", "grants.submit", "grants.withdraw"}
+ON_THE_DRAFT = {
+    "grants.edit",
+    "grants.autosave",
+    "grants.pick_sites",
+    "grants.upload",
+    "grants.submit",
+    "grants.withdraw",
+}
 
 #: What a route answers when the hub or Stripe is down, which is no bad input (and says so on its page).
 DEPENDENCY_DOWN = (502, 503)
@@ -133,7 +140,7 @@ UNREACHABLE = "http://127.0.0.1:{port}"
 
 
 @pytest.fixture
-def settings(make_settings, monkeypatch: pytest.MonkeyPatch) -> Settings:  # type: ignore[no-untyped-def]
+def settings(make_settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setattr(stripe._http_client.HTTPClient, "_sleep_time_seconds", lambda _self, _retries: 0)
     return make_settings(
         stripe_api_base=UNREACHABLE.format(port=free_port()), hub_url=UNREACHABLE.format(port=free_port())
@@ -325,14 +332,14 @@ def describe(kwargs: dict[str, Any]) -> str:
 # --- the world: the authorisation test's, plus a factory admin and the people of its pipelines ------------
 
 
-def login_again(login, client: FlaskClient, db: Session, user_id: int) -> None:  # type: ignore[no-untyped-def]
+def login_again(login, client: FlaskClient, db: Session, user_id: int) -> None:
     identity = db.exec(select(ExternalIdentity).where(ExternalIdentity.user_id == user_id)).first()
     assert identity is not None
     login(client, sub=identity.subject)
 
 
 @pytest.fixture
-def fuzz(app: Flask, db: Session, world: SimpleNamespace, login) -> Fuzz:  # type: ignore[no-untyped-def]
+def fuzz(app: Flask, db: Session, world: SimpleNamespace, login) -> Fuzz:
     clients = {"admin": app.test_client(), "owner": world.owner_client, "member": world.member_client}
     admin = login(clients["admin"], given_name="Ada", family_name="Admin")
     for role in (FactoryRole.ADMIN, FactoryRole.FINANCE):
@@ -361,6 +368,9 @@ def url_values(app: Flask, db: Session, world: SimpleNamespace, fuzz: Fuzz) -> d
     manager = db.get(User, world.call.manager_id)
     assert manager is not None and manager.email
     values["manager_email"] = manager.email
+    resource = db.get(Resource, world.allocation.resource_id)
+    assert resource is not None
+    values.update(resource_id=str(resource.id), site_id=str(resource.site_id))
     projects.verify_organisation(db, fuzz.admin, world.org, reason="test setup")  # so that it may buy
     return values
 
@@ -727,7 +737,7 @@ def test_every_route_answers_trace_with_405_and_the_methods_it_allows(app: Flask
 @pytest.mark.parametrize("key", [12345, ["a", "b"], {"k": "v"}, "", "\x00", "x" * 5000, None])
 def test_a_session_cookie_with_a_hostile_session_key_is_simply_not_logged_in(
     client: FlaskClient, login, key: Any
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     login(client)
     with client.session_transaction() as flask_session:
         flask_session["web_session"] = key

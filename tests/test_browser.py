@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from portal_standin.devstack import OIDCProviderProcess, free_port, patience
 from werkzeug.serving import make_server
 
 from portal import create_app
-from portal.devstack import OIDCProviderProcess, free_port
 from tests.conftest import Mailbox
 
 pytestmark = pytest.mark.browser
@@ -46,7 +46,7 @@ TIMEOUT_MS = 10_000
 
 
 @pytest.fixture
-def portal_url(make_settings, mailbox: Mailbox) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def portal_url(make_settings, mailbox: Mailbox) -> Iterator[str]:
     """The real portal, served by werkzeug in a background thread, sending its e-mail over SMTP."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -70,19 +70,19 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=patience(30_000))
         yield chromium
         chromium.close()
 
 
 @pytest.fixture
-def new_page(browser):  # type: ignore[no-untyped-def]
+def new_page(browser):
     """``new_page() -> Page`` in a fresh browser context (its own cookies: one person)."""
     contexts = []
 
-    def make():  # type: ignore[no-untyped-def]
+    def make():
         context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(TIMEOUT_MS)
+        context.set_default_timeout(patience(TIMEOUT_MS))  # more on a busy machine
         # The provider's page loads Pico CSS from a CDN; there is no internet here.
         context.route("https://cdn.jsdelivr.net/**", lambda route: route.abort())
         contexts.append(context)
@@ -147,9 +147,7 @@ def portal_errors(page: Any, portal_url: str) -> list[str]:
 # --- tests ---------------------------------------------------------------------------------------------
 
 
-def test_a_pi_invites_a_colleague_who_joins_and_is_made_manager(  # type: ignore[no-untyped-def]
-    portal_url, mailbox, oidc_provider, new_page
-):
+def test_a_pi_invites_a_colleague_who_joins_and_is_made_manager(portal_url, mailbox, oidc_provider, new_page):
     anna_sub, _ = add_person(oidc_provider, "Anna", "Tamm", acr=EIDAS + "substantial", amr=["eid"])
     bob_sub, bob_email = add_person(oidc_provider, "Bob", "Bērziņš", acr="https://refeds.org/assurance/IAP/medium")
 
@@ -256,7 +254,7 @@ def test_a_pi_invites_a_colleague_who_joins_and_is_made_manager(  # type: ignore
     assert anna_errors + bob_errors == []
 
 
-def test_an_invalid_vat_number_is_explained_next_to_the_field(portal_url, oidc_provider, new_page):  # type: ignore[no-untyped-def]
+def test_an_invalid_vat_number_is_explained_next_to_the_field(portal_url, oidc_provider, new_page):
     sub, _ = add_person(oidc_provider, "Liis", "Kask", acr=EIDAS + "substantial")
     page = new_page()
     log_in(page, portal_url, oidc_provider, "eIDAS", sub)

@@ -32,14 +32,14 @@ __all__ = ["browser", "new_page", "portal_url"]
 pytestmark = pytest.mark.browser
 
 
-def test_an_admin_filters_the_audit_log_and_finds_who_adjusted_what_and_why(  # type: ignore[no-untyped-def]
+def test_an_admin_filters_the_audit_log_and_finds_who_adjusted_what_and_why(
     portal_url, oidc_provider, new_page, db
 ) -> None:
     world = make_world(db)
     allocation = open_q1(db, world, 10)
     other_admin = admin(db)
-    ledger.adjust(db, other_admin, allocation.id, -HOUR, reason="Job 4711 was charged twice")  # type: ignore[arg-type]
-    ledger.set_suspended(db, other_admin, allocation.id, True, reason="Abuse report from the site")  # type: ignore[arg-type]
+    ledger.adjust(db, other_admin, allocation.id, -HOUR, reason="Job 4711 was charged twice")
+    ledger.set_suspended(db, other_admin, allocation.id, True, reason="Abuse report from the site")
 
     sub, email = add_person(oidc_provider, "Aino", "Auditor", acr=EIDAS + "high")
     page = new_page()
@@ -68,7 +68,7 @@ def test_an_admin_filters_the_audit_log_and_finds_who_adjusted_what_and_why(  # 
     assert errors == []
 
 
-def test_an_admin_must_say_why_a_price_changes_and_finds_the_reason_in_the_log(  # type: ignore[no-untyped-def]
+def test_an_admin_must_say_why_a_price_changes_and_finds_the_reason_in_the_log(
     portal_url, oidc_provider, new_page, db
 ) -> None:
     world = make_world(db)
@@ -92,7 +92,7 @@ def test_an_admin_must_say_why_a_price_changes_and_finds_the_reason_in_the_log( 
     assert_accessible(page, "offering with a refused price")
     price_form.get_by_label("Why this price? (kept in the audit log)").fill("Electricity costs rose 20 %")
     price_form.get_by_role("button", name="Save price").click()
-    page.get_by_text("The price is now 3.10 EUR per hour for new orders.").wait_for()
+    page.get_by_text("The price is now €3.10 per hour for new orders.").wait_for()
     assert fresh(db, Offering, offering.id).price_cents == 310
 
     page.goto(f"{portal_url}/admin/users?q={colleague.email}")

@@ -36,7 +36,7 @@ stack = browser_notebooks.stack
 SLOW_MS = 60_000
 
 
-def test_a_teacher_creates_a_course_a_student_joins_launches_and_the_teacher_sees_the_use(  # type: ignore[no-untyped-def]
+def test_a_teacher_creates_a_course_a_student_joins_launches_and_the_teacher_sees_the_use(
     stack: Stack, oidc_provider, new_page
 ) -> None:
     portal_url = stack.portal_url
@@ -81,7 +81,7 @@ def test_a_teacher_creates_a_course_a_student_joins_launches_and_the_teacher_see
     log_in(student, portal_url, oidc_provider, "eIDAS", student_sub)
     student.goto(f"{portal_url}/courses/join?code={code}")
     assert student.get_by_label("Join code").input_value() == code
-    student.get_by_role("button", name="Join").click()
+    student.get_by_role("button", name="Join", exact=True).click()
     student.wait_for_url(course_url)
     assert "You joined the course." in student.locator(".flashes").inner_text()
     assert student.locator("#my-left").inner_text() == "4.00 core-hours"

@@ -18,11 +18,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from portal_standin.devstack import OIDCProviderProcess, free_port
 from sqlmodel import Session, select
 from werkzeug.serving import make_server
 
 from portal import create_app
-from portal.devstack import OIDCProviderProcess, free_port
 from portal.grants import services as grants
 from portal.grants.models import AccessMode, Application, CallState, ReviewMode
 from portal.identity.models import FactoryRole, User
@@ -44,7 +44,7 @@ new_page = harness.new_page
 
 
 @pytest.fixture
-def portal(make_settings, mailbox: Mailbox) -> Iterator[SimpleNamespace]:  # type: ignore[no-untyped-def]
+def portal(make_settings, mailbox: Mailbox) -> Iterator[SimpleNamespace]:
     """The real portal in a background thread (as ``portal_url`` in test_browser.py), with its engine so
     that the test can set things up through the services."""
     port = free_port()
@@ -61,7 +61,7 @@ def portal(make_settings, mailbox: Mailbox) -> Iterator[SimpleNamespace]:  # typ
     engine.dispose()
 
 
-def person_in_browser(  # type: ignore[no-untyped-def]
+def person_in_browser(
     portal: SimpleNamespace, provider: OIDCProviderProcess, new_page, given: str, family: str, **claims: Any
 ) -> tuple[Any, User, list[str]]:
     """A person logged in through the provider's page in a browser context of their own."""
@@ -80,7 +80,7 @@ def submit_and_see(page: Any, button: Any, flash: str) -> None:
     page.locator(".flashes").filter(has_text=flash).wait_for()
 
 
-def test_a_call_from_application_to_allocation(portal, oidc_provider, new_page, mailbox):  # type: ignore[no-untyped-def]
+def test_a_call_from_application_to_allocation(portal, oidc_provider, new_page, mailbox):
     db, url = portal.db, portal.url
     pi_page, pi, pi_errors = person_in_browser(portal, oidc_provider, new_page, "Anna", "Tamm")
     manager_page, manager, manager_errors = person_in_browser(portal, oidc_provider, new_page, "Mona", "Manager")
@@ -112,7 +112,7 @@ def test_a_call_from_application_to_allocation(portal, oidc_provider, new_page, 
         access_mode=AccessMode.LARGE_SCALE,
         review_mode=ReviewMode.PEER_REVIEW,
         manager=manager,
-        budgets={world.gpu.id: 1000 * HOUR},  # type: ignore[dict-item]
+        budgets={world.gpu.id: 1000 * HOUR},
         max_request=400 * HOUR,
         min_request=HOUR,
         opens_at=now - timedelta(days=1),
@@ -134,7 +134,7 @@ def test_a_call_from_application_to_allocation(portal, oidc_provider, new_page, 
     pi_page.get_by_label("Title of the application").fill("Whisper for Estonian")
     pi_page.get_by_role("button", name="Start an application").click()
     pi_page.wait_for_url(re.compile(r".*/applications/\d+/edit$"))
-    application_id = int(re.search(r"/applications/(\d+)/edit", pi_page.url).group(1))  # type: ignore[union-attr]
+    application_id = int(re.search(r"/applications/(\d+)/edit", pi_page.url).group(1))
 
     # She fills the draft; it saves itself (htmx) without a button being pressed.
     pi_page.get_by_label("Abstract").fill("Fine-tuning Whisper on Estonian broadcast archives.")

@@ -16,8 +16,9 @@ from sqlmodel import Session, select
 
 pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 
+from portal_standin.devstack import free_port
+
 from portal.compute.hub_client import ServerStatus
-from portal.devstack import free_port
 from portal.identity.models import User
 from tests import test_browser as harness
 from tests.test_browser import EIDAS, add_person, assert_accessible, log_in, portal_errors
@@ -35,14 +36,14 @@ SLOW_MS = 60_000
 
 
 @pytest.fixture
-def stack(make_settings, tmp_path) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def stack(make_settings, tmp_path) -> Iterator[Stack]:
     port = free_port()
     settings = hub_settings(lambda **o: make_settings(base_url=f"http://127.0.0.1:{port}", **o), free_port())
     with running_stack(settings, tmp_path / "hub", port=port) as running:
         yield running
 
 
-def test_a_member_launches_opens_jupyterlab_through_the_portal_login_and_stops_it(  # type: ignore[no-untyped-def]
+def test_a_member_launches_opens_jupyterlab_through_the_portal_login_and_stops_it(
     stack: Stack, oidc_provider, new_page
 ) -> None:
     portal_url = stack.portal_url

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from portal_standin.devstack import patience
 from sqlmodel import select
 
 from portal.config import DEV_HUB_SPAWN_CHECK_TOKEN
@@ -32,9 +33,9 @@ PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture
-def phone(browser) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def phone(browser) -> Iterator[Any]:
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=3)
-    context.set_default_timeout(TIMEOUT_MS)
+    context.set_default_timeout(patience(TIMEOUT_MS))  # more on a busy machine
     context.route("https://cdn.jsdelivr.net/**", lambda route: route.abort())
     yield context.new_page()
     context.close()
@@ -55,7 +56,7 @@ def accessibility_roles(page: Any) -> set[str]:
     return {node.get("role", {}).get("value") for node in tree["nodes"]}
 
 
-def test_the_main_pages_fit_a_phone(portal, stripe_stand_in, oidc_provider, phone, db, login) -> None:  # type: ignore[no-untyped-def]
+def test_the_main_pages_fit_a_phone(portal, stripe_stand_in, oidc_provider, phone, db, login) -> None:
     sub, email = add_person(oidc_provider, "Kristīne", "Ozoliņa-Bērziņa", acr=EIDAS + "substantial", amr=["eid"])
     page = phone
     log_in(page, portal.url, oidc_provider, "eIDAS", sub)
@@ -96,7 +97,7 @@ def test_the_main_pages_fit_a_phone(portal, stripe_stand_in, oidc_provider, phon
 
     # A notebook on the hours (the hub's spawn check, as the hub asks it), then My sessions.
     db.expire_all()
-    allocation_id = db.get(Order, placed.id).allocation_id  # type: ignore[union-attr]
+    allocation_id = db.get(Order, placed.id).allocation_id
     started = portal.app.test_client().post(
         "/api/v1/hub/spawn-check",
         json={

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from portal_standin.devhub import HubProcess
+from portal_standin.devstack import OIDCProviderProcess, free_port
+from portal_standin.devstripe import StripeStandIn
 
-from portal.devhub import HubProcess
-from portal.devstack import OIDCProviderProcess, free_port
-from portal.devstripe import StripeStandIn
 from portal.migrations import head_revision, upgrade
 from tests.conftest import portal_cli, provider_configs
 
@@ -33,7 +33,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     process = HubProcess(
         state,
         service_token=SERVICE_TOKEN,
-        env={"HUB_OAUTH_CLIENT_SECRET": "test-secret", "HUB_CULL_IDLE_SECONDS": "0"},
+        env={"PORTAL_HUB_OAUTH_CLIENT_SECRET": "test-secret", "HUB_CULL_IDLE_SECONDS": "0"},
         log_path=state / "hub.log",
     ).start()
     yield process
@@ -41,7 +41,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
 
 
 @pytest.fixture
-def working(app: Flask, oidc_provider: OIDCProviderProcess, hub: HubProcess, stand_in: StripeStandIn):  # type: ignore[no-untyped-def]
+def working(app: Flask, oidc_provider: OIDCProviderProcess, hub: HubProcess, stand_in: StripeStandIn):
     """The environment of an installation whose every dependency answers (``stand_in``: the Stripe stand-in)."""
     providers = [p.model_dump(mode="json") for p in provider_configs(oidc_provider)]
     return SimpleNamespace(
@@ -172,7 +172,9 @@ def test_a_hub_that_refuses_the_portals_token_says_which_setting_to_fix(working:
     status, lines = check(working, PORTAL_HUB_API_TOKEN="not-the-service-token")
     assert status == 1
     assert "refused the portal's token (403)" in lines["hub"]
-    assert lines["hub"].endswith("PORTAL_HUB_API_TOKEN must be the hub's HUB_PORTAL_SERVICE_TOKEN")
+    assert lines["hub"].endswith(
+        "PORTAL_HUB_API_TOKEN must have the same value in the portal's and the hub's environment"
+    )
 
 
 def test_a_stripe_stand_in_that_is_down_is_named(working: SimpleNamespace, tmp_path: Path) -> None:

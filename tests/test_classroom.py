@@ -19,8 +19,9 @@ from sqlmodel import Session, select
 from portal.classroom import services as classroom
 from portal.classroom.models import Course, CourseSeat, CourseState
 from portal.compute.hub_client import HubError, HubServer
-from portal.compute.launch import _charge, _stop_reason, launch_notebook, meter_notebooks
-from portal.compute.launch import _close as close_session
+from portal.compute.launch import launch_notebook, meter_notebooks
+from portal.compute.notebook_charges import _charge, _stop_reason
+from portal.compute.notebook_charges import _close as close_session
 from portal.compute.services import SpawnRefused, check_spawn, hub_username
 from portal.config import Settings
 from portal.db import utcnow
@@ -80,7 +81,7 @@ def student_login(user: User, *affiliations: str, entitlements: tuple[str, ...] 
         attributes["external_affiliation"] = list(affiliations)
     if entitlements:
         attributes["entitlement"] = list(entitlements)
-    return Login(user_id=user.id, provider="academic", subject="s", level="low", attributes=attributes)  # type: ignore[arg-type]
+    return Login(user_id=user.id, provider="academic", subject="s", level="low", attributes=attributes)
 
 
 def enrol(db: Session, course: Course, name: str = "Student") -> tuple[User, CourseSeat]:
@@ -93,7 +94,7 @@ def fresh(db: Session, obj: Any) -> Any:
     return db.get(type(obj), obj.id)
 
 
-def spawn_as(db: Session, settings: Settings, user: User, course: Course, *, hours: float = 1, server: str = "n1"):  # type: ignore[no-untyped-def]
+def spawn_as(db: Session, settings: Settings, user: User, course: Course, *, hours: float = 1, server: str = "n1"):
     options = {"allocation": course.allocation_id, "profile": "cpu", "hours": hours}
     return check_spawn(db, settings, hub_username(user), server, options)
 
@@ -206,7 +207,7 @@ def test_hours_awarded_through_a_call_fund_the_applicants_course(db: Session, se
         db,
         settings,
         g.pi,
-        parent_allocation_id=award.id,  # type: ignore[arg-type]
+        parent_allocation_id=award.id,
         title="GPU programming",
         starts_at=award.starts_at,
         ends_at=award.starts_at + timedelta(days=30),
@@ -214,10 +215,10 @@ def test_hours_awarded_through_a_call_fund_the_applicants_course(db: Session, se
         max_seats=10,
         profiles=["1x-h100"],
     )
-    assert fresh(db, award).balance == 0 and db.get(Allocation, course.allocation_id).balance == 40 * HOUR  # type: ignore[union-attr]
+    assert fresh(db, award).balance == 0 and db.get(Allocation, course.allocation_id).balance == 40 * HOUR
 
 
-def test_a_plain_member_is_told_to_ask_the_projects_pi_or_a_manager(app: Flask, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+def test_a_plain_member_is_told_to_ask_the_projects_pi_or_a_manager(app: Flask, db: Session, login) -> None:
     client = app.test_client()
     member = login(client, given_name="Maris")
     world = make_world(db)
@@ -309,7 +310,7 @@ def test_a_course_can_require_an_affiliation_or_an_entitlement(
 def test_a_removed_student_cannot_rejoin(db: Session, settings: Settings, room: Classroom) -> None:
     course = open_course(db, settings, room)
     student, seat = enrol(db, course)
-    classroom.remove_student(db, room.world.pi, course, seat.id)  # type: ignore[arg-type]
+    classroom.remove_student(db, room.world.pi, course, seat.id)
     with pytest.raises(NotAuthorised, match="removed you"):
         classroom.join_course(db, student, None, course.join_code)
 
@@ -322,7 +323,7 @@ def test_removing_a_student_frees_the_seat_once_their_notebook_stopped_and_cover
     enrol(db, course, "Second")
     session = spawn_as(db, settings, first, course).session
     run_for(db, session, 1800)  # the first used 1 core-hour so far, and their notebook runs on
-    removal = classroom.remove_student(db, room.world.pi, course, first_seat.id)  # type: ignore[arg-type]
+    removal = classroom.remove_student(db, room.world.pi, course, first_seat.id)
     assert removal.waiting and not removal.seat_freed and removal.seat.removed_at is not None
     assert fresh(db, course).seats_taken == 2  # not before the notebook's last minutes are charged
     with pytest.raises(classroom.CourseFull):
@@ -332,19 +333,19 @@ def test_removing_a_student_frees_the_seat_once_their_notebook_stopped_and_cover
     # the next metering round charges the last 15 minutes and stops it; then the seat settles
     session = fresh(db, session)
     hub = HubRunning([up(session)])
-    report = meter_notebooks(db, settings, hub, session.started_at + timedelta(seconds=2700))  # type: ignore[arg-type]
+    report = meter_notebooks(db, settings, hub, session.started_at + timedelta(seconds=2700))
     assert report.charged == {session.id: 1800} and report.stopped == {session.id: classroom.REMOVED}
     assert classroom.settle_removed_students(db, settings) == 1
     assert classroom.settle_removed_students(db, settings) == 0
     assert fresh(db, course).seats_taken == 1 and fresh(db, first_seat).seat_freed
     # the 1.5 core-hours the first student used moved again from the teacher's allocation: 10 + 10 are covered
-    assert db.get(Allocation, course.allocation_id).balance == 20 * HOUR  # type: ignore[union-attr]
+    assert db.get(Allocation, course.allocation_id).balance == 20 * HOUR
     assert fresh(db, room.parent).balance == 1000 * HOUR - 20 * HOUR - 5400
     _newcomer, seat = enrol(db, course, "Newcomer")
     assert seat.cap == 10 * HOUR
     with pytest.raises(classroom.CourseFull):
         enrol(db, course, "Late")
-    assert not classroom.remove_student(db, room.world.pi, course, first_seat.id).seat_freed  # type: ignore[arg-type]
+    assert not classroom.remove_student(db, room.world.pi, course, first_seat.id).seat_freed
     assert fresh(db, course).seats_taken == 2
     assert ledger.balance_mismatches(db) == []
 
@@ -354,7 +355,7 @@ def test_a_removed_student_without_running_notebooks_frees_the_seat_at_once(
 ) -> None:
     course = open_course(db, settings, room, max_seats=1)
     _student, seat = enrol(db, course)
-    removal = classroom.remove_student(db, room.world.pi, course, seat.id)  # type: ignore[arg-type]
+    removal = classroom.remove_student(db, room.world.pi, course, seat.id)
     assert removal.seat_freed and not removal.waiting
     assert enrol(db, course, "Next")[1].cap == 10 * HOUR
 
@@ -368,7 +369,7 @@ def test_a_removed_students_seat_stays_taken_when_the_teachers_allocation_cannot
     session = spawn_as(db, settings, student, course).session
     run_for(db, session, 1800)
     close_session(db, fresh(db, session), utcnow(), "stopped by its owner")  # stopped (and charged) before the removal
-    removal = classroom.remove_student(db, room.world.pi, course, seat.id)  # type: ignore[arg-type]
+    removal = classroom.remove_student(db, room.world.pi, course, seat.id)
     assert not removal.seat_freed and not removal.waiting and fresh(db, seat).removed_at is not None
     assert fresh(db, course).seats_taken == 1 and fresh(db, small).balance == 0
     assert ledger.balance_mismatches(db) == []
@@ -439,10 +440,10 @@ def test_metering_counts_every_students_use_against_their_cap_and_stops_them_the
     assert classroom.notify_capped_students(db, settings) == 0
     notice = db.exec(select(Notification).where(Notification.user_id == room.world.pi.id)).one()
     assert "reached the cap" in notice.subject and notice.link == f"/courses/{course.id}"
-    classroom.raise_cap(db, room.world.pi, course, seat.id, 4 * HOUR)  # type: ignore[arg-type]
+    classroom.raise_cap(db, room.world.pi, course, seat.id, 4 * HOUR)
     seat = fresh(db, seat)
     assert seat.cap == 4 * HOUR and seat.capped_at is None
-    assert db.get(Allocation, course.allocation_id).credited == 3 * 2 * HOUR + 2 * HOUR  # type: ignore[union-attr]
+    assert db.get(Allocation, course.allocation_id).credited == 3 * 2 * HOUR + 2 * HOUR
     assert fresh(db, room.parent).balance == 1000 * HOUR - 8 * HOUR
     assert _stop_reason(db, fresh(db, first), utcnow()) is None
     assert ledger.balance_mismatches(db) == []
@@ -455,7 +456,7 @@ def test_removed_students_and_closed_courses_stop_running_notebooks(
     student, seat = enrol(db, course)
     session = spawn_as(db, settings, student, course).session
     run_for(db, session, 60)
-    classroom.remove_student(db, room.world.pi, course, seat.id)  # type: ignore[arg-type]
+    classroom.remove_student(db, room.world.pi, course, seat.id)
     assert _stop_reason(db, fresh(db, session), utcnow()) == classroom.REMOVED
     with pytest.raises(SpawnRefused, match="removed you"):
         spawn_as(db, settings, student, course, server="n2")
@@ -502,14 +503,14 @@ def test_the_end_of_term_returns_unused_hours_once_the_students_notebooks_are_ch
 
     # the ledger's expiry leaves course allocations to the course's own closing
     start_and_expire_allocations(db, settings)
-    assert db.get(Allocation, course.allocation_id).state != AllocationState.EXPIRED  # type: ignore[union-attr]
+    assert db.get(Allocation, course.allocation_id).state != AllocationState.EXPIRED
 
     # closed at once, but its hours wait for the running notebook's last charge
     assert classroom.close_ended_courses(db, settings) == 1
     assert fresh(db, course).state == CourseState.CLOSED and fresh(db, room.parent).balance == 970 * HOUR
     session = fresh(db, session)
     hub = HubRunning([up(session)])
-    report = meter_notebooks(db, settings, hub, session.started_at + timedelta(seconds=2700))  # type: ignore[arg-type]
+    report = meter_notebooks(db, settings, hub, session.started_at + timedelta(seconds=2700))
     assert report.charged == {session.id: 1800} and report.stopped == {session.id: classroom.COURSE_CLOSED}
     assert hub.stopped == [(session.hub_user, session.server_name)]
 
@@ -551,12 +552,12 @@ def test_a_closed_course_whose_notebook_the_hub_never_stops_keeps_only_its_promi
         clock.shift(classroom.RETURN_GRACE)  # the hub still cannot stop it; the metering goes on charging it
         meter_notebooks(db, settings, hub)
         assert classroom.close_ended_courses(db, settings) == 0
-        used = db.get(Allocation, course.allocation_id).used  # type: ignore[union-attr]
+        used = db.get(Allocation, course.allocation_id).used
         assert used == 2 * (600 + int(classroom.RETURN_GRACE.total_seconds()))
         # what the notebook may still be charged stays in the course; the rest is back with the teacher
         course = fresh(db, course)
         assert course.returned == 30 * HOUR - 7200
-        assert db.get(Allocation, course.allocation_id).balance == 7200 - used  # type: ignore[union-attr]
+        assert db.get(Allocation, course.allocation_id).balance == 7200 - used
 
         clock.shift(timedelta(hours=1))  # past the notebook's time limit: charged in full, still not stopped
         meter_notebooks(db, settings, hub)
@@ -578,7 +579,7 @@ def test_hours_of_a_course_outliving_its_parent_expire_instead(
     parent.ends_at = utcnow() - timedelta(seconds=5)  # the parent ended (and expired) first
     db.add(parent)
     db.commit()
-    ledger.expire(db, parent.id)  # type: ignore[arg-type]
+    ledger.expire(db, parent.id)
     classroom.close_course(db, room.world.pi, course)
     assert fresh(db, course).returned == 0
     entries = db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == course.allocation_id)).all()
@@ -597,7 +598,7 @@ def test_a_teacher_sees_only_their_own_courses_students(db: Session, settings: S
         db,
         settings,
         room.world.other_pi,
-        parent_allocation_id=other_parent.id,  # type: ignore[arg-type]
+        parent_allocation_id=other_parent.id,
         title="Their course",
         starts_at=utcnow(),
         ends_at=utcnow() + timedelta(days=5),
@@ -611,14 +612,14 @@ def test_a_teacher_sees_only_their_own_courses_students(db: Session, settings: S
     with pytest.raises(NotFound):
         classroom.overview(db, room.world.pi, theirs)
     with pytest.raises(NotFound):
-        classroom.get_course(db, room.world.pi, theirs.id)  # type: ignore[arg-type]
+        classroom.get_course(db, room.world.pi, theirs.id)
     with pytest.raises(NotFound):
-        classroom.remove_student(db, room.world.pi, mine, their_seat.id)  # type: ignore[arg-type]
+        classroom.remove_student(db, room.world.pi, mine, their_seat.id)
     with pytest.raises(NotFound):
-        classroom.raise_cap(db, room.world.pi, theirs, their_seat.id, 5 * HOUR)  # type: ignore[arg-type]
+        classroom.raise_cap(db, room.world.pi, theirs, their_seat.id, 5 * HOUR)
     # a student of a course sees it, but not its other students
     student = db.exec(select(User).where(User.display_name == "Mine")).one()
-    assert classroom.get_course(db, student, mine.id).id == mine.id  # type: ignore[arg-type]
+    assert classroom.get_course(db, student, mine.id).id == mine.id
     with pytest.raises(NotAuthorised):
         classroom.overview(db, student, mine)
 
@@ -626,7 +627,7 @@ def test_a_teacher_sees_only_their_own_courses_students(db: Session, settings: S
 # --- pages ---------------------------------------------------------------------------------------------------
 
 
-def test_a_teacher_creates_a_course_and_a_student_joins_by_link_on_the_pages(app: Flask, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+def test_a_teacher_creates_a_course_and_a_student_joins_by_link_on_the_pages(app: Flask, db: Session, login) -> None:
     teacher_client, student_client = app.test_client(), app.test_client()
     teacher = login(teacher_client, given_name="Tiina", family_name="Teacher")
     _world, _project, parent = cpu_project(
@@ -654,7 +655,7 @@ def test_a_teacher_creates_a_course_and_a_student_joins_by_link_on_the_pages(app
     created = post_form(teacher_client, "/courses/new", fields, page="/courses/new")
     assert created.status_code == 302, created.get_data(as_text=True)
     page = teacher_client.get(created.headers["Location"]).get_data(as_text=True)
-    code = re.search(r'<code id="join-code">([A-Z0-9]+)</code>', page).group(1)  # type: ignore[union-attr]
+    code = re.search(r'<code id="join-code">([A-Z0-9]+)</code>', page).group(1)
     assert "0 / 2" in page and "80.00 core-hours" in page
 
     login(student_client, given_name="Sten", family_name="Student", voperson_external_affiliation=["student@ut.ee"])
@@ -697,13 +698,13 @@ def test_a_teacher_creates_a_course_and_a_student_joins_by_link_on_the_pages(app
     closed = post_form(teacher_client, f"/courses/{course_id}/close", page=f"/courses/{course_id}")
     assert closed.status_code == 302
     db.expire_all()
-    assert db.get(Allocation, parent.id).balance == 500 * HOUR  # type: ignore[union-attr]
+    assert db.get(Allocation, parent.id).balance == 500 * HOUR
     assert "This course is closed" in student_client.get(f"/courses/{course_id}").get_data(as_text=True)
 
 
 def test_the_teacher_raises_a_cap_and_removes_a_student_on_the_dashboard(
     app: Flask, client: FlaskClient, db: Session, settings: Settings, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from portal.projects import services as projects
 
     teacher = login(client)
@@ -718,7 +719,7 @@ def test_the_teacher_raises_a_cap_and_removes_a_student_on_the_dashboard(
         db,
         settings,
         teacher,
-        parent_allocation_id=parent.id,  # type: ignore[arg-type]
+        parent_allocation_id=parent.id,
         title="Caps",
         starts_at=utcnow(),
         ends_at=utcnow() + timedelta(days=5),
@@ -751,9 +752,10 @@ def test_the_teacher_raises_a_cap_and_removes_a_student_on_the_dashboard(
     assert rows[1][0] == '\'=HYPERLINK("http://evil.example","x")' and rows[1][3:6] == ["1.00", "0.00", "1.00"]
 
 
-def test_the_demos_course_opens_for_anna_and_for_piotr_who_joins_it(make_settings, oidc_provider, login) -> None:  # type: ignore[no-untyped-def]
+def test_the_demos_course_opens_for_anna_and_for_piotr_who_joins_it(make_settings, oidc_provider, login) -> None:
+    from portal_standin.demo import DEMO_PROVIDERS, seed_demo_data
+
     from portal import create_app
-    from portal.demo import DEMO_PROVIDERS, seed_demo_data
     from tests.conftest import provider_configs
 
     eidas, academic, tara = provider_configs(oidc_provider)
@@ -789,7 +791,7 @@ def test_the_demos_course_opens_for_anna_and_for_piotr_who_joins_it(make_setting
 
 def test_course_materials_are_cloned_into_the_students_home_at_the_first_start_only(
     db: Session, settings: Settings, room: Classroom, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     import asyncio
     import subprocess
     import sys
@@ -834,7 +836,7 @@ def test_a_students_sessions_page_shows_what_is_left_of_their_cap_not_the_classe
     db: Session,
     settings: Settings,
     room: Classroom,
-    login,  # type: ignore[no-untyped-def]
+    login,
 ) -> None:
     course = open_course(db, settings, room)  # 3 seats x 10 core-hours
     client = app.test_client()
@@ -850,7 +852,7 @@ def test_a_students_sessions_page_shows_what_is_left_of_their_cap_not_the_classe
 
 def test_a_students_dashboard_lists_the_course_and_running_notebooks_first(
     app: Flask, db: Session, settings: Settings, room: Classroom, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     course = open_course(db, settings, room)
     browser = app.test_client()
     student = login(browser, given_name="Piotr")

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from portal.classroom import services as classroom
 from portal.classroom.models import Course, CourseSeat, CourseState
-from portal.compute.launch import _charge, _stop_reason
+from portal.compute.notebook_charges import _charge, _stop_reason
 from portal.compute.services import check_spawn, hub_username
 from portal.config import load_settings
 from portal.db import utcnow
@@ -32,7 +32,7 @@ engine = test_ledger_postgres.engine
 SETTINGS = load_settings(env="test")
 
 
-def a_course(engine, *, seats: int, cap: int) -> Course:  # type: ignore[no-untyped-def]
+def a_course(engine, *, seats: int, cap: int) -> Course:
     with Session(engine, expire_on_commit=False) as db:
         world = make_world(db)
         cpu = ledger.create_resource(
@@ -44,7 +44,7 @@ def a_course(engine, *, seats: int, cap: int) -> Course:  # type: ignore[no-unty
             db,
             SETTINGS,
             world.pi,
-            parent_allocation_id=parent.id,  # type: ignore[arg-type]
+            parent_allocation_id=parent.id,
             title="Concurrency 101",
             starts_at=utcnow() - timedelta(hours=1),
             ends_at=utcnow() + timedelta(days=10),
@@ -54,7 +54,7 @@ def a_course(engine, *, seats: int, cap: int) -> Course:  # type: ignore[no-unty
         )
 
 
-def test_24_students_racing_for_5_seats_take_exactly_5(engine) -> None:  # type: ignore[no-untyped-def]
+def test_24_students_racing_for_5_seats_take_exactly_5(engine) -> None:
     course = a_course(engine, seats=5, cap=HOUR)
     with Session(engine, expire_on_commit=False) as db:
         students = [person(db, f"Racer{i}") for i in range(THREADS)]
@@ -68,12 +68,12 @@ def test_24_students_racing_for_5_seats_take_exactly_5(engine) -> None:  # type:
     full = [r for r in results if isinstance(r, classroom.CourseFull)]
     assert len(seated) == 5 and len(full) == THREADS - 5, [r for r in results if isinstance(r, Exception)]
     with Session(engine) as db:
-        assert db.get(Course, course.id).seats_taken == 5  # type: ignore[union-attr]
+        assert db.get(Course, course.id).seats_taken == 5
         count = db.exec(sa.select(sa.func.count()).select_from(CourseSeat).where(CourseSeat.course_id == course.id))
         assert count.scalar_one() == 5
 
 
-def test_one_students_sessions_charged_at_once_by_two_workers_count_exactly_once_against_the_cap(engine) -> None:  # type: ignore[no-untyped-def]
+def test_one_students_sessions_charged_at_once_by_two_workers_count_exactly_once_against_the_cap(engine) -> None:
     sessions_per_student = 8
     course = a_course(engine, seats=2, cap=2 * HOUR)  # 7200 core-seconds: 8 sessions × 450 s × 2 cores
     with Session(engine, expire_on_commit=False) as db:
@@ -100,7 +100,7 @@ def test_one_students_sessions_charged_at_once_by_two_workers_count_exactly_once
 
     results = all_at_once(2 * sessions_per_student, meter)
     assert [r for r in results if isinstance(r, Exception)] == []
-    assert sum(results) == 7200  # type: ignore[arg-type]
+    assert sum(results) == 7200
     with Session(engine) as db:
         fresh = db.get(CourseSeat, seat.id)
         share = db.get(Allocation, course.allocation_id)
@@ -109,14 +109,14 @@ def test_one_students_sessions_charged_at_once_by_two_workers_count_exactly_once
         assert fresh.capped_at is not None
         assert ledger.balance_mismatches(db) == []
         session = db.get(NotebookSession, sessions[0])
-        assert _stop_reason(db, session, utcnow()) == classroom.CAP_REACHED  # type: ignore[arg-type]
+        assert _stop_reason(db, session, utcnow()) == classroom.CAP_REACHED
 
 
-def test_two_workers_closing_one_ended_course_return_its_hours_once(engine) -> None:  # type: ignore[no-untyped-def]
+def test_two_workers_closing_one_ended_course_return_its_hours_once(engine) -> None:
     course = a_course(engine, seats=4, cap=5 * HOUR)
     with Session(engine, expire_on_commit=False) as db:
-        parent_before = db.get(Allocation, course.parent_allocation_id).balance  # type: ignore[union-attr]
-        db.execute(sa.update(Course).where(Course.id == course.id).values(ends_at=utcnow() - timedelta(seconds=1)))  # type: ignore[arg-type]
+        parent_before = db.get(Allocation, course.parent_allocation_id).balance
+        db.execute(sa.update(Course).where(Course.id == course.id).values(ends_at=utcnow() - timedelta(seconds=1)))
         db.commit()
 
     def close(_i: int) -> int:
@@ -134,7 +134,7 @@ def test_two_workers_closing_one_ended_course_return_its_hours_once(engine) -> N
         assert ledger.balance_mismatches(db) == []
 
 
-def test_30_concurrent_wrong_codes_of_one_user_are_looked_at_no_more_than_the_limit(engine) -> None:  # type: ignore[no-untyped-def]
+def test_30_concurrent_wrong_codes_of_one_user_are_looked_at_no_more_than_the_limit(engine) -> None:
     a_course(engine, seats=1, cap=HOUR)
     with Session(engine, expire_on_commit=False) as db:
         guesser = person(db, "Guesser")

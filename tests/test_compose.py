@@ -163,10 +163,10 @@ def test_portal_worker_and_migrate_run_real_portal_commands(compose: dict[str, A
         resolve_portal_command(["portal", "serve", "--port", "8000"])  # the resolver does refuse what is wrong
     for documented in (["portal", "db", "downgrade", "--revision", "0015", "--yes"], ["portal", "usage", "pull-sacct",
                        "--cluster", "c", "--since", "2026-11-02T06:00:00"]):  # fmt: skip
-        resolve_portal_command(documented)  # README's commands, including the lazily imported groups
+        resolve_portal_command(documented)  # the operator guide's commands, including the lazily imported groups
     stripe = compose["services"]["stripe"]["command"]
-    assert stripe[:3] == ["python", "-m", "portal.devstripe"]
-    from portal.devstripe.server import main as devstripe_main
+    assert stripe[:3] == ["python", "-m", "portal_standin.devstripe"]
+    from portal_standin.devstripe.server import main as devstripe_main
 
     with pytest.raises(SystemExit) as parsed:
         devstripe_main([*stripe[3:], "--help"])
@@ -198,14 +198,14 @@ def portal_variables(compose: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_portal_variable_is_a_documented_setting(compose: dict[str, Any]) -> None:
-    readme = (REPO / "README.md").read_text()
+    reference = (REPO / "docs" / "settings.md").read_text()
     providers = json.loads(portal_variables(compose)["PORTAL_OIDC_PROVIDERS"])
     secrets = {f"PORTAL_OIDC_{p['name'].upper()}_CLIENT_SECRET" for p in providers}
     names = {n for n in portal_variables(compose) if n.startswith("PORTAL_")}
     names |= {n for n in example_env() if n.startswith("PORTAL_")}
     for name in names - secrets - {"PORTAL_CONFIG"}:
         assert name.removeprefix("PORTAL_").lower() in Settings.model_fields, f"{name} is no setting"
-        assert f"`{name}`" in readme, f"{name} is not in README's settings table"
+        assert f"`{name}`" in reference, f"{name} is not in docs/settings.md"
     for key in tomllib.loads((REPO / "deploy" / "portal.toml").read_text()):
         assert key in Settings.model_fields, f"deploy/portal.toml sets {key}, which is no setting"
 
@@ -259,10 +259,10 @@ def test_the_hub_and_the_portal_share_their_secrets_and_addresses(
 ) -> None:
     hub = environment(compose["services"]["hub"])
     assert hub["PORTAL_URL"] == compose_settings.base_url
-    assert hub["HUB_OAUTH_CLIENT_ID"] == compose_settings.hub_oauth_client_id
-    assert hub["HUB_OAUTH_CLIENT_SECRET"] == compose_settings.hub_oauth_client_secret
-    assert hub["PORTAL_API_TOKEN"] == compose_settings.hub_spawn_check_token
-    assert hub["HUB_PORTAL_SERVICE_TOKEN"] == compose_settings.hub_api_token
+    # The hub reads what it shares with the portal under the portal's own names (hub_config/portal_env.py).
+    for name in ("hub_oauth_client_id", "hub_oauth_client_secret", "hub_oauth_redirect_uri", "hub_spawn_check_token",
+                 "hub_api_token"):  # fmt: skip
+        assert hub[f"PORTAL_{name.upper()}"] == getattr(compose_settings, name), name
     # The hub sends users back to {HUB_PUBLIC_URL}/hub/oauth_callback: the one URI the portal allows.
     assert compose_settings.hub_oauth_redirect_uri == f"{hub['HUB_PUBLIC_URL']}/hub/oauth_callback"
     # The portal reaches the hub's proxy on the compose network.
@@ -392,7 +392,7 @@ def test_the_factory_override_runs_the_hubs_servers_as_slurm_jobs_of_the_portals
     assert set(env) <= documented_hub_variables(), set(env) - documented_hub_variables()
     # the portal knows the hub's cluster by the same name, in every portal container
     for name in PORTAL_SERVICES:
-        assert environment(override["services"][name])["PORTAL_HUB_SLURM_CLUSTER"] == env["HUB_SLURM_CLUSTER"]
+        assert environment(override["services"][name])["PORTAL_HUB_SLURM_CLUSTER"] == env["PORTAL_HUB_SLURM_CLUSTER"]
     # the submit host's Slurm configuration and munge socket, and the homes the compute nodes share
     mounts = {m.split(":")[1] for m in hub["volumes"]}
     assert {"/etc/slurm", "/run/munge", env["HUB_SLURM_HOME_ROOT"], "/srv/jupyterhub"} <= mounts
@@ -475,7 +475,7 @@ def test_the_hub_image_has_git_and_a_node_new_enough_for_the_proxy_not_debians()
 
 
 def size_in_bytes(value: str) -> int:
-    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG])", str(value)).groups()  # type: ignore[union-attr]
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG])", str(value)).groups()
     return int(float(number) * 1024 ** {"K": 1, "M": 2, "G": 3}[unit])
 
 
@@ -493,7 +493,9 @@ def test_every_service_rotates_its_logs_and_has_resource_limits(compose: dict[st
     sized = ("LIMIT_PORTAL_CPUS", "LIMIT_PORTAL_MEMORY", "LIMIT_DB_CPUS", "LIMIT_DB_MEMORY", "LIMIT_HUB_MEMORY")
     for variable in sized:
         assert f"${{{variable}:-" in text, variable
-        assert f"`{variable}`" in (REPO / "README.md").read_text(), f"{variable} is not in the README"
+        assert f"`{variable}`" in (REPO / "docs" / "deployment.md").read_text(), (
+            f"{variable} is not in docs/deployment.md"
+        )
 
 
 def test_keycloak_imports_the_realm_once_and_the_readme_says_so(compose: dict[str, Any]) -> None:
@@ -502,7 +504,8 @@ def test_keycloak_imports_the_realm_once_and_the_readme_says_so(compose: dict[st
     text = COMPOSE.read_text()
     comment = text[: text.index('command: ["start", "--import-realm"]')].rsplit("keycloak:", 1)[1]
     assert "later edits of the file are" in comment and "ignored" in comment
-    deployment = (REPO / "README.md").read_text().split("## Deployment (docker compose)", 1)[1].split("\n## ", 1)[0]
+    deployment = (REPO / "docs" / "deployment.md").read_text().split("## Deployment (docker compose)", 1)[1]
+    deployment = deployment.split("\n## ", 1)[0]
     assert "**Keycloak's realm is imported once.**" in deployment
     assert "partialImport" in deployment  # how to apply an edit to the running realm
 

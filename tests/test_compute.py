@@ -34,13 +34,13 @@ REDIRECT = "http://127.0.0.1:8081/hub/oauth_callback"
 # --- OAuth2 for the hub ----------------------------------------------------------------------------------
 
 
-def authorize(client: FlaskClient, **params: str):  # type: ignore[no-untyped-def]
+def authorize(client: FlaskClient, **params: str):
     query = {"response_type": "code", "client_id": "jupyterhub", "redirect_uri": REDIRECT, "state": "st4te"}
     query.update(params)
     return client.get(f"/oauth/authorize?{urlencode(query)}")
 
 
-def code_from(response) -> str:  # type: ignore[no-untyped-def]
+def code_from(response) -> str:
     assert response.status_code == 302, response.get_data(as_text=True)
     location = urlsplit(response.headers["Location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
@@ -53,16 +53,16 @@ def basic(client_id: str = "jupyterhub", secret: str = DEV_HUB_OAUTH_CLIENT_SECR
     return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
 
-def exchange(client: FlaskClient, code: str, *, headers: dict[str, str] | None = None, **extra: str):  # type: ignore[no-untyped-def]
+def exchange(client: FlaskClient, code: str, *, headers: dict[str, str] | None = None, **extra: str):
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, **extra}
     return client.post("/oauth/token", data=data, headers=basic() if headers is None else headers)
 
 
-def userinfo(client: FlaskClient, access_token: str):  # type: ignore[no-untyped-def]
+def userinfo(client: FlaskClient, access_token: str):
     return client.get("/oauth/userinfo", headers={"Authorization": f"Bearer {access_token}"})
 
 
-def test_hub_login_flow_from_code_to_userinfo(app: Flask, client: FlaskClient, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+def test_hub_login_flow_from_code_to_userinfo(app: Flask, client: FlaskClient, db: Session, login) -> None:
     user = login(client)
     code = code_from(authorize(client, scope="openid profile email"))
     hub = app.test_client()  # the hub's own requests carry no portal session
@@ -93,7 +93,7 @@ def test_hub_login_flow_from_code_to_userinfo(app: Flask, client: FlaskClient, d
     assert db.exec(select(OAuthCode)).all() == []
 
 
-def test_client_secret_post_and_pkce(app: Flask, client: FlaskClient, login) -> None:  # type: ignore[no-untyped-def]
+def test_client_secret_post_and_pkce(app: Flask, client: FlaskClient, login) -> None:
     login(client)
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
@@ -116,7 +116,7 @@ def test_client_secret_post_and_pkce(app: Flask, client: FlaskClient, login) -> 
     assert userinfo(hub, right.json["access_token"]).status_code == 200
 
 
-def test_wrong_client_secret_is_401(app: Flask, client: FlaskClient, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_client_secret_is_401(app: Flask, client: FlaskClient, db: Session, login) -> None:
     login(client)
     code = code_from(authorize(client))
     hub = app.test_client()
@@ -130,7 +130,7 @@ def test_wrong_client_secret_is_401(app: Flask, client: FlaskClient, db: Session
     assert exchange(hub, code).status_code == 200
 
 
-def test_codes_go_only_to_the_configured_redirect_uri(client: FlaskClient, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+def test_codes_go_only_to_the_configured_redirect_uri(client: FlaskClient, db: Session, login) -> None:
     login(client)
     for uri in ("https://evil.example/hub/oauth_callback", REDIRECT + "/../x", REDIRECT + "?a=1"):
         response = authorize(client, redirect_uri=uri)
@@ -141,7 +141,7 @@ def test_codes_go_only_to_the_configured_redirect_uri(client: FlaskClient, db: S
     assert db.exec(select(OAuthCode)).all() == []
 
 
-def test_token_exchange_with_another_redirect_uri_is_refused(app: Flask, client: FlaskClient, login) -> None:  # type: ignore[no-untyped-def]
+def test_token_exchange_with_another_redirect_uri_is_refused(app: Flask, client: FlaskClient, login) -> None:
     login(client)
     code = code_from(authorize(client))
     response = exchange(app.test_client(), code, redirect_uri="https://evil.example/cb")
@@ -157,7 +157,7 @@ def test_authorize_needs_a_login(client: FlaskClient, db: Session) -> None:
     assert db.exec(select(OAuthCode)).all() == []
 
 
-def test_expired_codes_are_refused(app: Flask, client: FlaskClient, db: Session, login) -> None:  # type: ignore[no-untyped-def]
+def test_expired_codes_are_refused(app: Flask, client: FlaskClient, db: Session, login) -> None:
     login(client)
     code = code_from(authorize(client))
     row = db.exec(select(OAuthCode).where(OAuthCode.code == code)).one()
@@ -171,7 +171,7 @@ def test_expired_codes_are_refused(app: Flask, client: FlaskClient, db: Session,
 
 def test_userinfo_refuses_unknown_expired_and_revoked_tokens(
     app: Flask, client: FlaskClient, db: Session, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     login(client)
     hub = app.test_client()
     token = exchange(hub, code_from(authorize(client))).json["access_token"]
@@ -207,7 +207,7 @@ def plan_capacity_around_now(db: Session, resource: Resource, amount: int) -> No
         )
 
 
-def open_now(db: Session, project, resource: Resource, hours: int, *, days: int = 30) -> Allocation:  # type: ignore[no-untyped-def]
+def open_now(db: Session, project, resource: Resource, hours: int, *, days: int = 30) -> Allocation:
     now = utcnow()
     return ledger.open_allocation(
         db,
@@ -228,7 +228,7 @@ class CpuProject(NamedTuple):
     allocation: Allocation
 
 
-def cpu_project(  # type: ignore[no-untyped-def]
+def cpu_project(
     db: Session,
     owner,
     *,
@@ -270,7 +270,7 @@ def cpu(db: Session, world: World) -> Resource:
 GPU_HUB = {"kind": "local", "gpus": ["NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3", "NVIDIA H200"]}
 
 
-def spawn(  # type: ignore[no-untyped-def]
+def spawn(
     client: FlaskClient,
     user,
     options=None,
@@ -287,7 +287,7 @@ def spawn(  # type: ignore[no-untyped-def]
     return client.post("/api/v1/hub/spawn-check", json=body, headers={"Authorization": f"Bearer {token}"})
 
 
-def refused(response, *words: str) -> str:  # type: ignore[no-untyped-def]
+def refused(response, *words: str) -> str:
     assert response.status_code == 403, response.get_data(as_text=True)
     assert response.mimetype == "application/problem+json"
     detail = response.json["detail"]
@@ -457,7 +457,7 @@ def test_a_personal_api_token_is_not_the_hubs_token(client: FlaskClient, db: Ses
     assert response.status_code == 401
 
 
-def test_an_unset_spawn_check_token_refuses_every_spawn(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_unset_spawn_check_token_refuses_every_spawn(make_settings) -> None:
     settings: Settings = make_settings()
     unset = settings.model_copy(update={"hub_spawn_check_token": ""})  # production before it is set
     app = create_app(unset)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from portal_standin.devstack import patience
 from pydantic import ValidationError
 
 from portal.config import AssuranceLevel, OIDCProvider, Settings, load_settings
@@ -16,12 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PORTAL = str(Path(sys.executable).parent / "portal")
 
 
-def test_every_setting_is_documented_in_the_readme():
-    readme = (ROOT / "README.md").read_text()
+def test_every_setting_is_documented_in_the_settings_reference():
+    reference = (ROOT / "docs" / "settings.md").read_text()
     for name in Settings.model_fields:
-        assert f"`PORTAL_{name.upper()}`" in readme, f"PORTAL_{name.upper()} is not in README.md"
+        assert f"`PORTAL_{name.upper()}`" in reference, f"PORTAL_{name.upper()} is not in docs/settings.md"
     for name in OIDCProvider.model_fields:
-        assert f"`{name}`" in readme, f"provider key {name} is not in README.md"
+        assert f"`{name}`" in reference, f"provider key {name} is not in docs/settings.md"
 
 
 def test_settings_come_from_toml_and_the_environment_wins(tmp_path, monkeypatch):
@@ -150,7 +151,7 @@ def test_acr_values_map_to_levels_per_provider():
 
 def run_portal(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PORTAL, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=60, check=False
+        [PORTAL, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=patience(60), check=False
     )
 
 
@@ -237,8 +238,7 @@ def test_worker_runs_its_jobs_once_and_exits(cli_env):
 
 def test_serve_runs_the_portal_under_gunicorn(cli_env):
     import requests
-
-    from portal.devstack import free_port, wait_for_http
+    from portal_standin.devstack import free_port, wait_for_http
 
     assert run_portal("db", "upgrade", env=cli_env).returncode == 0
     port = free_port()
@@ -255,7 +255,7 @@ def test_serve_runs_the_portal_under_gunicorn(cli_env):
         assert "gunicorn" in response.headers.get("Server", "")
     finally:
         process.terminate()
-        output = process.communicate(timeout=10)[0].decode()
+        output = process.communicate(timeout=patience(10))[0].decode()
     assert "Booting worker" in output
 
 
@@ -266,7 +266,7 @@ def run_db(*args: str, env: dict[str, str], answer: str | None = None) -> subpro
         text=True,
         env={**os.environ, **env},
         input=answer,
-        timeout=120,
+        timeout=patience(120),
         check=False,
     )
 
@@ -349,8 +349,7 @@ def test_serve_shares_the_workers_metrics_in_a_folder_of_its_own_when_none_is_se
     """Without PROMETHEUS_MULTIPROC_DIR, `portal serve` makes one (in TMPDIR), so /metrics adds up every gunicorn
     worker's requests; gunicorn removes it on exit. One set by the operator is left alone (the compose file's)."""
     import requests
-
-    from portal.devstack import free_port, wait_for_http
+    from portal_standin.devstack import free_port, wait_for_http
 
     assert run_portal("db", "upgrade", env=cli_env).returncode == 0
     scratch = tmp_path / "tmp"
@@ -375,7 +374,7 @@ def test_serve_shares_the_workers_metrics_in_a_folder_of_its_own_when_none_is_se
         ).text
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=patience(30))
     healthz = [
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()

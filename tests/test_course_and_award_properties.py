@@ -73,7 +73,7 @@ class CourseMachine(RuleBasedStateMachine):
             self.db,
             SETTINGS,
             self.teacher,
-            parent_allocation_id=self.parent.id,  # type: ignore[arg-type]
+            parent_allocation_id=self.parent.id,
             title="Properties",
             starts_at=utcnow() - timedelta(hours=1),
             ends_at=utcnow() + timedelta(days=10),
@@ -81,7 +81,7 @@ class CourseMachine(RuleBasedStateMachine):
             max_seats=3,
             profiles=["cpu"],
         )
-        self.students: list = []  # type: ignore[type-arg]
+        self.students: list = []
         self.hub = FlakyHub()
         self.now = utcnow()
         self.servers = 0
@@ -119,7 +119,7 @@ class CourseMachine(RuleBasedStateMachine):
     def meter(self, minutes: int, stuck: bool) -> None:
         self.hub.stuck = stuck
         self.now += timedelta(minutes=minutes)
-        meter_notebooks(self.db, SETTINGS, self.hub, self.now)  # type: ignore[arg-type]
+        meter_notebooks(self.db, SETTINGS, self.hub, self.now)
 
     @rule(index=st.integers(0, 20))
     def remove(self, index: int) -> None:
@@ -128,7 +128,7 @@ class CourseMachine(RuleBasedStateMachine):
         student = self.students[index % len(self.students)]
         seat = classroom.seat_of(self.db, student, self.course)
         if seat is not None:
-            classroom.remove_student(self.db, self.teacher, self.course, seat.id, now=self.now)  # type: ignore[arg-type]
+            classroom.remove_student(self.db, self.teacher, self.course, seat.id, now=self.now)
 
     @rule()
     def settle(self) -> None:
@@ -177,7 +177,7 @@ class CourseMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
-def test_any_sequence_of_course_actions_keeps_the_hours_straight(migrated_sqlite):  # type: ignore[no-untyped-def]
+def test_any_sequence_of_course_actions_keeps_the_hours_straight(migrated_sqlite):
     run_state_machine_as_test(
         lambda: CourseMachine(migrated_sqlite),
         settings=settings(
@@ -197,7 +197,7 @@ class AwardMachine(RuleBasedStateMachine):
         self.db = Session(self.engine, expire_on_commit=False)
         self.g = make_grant_world(self.db, mode=ReviewMode.TECHNICAL, capacity_hours=600, budget_hours=5000)
         self.quarter = ledger.quarter_of(ledger.quarter_of(utcnow().date())[1])[0]
-        self.ranked: list = []  # type: ignore[type-arg]
+        self.ranked: list = []
 
     def teardown(self) -> None:
         self.db.close()
@@ -213,7 +213,7 @@ class AwardMachine(RuleBasedStateMachine):
         review = grants.assign_reviewer(
             self.db, SETTINGS, self.g.manager, application, operator, kind=ReviewKind.TECHNICAL
         )
-        grants.submit_review(self.db, operator, review.id, comment_to_applicant="ok", feasible=True)  # type: ignore[arg-type]
+        grants.submit_review(self.db, operator, review.id, comment_to_applicant="ok", feasible=True)
         grants.complete_technical_assessment(self.db, SETTINGS, self.g.manager, application)
         self.ranked.append((application, hours))
 
@@ -237,7 +237,7 @@ class AwardMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 20))
     def release(self, index: int) -> None:
-        held = self.db.exec(select(Award).where(Award.released_at.is_(None))).all()  # type: ignore[union-attr]
+        held = self.db.exec(select(Award).where(Award.released_at.is_(None))).all()
         if held:
             award = held[index % len(held)]
             grants.release_tranche(self.db, SETTINGS, self.g.manager, award.id)  # never CapacityExhausted
@@ -257,7 +257,7 @@ class AwardMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
-def test_any_sequence_of_award_decisions_with_tranches_releases_every_tranche(migrated_sqlite):  # type: ignore[no-untyped-def]
+def test_any_sequence_of_award_decisions_with_tranches_releases_every_tranche(migrated_sqlite):
     run_state_machine_as_test(
         lambda: AwardMachine(migrated_sqlite),
         settings=settings(

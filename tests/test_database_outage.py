@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from portal_standin.devstack import free_port
 from sqlmodel import Session
 
 from portal import create_app
-from portal.devstack import free_port
 from portal.identity.services import create_api_token
 from portal.migrations import upgrade
 
@@ -124,7 +124,7 @@ def through(proxy: TcpProxy, url: str) -> str:
 
 
 @pytest.fixture
-def pg_app(make_settings, migrated_postgres: str, proxy: TcpProxy) -> Iterator[Flask]:  # type: ignore[no-untyped-def]
+def pg_app(make_settings, migrated_postgres: str, proxy: TcpProxy) -> Iterator[Flask]:
     app = create_app(
         make_settings(
             database_url=through(proxy, migrated_postgres),
@@ -140,11 +140,11 @@ def api_token(app: Flask, user_id: int) -> str:
     from portal.identity.models import User
 
     with Session(app.extensions["portal.engine"]) as db:
-        _row, plain = create_api_token(db, db.get(User, user_id), name="script", scopes=["read"], ttl_days=1)  # type: ignore[arg-type]
+        _row, plain = create_api_token(db, db.get(User, user_id), name="script", scopes=["read"], ttl_days=1)
     return plain
 
 
-def assert_unavailable(response, *, api: bool) -> None:  # type: ignore[no-untyped-def]
+def assert_unavailable(response, *, api: bool) -> None:
     assert response.status_code == 503, response.get_data(as_text=True)[:500]
     assert response.headers["Retry-After"] == "30"
     if api:
@@ -157,7 +157,7 @@ def assert_unavailable(response, *, api: bool) -> None:  # type: ignore[no-untyp
         assert "Traceback" not in page
 
 
-def timed(client: FlaskClient, path: str, **kwargs):  # type: ignore[no-untyped-def]
+def timed(client: FlaskClient, path: str, **kwargs):
     started = time.monotonic()
     response = client.get(path, **kwargs)
     return response, time.monotonic() - started
@@ -165,7 +165,7 @@ def timed(client: FlaskClient, path: str, **kwargs):  # type: ignore[no-untyped-
 
 def test_with_the_database_down_pages_and_the_api_answer_503_and_recover(
     pg_app: Flask, proxy: TcpProxy, login, caplog: pytest.LogCaptureFixture
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     browser = pg_app.test_client()
     user = login(browser)
     token = api_token(pg_app, user.id)
@@ -192,7 +192,7 @@ def test_with_the_database_down_pages_and_the_api_answer_503_and_recover(
 
 def test_a_hung_database_answers_503_after_the_connect_timeout(
     make_settings, migrated_postgres: str, proxy: TcpProxy, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     direct = create_app(make_settings(database_url=migrated_postgres))
     browser = direct.test_client()
     user = login(browser)
@@ -202,7 +202,7 @@ def test_a_hung_database_answers_503_after_the_connect_timeout(
         make_settings(database_url=through(proxy, migrated_postgres), database_connect_timeout_seconds=CONNECT_TIMEOUT)
     )
     stranded = hung.test_client()
-    stranded.set_cookie("portal_session", browser.get_cookie("portal_session").value)  # type: ignore[union-attr]
+    stranded.set_cookie("portal_session", browser.get_cookie("portal_session").value)
     try:
         page, page_seconds = timed(stranded, "/account")
         api, api_seconds = timed(hung.test_client(), "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
@@ -218,7 +218,7 @@ def test_a_hung_database_answers_503_after_the_connect_timeout(
 
 def test_a_statement_held_up_by_the_database_is_cancelled_and_answers_503(
     pg_app: Flask, migrated_postgres: str, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     browser = pg_app.test_client()
     user = login(browser)
     token = api_token(pg_app, user.id)

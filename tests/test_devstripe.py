@@ -1,4 +1,4 @@
-"""The Stripe stand-in (``portal.devstripe``) driven by the real ``stripe`` library, as the portal drives it.
+"""The Stripe stand-in (``portal_standin.devstripe``) driven by the real ``stripe`` library, as the portal drives it.
 
 One stand-in runs for the whole module on a free port of 127.0.0.1, delivering its webhooks to a small
 HTTP server here, where every delivery is checked with ``stripe.Webhook.construct_event``. The hosted
@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 import requests
 import stripe
-
-from portal.devstack import free_port
-from portal.devstripe import StripeStandIn
+from portal_standin.devstack import free_port
+from portal_standin.devstripe import StripeStandIn
 
 WEBHOOK_SECRET = "whsec_devstripe_test"
 CHROMIUM = Path("/usr/bin/chromium")

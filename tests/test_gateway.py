@@ -1,6 +1,6 @@
 """Multi-node Dask for notebooks, for real: Dask Gateway (hub_config/factory_gateway.py and
 dask_gateway_config.py) run by a real JupyterHub as its service, submitting to a real Slurm cluster
-(``portal.devstack_slurm``), authenticating users by their hub tokens, and asking a stand-in of the portal's
+(``portal_standin.devstack_slurm``), authenticating users by their hub tokens, and asking a stand-in of the portal's
 ``POST /api/v1/hub/gateway-check`` (``GatewayPortal``, the endpoint's contract) which account a notebook
 session's Dask jobs are charged to.
 
@@ -41,10 +41,10 @@ dask_gateway = pytest.importorskip("dask_gateway", reason="needs dask-gateway (t
 
 from dask_gateway.auth import JupyterHubAuth  # noqa: E402
 from dask_gateway_server.utils import FrozenAttrDict  # noqa: E402
+from portal_standin.devhub import REPO, HubProcess  # noqa: E402
+from portal_standin.devstack import free_port, patience  # noqa: E402
+from portal_standin.devstack_slurm import SlurmCluster  # noqa: E402
 
-from portal.devhub import REPO, HubProcess  # noqa: E402
-from portal.devstack import free_port  # noqa: E402
-from portal.devstack_slurm import SlurmCluster  # noqa: E402
 from tests.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
 
 sys.path.insert(0, str(REPO / "hub_config"))
@@ -83,15 +83,6 @@ c.JupyterHub.load_roles = [
     {{"name": "gateway-test", "scopes": ["admin:users", "tokens"], "services": ["gateway-test"]}},
 ]
 """
-
-
-def patience(seconds: float) -> float:
-    """``seconds`` on an idle machine, more when it is busy (the development machines have 2 cores)."""
-    try:
-        load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    except OSError:  # pragma: no cover
-        load = 1.0
-    return seconds * max(1.0, load)
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.5) -> Any:
@@ -277,7 +268,7 @@ def stack(slurm: SlurmCluster, portal: GatewayPortal, tmp_path_factory: pytest.T
         service_token=SERVICE_TOKEN,
         config=config,
         env={
-            "HUB_OAUTH_CLIENT_SECRET": "test-secret",
+            "PORTAL_HUB_OAUTH_CLIENT_SECRET": "test-secret",
             "HUB_CULL_IDLE_SECONDS": "0",
             "HUB_DASK_GATEWAY": "1",
             "HUB_DASK_GATEWAY_PORT": str(free_port()),
@@ -290,7 +281,7 @@ def stack(slurm: SlurmCluster, portal: GatewayPortal, tmp_path_factory: pytest.T
         },
         log_path=state.parent / f"{state.name}.log",
     )
-    hub.start(timeout=patience(90))
+    hub.start(timeout=90)  # HubProcess waits longer on a busy machine by itself
     running = Stack(hub, slurm, portal, tcp_port)
     try:
         wait_for(
@@ -597,7 +588,7 @@ def test_the_notebook_kernel_runs_dask_on_slurm_and_its_jobs_end_with_the_server
             "    'jobs': sorted(set(client.run(lambda: os.environ.get('SLURM_JOB_ID')).values()))}))\n"
         )
         # The startup file (the cluster) runs before the kernel answers its first request: a long timeout.
-        seen = json.loads(run_in_kernel(hub, path, kernel_id, code, timeout=patience(300)).strip().splitlines()[-1])
+        seen = json.loads(run_in_kernel(hub, path, kernel_id, code, timeout=300).strip().splitlines()[-1])
         assert seen["cluster"] == "GatewayCluster", seen["banner"]
         assert seen["sum"] == 6
         assert seen["default_session"] == session

@@ -32,7 +32,7 @@ SETTINGS = mail_settings()
 SCORES = {"excellence": 5, "impact": 4, "readiness": 3}
 
 
-def through_review(db, g, application, *, scores=SCORES, second_scores=None):  # type: ignore[no-untyped-def]
+def through_review(db, g, application, *, scores=SCORES, second_scores=None):
     """Submit, pass the administrative check, technical assessment, two scientific reviews."""
     grants.submit(db, SETTINGS, g.pi, login_of(g.pi), application)
     grants.administrative_check(db, SETTINGS, g.manager, application, passed=True)
@@ -296,7 +296,7 @@ def test_ranking_orders_by_weighted_score_and_shows_ties(db):
         grants.ranking(db, g.pi, g.call)
 
 
-def _ranked(db, g, hours):  # type: ignore[no-untyped-def]
+def _ranked(db, g, hours):
     application = complete_draft(db, g, hours=hours)
     through_review(db, g, application)
     grants.request_reply(db, SETTINGS, g.manager, application)
@@ -314,7 +314,7 @@ def test_awards_stay_within_the_request_and_the_budget(db):
     org = projects.create_organisation(db, g.pi, name="Uni2", kind="university", country="LV")
     g.project = projects.create_project(db, g.pi, org, title="Second")
     second = _ranked(db, g, 200)
-    with pytest.raises(grants.BudgetExhausted, match=r"has 100\.0 GPU-hours of H100 GPU-hours left"):
+    with pytest.raises(grants.BudgetExhausted, match=r"has 100\.0 GPU-hours left for H100 GPU-hours at"):
         grants.decide_accept(db, SETTINGS, g.manager, second, awarded={g.ledger.gpu.id: 150 * HOUR})
     db.refresh(second)
     assert second.state == S.RANKED  # nothing happened

@@ -32,7 +32,7 @@ def test_concurrent_acceptances_never_award_more_than_the_budget(engine):  # noq
             grants.rank(db, SETTINGS, g.manager, application)
             ranked.append(application.id)
 
-    def accept(i: int):  # type: ignore[no-untyped-def]
+    def accept(i: int):
         with Session(engine, expire_on_commit=False) as db:
             application = db.get(Application, ranked[i])
             return grants.decide_accept(db, SETTINGS, g.manager, application, awarded={g.ledger.gpu.id: 100 * HOUR})

@@ -23,8 +23,8 @@ import requests
 pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 websocket = pytest.importorskip("websocket", reason="needs websocket-client (the [hub] extra)")
 
-from portal.devhub import REPO, HubProcess  # noqa: E402
-from portal.devstack import free_port  # noqa: E402
+from portal_standin.devhub import REPO, HubProcess  # noqa: E402
+from portal_standin.devstack import free_port, patience  # noqa: E402
 
 sys.path.insert(0, str(REPO / "hub_config"))
 from jupyterhub.spawner import SpawnException  # noqa: E402
@@ -163,12 +163,12 @@ def test_a_slurm_hub_reports_its_cluster_and_submits_the_portals_job(fake_portal
         "slurm": job,
     }
     spawner = FakeSpawner()
-    spawner.portal_slurm = None  # type: ignore[attr-defined]  # FactorySlurmSpawner has it
+    spawner.portal_slurm = None  # FactorySlurmSpawner has it
     spawner.environment["CUDA_VISIBLE_DEVICES"] = "0"  # never the hub's guess on a cluster
     check = PortalSpawnCheck(fake_portal.url, PORTAL_API_TOKEN, backend={"kind": "slurm", "cluster": "factory"})
     asyncio.run(check(spawner, {"allocation": 7, "profile": "2x-h100", "hours": 1}))
     assert fake_portal.requests[0]["json"]["backend"] == {"kind": "slurm", "cluster": "factory"}
-    assert spawner.portal_slurm == job  # type: ignore[attr-defined]
+    assert spawner.portal_slurm == job
     assert spawner.environment == {"JUPYTER_PATH": "/srv/hub_config", "PORTAL_ALLOCATION": "7"}
 
 
@@ -206,7 +206,7 @@ def test_an_unavailable_portal_refuses_the_spawn(fake_portal: FakePortal, answer
     elif answer == "500":
         fake_portal.status = 500
     else:
-        fake_portal.body = ["not", "an", "object"]  # type: ignore[assignment]
+        fake_portal.body = ["not", "an", "object"]
     spawner = FakeSpawner()
     with pytest.raises(SpawnException) as raised:
         asyncio.run(PortalSpawnCheck(url, PORTAL_API_TOKEN, timeout=3)(spawner, {"allocation": "A-7"}))
@@ -236,7 +236,7 @@ def hub(hub_portal: FakePortal, tmp_path_factory: pytest.TempPathFactory) -> Ite
         portal_url=hub_portal.url,
         portal_api_token=PORTAL_API_TOKEN,
         service_token=SERVICE_TOKEN,
-        env={"HUB_OAUTH_CLIENT_SECRET": "test-secret", "DASK_KERNEL_N_WORKERS": "2"},
+        env={"PORTAL_HUB_OAUTH_CLIENT_SECRET": "test-secret", "DASK_KERNEL_N_WORKERS": "2"},
         log_path=state / "hub.log",
     )
     process.start()
@@ -250,7 +250,8 @@ def api(hub: HubProcess, method: str, path: str, **kwargs: Any) -> requests.Resp
 
 
 def wait_for(predicate: Any, *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it is true: ``timeout`` seconds on an idle machine, more on a busy one."""
+    deadline = time.monotonic() + patience(timeout)
     while time.monotonic() < deadline:
         value = predicate()
         if value:
@@ -260,7 +261,9 @@ def wait_for(predicate: Any, *, timeout: float, what: str) -> Any:
 
 
 def run_in_kernel(hub: HubProcess, server_path: str, kernel_id: str, code: str, *, timeout: float = 30) -> str:
-    """Executes ``code`` over the kernel's WebSocket channels and returns its stdout."""
+    """Executes ``code`` over the kernel's WebSocket channels and returns its stdout (within ``timeout`` seconds on
+    an idle machine, more on a busy one)."""
+    timeout = patience(timeout)
     ws_url = hub.url.replace("http://", "ws://") + f"{server_path}api/kernels/{kernel_id}/channels"
     ws = websocket.create_connection(ws_url, header=[f"Authorization: token {SERVICE_TOKEN}"], timeout=timeout)
     try:
@@ -405,3 +408,33 @@ def test_stop_leaves_no_process_behind(tmp_path: Path, hub_portal: FakePortal) -
     assert process.process is not None and process.process.poll() is not None
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{process.api_url}/", timeout=2)
+
+
+# --- the variables the hub shares with the portal -------------------------------------------------------------
+
+
+def test_the_hub_reads_what_it_shares_with_the_portal_under_the_portals_names(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from portal_env import SHARED, shared
+
+    from portal.config import Settings
+
+    for name in SHARED:  # every one is a setting of the portal, under the same name
+        assert name.removeprefix("PORTAL_").lower() in Settings.model_fields, name
+    both = {"PORTAL_HUB_API_TOKEN": "new", "HUB_PORTAL_SERVICE_TOKEN": "old"}
+    with caplog.at_level("WARNING", logger="hub_config"):
+        assert shared("PORTAL_HUB_API_TOKEN", env=both) == "new"
+        assert shared("PORTAL_HUB_OAUTH_CLIENT_ID", "jupyterhub", env={}) == "jupyterhub"
+    assert caplog.records == []
+    with caplog.at_level("WARNING", logger="hub_config"):
+        assert shared("PORTAL_HUB_SPAWN_CHECK_TOKEN", env={"PORTAL_API_TOKEN": "old"}) == "old"
+    assert [r.getMessage() for r in caplog.records] == [
+        "PORTAL_API_TOKEN is deprecated and will be removed in the next release: set PORTAL_HUB_SPAWN_CHECK_TOKEN "
+        "(the portal's name)"
+    ]
+    # Dask Gateway's check of the portal sends the same token, under either name
+    gateway = pytest.importorskip("factory_gateway")
+    for env in ({"PORTAL_HUB_SPAWN_CHECK_TOKEN": "t"}, {"PORTAL_API_TOKEN": "t"}):
+        assert gateway.GatewaySettings.from_env(env, state_dir=tmp_path).portal_api_token == "t"
+        assert "t" in gateway.hub_service({**env, "HUB_STATE_DIR": str(tmp_path)})["environment"].values()

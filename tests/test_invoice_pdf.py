@@ -17,7 +17,7 @@ def text_of(pdf: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
 
 
-def an_invoice(**changes):  # type: ignore[no-untyped-def]
+def an_invoice(**changes):
     invoice = SimpleNamespace(
         reference="BAIF-2026-000042",
         kind=InvoiceKind.INVOICE,
@@ -58,11 +58,38 @@ def test_every_baltic_and_polish_letter_is_printed_as_written() -> None:
         "Šiaurės pr. 5, Kaunas; Rīgas iela 1, Liepāja; Ņ, Ģ, Ķ",
         "H100 GPU-hours, Gdańsk",
         "Odwrotne obciążenie / Pöördmaksustamine / Apgrieztā maksāšana / Atvirkštinis apmokestinimas",
-        "Total 25.00 EUR",
+        "Razem / Kokku 25,00\xa0€",
     ):
         assert written in text, (written, text)
 
 
-def test_a_credit_note_says_so() -> None:
+def test_a_credit_note_says_so_in_both_languages() -> None:
     text = text_of(invoice_pdf(an_invoice(kind=InvoiceKind.CREDIT_NOTE, reference="BAIF-2026-000043")))
-    assert text.startswith("Credit note BAIF-2026-000043")
+    assert text.startswith("Faktura korygująca / Kreeditarve BAIF-2026-000043")
+
+
+def test_the_invoice_speaks_the_sellers_language_then_the_buyers_with_the_legal_mention_in_each() -> None:
+    from portal.market.vat import OUTSIDE_EU_MENTION, REVERSE_CHARGE_MENTION
+
+    text = text_of(invoice_pdf(an_invoice(mention=REVERSE_CHARGE_MENTION, vat_basis_points=2300)))
+    words = " ".join(text.split())  # the PDF's wrapped lines and spacing aside
+    assert words.startswith("Faktura / Arve BAIF-2026-000042")
+    assert "Sprzedawca / Müüja" in words and "Nabywca / Ostja" in words
+    assert "Numer VAT UE / KMKR number: EE100931558" in words  # the glossary's terms
+    assert "10 godz." in words and "VAT / Käibemaks 23 %" in words
+    # each country's official wording of the reverse charge, as its VAT law requires
+    assert "Odwrotne obciążenie:" in words and "Pöördmaksustamine:" in words
+    assert "Reverse charge" not in words
+
+    # a Latvian seller and a buyer outside the Baltics and Poland: Latvian and English
+    seller = {"name": "Baltic AI Factory", "address": "Rīgas iela 1, Rīga", "country": "LV"}
+    buyer = {"name": "Acme Inc.", "address": "1 Main St, Boston", "country": "US"}
+    words = " ".join(text_of(invoice_pdf(an_invoice(seller=seller, buyer=buyer, mention=OUTSIDE_EU_MENTION))).split())
+    assert words.startswith("Rēķins / Invoice BAIF-2026-000042")
+    assert "Pārdevējs / Seller" in words and "Kopā / Total 25,00 €" in words
+    assert "Neapliek ar ES PVN" in words and "Not subject to EU VAT" in words
+
+    # both parties in Poland: Polish only
+    buyer = {"name": "Przykład sp. z o.o.", "address": "ul. Długa 2, Gdańsk", "country": "PL"}
+    words = " ".join(text_of(invoice_pdf(an_invoice(buyer=buyer, mention=""))).split())
+    assert words.startswith("Faktura BAIF-2026-000042") and "Razem 25,00 €" in words and " / " not in words

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from portal import enforcement_hooks
 from portal.errors import InvalidInput, NotAuthorised, NotFound
 from portal.ledger import services as ledger
 from portal.ledger.models import (
@@ -19,20 +20,21 @@ from portal.ledger.models import (
     EntryKind,
     LedgerEntry,
 )
+from portal.ledger.services import enforcement
 from portal.projects import services as projects
 from tests.ledger_world import HOUR, Q1, admin, at, make_world, open_q1, person
 
 
 @pytest.fixture
-def world(db):  # type: ignore[no-untyped-def]
+def world(db):
     return make_world(db)
 
 
-def entries(db, allocation):  # type: ignore[no-untyped-def]
+def entries(db, allocation):
     return list(db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == allocation.id).order_by(LedgerEntry.id)))
 
 
-def period(db, resource, starts_on):  # type: ignore[no-untyped-def]
+def period(db, resource, starts_on):
     return db.exec(
         select(CapacityPeriod).where(CapacityPeriod.resource_id == resource.id, CapacityPeriod.starts_on == starts_on)
     ).one()
@@ -198,7 +200,7 @@ def test_only_the_pi_or_a_manager_moves_hours(db, world):
         ledger.transfer(db, member, from_id=a.id, to_id=b.id, amount=HOUR)
 
 
-def _mail_settings():  # type: ignore[no-untyped-def]
+def _mail_settings():
     from portal.config import load_settings
 
     return load_settings(env="test", mail_backend="log")
@@ -290,3 +292,33 @@ def test_the_factory_sites_are_seeded_with_quarterly_capacity(db):
     waw_h200 = db.exec(select(Resource).where(Resource.code == "h200", Resource.site_id == sites[0].id)).one()
     q = period(db, waw_h200, at(2031, 1, 1).date())
     assert q.capacity == 512 * 90 * 86_400 * 80 // 100  # GPUs × seconds in Q1 2031 × 80 %
+
+
+def test_a_charge_in_an_apps_context_runs_that_apps_enforcement_hooks_only(app, db, world):
+    allocation = open_q1(db, world, 1)
+    told_app, told_process = [], []
+    ledger.install_enforcement_hooks(ledger.EnforcementHooks(test=lambda a: told_app.append(a.id)), app)
+    ledger.register_enforcement_hook("test", lambda a: told_process.append(a.id))  # no app context: the process's
+    try:
+        with app.app_context():
+            ledger.charge_usage(db, allocation.id, 2 * HOUR, idempotency_key="in-app")
+    finally:
+        ledger.register_enforcement_hook("test", None)
+    assert (told_app, told_process) == ([allocation.id], [])
+
+
+def test_exhaustion_where_no_enforcement_hooks_are_installed_is_logged_as_an_error(db, world, caplog, monkeypatch):
+    monkeypatch.setattr(enforcement, "_process_hooks", None)  # a process that never built an app nor installed any
+    allocation = open_q1(db, world, 1)
+    with caplog.at_level("ERROR", logger="portal.ledger"):
+        ledger.charge_usage(db, allocation.id, 2 * HOUR, idempotency_key="no-hooks")
+    db.refresh(allocation)
+    assert (allocation.balance, allocation.state) == (-HOUR, AllocationState.EXHAUSTED)  # charged all the same
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert f"allocation {allocation.id} is exhausted but no enforcement hooks" in caplog.text
+
+
+def test_the_apps_enforcement_hooks_follow_its_settings(app, settings):
+    assert list(app.extensions[ledger.EXTENSION]) == list(enforcement_hooks(settings)) == ["notebook_stop"]
+    without_hub = enforcement_hooks(settings.model_copy(update={"hub_api_token": "", "slurm_clusters": []}))
+    assert without_hub == {}  # no hub, no Slurm cluster: nothing to stop or hold

@@ -75,9 +75,7 @@ def test_the_nightly_check_finds_a_balance_that_differs_from_its_entries(db, mak
     grant_role(db, None, admin, FactoryRole.ADMIN, reason="test setup")
     assert jobs.check_balances(db, settings) == 0
     db.execute(
-        sa.update(Allocation.__table__)
-        .where(Allocation.__table__.c.id == allocation.id)  # type: ignore[attr-defined]
-        .values(balance=1)
+        sa.update(Allocation.__table__).where(Allocation.__table__.c.id == allocation.id).values(balance=1)
     )  # what a bug outside the ledger could do
     db.commit()
     assert jobs.check_balances(db, settings) == 1

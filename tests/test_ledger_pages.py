@@ -19,7 +19,7 @@ from tests.ledger_world import HOUR, make_world, open_q1
 
 
 @pytest.fixture
-def pi_world(client, login, db):  # type: ignore[no-untyped-def]
+def pi_world(client, login, db):
     """A logged-in PI whose project has two allocations."""
     pi = login(client)
     world = make_world(db)
@@ -30,7 +30,7 @@ def pi_world(client, login, db):  # type: ignore[no-untyped-def]
     return world, project, first, second, pi
 
 
-def text(response) -> str:  # type: ignore[no-untyped-def]
+def text(response) -> str:
     return re.sub(r"\s+", " ", response.get_data(as_text=True))
 
 
@@ -72,6 +72,10 @@ def test_older_ledger_entries_load_page_by_page(client, pi_world, db):
     older = client.get(link, headers={"HX-Request": "true"}).get_data(as_text=True)
     assert older.count("<td>usage</td>") == 10 and "<td>award</td>" in older
     assert "Show older entries" not in older
+    # followed as a plain link (no JavaScript, a new tab): the allocation's whole page, from those entries on
+    whole = client.get(link).get_data(as_text=True)
+    assert whole.startswith("<!doctype html>") and '<html lang="en">' in whole
+    assert whole.count("<td>usage</td>") == 10 and "<td>award</td>" in whole
 
 
 def test_the_allocation_page_costs_the_same_queries_however_long_the_ledger(client, pi_world, db, app):
@@ -81,7 +85,7 @@ def test_the_allocation_page_costs_the_same_queries_however_long_the_ledger(clie
     engine = app.extensions["portal.engine"]
     counts = []
 
-    def count(*_args):  # type: ignore[no-untyped-def]
+    def count(*_args):
         counts[-1] += 1
 
     sa.event.listen(engine, "before_cursor_execute", count)
@@ -115,8 +119,8 @@ def test_a_pi_moves_hours_between_allocations_and_gives_some_back(client, pi_wor
     )
     assert response.status_code == 302
     db.expire_all()
-    assert db.get(Allocation, first.id).balance == int(87.5 * HOUR)  # type: ignore[union-attr]
-    assert db.get(Allocation, second.id).balance == 30 * HOUR  # type: ignore[union-attr]
+    assert db.get(Allocation, first.id).balance == int(87.5 * HOUR)
+    assert db.get(Allocation, second.id).balance == 30 * HOUR
     assert ledger.balance_mismatches(db) == []
 
 
@@ -185,7 +189,7 @@ def test_admins_plan_capacity_from_gpus_and_utilisation(client, login, db, app):
         select(CapacityPeriod)
         .where(CapacityPeriod.resource_id == world.gpu.id)
         .order_by(CapacityPeriod.starts_on.desc())
-    ).first()  # type: ignore[union-attr]
+    ).first()
     assert (str(period.starts_on), str(period.ends_on)) == ("2030-07-01", "2030-10-01")
     assert period.capacity == 64 * 92 * 86_400 * 75 // 100
 

@@ -56,7 +56,7 @@ class LedgerMachine(RuleBasedStateMachine):
             allocation = open_q1(self.db, self.world, hours, project=project)
         except ledger.CapacityExhausted:
             return
-        self.allocations.append(allocation.id)  # type: ignore[arg-type]
+        self.allocations.append(allocation.id)
 
     @rule(index=st.integers(0, 50), hours=st.integers(1, 40))
     def credit(self, index: int, hours: int) -> None:
@@ -82,7 +82,6 @@ class LedgerMachine(RuleBasedStateMachine):
         actor = (
             self.world.pi
             if self.db.get(Allocation, source).project_id == self.world.project.id
-            # type: ignore[union-attr]
             else (self.world.other_pi)
         )
         with contextlib.suppress(DomainError):
@@ -93,9 +92,9 @@ class LedgerMachine(RuleBasedStateMachine):
         if not self.allocations:
             return
         allocation = self.db.get(Allocation, self._pick(index))
-        actor = self.world.pi if allocation.project_id == self.world.project.id else self.world.other_pi  # type: ignore[union-attr]
+        actor = self.world.pi if allocation.project_id == self.world.project.id else self.world.other_pi
         with contextlib.suppress(DomainError):
-            ledger.release_to_pool(self.db, actor, allocation.id, seconds)  # type: ignore[union-attr,arg-type]
+            ledger.release_to_pool(self.db, actor, allocation.id, seconds)
 
     @rule(index=st.integers(0, 50))
     def expire(self, index: int) -> None:
@@ -135,7 +134,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 )
             ).one()
             assert period.reserved == held
-            assert period.reserved * 1000 <= period.capacity * resource.overbooking_permille  # type: ignore[union-attr]
+            assert period.reserved * 1000 <= period.capacity * resource.overbooking_permille
         for allocation in self.db.exec(select(Allocation)).all():
             self.db.refresh(allocation)
             held = self.db.exec(

@@ -23,18 +23,18 @@ import pytest
 import requests
 import time_machine
 from flask.testing import FlaskClient
+from portal_standin.devstack import OIDCProviderProcess, free_port
 from sqlmodel import Session, func, select
 
 from portal import create_app
 from portal.config import OIDCProvider
-from portal.devstack import OIDCProviderProcess, free_port
 from portal.identity.models import ExternalIdentity, Login, User
 from tests.conftest import EIDAS, LoginAttempt, post_form, provider_configs, unique_sub
 
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def text_of(response) -> str:  # type: ignore[no-untyped-def]
+def text_of(response) -> str:
     """The page as a user reads it (entities such as &#39; decoded)."""
     return html.unescape(response.get_data(as_text=True))
 
@@ -93,7 +93,7 @@ def register(provider: OIDCProviderProcess, prefix: str = "user", **claims: Any)
     return sub
 
 
-def assert_refused(response, client: FlaskClient, db: Session, *, logins_before: int, says: str, status: int = 403):  # type: ignore[no-untyped-def]
+def assert_refused(response, client: FlaskClient, db: Session, *, logins_before: int, says: str, status: int = 403):
     """The user sees a refusal page that explains why, and has no session; no login was recorded."""
     page = text_of(response)
     assert response.status_code == status, page
@@ -104,7 +104,7 @@ def assert_refused(response, client: FlaskClient, db: Session, *, logins_before:
 
 
 @pytest.fixture
-def client_for(make_settings, oidc_provider: OIDCProviderProcess) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def client_for(make_settings, oidc_provider: OIDCProviderProcess) -> Iterator[Any]:
     """``client_for(*extra_providers)``: a browser on a portal configured with the usual providers and more."""
     apps = []
 
@@ -286,14 +286,14 @@ def test_the_same_subject_at_two_providers_is_two_users(client_for, login, db):
     at_academic = login(client_for(), sub, provider="academic")
 
     assert at_eidas.id != at_academic.id
-    assert identity_of(db, "eidas", sub).user_id == at_eidas.id  # type: ignore[union-attr]
-    assert identity_of(db, "academic", sub).user_id == at_academic.id  # type: ignore[union-attr]
+    assert identity_of(db, "eidas", sub).user_id == at_eidas.id
+    assert identity_of(db, "academic", sub).user_id == at_academic.id
 
 
 # --- linking identities --------------------------------------------------------------------------------
 
 
-def link(client: FlaskClient, provider: str, sub: str):  # type: ignore[no-untyped-def]
+def link(client: FlaskClient, provider: str, sub: str):
     """Click "Link <provider>" on the account page and log in there as ``sub``."""
     response = post_form(client, f"/account/identities/link/{provider}")
     assert response.status_code == 302, response.data
@@ -344,7 +344,7 @@ def test_linking_an_identity_of_another_user_is_refused_and_changes_nothing(clie
 
     assert response.status_code == 409
     assert "This MyAccessID account is already linked to another portal user." in text_of(response)
-    assert identity_of(db, "academic", other_sub).user_id == other.id  # type: ignore[union-attr]
+    assert identity_of(db, "academic", other_sub).user_id == other.id
     assert count(db, ExternalIdentity, ExternalIdentity.user_id == me.id) == 1
     assert count(db, Login) == logins_before
     assert session_user_id(browser) == me.id  # still logged in as before
@@ -575,6 +575,7 @@ def test_an_unknown_level_of_assurance_is_refused(client, oidc_provider, db):
     assert identity_of(db, "eidas", sub) is None
 
 
+@pytest.mark.usefixtures("oidc_provider")  # its logins start at the provider
 def test_declining_at_the_provider_is_refused(client, db):
     logins_before = count(db, Login)
     attempt = LoginAttempt(client, "eidas").start()
@@ -701,6 +702,6 @@ def test_abandoned_login_attempts_do_not_grow_the_session_cookie_and_the_newest_
     assert "_user_id" in _session_keys(client)
 
 
-def _session_keys(client) -> set[str]:  # type: ignore[no-untyped-def]
+def _session_keys(client) -> set[str]:
     with client.session_transaction() as flask_session:
         return set(flask_session.keys())

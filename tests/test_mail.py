@@ -32,7 +32,7 @@ INJECTED = "Bcc: spy@example.eu"
 
 
 @pytest.fixture
-def smtp_settings(make_settings, mailbox: Mailbox) -> Settings:  # type: ignore[no-untyped-def]
+def smtp_settings(make_settings, mailbox: Mailbox) -> Settings:
     return make_settings(mail_backend="smtp", smtp_port=mailbox.port)
 
 
@@ -44,12 +44,12 @@ def mail_app(smtp_settings: Settings) -> Iterator[Flask]:
     application.extensions["portal.engine"].dispose()
 
 
-def subject(message) -> str:  # type: ignore[no-untyped-def]
+def subject(message) -> str:
     """The subject as a mail client shows it (Python folds a long one right after ``Subject:``)."""
     return str(message["Subject"]).strip()
 
 
-def only_one_line(message) -> None:  # type: ignore[no-untyped-def]
+def only_one_line(message) -> None:
     """No header of the message was added or split by what a user typed."""
     assert message["Bcc"] is None
     for name, value in message.items():
@@ -59,7 +59,7 @@ def only_one_line(message) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("line_break", BREAKS, ids=["LF", "CRLF", "NEL", "LS"])
 def test_an_invitation_to_a_project_with_a_line_break_in_its_title_is_sent_on_one_line(
     mail_app, mailbox, db, login, line_break
-):  # type: ignore[no-untyped-def]
+):
     client = mail_app.test_client()
     owner = login(client, given_name=f"Petra{line_break}{INJECTED}", family_name="Principal")
     org = projects.create_organisation(db, owner, name="Riga Lab", kind="university", country="LV")
@@ -76,7 +76,7 @@ def test_an_invitation_to_a_project_with_a_line_break_in_its_title_is_sent_on_on
 
 def test_submitting_an_application_with_a_broken_title_and_applicant_address_still_tells_the_manager(
     mail_app, mailbox, db, login
-):  # type: ignore[no-untyped-def]
+):
     pi_client = mail_app.test_client()
     pi = login(
         pi_client,
@@ -87,7 +87,7 @@ def test_submitting_an_application_with_a_broken_title_and_applicant_address_sti
     manager = login(mail_app.test_client(), given_name="Mona", family_name="Manager")
     world = make_world(db)
     plan_capacity_from_today(db, world.gpu)
-    call = open_call(db, manager, world.gpu.id)  # type: ignore[arg-type]
+    call = open_call(db, manager, world.gpu.id)
     org = projects.create_organisation(db, pi, name="Vilnius Uni", kind="university", country="LT")
     project = projects.create_project(db, pi, org, title="Baltic speech")
     title = "Speech models\u2028for\nBaltic\x85languages"
@@ -98,7 +98,7 @@ def test_submitting_an_application_with_a_broken_title_and_applicant_address_sti
         application,
         abstract="Train ASR models.",
         answers={"software": "PyTorch", "nodes": "8"},
-        requests=[grants.RequestInput(world.gpu.id, 100 * 3600, "Fine-tuning")],  # type: ignore[arg-type]
+        requests=[grants.RequestInput(world.gpu.id, 100 * 3600, "Fine-tuning")],
     )
 
     response = post_form(pi_client, f"/applications/{application.id}/submit", page=f"/applications/{application.id}")

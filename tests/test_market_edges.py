@@ -33,19 +33,19 @@ def signed(event: dict[str, Any], *, at: int | None = None) -> tuple[bytes, str]
     return payload, f"t={timestamp},v1={signature}"
 
 
-def deliver(shop, event: dict[str, Any], *, at: int | None = None):  # type: ignore[no-untyped-def]
+def deliver(shop, event: dict[str, Any], *, at: int | None = None):
     payload, signature = signed(event, at=at)
     return shop.app.test_client().post("/market/stripe/webhook", data=payload, headers={"Stripe-Signature": signature})
 
 
 def newest(db: Session) -> Order:
     db.expire_all()
-    found = db.exec(select(Order).order_by(Order.id.desc())).first()  # type: ignore[union-attr]
+    found = db.exec(select(Order).order_by(Order.id.desc())).first()
     assert found is not None
     return found
 
 
-def finance_client(shop, login, db):  # type: ignore[no-untyped-def]
+def finance_client(shop, login, db):
     client = shop.app.test_client()
     grant_role(db, None, login(client), FactoryRole.FINANCE, reason="test setup")
     return client
@@ -101,7 +101,7 @@ def test_a_payment_of_another_amount_or_currency_is_not_credited_and_finance_see
 # --- a refund before its payment ----------------------------------------------------------------------------
 
 
-def stand_in_events(shop, event_type: str, payment_intent: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def stand_in_events(shop, event_type: str, payment_intent: str) -> list[dict[str, Any]]:
     """The stand-in's events of a type about a payment, as Stripe delivers them."""
     response = requests.get(
         f"{shop.stand_in.url}/v1/events",
@@ -176,7 +176,7 @@ def test_webhook_timestamps_are_bounded_in_the_future_as_in_the_past(shop, db):
 # --- credit notes -------------------------------------------------------------------------------------------
 
 
-def domestic_order(shop, db, login, quantity: int) -> Order:  # type: ignore[no-untyped-def]
+def domestic_order(shop, db, login, quantity: int) -> Order:
     """A paid order of a Polish company: 23 % VAT, so that cents must be rounded."""
     org = projects.create_organisation(
         db, shop.buyer, name="Gdańsk Robotics sp. z o.o.", kind="sme", country="PL", vat_number="PL5260250274"
@@ -198,7 +198,7 @@ def domestic_order(shop, db, login, quantity: int) -> Order:  # type: ignore[no-
     return fresh(db, Order, placed.id)
 
 
-def refund_on_the_finance_page(finance, order_id: int, hours: int):  # type: ignore[no-untyped-def]
+def refund_on_the_finance_page(finance, order_id: int, hours: int):
     return post_form(
         finance,
         f"/finance/orders/{order_id}/refund",
@@ -209,7 +209,7 @@ def refund_on_the_finance_page(finance, order_id: int, hours: int):  # type: ign
 
 def notes_total(db: Session, order_id: int) -> tuple[int, int, int]:
     db.expire_all()
-    return tuple(  # type: ignore[return-value]
+    return tuple(
         db.exec(
             select(func.sum(Invoice.net_cents), func.sum(Invoice.vat_cents), func.sum(Invoice.gross_cents)).where(
                 Invoice.order_id == order_id, Invoice.kind == InvoiceKind.CREDIT_NOTE
@@ -234,8 +234,8 @@ def test_partial_refunds_from_the_finance_page_credit_exactly_the_invoice(shop, 
     assert (placed.state, placed.refunded_cents) == (OrderState.REFUNDED, 923)
     assert notes_total(db, placed.id) == (-750, -173, -923)  # the notes cancel the invoice to the cent
     client = stripe.StripeClient(shop.stand_in.api_key, base_addresses={"api": shop.stand_in.url})
-    charge = client.v1.payment_intents.retrieve(placed.payment_intent_id).latest_charge  # type: ignore[arg-type]
-    charge = client.v1.charges.retrieve(charge if isinstance(charge, str) else charge.id)  # type: ignore[union-attr]
+    charge = client.v1.payment_intents.retrieve(placed.payment_intent_id).latest_charge
+    charge = client.v1.charges.retrieve(charge if isinstance(charge, str) else charge.id)
     assert charge.amount_refunded == 923  # and Stripe paid back exactly that
     allocation = fresh(db, Allocation, placed.allocation_id)
     assert allocation.balance == 0

@@ -24,16 +24,16 @@ from tests.test_market import fresh, order, pay, shop, wait_for
 __all__ = ["shop"]
 
 
-def staff(shop, login, db, role: FactoryRole):  # type: ignore[no-untyped-def]
+def staff(shop, login, db, role: FactoryRole):
     client = shop.app.test_client()
     user = login(client)
     grant_role(db, None, user, role, reason="test setup")
     return client, user
 
 
-def paid_order(shop, db, quantity: int) -> Order:  # type: ignore[no-untyped-def]
+def paid_order(shop, db, quantity: int) -> Order:
     pay_url = order(shop, quantity)
-    placed = db.exec(select(Order).order_by(Order.id.desc())).first()  # type: ignore[union-attr]
+    placed = db.exec(select(Order).order_by(Order.id.desc())).first()
     pay(pay_url)
     wait_for("payment", lambda: fresh(db, Order, placed.id).state == OrderState.PAID)
     return fresh(db, Order, placed.id)
@@ -52,7 +52,7 @@ def test_bad_prices_are_refused(text: str) -> None:
         parse_price(text)
 
 
-def test_staff_create_an_offering_and_a_bad_price_is_explained(shop, db, login):  # type: ignore[no-untyped-def]
+def test_staff_create_an_offering_and_a_bad_price_is_explained(shop, db, login):
     operator, _user = staff(shop, login, db, FactoryRole.SITE_OPERATOR)
     page = operator.get("/admin/offerings")
     assert page.status_code == 200 and "H100 hours" in page.get_data(as_text=True)
@@ -116,7 +116,7 @@ def test_staff_create_an_offering_and_a_bad_price_is_explained(shop, db, login):
     assert operator.get("/admin/offerings/987654").status_code == 404
 
 
-def test_a_new_price_applies_to_new_orders_only(shop, db, login):  # type: ignore[no-untyped-def]
+def test_a_new_price_applies_to_new_orders_only(shop, db, login):
     admin, _user = staff(shop, login, db, FactoryRole.ADMIN)
     order(shop, 10)
     first = db.exec(select(Order)).one()
@@ -132,12 +132,12 @@ def test_a_new_price_applies_to_new_orders_only(shop, db, login):  # type: ignor
     prices = db.exec(select(OfferingPrice.price_cents).where(OfferingPrice.offering_id == shop.offering.id)).all()
     assert sorted(prices) == [250, 310]
     page = admin.get(url).get_data(as_text=True)
-    assert "3.10 EUR" in page and "2.50 EUR" in page and "Price history" in page
+    assert "€3.10" in page and "€2.50" in page and "Price history" in page
     listing = admin.get("/admin/offerings").get_data(as_text=True)
     assert "3.10 from" in listing and "2.50 from" in listing
 
 
-def test_the_billing_page_is_for_the_buyer_and_finance(shop, db, login):  # type: ignore[no-untyped-def]
+def test_the_billing_page_is_for_the_buyer_and_finance(shop, db, login):
     placed = paid_order(shop, db, 40)
     invoice = db.exec(select(Invoice).where(Invoice.order_id == placed.id)).one()
     url = f"/organisations/{shop.org.id}/billing"
@@ -146,7 +146,7 @@ def test_the_billing_page_is_for_the_buyer_and_finance(shop, db, login):  # type
     html = page.get_data(as_text=True)
     assert page.status_code == 200
     assert invoice.reference in html and f"/market/invoices/{invoice.id}.pdf" in html
-    assert "100.00 EUR" in html and "Shelf vision" in html and "paid" in html
+    assert "€100.00" in html and "Shelf vision" in html and "paid" in html
     pdf = shop.client.get(f"/market/invoices/{invoice.id}.pdf")
     assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF")
 
@@ -170,7 +170,7 @@ def test_the_billing_page_is_for_the_buyer_and_finance(shop, db, login):  # type
     assert member.get(url).status_code == 404
 
 
-def test_finance_refunds_through_the_page_and_sees_the_credit_note(shop, db, login):  # type: ignore[no-untyped-def]
+def test_finance_refunds_through_the_page_and_sees_the_credit_note(shop, db, login):
     placed = paid_order(shop, db, 40)
     ledger.charge_usage(db, placed.allocation_id, 10 * HOUR, idempotency_key="pages-usage")
     finance, _f = staff(shop, login, db, FactoryRole.FINANCE)
@@ -224,7 +224,7 @@ def euros(cents: int) -> str:
     return ("-" if cents < 0 else "") + f"{abs(cents) // 100}.{abs(cents) % 100:02d}"
 
 
-def test_the_csv_exports_match_the_database(shop, db, login):  # type: ignore[no-untyped-def]
+def test_the_csv_exports_match_the_database(shop, db, login):
     placed = paid_order(shop, db, 40)
     order(shop, 3)  # pending: in the orders export, without an invoice
     finance, finance_user = staff(shop, login, db, FactoryRole.FINANCE)
@@ -244,7 +244,7 @@ def test_the_csv_exports_match_the_database(shop, db, login):  # type: ignore[no
     response = finance.get("/finance/orders.csv")
     assert response.status_code == 200 and response.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
-    orders = db.exec(select(Order).order_by(Order.id)).all()  # type: ignore[arg-type]
+    orders = db.exec(select(Order).order_by(Order.id)).all()
     assert [int(r["order_id"]) for r in rows] == [o.id for o in orders]
     for row, o in zip(rows, orders, strict=True):
         assert (row["net_eur"], row["vat_eur"], row["gross_eur"], row["refunded_eur"]) == (
@@ -265,7 +265,7 @@ def test_the_csv_exports_match_the_database(shop, db, login):  # type: ignore[no
 
     invoices = finance.get("/finance/invoices.csv")
     lines = list(csv.DictReader(io.StringIO(invoices.get_data(as_text=True))))
-    stored = db.exec(select(Invoice).order_by(Invoice.id)).all()  # type: ignore[arg-type]
+    stored = db.exec(select(Invoice).order_by(Invoice.id)).all()
     assert [(int(r["invoice_id"]), r["reference"], r["kind"]) for r in lines] == [
         (i.id, i.reference, i.kind) for i in stored
     ]
@@ -290,7 +290,7 @@ def test_the_csv_exports_match_the_database(shop, db, login):  # type: ignore[no
     assert rows[-1]["organisation"] == "'=HYPERLINK(1)"
 
 
-def test_the_navigation_follows_the_roles(shop, db, login):  # type: ignore[no-untyped-def]
+def test_the_navigation_follows_the_roles(shop, db, login):
     buyer_page = shop.client.get("/").get_data(as_text=True)
     assert 'href="/market"' in buyer_page
     assert 'href="/finance/orders"' not in buyer_page and 'href="/admin/offerings"' not in buyer_page

@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 import stripe
+from portal_standin.devstack import free_port
+from portal_standin.devstripe import StripeStandIn
 from sqlmodel import Session, col, func, select
 
 from portal.config import Settings, load_settings
-from portal.devstack import free_port
-from portal.devstripe import StripeStandIn
 from portal.identity.models import Login, User
 from portal.ledger import services as ledger
 from portal.ledger.models import (
@@ -49,7 +49,7 @@ BUYERS = 50
 
 
 @pytest.fixture(scope="module")
-def engine(postgres_url: str):  # type: ignore[no-untyped-def]
+def engine(postgres_url: str):
     upgrade(postgres_url)
     engine = sa.create_engine(postgres_url, pool_size=BUYERS + 6, max_overflow=0)
     yield engine
@@ -81,7 +81,7 @@ def shop_settings(postgres_url: str, stand_in: StripeStandIn) -> Settings:
 
 def login_of(user: User) -> Login:
     """A login at level substantial, as a session holds it (the services only read its level)."""
-    return Login(user_id=user.id, provider="eidas", subject="x", level="substantial", attributes={})  # type: ignore[arg-type]
+    return Login(user_id=user.id, provider="eidas", subject="x", level="substantial", attributes={})
 
 
 @dataclass
@@ -215,11 +215,11 @@ def test_50_concurrent_orders_for_the_last_capacity_never_oversell(engine, postg
         period = db.get(CapacityPeriod, shop.period.id)
         assert period is not None and period.reserved == period.capacity == fits * 10 * HOUR
         orders = db.exec(select(Order).where(Order.offering_id == shop.offering.id)).all()
-        assert sorted(o.id for o in orders) == sorted(o.id for o in placed)  # type: ignore[type-var]
+        assert sorted(o.id for o in orders) == sorted(o.id for o in placed)
         assert all(o.state == OrderState.PENDING and o.checkout_session_id for o in orders)
         # nothing half-made by the refused ones: every allocation of the resource belongs to an order
         allocations = db.exec(select(Allocation).where(Allocation.resource_id == shop.offering.resource_id)).all()
-        assert sorted(a.id for a in allocations) == sorted(o.allocation_id for o in orders)  # type: ignore[type-var]
+        assert sorted(a.id for a in allocations) == sorted(o.allocation_id for o in orders)
         assert all(
             (a.state, a.reserved, a.balance) == (AllocationState.AWAITING_PAYMENT, 10 * HOUR, 0) for a in allocations
         )
@@ -230,7 +230,7 @@ def test_50_concurrent_orders_for_the_last_capacity_never_oversell(engine, postg
         # each Checkout Session exists at the stand-in, for its order
         client = stripe.StripeClient(stand_in.api_key, base_addresses={"api": stand_in.url})
         for order in orders:
-            session = client.v1.checkout.sessions.retrieve(order.checkout_session_id)  # type: ignore[arg-type]
+            session = client.v1.checkout.sessions.retrieve(order.checkout_session_id)
             assert session.metadata["order_id"] == str(order.id)
 
 
@@ -241,7 +241,7 @@ def test_one_webhook_delivered_by_10_threads_at_once_credits_the_hours_once(engi
     payload, signature = signed_completed(order, "evt_same_delivery")
 
     results = all_at_once(10, lambda _i: deliver(engine, settings, payload, signature))
-    assert sorted(results) == ["duplicate"] * 9 + ["fulfilled"], results  # type: ignore[type-var]
+    assert sorted(results) == ["duplicate"] * 9 + ["fulfilled"], results
     with Session(engine) as db:
         entries = db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == order.allocation_id)).all()
         assert [(e.kind, e.amount) for e in entries] == [(EntryKind.PURCHASE, 40 * HOUR)]
@@ -252,7 +252,7 @@ def test_one_webhook_delivered_by_10_threads_at_once_credits_the_hours_once(engi
             AllocationState.ACTIVE,
             40 * HOUR,
         )
-        assert db.get(Order, order.id).state == OrderState.PAID  # type: ignore[union-attr]
+        assert db.get(Order, order.id).state == OrderState.PAID
 
 
 def test_ten_events_of_one_payment_applied_at_once_credit_once_and_are_all_answered(engine, postgres_url, stand_in):
@@ -265,7 +265,7 @@ def test_ten_events_of_one_payment_applied_at_once_credit_once_and_are_all_answe
     deliveries = [signed_completed(order, f"evt_other_{uuid.uuid4().hex}_{i}") for i in range(10)]
 
     results = all_at_once(10, lambda i: deliver(engine, settings, *deliveries[i]))
-    assert sorted(results) == ["already paid"] * 9 + ["fulfilled"], results  # type: ignore[type-var]
+    assert sorted(results) == ["already paid"] * 9 + ["fulfilled"], results
     with Session(engine) as db:
         entries = db.exec(select(LedgerEntry).where(LedgerEntry.allocation_id == order.allocation_id)).all()
         assert [(e.kind, e.amount) for e in entries] == [(EntryKind.PURCHASE, 40 * HOUR)]

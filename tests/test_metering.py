@@ -20,7 +20,7 @@ GPU_SECONDS = 2 * 3600 + 1800 + 600 + 120 + 180 + 300 + 1000 + 60 + 60
 
 
 @pytest.fixture
-def accounts(db):  # type: ignore[no-untyped-def]
+def accounts(db):
     world = make_world(db)
     cpu = ledger.create_resource(
         db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
@@ -140,7 +140,7 @@ def test_lines_of_another_cluster_are_refused(db, accounts):
 
 def test_the_command_reports_problems_on_stderr_and_exits_non_zero(accounts, app):
     result = portal_cli(app, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory")
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert "22 lines read: 10 jobs charged, 1 already charged before" in result.stdout
     assert "line 18:" in result.stderr and "line 19: ElapsedRaw 'ten' is not a number of seconds" in result.stderr
     again = portal_cli(app, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory")
@@ -203,10 +203,10 @@ def test_slurm_map_refuses_a_storage_allocation_and_one_at_another_site(app, db)
                           "--allocation", str(allocation_id), "--reason", "legacy account",
                           PORTAL_SLURM_CLUSTERS=clusters)  # fmt: skip
 
-    refused = run(disk.id)  # type: ignore[arg-type]
+    refused = run(disk.id)
     assert refused.returncode == 1
     assert "only from a CPU or GPU allocation" in refused.stderr
-    foreign = run(elsewhere.id)  # type: ignore[arg-type]
+    foreign = run(elsewhere.id)
     assert foreign.returncode == 1
     assert f"is at site {db.get(Site, db.get(Resource, elsewhere.resource_id).site_id).code}" in foreign.stderr
     assert f"runs the allocations of site {world.site.code}" in foreign.stderr

@@ -42,7 +42,7 @@ def cpu(db: Session, world: World) -> Resource:
     return resource
 
 
-def cluster_app(make_settings: Callable[..., Settings], world: World, **overrides) -> Flask:  # type: ignore[no-untyped-def]
+def cluster_app(make_settings: Callable[..., Settings], world: World, **overrides) -> Flask:
     """A portal whose hub runs servers on the Slurm cluster ``factory`` of ``world``'s site."""
     cluster = {"name": "factory", "site": world.site.code, "notebook_user": "hub", "partitions": {"h100": "gpu"}}
     return create_app(make_settings(slurm_clusters=[cluster], hub_slurm_cluster="factory", **overrides))
@@ -85,7 +85,7 @@ def test_a_cpu_profile_runs_anywhere(client: FlaskClient, db: Session, world: Wo
 
 def test_a_slurm_hub_gets_the_job_for_the_allocations_account(
     make_settings, db: Session, world: World, cpu: Resource
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     app = cluster_app(make_settings, world)
     client = app.test_client()
     gpu = open_now(db, world.project, world.gpu, 100)
@@ -136,7 +136,7 @@ def test_a_slurm_hub_gets_the_job_for_the_allocations_account(
 
 def test_a_slurm_hub_is_refused_for_another_sites_hours_and_an_unknown_cluster(
     make_settings, db: Session, world: World
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     app = cluster_app(make_settings, world)
     client = app.test_client()
     elsewhere = make_world(db)
@@ -153,7 +153,7 @@ def test_a_slurm_hub_is_refused_for_another_sites_hours_and_an_unknown_cluster(
     app.extensions["portal.engine"].dispose()
 
 
-def test_settings_refuse_a_hub_cluster_that_is_not_configured(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_settings_refuse_a_hub_cluster_that_is_not_configured(make_settings) -> None:
     with pytest.raises(ValueError, match="not one of slurm_clusters"):
         make_settings(hub_slurm_cluster="factory")
     with pytest.raises(ValueError, match="has no notebook_user"):
@@ -163,14 +163,14 @@ def test_settings_refuse_a_hub_cluster_that_is_not_configured(make_settings) -> 
 # --- Dask Gateway's check ---------------------------------------------------------------------------------
 
 
-def gateway_check(client: FlaskClient, user, session_id: int, token: str = DEV_HUB_SPAWN_CHECK_TOKEN):  # type: ignore[no-untyped-def]
+def gateway_check(client: FlaskClient, user, session_id: int, token: str = DEV_HUB_SPAWN_CHECK_TOKEN):
     body = {"user": user if isinstance(user, str) else f"u{user.id}", "session": session_id}
     return client.post("/api/v1/hub/gateway-check", json=body, headers={"Authorization": f"Bearer {token}"})
 
 
 def test_the_gateway_may_start_dask_only_for_the_owner_of_a_running_slurm_notebook(
     make_settings, db: Session, world: World, cpu: Resource
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     app = cluster_app(make_settings, world)
     client = app.test_client()
     gpu = open_now(db, world.project, world.gpu, 100)
@@ -217,7 +217,7 @@ def test_the_gateway_may_start_dask_only_for_the_owner_of_a_running_slurm_notebo
 # --- the start form ---------------------------------------------------------------------------------------
 
 
-def member_client(app: Flask, db: Session, login, world: World) -> FlaskClient:  # type: ignore[no-untyped-def]
+def member_client(app: Flask, db: Session, login, world: World) -> FlaskClient:
     client = app.test_client()
     member = login(client, given_name="Ilze")
     db.add(ProjectMembership(project_id=world.project.id, user_id=member.id, role=ProjectRole.MEMBER))
@@ -227,7 +227,7 @@ def member_client(app: Flask, db: Session, login, world: World) -> FlaskClient: 
 
 def test_the_start_form_offers_what_fits_the_allocation_and_says_why_a_gpu_profile_cannot_start(
     make_settings, db: Session, world: World, cpu: Resource, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     app = create_app(make_settings(hub_local_gpus=[]))  # the demo: no GPU on the hub's machine
     client = member_client(app, db, login, world)
     gpu: Allocation = open_now(db, world.project, world.gpu, 100)
@@ -249,7 +249,7 @@ def test_the_start_form_offers_what_fits_the_allocation_and_says_why_a_gpu_profi
 
 def test_the_start_form_preselects_a_gpu_profile_the_hub_can_start(
     make_settings, db: Session, world: World, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     app = create_app(make_settings(hub_local_gpus=["NVIDIA H100 80GB HBM3"]))
     client = member_client(app, db, login, world)
     gpu = open_now(db, world.project, world.gpu, 100)
@@ -268,7 +268,7 @@ def test_the_start_form_preselects_a_gpu_profile_the_hub_can_start(
 
 def test_on_the_factory_cluster_every_fitting_profile_is_offered(
     make_settings, db: Session, world: World, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     app = cluster_app(make_settings, world)
     client = member_client(app, db, login, world)
     gpu = open_now(db, world.project, world.gpu, 100)
@@ -317,7 +317,7 @@ def test_hours_promised_to_running_notebooks_are_not_promised_again(
     )
 
 
-def test_my_sessions_says_where_a_notebook_can_be_started(make_settings, db: Session, world: World, login) -> None:  # type: ignore[no-untyped-def]
+def test_my_sessions_says_where_a_notebook_can_be_started(make_settings, db: Session, world: World, login) -> None:
     app = create_app(make_settings())
     newcomer = app.test_client()
     login(newcomer, given_name="Nora")

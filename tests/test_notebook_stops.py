@@ -22,6 +22,8 @@ from sqlmodel import Session, col, select
 
 pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 
+from portal_standin.devstack import free_port
+
 from portal.compute.hub_client import HubClient, ServerStatus
 from portal.compute.launch import (
     AT_HUB,
@@ -38,7 +40,6 @@ from portal.compute.launch import (
 from portal.compute.services import check_spawn, hub_username
 from portal.config import Settings, load_settings
 from portal.db import utcnow
-from portal.devstack import free_port
 from portal.errors import NotFound
 from portal.identity.models import User
 from portal.identity.services import create_agent_token
@@ -55,7 +56,7 @@ pytestmark = pytest.mark.hub
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, oidc_provider, migrated_sqlite: Path) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def stack(tmp_path_factory: pytest.TempPathFactory, oidc_provider, migrated_sqlite: Path) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("notebook-stops")
     db_file = base / "portal.db"
     shutil.copy(migrated_sqlite, db_file)
@@ -97,15 +98,15 @@ class Member:
 
 
 @pytest.fixture
-def member(stack: Stack, db: Session, login) -> Member:  # type: ignore[no-untyped-def]
+def member(stack: Stack, db: Session, login) -> Member:
     """A logged-in member whose project has 10 CPU core-hours (5 hours of the 2-core ``cpu`` profile)."""
     browser = stack.app.test_client()
     user = login(browser)
     world, _project, allocation = cpu_project(db, user, hours=10, title="Notebook project")
-    return Member(browser, user, allocation, world.site.id)  # type: ignore[arg-type]
+    return Member(browser, user, allocation, world.site.id)
 
 
-def running_notebook(db: Session, stack: Stack, member: Member, *, hours: float = 1, client: HubClient | None = None):  # type: ignore[no-untyped-def]
+def running_notebook(db: Session, stack: Stack, member: Member, *, hours: float = 1, client: HubClient | None = None):
     """Launch on the member's allocation, wait until the hub reports it ready, and let a metering round see it
     start. Returns the session."""
     client = client or stack.client
@@ -211,7 +212,7 @@ def test_a_hub_unreachable_at_exhaustion_leaves_the_stop_to_the_next_metering_ro
 
 def test_the_owner_stops_a_notebook_once_and_pays_up_to_the_stop(
     stack: Stack, db: Session, member: Member, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     session = running_notebook(db, stack, member)
     assert session.started_at is not None
     stop_at = session.started_at + timedelta(seconds=90)

@@ -22,14 +22,15 @@ from werkzeug.serving import make_server
 pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 pytest.importorskip("websocket", reason="needs websocket-client (the [hub] extra)")
 
+from portal_standin.devhub import REPO, HubProcess
+from portal_standin.devstack import free_port
+
 from portal import create_app
 from portal.compute.hub_client import HubClient, HubRefused, ServerStatus
 from portal.compute.launch import EXHAUSTED, launch_notebook, meter_notebooks
 from portal.compute.services import SpawnRefused
 from portal.config import Settings
 from portal.db import utcnow
-from portal.devhub import REPO, HubProcess
-from portal.devstack import free_port
 from portal.errors import NotFound
 from portal.identity.models import User
 from portal.ledger import services as ledger
@@ -70,8 +71,8 @@ def start_hub(settings: Settings, portal_url: str, state: Path, **env: str) -> H
         portal_api_token=settings.hub_spawn_check_token,
         service_token=settings.hub_api_token,
         env={
-            "HUB_OAUTH_CLIENT_ID": settings.hub_oauth_client_id,
-            "HUB_OAUTH_CLIENT_SECRET": settings.hub_oauth_client_secret,
+            "PORTAL_HUB_OAUTH_CLIENT_ID": settings.hub_oauth_client_id,
+            "PORTAL_HUB_OAUTH_CLIENT_SECRET": settings.hub_oauth_client_secret,
             "HUB_CULL_IDLE_SECONDS": "0",
             "DASK_KERNEL_N_WORKERS": "2",
             **env,
@@ -114,7 +115,7 @@ def served(app: Flask, *, port: int = 0) -> Iterator[str]:
 
 
 @pytest.fixture
-def stack(make_settings, tmp_path: Path) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def stack(make_settings, tmp_path: Path) -> Iterator[Stack]:
     with running_stack(hub_settings(make_settings, free_port()), tmp_path / "hub") as running:
         yield running
 
@@ -264,7 +265,7 @@ def test_a_notebook_is_launched_checked_run_metered_and_stopped_when_exhausted(s
         assert meter_notebooks(db, settings, client).total == 0
 
 
-def test_the_hub_logs_users_in_through_the_portal(stack: Stack, oidc_provider) -> None:  # type: ignore[no-untyped-def]
+def test_the_hub_logs_users_in_through_the_portal(stack: Stack, oidc_provider) -> None:
     """A browser logged in at the portal follows the hub's login: hub -> portal /oauth/authorize -> hub."""
     browser = requests.Session()
     sub = f"hubuser-{uuid.uuid4().hex[:10]}"
@@ -308,7 +309,7 @@ def test_the_hub_logs_users_in_through_the_portal(stack: Stack, oidc_provider) -
     assert me.json()["name"] == f"u{user.id}"
 
 
-def test_a_member_launches_from_the_project_page_follows_the_start_and_stops_it(stack: Stack, login) -> None:  # type: ignore[no-untyped-def]
+def test_a_member_launches_from_the_project_page_follows_the_start_and_stops_it(stack: Stack, login) -> None:
     from tests.conftest import post_form
 
     browser = stack.app.test_client()

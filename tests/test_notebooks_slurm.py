@@ -27,15 +27,16 @@ from sqlmodel import Session, col, select
 pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 pytest.importorskip("batchspawner", reason="needs batchspawner (the [hub] extra)")
 
+from portal_standin.devhub import REPO, HubProcess
+from portal_standin.devstack import free_port
+from portal_standin.devstack_slurm import SlurmCluster
+
 from portal import create_app
 from portal.compute.hub_client import HubClient, ServerStatus
 from portal.compute.launch import BY_USER, EXHAUSTED, launch_notebook, meter_notebooks, stop_notebook
 from portal.compute.services import SpawnRefused
 from portal.config import Settings
 from portal.db import utcnow
-from portal.devhub import REPO, HubProcess
-from portal.devstack import free_port
-from portal.devstack_slurm import SlurmCluster
 from portal.identity.models import User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, LedgerEntry, Resource, ResourceKind, Site
@@ -47,7 +48,7 @@ from tests.test_compute import open_now, plan_capacity_around_now
 from tests.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for
 from tests.test_notebooks import served, start_hub
 
-pytestmark = [pytest.mark.hub, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.hub, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 CLUSTER = "factory"
 #: Small profiles, so that a notebook, a Dask scheduler and workers fit on the test node's 8 CPUs.
@@ -76,7 +77,7 @@ class Factory:
 
 
 @contextmanager
-def factory_stack(make_settings, login, slurm: SlurmCluster, state: Path) -> Iterator[Factory]:  # type: ignore[no-untyped-def]
+def factory_stack(make_settings, login, slurm: SlurmCluster, state: Path) -> Iterator[Factory]:
     if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
         pytest.skip("configurable-http-proxy is not installed (npm ci)")
     hub_url = f"http://127.0.0.1:{free_port()}"
@@ -128,7 +129,7 @@ def factory_stack(make_settings, login, slurm: SlurmCluster, state: Path) -> Ite
                 portal_url,
                 state,
                 HUB_SPAWNER="slurm",
-                HUB_SLURM_CLUSTER=CLUSTER,
+                PORTAL_HUB_SLURM_CLUSTER=CLUSTER,
                 HUB_SLURM_HOME_ROOT=str(state.parent / "homes"),
                 HUB_SLURM_SERVER_IP="127.0.0.1",
                 SLURM_CONF=str(slurm.conf),
@@ -146,7 +147,7 @@ def factory_stack(make_settings, login, slurm: SlurmCluster, state: Path) -> Ite
 
 
 @pytest.fixture
-def factory(make_settings, login, slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[Factory]:  # type: ignore[no-untyped-def]
+def factory(make_settings, login, slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[Factory]:
     with factory_stack(make_settings, login, slurm_cluster, tmp_path / "hub") as stack:
         yield stack
 

@@ -21,13 +21,13 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from portal_standin.devstack import free_port, patience, wait_for_http
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, col, select
 
 from portal import create_app
 from portal.compute.hub_client import HubServer
 from portal.compute.launch import meter_notebooks
-from portal.devstack import free_port, wait_for_http
 from portal.identity.services import create_agent_token
 from portal.ledger import services as ledger
 from portal.ledger.models import ResourceKind
@@ -61,7 +61,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def metered_app(make_settings) -> Iterator[Flask]:  # type: ignore[no-untyped-def]
+def metered_app(make_settings) -> Iterator[Flask]:
     app = create_app(make_settings(metrics_token=TOKEN))
     yield app
     app.extensions["portal.engine"].dispose()
@@ -87,7 +87,7 @@ def signed(payload: bytes, secret: str) -> str:
     return f"t={stamp},v1={digest}"
 
 
-def test_metrics_count_what_real_traffic_did(metered_app: Flask, login) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_count_what_real_traffic_did(metered_app: Flask, login) -> None:
     client = metered_app.test_client()
     settings = metered_app.extensions["portal.settings"]
     before = scrape(client)
@@ -190,10 +190,10 @@ def test_metrics_show_notebook_spawns_their_durations_and_the_hubs_metering_lag(
         requested = sessions[0].requested_at
         # The hub sets a server's `started` as the spawn begins, before it asks the portal; only a1-1 comes up.
         up = HubServer(f"u{world.pi.id}", "a1-1", ready=True, pending=None, started=requested, url="/user/a1-1/")
-        first = meter_notebooks(db, settings, HubAnswering([up]), requested + timedelta(seconds=7))  # type: ignore[arg-type]
+        first = meter_notebooks(db, settings, HubAnswering([up]), requested + timedelta(seconds=7))
         assert first.started == [sessions[0].id]
         later = requested + timedelta(minutes=11)
-        assert meter_notebooks(db, settings, HubAnswering([up]), later).stopped == {sessions[1].id: "not started"}  # type: ignore[arg-type]
+        assert meter_notebooks(db, settings, HubAnswering([up]), later).stopped == {sessions[1].id: "not started"}
     after = scrape(client)
 
     def delta(name: str, **labels: str) -> float:
@@ -240,7 +240,7 @@ def portal_env(app: Flask, **extra: str) -> dict[str, str]:
 
 def stop(process: subprocess.Popen[str]) -> str:
     process.send_signal(signal.SIGTERM)
-    _out, err = process.communicate(timeout=30)
+    _out, err = process.communicate(timeout=patience(30))
     return err
 
 
@@ -257,7 +257,7 @@ def test_gunicorn_workers_share_their_metrics_and_log_json_with_the_request_id(a
         text=True,
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)  # type: ignore[arg-type]
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
         with requests.Session() as http:
             for n in range(20):
                 answer = http.get(
@@ -293,7 +293,7 @@ def test_the_worker_serves_its_job_runs_and_failures_and_logs_json(app: Flask) -
     process = subprocess.Popen([PORTAL, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + patience(60)
         samples: Samples = {}
         while time.monotonic() < deadline:
             try:

@@ -28,7 +28,7 @@ def migrated_postgres(postgres_url: str) -> str:
 
 
 @pytest.fixture
-def pg_app(make_settings, migrated_postgres):  # type: ignore[no-untyped-def]
+def pg_app(make_settings, migrated_postgres):
     app = create_app(make_settings(database_url=migrated_postgres))
     yield app
     app.extensions["portal.engine"].dispose()
@@ -82,12 +82,12 @@ def _people(db: Session, n: int) -> list[User]:
     ]
 
 
-def run_together(*calls):  # type: ignore[no-untyped-def]
+def run_together(*calls):
     """Start the calls at the same moment in threads; return each one's result or exception."""
     barrier = threading.Barrier(len(calls))
     results: list[object] = [None] * len(calls)
 
-    def runner(i, call):  # type: ignore[no-untyped-def]
+    def runner(i, call):
         barrier.wait()
         try:
             results[i] = call()
@@ -108,7 +108,7 @@ def test_two_simultaneous_registrations_of_one_registry_number_make_one_organisa
         a, b = _people(db, 2)
     registry = "14532901"
 
-    def register(user):  # type: ignore[no-untyped-def]
+    def register(user):
         with Session(engine, expire_on_commit=False) as db:
             return projects.create_organisation(
                 db, user, name="Race OÜ", kind="sme", country="EE", registry_id=registry
@@ -132,7 +132,7 @@ def test_an_invitation_link_used_by_two_people_at_once_admits_only_one(pg_app):
         pi, x = _people(db, 2)
         org = projects.create_organisation(db, pi, name="Race Uni", kind="university", country="LT")
 
-    def accept(user, token):  # type: ignore[no-untyped-def]
+    def accept(user, token):
         with Session(engine, expire_on_commit=False) as db:
             return projects.accept_invitation(db, user, token)
 

@@ -18,6 +18,7 @@ from portal import create_app
 from portal.config import Settings
 from portal.identity.models import User
 from portal.projects import services
+from portal.projects.jobs import purge_stale_invitations
 from portal.projects.models import (
     Invitation,
     Organisation,
@@ -26,7 +27,6 @@ from portal.projects.models import (
     ProjectMembership,
     ProjectRole,
 )
-from portal.worker import purge_stale_invitations
 from tests.conftest import Mailbox, post_form
 
 ORG_FORM = {"name": "Warsaw AI Lab", "kind": "university", "country": "PL", "registry_id": "", "vat_number": ""}
@@ -43,7 +43,7 @@ def members(db: Session, project: Project) -> dict[int, str]:
     return {m.user_id: m.role for m in rows}
 
 
-def page(response) -> str:  # type: ignore[no-untyped-def]
+def page(response) -> str:
     return response.get_data(as_text=True)
 
 
@@ -127,7 +127,7 @@ def test_duplicate_registry_number_is_refused(client, login, db):
 
 
 @pytest.fixture
-def team(app: Flask, db: Session, login, settings: Settings) -> SimpleNamespace:  # type: ignore[no-untyped-def]
+def team(app: Flask, db: Session, login, settings: Settings) -> SimpleNamespace:
     """A PI with a project, and a helper to add members through invitations."""
     owner_client = app.test_client()
     owner = login(owner_client, given_name="Petra", family_name="Principal")
@@ -182,7 +182,7 @@ def test_project_title_is_required(team, db):
 
 
 @pytest.fixture
-def make_mail_app(make_settings, mailbox: Mailbox) -> Iterator[Callable[..., Flask]]:  # type: ignore[no-untyped-def]
+def make_mail_app(make_settings, mailbox: Mailbox) -> Iterator[Callable[..., Flask]]:
     """An app on the same database as ``app`` that sends its mail over SMTP to ``mailbox``."""
     apps: list[Flask] = []
 
@@ -197,7 +197,7 @@ def make_mail_app(make_settings, mailbox: Mailbox) -> Iterator[Callable[..., Fla
 
 
 @pytest.fixture
-def mail_team(make_mail_app, db: Session, login) -> SimpleNamespace:  # type: ignore[no-untyped-def]
+def mail_team(make_mail_app, db: Session, login) -> SimpleNamespace:
     mail_app = make_mail_app(invitation_ttl_hours=1)
     owner_client = mail_app.test_client()
     owner = login(owner_client, given_name="Petra", family_name="Principal")
@@ -206,7 +206,7 @@ def mail_team(make_mail_app, db: Session, login) -> SimpleNamespace:  # type: ig
     return SimpleNamespace(app=mail_app, owner=owner, owner_client=owner_client, org=org, project=project)
 
 
-def invite(team: SimpleNamespace, email: str, role: str = "member"):  # type: ignore[no-untyped-def]
+def invite(team: SimpleNamespace, email: str, role: str = "member"):
     return post_form(team.owner_client, f"/projects/{team.project.id}/invitations", {"email": email, "role": role})
 
 
@@ -273,7 +273,7 @@ def test_expired_invitation_is_refused_with_a_clear_page(mail_team, mailbox, db,
     invitee_client = mail_team.app.test_client()
     invitee = login(invitee_client)
     csrf_page = page(invitee_client.get("/account"))
-    csrf = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', csrf_page).group(1)  # type: ignore[union-attr]
+    csrf = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', csrf_page).group(1)
 
     with time_machine.travel(datetime.now(UTC) + timedelta(hours=2), tick=False):  # the link lived 1 hour
         shown = invitee_client.get(link)
@@ -400,7 +400,7 @@ def test_purge_deletes_only_unaccepted_invitations_expired_over_90_days(db, logi
     invite_at(timedelta(days=91), "stale@example.eu")
     stale_revoked, _ = invite_at(timedelta(days=120), "revoked@example.eu")
     with time_machine.travel(now - timedelta(days=120), tick=False):
-        services.revoke_invitation(db, team.owner, team.project, stale_revoked.id)  # type: ignore[arg-type]
+        services.revoke_invitation(db, team.owner, team.project, stale_revoked.id)
     invite_at(timedelta(days=89), "recent@example.eu")
     joiner, _ = team.add("member")  # (adds an accepted, unexpired invitation of its own)
     _accepted, token = invite_at(timedelta(days=200), joiner.email or "")

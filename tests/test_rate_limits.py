@@ -20,7 +20,7 @@ from tests.test_compute import authorize, basic, code_from, exchange
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def limited_app(make_settings, **limits: str) -> Flask:  # type: ignore[no-untyped-def]
+def limited_app(make_settings, **limits: str) -> Flask:
     return create_app(make_settings(rate_limits=limits))
 
 
@@ -31,7 +31,7 @@ def from_address(app: Flask, address: str) -> FlaskClient:
     return client
 
 
-def assert_too_many(response, *, problem: bool) -> int:  # type: ignore[no-untyped-def]
+def assert_too_many(response, *, problem: bool) -> int:
     assert response.status_code == 429, response.get_data(as_text=True)
     retry_after = int(response.headers["Retry-After"])
     assert 1 <= retry_after <= 3600
@@ -50,7 +50,8 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_login_starts_are_limited_per_address(make_settings) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.usefixtures("oidc_provider")  # its logins start at the provider
+def test_login_starts_are_limited_per_address(make_settings) -> None:
     app = limited_app(make_settings, login="3 per minute")
     browser = app.test_client()
     for _ in range(3):
@@ -61,7 +62,7 @@ def test_login_starts_are_limited_per_address(make_settings) -> None:  # type: i
 
 def test_failed_api_token_authentication_is_limited_and_then_even_a_good_token_waits(
     make_settings, login, db: Session
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     app = limited_app(make_settings, api_auth_failures="3 per minute")
     client = app.test_client()
     user = login(client)
@@ -76,7 +77,7 @@ def test_failed_api_token_authentication_is_limited_and_then_even_a_good_token_w
     assert from_address(app, "192.0.2.8").get("/api/v1/me", headers=bearer(token)).status_code == 200
 
 
-def test_the_hubs_failed_client_authentication_at_the_token_endpoint_is_limited(make_settings, login) -> None:  # type: ignore[no-untyped-def]
+def test_the_hubs_failed_client_authentication_at_the_token_endpoint_is_limited(make_settings, login) -> None:
     app = limited_app(make_settings, oauth_client_auth_failures="2 per minute")
     browser = app.test_client()
     login(browser)
@@ -88,7 +89,7 @@ def test_the_hubs_failed_client_authentication_at_the_token_endpoint_is_limited(
     assert_too_many(exchange(hub, code), problem=True)  # even with the right secret, for now
 
 
-def test_invitations_are_limited_when_sent_from_the_page_and_the_api(make_settings, login) -> None:  # type: ignore[no-untyped-def]
+def test_invitations_are_limited_when_sent_from_the_page_and_the_api(make_settings, login) -> None:
     app = limited_app(make_settings, invitations="2 per hour")
     client = app.test_client()
     user = login(client)
@@ -121,7 +122,7 @@ def test_invitations_are_limited_when_sent_from_the_page_and_the_api(make_settin
     assert_too_many(by_api[2], problem=True)
 
 
-def test_guessing_invitation_links_is_limited(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_guessing_invitation_links_is_limited(make_settings) -> None:
     app = limited_app(make_settings, invitations="3 per hour")
     guesser = app.test_client()
     answers = [guesser.get(f"/invitations/{uuid.uuid4().hex}").status_code for _ in range(3)]
@@ -129,7 +130,7 @@ def test_guessing_invitation_links_is_limited(make_settings) -> None:  # type: i
     assert_too_many(guesser.get(f"/invitations/{uuid.uuid4().hex}"), problem=False)
 
 
-def test_course_join_codes_are_limited_per_user(make_settings, login) -> None:  # type: ignore[no-untyped-def]
+def test_course_join_codes_are_limited_per_user(make_settings, login) -> None:
     app = limited_app(make_settings, join_codes="2 per minute")
     student = app.test_client()
     login(student)
@@ -143,20 +144,21 @@ def test_course_join_codes_are_limited_per_user(make_settings, login) -> None:  
     assert post_form(classmate, "/courses/join", {"code": "WRONG4"}, page="/courses").status_code != 429
 
 
-def test_the_default_limits_leave_ordinary_use_alone(client: FlaskClient, login) -> None:  # type: ignore[no-untyped-def]
+def test_the_default_limits_leave_ordinary_use_alone(client: FlaskClient, login) -> None:
     for _ in range(5):
         login(client)
     assert client.get("/account").status_code == 200
 
 
-def test_unknown_or_malformed_limits_are_refused_in_the_settings(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_or_malformed_limits_are_refused_in_the_settings(make_settings) -> None:
     with pytest.raises(ValueError, match="unknown rate limit"):
         make_settings(rate_limits={"logins": "3 per minute"})
     with pytest.raises(ValueError, match="is not a limit"):
         make_settings(rate_limits={"login": "lots"})
 
 
-def test_redis_shares_the_counters_between_processes(make_settings) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.usefixtures("oidc_provider")  # its logins start at the provider
+def test_redis_shares_the_counters_between_processes(make_settings) -> None:
     """Two applications (two gunicorn workers) on one Redis count together; requires Redis on 127.0.0.1:6379."""
     import redis
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlmodel import Session, select
 
-from portal.formatting import quantity
+from portal.formatting import money, quantity
 from portal.grants import services as grants
 from portal.grants.models import ReviewMode
 from portal.identity.models import FactoryRole, User
@@ -26,7 +26,6 @@ from portal.ledger import services as ledger
 from portal.ledger.models import AllocationSource, ResourceKind, UsageMonth
 from portal.ledger.services import UsageCharge
 from portal.market import services as market
-from portal.market.invoice_pdf import money
 from portal.market.models import InvoiceKind, Order, OrderState
 from portal.projects import services as projects
 from portal.reports import rollups
@@ -246,7 +245,7 @@ def seed(db: Session) -> SimpleNamespace:
     )
 
 
-def charge(db: Session, allocations: dict, usage: list[tuple[str, int, date]], prefix: str = "seed") -> None:  # type: ignore[type-arg]
+def charge(db: Session, allocations: dict, usage: list[tuple[str, int, date]], prefix: str = "seed") -> None:
     charges = [
         UsageCharge(allocations[key].id, hours * HOUR, f"{prefix}:{i}", "Slurm job", day)
         for i, (key, hours, day) in enumerate(usage)
@@ -259,7 +258,7 @@ def factory(db: Session) -> SimpleNamespace:
     return seed(db)
 
 
-def staff_client(app: Flask, db: Session, login, role: FactoryRole | None) -> tuple[Any, User]:  # type: ignore[no-untyped-def]
+def staff_client(app: Flask, db: Session, login, role: FactoryRole | None) -> tuple[Any, User]:
     client = app.test_client()
     user = login(client)
     if role is not None:
@@ -267,12 +266,12 @@ def staff_client(app: Flask, db: Session, login, role: FactoryRole | None) -> tu
     return client, user
 
 
-def table_of(db: Session, actor: User, name: str, quarter: str = "2030-Q1", site: int | None = None) -> list[dict]:  # type: ignore[type-arg]
+def table_of(db: Session, actor: User, name: str, quarter: str = "2030-Q1", site: int | None = None) -> list[dict]:
     _scope, table = reports.report_table(db, actor, name, reports.parse_filter(quarter, site))
     return table.rows
 
 
-def by(rows: list[dict], *keys: str) -> dict:  # type: ignore[type-arg]
+def by(rows: list[dict], *keys: str) -> dict:
     return {tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]]: r for r in rows}
 
 
@@ -369,7 +368,7 @@ def test_top_projects_rank_each_kind_by_use_in_the_quarter(db, factory):
     assert first_gpu["organisation"] == "Uni of Warsaw" and first_gpu["used"] == 145 * HOUR
 
 
-def sell(db: Session, settings, factory, lines: list[tuple[str, str, int, int, int]]) -> list[tuple]:  # type: ignore[no-untyped-def,type-arg]
+def sell(db: Session, settings, factory, lines: list[tuple[str, str, int, int, int]]) -> list[tuple]:
     """Orders paid and invoiced as the webhook would do it: (organisation, offering, hours, unit price, VAT bp)."""
     sold = []
     for org_name, offering_key, hours, unit_cents, vat_bp in lines:
@@ -403,7 +402,7 @@ def sell(db: Session, settings, factory, lines: list[tuple[str, str, int, int, i
 
 
 @pytest.fixture
-def shop(db, settings, factory):  # type: ignore[no-untyped-def]
+def shop(db, settings, factory):
     factory.offerings = {
         "h100": market.create_offering(
             db,
@@ -478,7 +477,7 @@ def test_the_applications_funnel_counts_each_calls_applications_by_stage(app, db
 
     organisation = projects.get_organisation(db, g.pi, g.project.organisation_id)
 
-    def application(title: str):  # type: ignore[no-untyped-def]
+    def application(title: str):
         g.project = projects.create_project(db, g.pi, organisation, title=title)
         return complete_draft(db, g)
 
@@ -558,7 +557,7 @@ def html_table(page: str, name: str) -> list[list[str]]:
     ]
 
 
-def shown(value: Any, fmt: str, row: dict) -> str:  # type: ignore[type-arg]
+def shown(value: Any, fmt: str, row: dict) -> str:
     if value is None:
         return "–"
     if fmt == "quantity":

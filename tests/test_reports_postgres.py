@@ -39,7 +39,7 @@ def test_charges_during_a_rebuild_all_end_up_in_the_rollup_once(engine):
             with Session(engine) as db:
                 for j in range(CHARGES):
                     day = date(2030, 1 + (i + j) % 6, 10)
-                    charge = UsageCharge(allocation.id, 60, f"pg-report-{i}-{j}", "job", day)  # type: ignore[arg-type]
+                    charge = UsageCharge(allocation.id, 60, f"pg-report-{i}-{j}", "job", day)
                     ledger.charge_usage_batch(db, [charge])
         except BaseException as exc:
             failures.append(exc)

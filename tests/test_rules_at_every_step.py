@@ -43,12 +43,12 @@ from tests.test_grants_pages import (
     text,
 )
 
-SETTINGS = Settings(env="test", mail_backend="log")  # type: ignore[call-arg]
+SETTINGS = Settings(env="test", mail_backend="log")
 
 # --- the level of assurance of the login that performs the step ---------------------------------------------
 
 
-def test_a_draft_started_at_substantial_is_not_submitted_from_a_later_login_at_low(  # type: ignore[no-untyped-def]
+def test_a_draft_started_at_substantial_is_not_submitted_from_a_later_login_at_low(
     g,  # noqa: F811
     db: Session,
     login,
@@ -71,11 +71,11 @@ def test_a_draft_started_at_substantial_is_not_submitted_from_a_later_login_at_l
 
 def test_the_shared_level_check_names_the_step_and_the_logins_level() -> None:
     user = SimpleNamespace(id=1)
-    require_level(login_of(user, level=AssuranceLevel.HIGH), AssuranceLevel.SUBSTANTIAL, to="pay")  # type: ignore[arg-type]
+    require_level(login_of(user, level=AssuranceLevel.HIGH), AssuranceLevel.SUBSTANTIAL, to="pay")
     with pytest.raises(AssuranceTooLow, match=r"To buy for an organisation, log in at level substantial .* level low"):
         require_level(
             login_of(user, level=AssuranceLevel.LOW), AssuranceLevel.SUBSTANTIAL, to="buy for an organisation"
-        )  # type: ignore[arg-type]
+        )
     with pytest.raises(AssuranceTooLow, match="no login"):
         require_level(None, AssuranceLevel.SUBSTANTIAL, to="pay")
 
@@ -83,7 +83,7 @@ def test_the_shared_level_check_names_the_step_and_the_logins_level() -> None:
 # --- conflicts of interest and site operators' scope ------------------------------------------------------------
 
 
-def test_a_reviewer_who_declared_a_conflict_no_longer_reads_the_application_or_its_pdf(  # type: ignore[no-untyped-def]
+def test_a_reviewer_who_declared_a_conflict_no_longer_reads_the_application_or_its_pdf(
     g,  # noqa: F811
     db: Session,
     login,
@@ -94,7 +94,7 @@ def test_a_reviewer_who_declared_a_conflict_no_longer_reads_the_application_or_i
     grants.administrative_check(db, g.settings, g.manager, application, passed=True)
     operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
     tech = grants.assign_reviewer(db, g.settings, g.manager, application, operator, kind=ReviewKind.TECHNICAL)
-    grants.submit_review(db, operator, tech.id, comment_to_applicant="Fine.", feasible=True)  # type: ignore[arg-type]
+    grants.submit_review(db, operator, tech.id, comment_to_applicant="Fine.", feasible=True)
     grants.complete_technical_assessment(db, g.settings, g.manager, application)
     reviewer_client = g.app.test_client()
     reviewer = login(reviewer_client, given_name="Rita", family_name="Reviewer")
@@ -104,11 +104,11 @@ def test_a_reviewer_who_declared_a_conflict_no_longer_reads_the_application_or_i
     review = grants.assign_reviewer(db, g.settings, g.manager, application, reviewer, kind=ReviewKind.SCIENTIFIC)
     assert reviewer_client.get(f"/files/{upload.id}").status_code == 200  # assigned: the reviewer reads it
 
-    grants.declare_conflict(db, reviewer, review.id, reason="I co-authored with the PI.")  # type: ignore[arg-type]
+    grants.declare_conflict(db, reviewer, review.id, reason="I co-authored with the PI.")
     for path in (f"/reviews/{review.id}", f"/applications/{application.id}", f"/files/{upload.id}"):
         assert reviewer_client.get(path).status_code == 404, path
     with pytest.raises(NotFound):
-        grants.get_file(db, reviewer, upload.id)  # type: ignore[arg-type]
+        grants.get_file(db, reviewer, upload.id)
 
 
 def test_a_site_operator_sees_projects_only_at_assigned_sites_and_applications_only_through_a_review(
@@ -119,7 +119,7 @@ def test_a_site_operator_sees_projects_only_at_assigned_sites_and_applications_o
     operator = staff(db, FactoryRole.SITE_OPERATOR, "Operator")
     assert not allowed(db, operator, Action.VIEW_PROJECT, gw.project)
     with pytest.raises(NotFound):
-        grants.get_application(db, operator, application.id)  # type: ignore[arg-type]
+        grants.get_application(db, operator, application.id)
     # an allocation at a site assigned to the operator makes the project (not its drafts) visible to them
     ledger.open_allocation(
         db,
@@ -133,24 +133,24 @@ def test_a_site_operator_sees_projects_only_at_assigned_sites_and_applications_o
         title="Earlier award",
     )
     assert not allowed(db, operator, Action.VIEW_PROJECT, gw.project)  # not their site yet
-    db.add(OperatorSite(user_id=operator.id, site_id=gw.ledger.site.id))  # type: ignore[arg-type]
+    db.add(OperatorSite(user_id=operator.id, site_id=gw.ledger.site.id))
     db.commit()
     assert allowed(db, operator, Action.VIEW_PROJECT, gw.project)
     assert allowed(db, operator, Action.VIEW_ORGANISATION, db.get(Organisation, gw.project.organisation_id))
     with pytest.raises(NotFound):
-        grants.get_application(db, operator, application.id)  # type: ignore[arg-type]
+        grants.get_application(db, operator, application.id)
 
 
 # --- tranches ---------------------------------------------------------------------------------------------------
 
 
-def _ranked(db: Session, gw, hours: int) -> Application:  # type: ignore[no-untyped-def]
+def _ranked(db: Session, gw, hours: int) -> Application:
     application = complete_draft(db, gw, hours=hours)
     grants.submit(db, SETTINGS, gw.pi, login_of(gw.pi), application)
     grants.administrative_check(db, SETTINGS, gw.manager, application, passed=True)
     operator = staff(db, FactoryRole.SITE_OPERATOR, f"Operator {application.id}")
     tech = grants.assign_reviewer(db, SETTINGS, gw.manager, application, operator, kind=ReviewKind.TECHNICAL)
-    grants.submit_review(db, operator, tech.id, comment_to_applicant="Fine.", feasible=True)  # type: ignore[arg-type]
+    grants.submit_review(db, operator, tech.id, comment_to_applicant="Fine.", feasible=True)
     grants.complete_technical_assessment(db, SETTINGS, gw.manager, application)
     return application
 
@@ -192,7 +192,7 @@ def test_the_second_tranches_capacity_is_held_by_the_decision_so_its_release_nev
     grants.decide_accept(db, SETTINGS, gw.manager, second, awarded={gw.ledger.gpu.id: 100 * HOUR}, starts_on=quarter)
 
     tranche = db.exec(select(Award).where(Award.application_id == first.id, Award.tranche == 2)).one()
-    grants.release_tranche(db, SETTINGS, gw.manager, tranche.id)  # type: ignore[arg-type]
+    grants.release_tranche(db, SETTINGS, gw.manager, tranche.id)
     allocation = fresh(db, allocation)
     assert (allocation.balance, allocation.reserved) == (200 * HOUR, 200 * HOUR)
     assert ledger.balance_mismatches(db) == []
@@ -227,7 +227,7 @@ def test_a_call_closing_on_a_day_takes_submissions_until_that_days_end_in_warsaw
     assert reload(db, late).state == ApplicationState.DRAFT
 
 
-def test_a_call_whose_only_cut_off_has_passed_takes_no_more_submissions_and_says_so(  # type: ignore[no-untyped-def]
+def test_a_call_whose_only_cut_off_has_passed_takes_no_more_submissions_and_says_so(
     g,  # noqa: F811
     db: Session,
 ) -> None:
@@ -315,12 +315,12 @@ def test_a_removal_while_a_notebook_runs_and_the_hub_cannot_stop_it_keeps_the_se
     student, seat = enrol(db, course)
     session = spawn_as(db, settings, student, course, hours=1).session
     run_for(db, session, 60)
-    assert classroom.remove_student(db, room.world.pi, course, seat.id).waiting  # type: ignore[arg-type]
+    assert classroom.remove_student(db, room.world.pi, course, seat.id).waiting
     session = fresh(db, session)
     hub = HubThatCannotStop([up(session)])
-    meter_notebooks(db, settings, hub, session.started_at + timedelta(minutes=30))  # type: ignore[operator]
+    meter_notebooks(db, settings, hub, session.started_at + timedelta(minutes=30))
     assert classroom.settle_removed_students(db, settings) == 0  # the notebook may still be charged
-    meter_notebooks(db, settings, hub, session.started_at + timedelta(hours=2))  # type: ignore[operator]
+    meter_notebooks(db, settings, hub, session.started_at + timedelta(hours=2))
     assert fresh(db, seat).used == 7200  # charged to its time limit; nothing more can land
     assert classroom.settle_removed_students(db, settings) == 1
     share = db.get(Allocation, course.allocation_id)

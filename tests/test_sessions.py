@@ -21,7 +21,7 @@ COOKIE = "portal_session"
 def copy_of(client: FlaskClient) -> FlaskClient:
     """Another browser holding a copy of ``client``'s session cookie (stolen, or a forgotten tab)."""
     other = client.application.test_client()
-    other.set_cookie(COOKIE, client.get_cookie(COOKIE).value)  # type: ignore[union-attr]
+    other.set_cookie(COOKIE, client.get_cookie(COOKIE).value)
     return other
 
 
@@ -35,7 +35,7 @@ def logged_in(client: FlaskClient) -> bool:
 
 def test_a_cookie_copied_before_logout_opens_nothing_and_mints_no_token_afterwards(
     client: FlaskClient, login, db: Session
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     user = login(client)
     thief = copy_of(client)
     token = csrf_token(thief)  # the thief even has a valid form token from before the logout
@@ -51,7 +51,7 @@ def test_a_cookie_copied_before_logout_opens_nothing_and_mints_no_token_afterwar
     assert db.exec(select(ApiToken).where(ApiToken.user_id == user.id)).all() == []
 
 
-def test_log_out_everywhere_ends_the_sessions_of_every_browser(app: Flask, login, db: Session) -> None:  # type: ignore[no-untyped-def]
+def test_log_out_everywhere_ends_the_sessions_of_every_browser(app: Flask, login, db: Session) -> None:
     sub = unique_sub()
     laptop, phone = app.test_client(), app.test_client()
     me = login(laptop, sub)
@@ -76,7 +76,7 @@ def test_log_out_everywhere_ends_the_sessions_of_every_browser(app: Flask, login
 
 def test_a_session_ends_at_its_absolute_lifetime_however_active_and_its_cookie_is_not_renewed(
     make_settings, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from portal import create_app
 
     client = create_app(make_settings(session_lifetime_hours=2)).test_client()
@@ -92,7 +92,7 @@ def test_a_session_ends_at_its_absolute_lifetime_however_active_and_its_cookie_i
         assert not logged_in(client)
 
 
-def test_losing_a_role_ends_the_sessions_of_its_holder(app: Flask, login, db: Session) -> None:  # type: ignore[no-untyped-def]
+def test_losing_a_role_ends_the_sessions_of_its_holder(app: Flask, login, db: Session) -> None:
     boss_client, clerk_client = app.test_client(), app.test_client()
     boss = login(boss_client)
     clerk = login(clerk_client)
@@ -107,17 +107,17 @@ def test_losing_a_role_ends_the_sessions_of_its_holder(app: Flask, login, db: Se
     assert logged_in(boss_client)
 
 
-def test_revoking_through_the_service_ends_the_sessions_too(app: Flask, login, db: Session) -> None:  # type: ignore[no-untyped-def]
+def test_revoking_through_the_service_ends_the_sessions_too(app: Flask, login, db: Session) -> None:
     client = app.test_client()
     reviewer = login(client)
     boss = db.get(User, login(app.test_client()).id)
-    grant_role(db, None, boss, FactoryRole.ADMIN, reason="test setup")  # type: ignore[arg-type]
+    grant_role(db, None, boss, FactoryRole.ADMIN, reason="test setup")
     grant_role(db, None, reviewer, FactoryRole.REVIEWER, reason="test setup")
-    revoke_role(db, boss, reviewer, FactoryRole.REVIEWER, reason="Conflict of interest")  # type: ignore[arg-type]
+    revoke_role(db, boss, reviewer, FactoryRole.REVIEWER, reason="Conflict of interest")
     assert not logged_in(client)
 
 
-def test_deactivating_a_user_on_the_command_line_ends_their_sessions_at_once(app: Flask, login, db: Session) -> None:  # type: ignore[no-untyped-def]
+def test_deactivating_a_user_on_the_command_line_ends_their_sessions_at_once(app: Flask, login, db: Session) -> None:
     client = app.test_client()
     user = login(client)
     assert logged_in(client)
@@ -129,7 +129,7 @@ def test_deactivating_a_user_on_the_command_line_ends_their_sessions_at_once(app
     assert not logged_in(client)
     again = app.test_client()
     db.expire_all()
-    assert db.get(User, user.id).is_active is False  # type: ignore[union-attr]
+    assert db.get(User, user.id).is_active is False
     from tests.conftest import LoginAttempt
 
     refused = LoginAttempt(again, "eidas").start().authorize(client_sub(db, user)).finish()
@@ -142,7 +142,7 @@ def client_sub(db: Session, user: User) -> str:
     return db.exec(select(ExternalIdentity).where(ExternalIdentity.user_id == user.id)).one().subject
 
 
-def test_hub_access_tokens_end_with_the_portal_session_that_issued_them(app: Flask, login) -> None:  # type: ignore[no-untyped-def]
+def test_hub_access_tokens_end_with_the_portal_session_that_issued_them(app: Flask, login) -> None:
     browser = app.test_client()
     login(browser)
     hub = app.test_client()
@@ -160,7 +160,7 @@ def test_hub_access_tokens_end_with_the_portal_session_that_issued_them(app: Fla
     assert late.status_code == 400 and late.json["error"] == "invalid_grant"
 
 
-def test_a_session_from_before_server_side_sessions_is_not_honoured(app: Flask, login) -> None:  # type: ignore[no-untyped-def]
+def test_a_session_from_before_server_side_sessions_is_not_honoured(app: Flask, login) -> None:
     """A cookie signed with the right key but naming no server-side session (as every cookie did before)."""
     client = app.test_client()
     login(client)

@@ -1,7 +1,7 @@
 """Slurm for real: ``portal slurm sync`` makes accounts, users and limits; real jobs are pulled with sacct and
 charged once; an exhausted allocation's account is held and released when hours are added.
 
-One Slurm cluster (``portal.devstack_slurm.SlurmCluster``: munged, slurmdbd on the local MariaDB,
+One Slurm cluster (``portal_standin.devstack_slurm.SlurmCluster``: munged, slurmdbd on the local MariaDB,
 slurmctld, slurmd with 2 fake GPUs) serves the whole file, so the file runs in one pytest-xdist worker
 (``--dist loadfile`` as in ``scripts/test``, or the ``xdist_group`` with ``--dist loadgroup``). Each test
 has its own site, so its accounts (``<site>-<allocation id>``) are its own on the shared cluster.
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from portal_standin.devstack import patience
+from portal_standin.devstack_slurm import SlurmCluster
 from sqlmodel import Session, select
 
 from portal.config import SlurmClusterConfig
 from portal.db import utcnow
-from portal.devstack_slurm import SlurmCluster
 from portal.identity.models import User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, EntryKind, Resource, ResourceKind, Site
@@ -43,7 +44,7 @@ from portal.worker import run_due_jobs
 from tests.conftest import portal_cli
 from tests.ledger_world import HOUR, admin, person
 
-pytestmark = pytest.mark.xdist_group("slurm")
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 CLUSTER = "factory"
 PORTAL = str(Path(sys.executable).parent / "portal")
@@ -55,7 +56,7 @@ def site_code() -> str:
 
 
 @pytest.fixture
-def settings(make_settings, slurm_cluster: SlurmCluster, site_code: str):  # type: ignore[no-untyped-def]
+def settings(make_settings, slurm_cluster: SlurmCluster, site_code: str):
     """The suite's settings plus the cluster, at this test's own site."""
     return make_settings(
         slurm_clusters=[{"name": CLUSTER, "site": site_code, "slurm_conf": str(slurm_cluster.conf)}],
@@ -85,7 +86,7 @@ class World:
 
 
 @pytest.fixture
-def world(db: Session, app, site_code: str) -> World:  # type: ignore[no-untyped-def]
+def world(db: Session, app, site_code: str) -> World:
     """A site with H100 and CPU resources, a project (PI and one member) with 10 GPU-hours and 100 core-hours
     running from yesterday for 30 days."""
     settings = app.extensions["portal.settings"]
@@ -140,14 +141,16 @@ def associations(cluster: SlurmCluster) -> dict[str, dict[str, str]]:
     return table
 
 
-def wait_for(what: str, check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+def wait_for(what: str, check, timeout: float = 30.0):
+    """Poll ``check`` until it is true: ``timeout`` seconds on an idle machine, more on a busy one."""
+    timeout = patience(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
         time.sleep(0.25)
-    raise AssertionError(f"{what}: not within {timeout} s")
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def sbatch(cluster: SlurmCluster, account: str, *options: str) -> str:

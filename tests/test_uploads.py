@@ -22,11 +22,11 @@ QUOTA = 3000
 
 
 @pytest.fixture
-def settings(make_settings) -> Settings:  # type: ignore[no-untyped-def]
+def settings(make_settings) -> Settings:
     return make_settings(upload_quota_bytes=QUOTA)
 
 
-def upload(g, application_id: int, content: bytes, name: str):  # type: ignore[no-untyped-def]
+def upload(g, application_id: int, content: bytes, name: str):
     return post_form(
         g.pi_client,
         f"/applications/{application_id}/files",
@@ -38,10 +38,10 @@ def upload(g, application_id: int, content: bytes, name: str):  # type: ignore[n
 
 def stored(db: Session) -> list[ApplicationFile]:
     db.expire_all()
-    return list(db.exec(select(ApplicationFile).order_by(ApplicationFile.id)))  # type: ignore[arg-type]
+    return list(db.exec(select(ApplicationFile).order_by(ApplicationFile.id)))
 
 
-def test_a_replaced_pdf_is_deleted_and_no_longer_served(g, db):  # type: ignore[no-untyped-def]
+def test_a_replaced_pdf_is_deleted_and_no_longer_served(g, db):
     application = draft(db, g)
     assert upload(g, application.id, PAGE, "plan-v1.pdf").status_code == 302
     first_id = stored(db)[0].id
@@ -54,7 +54,7 @@ def test_a_replaced_pdf_is_deleted_and_no_longer_served(g, db):  # type: ignore[
     assert g.pi_client.get(f"/files/{latest.id}").data == PAGE
 
 
-def test_uploads_past_the_users_quota_are_refused_saying_how_much_is_used(g, db):  # type: ignore[no-untyped-def]
+def test_uploads_past_the_users_quota_are_refused_saying_how_much_is_used(g, db):
     drafts = [draft(db, g, title=f"Draft {n}") for n in range(3)]
     assert upload(g, drafts[0].id, PAGE, "a.pdf").status_code == 302
     assert upload(g, drafts[1].id, PAGE, "b.pdf").status_code == 302
@@ -72,7 +72,7 @@ def test_uploads_past_the_users_quota_are_refused_saying_how_much_is_used(g, db)
     assert [f.filename for f in stored(db)] == ["a.pdf", "b2.pdf"]
 
 
-def test_a_file_is_served_as_a_safe_pdf_name_whatever_it_was_uploaded_as(g, db):  # type: ignore[no-untyped-def]
+def test_a_file_is_served_as_a_safe_pdf_name_whatever_it_was_uploaded_as(g, db):
     application = draft(db, g)
     for given, served in [
         ("case.html", "case.pdf"),

@@ -16,7 +16,7 @@ from tests.ledger_world import HOUR, make_world, open_q1, person
 
 
 @pytest.fixture
-def site_setup(db):  # type: ignore[no-untyped-def]
+def site_setup(db):
     here = make_world(db)
     elsewhere = make_world(db)
     allocation = open_q1(db, here, 10)
@@ -28,7 +28,7 @@ def site_setup(db):  # type: ignore[no-untyped-def]
     return allocation, foreign, plain, operator
 
 
-def record(allocation_id: int, record_id: str, seconds: int, **extra):  # type: ignore[no-untyped-def]
+def record(allocation_id: int, record_id: str, seconds: int, **extra):
     return {
         "id": record_id,
         "allocation_id": allocation_id,
@@ -40,7 +40,7 @@ def record(allocation_id: int, record_id: str, seconds: int, **extra):  # type: 
     }
 
 
-def post(client, token, records):  # type: ignore[no-untyped-def]
+def post(client, token, records):
     return client.post("/api/v1/usage", json={"records": records}, headers={"Authorization": f"Bearer {token}"})
 
 
@@ -76,7 +76,7 @@ def test_a_batch_with_one_bad_record_is_refused_whole(client, db, site_setup):
     assert allocation.used == 0
 
 
-def agent_site_code(db, allocation) -> str:  # type: ignore[no-untyped-def]
+def agent_site_code(db, allocation) -> str:
     resource = db.get(Resource, allocation.resource_id)
     return db.get(Site, resource.site_id).code
 

@@ -20,7 +20,7 @@ from portal.projects.identifiers import EU_COUNTRIES
 DAY = date(2026, 11, 26)
 
 
-def sale(customer_country: str, vat_number: str | None = None, on: date = DAY, seller: str = "PL"):  # type: ignore[no-untyped-def]
+def sale(customer_country: str, vat_number: str | None = None, on: date = DAY, seller: str = "PL"):
     return treatment_for(
         seller_country=seller, customer_country=customer_country, customer_vat_number=vat_number, on=on
     )

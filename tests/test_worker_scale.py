@@ -18,6 +18,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 import yaml
+from portal_standin.devstack import free_port
 from prometheus_client import generate_latest
 from sqlmodel import Session, col, func, select
 
@@ -26,7 +27,6 @@ from portal.compute.hub_client import HubServer
 from portal.compute.launch import TIME_LIMIT, meter_notebooks
 from portal.config import load_settings
 from portal.db import utcnow
-from portal.devstack import free_port
 from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry, ResourceKind
 from portal.migrations import upgrade
@@ -99,7 +99,7 @@ def up(session: NotebookSession) -> HubServer:
 
 
 @pytest.fixture(scope="module")
-def pg_engine(postgres_url: str):  # type: ignore[no-untyped-def]
+def pg_engine(postgres_url: str):
     upgrade(postgres_url)
     engine = sa.create_engine(postgres_url, pool_size=8, max_overflow=0)
     yield engine
@@ -107,7 +107,7 @@ def pg_engine(postgres_url: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.postgres
-def test_two_workers_meter_disjoint_shares_of_the_servers_and_charge_each_once(pg_engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_workers_meter_disjoint_shares_of_the_servers_and_charge_each_once(pg_engine, tmp_path) -> None:
     settings = load_settings(env="test", database_url=str(pg_engine.url), secret_key="x", instance_path=tmp_path)
     with Session(pg_engine, expire_on_commit=False) as db:
         sessions = running_sessions(db, 60, ran=timedelta(minutes=10))
@@ -117,7 +117,7 @@ def test_two_workers_meter_disjoint_shares_of_the_servers_and_charge_each_once(p
 
     def worker(i: int) -> None:
         with Session(pg_engine, expire_on_commit=False) as db:
-            reports[i] = meter_notebooks(db, settings, hub, now, fresh_for=timedelta(seconds=30), batch=5)  # type: ignore[arg-type]
+            reports[i] = meter_notebooks(db, settings, hub, now, fresh_for=timedelta(seconds=30), batch=5)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -142,13 +142,13 @@ def test_two_workers_meter_disjoint_shares_of_the_servers_and_charge_each_once(p
 
 
 @pytest.mark.postgres
-def test_a_daily_job_runs_once_a_day_however_many_workers_start(pg_engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_daily_job_runs_once_a_day_however_many_workers_start(pg_engine, tmp_path) -> None:
     settings = load_settings(
         env="test", database_url=str(pg_engine.url), secret_key="x", instance_path=tmp_path,
         hub_url=f"http://127.0.0.1:{free_port()}",
     )  # fmt: skip
     with Session(pg_engine) as db:
-        db.execute(sa.delete(WorkerJob.__table__))  # type: ignore[attr-defined]
+        db.execute(sa.delete(WorkerJob.__table__))
         db.commit()
     rounds: list[Any] = []
     together = threading.Barrier(3)
@@ -178,7 +178,7 @@ def test_a_daily_job_runs_once_a_day_however_many_workers_start(pg_engine, tmp_p
 # --- one database is enough for the rest ----------------------------------------------------------------------
 
 
-def test_a_failed_job_is_retried_after_1_then_2_minutes_not_at_every_round(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_job_is_retried_after_1_then_2_minutes_not_at_every_round(make_settings) -> None:
     broken = [{"name": "broken", "site": "nosite", "sacct": "/nonexistent/sacct", "sacctmgr": "/nonexistent/sacctmgr"}]
     settings = make_settings(slurm_clusters=broken, hub_url=f"http://127.0.0.1:{free_port()}")
     engine = sa.create_engine(settings.database_url)
@@ -214,7 +214,7 @@ class EmptyHub(BaseHTTPRequestHandler):
         pass
 
 
-def test_worker_once_exits_1_naming_metering_while_the_hub_is_unreachable_and_0_when_it_answers(app) -> None:  # type: ignore[no-untyped-def]
+def test_worker_once_exits_1_naming_metering_while_the_hub_is_unreachable_and_0_when_it_answers(app) -> None:
     down = portal_cli(app, "worker", "--once", PORTAL_HUB_URL=f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 1, down.stderr
     assert re.search(r"Error: 1 job\(s\) failed: meter_notebooks", down.stderr), down.stderr[-2000:]
@@ -227,7 +227,7 @@ def test_worker_once_exits_1_naming_metering_while_the_hub_is_unreachable_and_0_
     assert answering.returncode == 0, answering.stderr[-2000:]
 
 
-def test_the_health_check_fails_while_the_loop_is_stuck_though_metrics_still_answer(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_health_check_fails_while_the_loop_is_stuck_though_metrics_still_answer(make_settings) -> None:
     settings = make_settings(worker_metrics_port=free_port(), metrics_token=TOKEN)
     server = observability.serve_worker_metrics(settings, "127.0.0.1", stalled_after=1)
     assert server is not None
@@ -244,11 +244,11 @@ def test_the_health_check_fails_while_the_loop_is_stuck_though_metrics_still_ans
     assert metrics.status_code == 200 and "portal_worker_heartbeat_timestamp_seconds" in metrics.text
 
 
-def test_sigterm_ends_the_metering_round_after_the_server_in_hand(db: Session, settings) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_ends_the_metering_round_after_the_server_in_hand(db: Session, settings) -> None:
     sessions = running_sessions(db, 5, ran=timedelta(hours=2), hours=1)  # all past their time limit
     stop = threading.Event()
     hub = HubRunning([up(s) for s in sessions], on_stop=stop.set)  # SIGTERM arrives while the first one stops
-    report = meter_notebooks(db, settings, hub, keep_going=lambda: not stop.is_set())  # type: ignore[arg-type]
+    report = meter_notebooks(db, settings, hub, keep_going=lambda: not stop.is_set())
     assert report.stopped == {sessions[0].id: TIME_LIMIT}
     db.expire_all()
     left = db.exec(select(NotebookSession).where(col(NotebookSession.id).in_([s.id for s in sessions[1:]]))).all()
@@ -257,7 +257,7 @@ def test_sigterm_ends_the_metering_round_after_the_server_in_hand(db: Session, s
     assert hub.stopped == [(sessions[0].hub_user, sessions[0].server_name)]
 
 
-def test_a_stop_before_a_job_ends_the_round_there(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_stop_before_a_job_ends_the_round_there(make_settings) -> None:
     settings = make_settings(hub_url=f"http://127.0.0.1:{free_port()}")
     engine = sa.create_engine(settings.database_url)
     stop = threading.Event()
@@ -268,7 +268,7 @@ def test_a_stop_before_a_job_ends_the_round_there(make_settings) -> None:  # typ
 
 # --- what ships for operators ----------------------------------------------------------------------------------
 
-#: Metrics the alert rules may name although the portal does not export them yet, each documented in the README.
+#: Metrics the alert rules may name although the portal does not export them yet, each in docs/operator-guide.md.
 COMING = {"portal_backup_last_success_timestamp_seconds"}
 
 
@@ -294,7 +294,7 @@ def test_the_alert_rules_parse_and_name_only_metrics_the_portal_exports() -> Non
     assert {"PortalWorkerStalled", "PortalNotebookMeteringLag", "PortalStripeWebhookFailures",
             "PortalCapacityNearFull", "PortalBackupMissing"} <= set(alerts)  # fmt: skip
     exported = exported_metric_names()
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "operator-guide.md").read_text()
     for name, rule in alerts.items():
         expr = rule["expr"]
         assert expr.count("(") == expr.count(")"), name
@@ -307,7 +307,7 @@ def test_the_alert_rules_parse_and_name_only_metrics_the_portal_exports() -> Non
 
 def test_compose_gives_the_worker_longer_than_a_round_to_stop_and_checks_its_loop() -> None:
     worker = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["worker"]
-    interval = int(re.search(r"worker_interval_seconds\s*=\s*(\d+)", (REPO / "deploy/portal.toml").read_text())[1])  # type: ignore[index]
+    interval = int(re.search(r"worker_interval_seconds\s*=\s*(\d+)", (REPO / "deploy/portal.toml").read_text())[1])
     grace = re.fullmatch(r"(\d+)([sm])", worker["stop_grace_period"])
     assert grace is not None
     assert int(grace[1]) * (60 if grace[2] == "m" else 1) > interval

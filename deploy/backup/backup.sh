@@ -12,7 +12,7 @@
 #                                                    in Prometheus' text format (node_exporter's textfile collector
 #                                                    or any exporter reading that folder serves it)
 # A failed run changes neither file, so the timestamp ages and the "backups missing" alert fires.
-# README "Backups and restore" and docs/backups.md describe the restore.
+# docs/deployment.md, "Backups and restore", describes the restore.
 set -eu
 
 BACKUP_DIR=${BACKUP_DIR:-/backups}

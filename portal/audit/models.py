@@ -26,6 +26,7 @@ class AuditAction(StrEnum):
     OPERATOR_SITE_ASSIGNED = "operator_site_assigned"
     # sites, resources, capacity
     SITE_CREATED = "site_created"
+    SITE_UPDATED = "site_updated"
     RESOURCE_CREATED = "resource_created"
     CAPACITY_CHANGED = "capacity_changed"
     OVERBOOKING_CHANGED = "overbooking_changed"

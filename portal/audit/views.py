@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
+from flask import Blueprint, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import login_required
 
 from portal.audit import services
-from portal.audit.forms import AuditSearchForm
+from portal.audit.forms import ACTIONS, OBJECTS, AuditSearchForm
+from portal.audit.models import AuditAction
 from portal.authz import Action, require
 from portal.db import get_db
 from portal.errors import InvalidInput
-from portal.web import actor
+from portal.web import actor, csv_response
 
 bp = Blueprint("audit", __name__)
+
+
+@bp.app_template_filter("audit_action")
+def audit_action_label(action: str) -> str:
+    """An audited action as the page names it, in the reader's language."""
+    return str(ACTIONS[AuditAction(action)])
+
+
+@bp.app_template_filter("audited_object")
+def audited_object_label(object_type: str) -> str:
+    """The kind of object an action acted on (``object_type``), in the reader's language."""
+    return str(OBJECTS.get(object_type, object_type.replace("_", " ")))
 
 
 def _search_arguments() -> dict[str, str]:
@@ -28,7 +42,7 @@ def _search_form() -> AuditSearchForm:
 
 @bp.get("/admin/audit")
 @login_required
-def log():  # type: ignore[no-untyped-def]
+def log():
     db, me, form = get_db(), actor(), _search_form()
     if not form.validate():
         return render_template("audit/log.html", form=form, page=None, next_url=None, csv_url=None), 422
@@ -42,13 +56,9 @@ def log():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/audit.csv")
 @login_required
-def export():  # type: ignore[no-untyped-def]
+def export():
     form = _search_form()
     if not form.validate():
-        raise InvalidInput("The search is not valid.", errors={k: " ".join(v) for k, v in form.errors.items()})
-    lines = services.export_csv(get_db(), actor(), form.filters())
-    return Response(
-        stream_with_context(lines),
-        mimetype="text/csv",
-        headers={"Content-Disposition": 'attachment; filename="audit-log.csv"'},
-    )
+        raise InvalidInput(_("The search is not valid."), errors={k: " ".join(v) for k, v in form.errors.items()})
+    rows = services.export_rows(get_db(), actor(), form.filters())
+    return csv_response("audit-log.csv", services.CSV_COLUMNS, rows)

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from typing import Protocol
 
-from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlmodel import Session, col, select
@@ -20,12 +21,14 @@ from portal.classroom.models import Course, CourseState
 from portal.config import Settings
 from portal.db import get_db
 from portal.errors import DomainError, InvalidInput, ServiceUnavailable
-from portal.formatting import display_amount, parse_quantity
+from portal.formatting import parse_quantity, quantity, unit_name
 from portal.forms import ActionForm, apply_errors
+from portal.i18n import current_language
 from portal.identity.models import User
+from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationState, Resource
 from portal.notebook_models import NotebookSession
-from portal.web import actor, current_login, settings
+from portal.web import actor, csv_response, current_login, settings
 
 bp = Blueprint("classroom", __name__)
 
@@ -42,7 +45,7 @@ class StartNotebook(Protocol):
 def _start_notebook() -> StartNotebook:
     """compute's ``start_notebook``, installed by ``create_app``: compute checks and charges the course seats,
     so classroom receives what starts a notebook rather than importing it."""
-    return current_app.extensions["portal.start_notebook"]  # type: ignore[no-any-return]
+    return current_app.extensions["portal.start_notebook"]
 
 
 def _day_start(day: date) -> datetime:
@@ -66,7 +69,7 @@ def _submit(form: FlaskForm, work: Callable[[], str]) -> tuple[str | None, int]:
 
 @bp.get("/courses")
 @login_required
-def index():  # type: ignore[no-untyped-def]
+def index():
     db, me = get_db(), actor()
     can_teach = bool(classroom.funding_options(db, me))
     return render_template(
@@ -80,32 +83,36 @@ def index():  # type: ignore[no-untyped-def]
 
 @bp.route("/courses/new", methods=["GET", "POST"])
 @login_required
-def new():  # type: ignore[no-untyped-def]
+def new():
     db, me = get_db(), actor()
     options = classroom.funding_options(db, me)
     form = CourseForm()
-    form.allocation_id.choices = [  # type: ignore[assignment]
+    form.allocation_id.choices = [
         SelectChoice(
-            o.allocation.id,  # type: ignore[arg-type]
-            f"{o.project.title} · {o.allocation.title} · {display_amount(o.allocation.balance, o.resource.kind)} "
-            f"{o.resource.display_unit}s left",
+            o.allocation.id,
+            _(
+                "%(project)s · %(allocation)s · %(amount)s left",
+                project=o.project.title,
+                allocation=wording.allocation_title(o.allocation),
+                amount=quantity(o.allocation.balance, o.resource.kind, locale=current_language()),
+            ),
         )
         for o in options
     ]
-    form.profiles.choices = [(p.name, p.label) for p in settings().notebook_profiles]  # type: ignore[assignment]
+    form.profiles.choices = [(p.name, p.label) for p in settings().notebook_profiles]
 
     def create() -> str:
         chosen = next((o for o in options if o.allocation.id == form.allocation_id.data), None)
         if chosen is None:
-            raise InvalidInput("Choose an allocation.", errors={"allocation_id": "Choose one."})
+            raise InvalidInput(_("Choose an allocation."), errors={"allocation_id": _("Choose one.")})
         course = classroom.create_course(
             db,
             settings(),
             me,
-            parent_allocation_id=chosen.allocation.id,  # type: ignore[arg-type]
+            parent_allocation_id=chosen.allocation.id,
             title=form.title.data or "",
-            starts_at=_day_start(form.starts_on.data),  # type: ignore[arg-type]
-            ends_at=_day_start(form.ends_on.data),  # type: ignore[arg-type]
+            starts_at=_day_start(form.starts_on.data),
+            ends_at=_day_start(form.ends_on.data),
             student_cap=parse_quantity(form.student_hours.data or "", chosen.resource.kind, field="student_hours"),
             max_seats=form.max_seats.data or 0,
             profiles=list(form.profiles.data or []),
@@ -113,7 +120,7 @@ def new():  # type: ignore[no-untyped-def]
             required_entitlement=form.required_entitlement.data or "",
             materials_url=form.materials_url.data or "",
         )
-        flash("The course is open. Give your students its join code.", "success")
+        flash(_("The course is open. Give your students its join code."), "success")
         return url_for("classroom.course", course_id=course.id)
 
     target, status = _submit(form, create)
@@ -125,13 +132,17 @@ def new():  # type: ignore[no-untyped-def]
 
 @bp.route("/courses/join", methods=["GET", "POST"])
 @login_required
-def join():  # type: ignore[no-untyped-def]
+def join():
     """The join form; a link ``/courses/join?code=...`` fills it in, and the student confirms."""
     form = JoinForm() if request.method == "POST" else JoinForm(formdata=None, code=request.args.get("code", ""))
 
     def take_seat() -> str:
         seat = classroom.join_course(get_db(), actor(), current_login(), form.code.data or "")
-        flash("You joined the course.", "success")
+        flash(_("You joined the course."), "success")
+        if request.form.get("start"):
+            started = _start_first_notebook(seat.course_id, seat.cap - seat.used)
+            if started is not None:
+                return url_for("notebooks.session", session_id=started)
         return url_for("classroom.course", course_id=seat.course_id)
 
     target, status = _submit(form, take_seat)
@@ -140,20 +151,43 @@ def join():  # type: ignore[no-untyped-def]
     return render_template("classroom/join.html", form=form), status
 
 
+def _start_first_notebook(course_id: int, seconds_left: int) -> int | None:
+    """What "Join and start a notebook" starts: the course's first profile for an hour (less if the seat has
+    less); the started session's id, or None with the reason flashed (the student is on the course by then)."""
+    db, me = get_db(), actor()
+    found = db.get(Course, course_id)
+    if found is None or not found.profiles or seconds_left <= 0:
+        return None
+    hours = min(1.0, math.floor(seconds_left / 36) / 100)
+    try:
+        return _start_notebook()(
+            db, settings(), me, allocation_id=found.allocation_id, profile=found.profiles[0], hours=hours
+        )
+    except DomainError as exc:
+        flash(_("The notebook did not start: %(reason)s", reason=exc.detail), "error")
+    except ServiceUnavailable as exc:
+        current_app.logger.warning("notebook service unavailable: %s", exc)  # the detail is for the operators
+        flash(_("The notebook service is not reachable right now. Start it from the course page."), "error")
+    return None
+
+
 def _course(course_id: int, action: Action = Action.VIEW_COURSE) -> Course:
     return classroom.get_course(get_db(), actor(), course_id, action)
 
 
 @bp.get("/courses/<int:course_id>")
 @login_required
-def course(course_id: int):  # type: ignore[no-untyped-def]
+def course(course_id: int):
     db, me = get_db(), actor()
     found = _course(course_id)
     if allowed(db, me, Action.MANAGE_COURSE, found):
         view = classroom.overview(db, me, found)
         per = view.resource.per_display_unit
+        unit = unit_name(view.resource.kind, locale=current_language())
         chart = {
-            "unit": view.resource.display_unit + "s",
+            "unit": unit,
+            "used_label": _("Used (%(unit)s)", unit=unit),
+            "cap_label": _("Cap (%(unit)s)", unit=unit),
             "names": [row.student.display_name for row in view.students],
             "used": [round(row.seat.used / per, 2) for row in view.students],
             "caps": [round(row.seat.cap / per, 2) for row in view.students],
@@ -165,22 +199,23 @@ def course(course_id: int):  # type: ignore[no-untyped-def]
             c=found,
             chart=chart,
             join_link=join_link,
+            profile_labels={p.name: p.label for p in settings().notebook_profiles},
             cap_form=CapForm(formdata=None),
             action_form=ActionForm(),
         )
     return _student_page(found)
 
 
-def _student_page(found: Course, form: LaunchForm | None = None, error: str | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+def _student_page(found: Course, form: LaunchForm | None = None, error: str | None = None, status: int = 200):
     db, me = get_db(), actor()
     seat = classroom.seat_of(db, me, found)
     if seat is None:  # pragma: no cover - VIEW_COURSE admits only the teacher and students
         abort(404)
     allocation = db.get(Allocation, found.allocation_id)
-    resource = db.get(Resource, allocation.resource_id)  # type: ignore[union-attr]
+    resource = db.get(Resource, allocation.resource_id)
     profiles = [p for p in settings().notebook_profiles if p.name in found.profiles]
     form = form or LaunchForm(formdata=None)
-    form.profile.choices = [(p.name, p.label) for p in profiles]  # type: ignore[assignment]
+    form.profile.choices = [(p.name, p.label) for p in profiles]
     sessions = db.exec(
         select(NotebookSession)
         .where(NotebookSession.course_seat_id == seat.id)
@@ -197,27 +232,28 @@ def _student_page(found: Course, form: LaunchForm | None = None, error: str | No
         error=error,
         sessions=sessions,
         can_launch=open_now and seat.used < seat.cap,
+        profile_labels={p.name: p.label for p in settings().notebook_profiles},
     ), status
 
 
 @bp.post("/courses/<int:course_id>/notebooks")
 @login_required
-def launch(course_id: int):  # type: ignore[no-untyped-def]
+def launch(course_id: int):
     """A student starts a notebook on the course's allocation (the hub's spawn check enforces the cap)."""
     db, me = get_db(), actor()
     found = _course(course_id)
     if classroom.seat_of(db, me, found) is None:
         abort(403)  # the teacher: course hours are the students'
     form = LaunchForm()
-    form.profile.choices = [(name, name) for name in found.profiles]  # type: ignore[assignment]
+    form.profile.choices = [(name, name) for name in found.profiles]
     if not form.validate_on_submit():
-        return _student_page(found, form, "Choose a profile and the hours.", 422)
+        return _student_page(found, form, _("Choose a profile and the hours."), 422)
     try:
         hours = float((form.hours.data or "0").replace(",", "."))
     except ValueError:
         hours = math.nan
     if not math.isfinite(hours):
-        return _student_page(found, form, "Enter the hours as a number.", 422)
+        return _student_page(found, form, _("Enter the hours as a number."), 422)
     try:
         session_id = _start_notebook()(
             db, settings(), me, allocation_id=found.allocation_id, profile=form.profile.data or "", hours=hours
@@ -227,8 +263,10 @@ def launch(course_id: int):  # type: ignore[no-untyped-def]
     except DomainError as exc:
         return _student_page(found, form, exc.detail, exc.status)
     except ServiceUnavailable as exc:
-        detail = f"The notebook service is not reachable right now ({exc}). Try again in a minute."
-        return render_template("error.html", title="Notebooks unavailable", detail=detail, status=503), 503
+        current_app.logger.warning("notebook service unavailable: %s", exc)  # the detail is for the operators
+        detail = _("The notebook service is not reachable right now. Try again in a minute.")
+        title = _("Notebooks unavailable")
+        return render_template("error.html", title=title, detail=detail, status=503), 503
     if session_id is None:
         abort(502)
     return redirect(url_for("notebooks.session", session_id=session_id))
@@ -236,58 +274,58 @@ def launch(course_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/courses/<int:course_id>/usage.csv")
 @login_required
-def usage_csv(course_id: int):  # type: ignore[no-untyped-def]
+def usage_csv(course_id: int):
     found = _course(course_id, Action.MANAGE_COURSE)
-    body = classroom.usage_csv(get_db(), actor(), found)
-    return Response(
-        body,
-        mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="course-{found.id}-usage.csv"'},
-    )
+    header, rows = classroom.usage_table(get_db(), actor(), found)
+    return csv_response(f"course-{found.id}-usage.csv", header, rows)
 
 
 @bp.post("/courses/<int:course_id>/seats/<int:seat_id>/cap")
 @login_required
-def raise_cap(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
+def raise_cap(course_id: int, seat_id: int):
     db, me = get_db(), actor()
     found = _course(course_id, Action.MANAGE_COURSE)
     form = CapForm()
     target = url_for("classroom.course", course_id=course_id)
     if not form.validate_on_submit():
-        flash("Enter the new cap in hours.", "error")
+        flash(_("Enter the new cap in hours."), "error")
         return redirect(target)
     allocation = db.get(Allocation, found.allocation_id)
-    resource = db.get(Resource, allocation.resource_id)  # type: ignore[union-attr]
+    resource = db.get(Resource, allocation.resource_id)
     try:
-        amount = parse_quantity(form.hours.data or "", resource.kind, field="hours")  # type: ignore[union-attr]
+        amount = parse_quantity(form.hours.data or "", resource.kind, field="hours")
         classroom.raise_cap(db, me, found, seat_id, amount)
     except InvalidInput as exc:
         flash(" ".join(exc.errors.values()) or exc.detail, "error")
     except classroom.Conflict as exc:
         flash(exc.detail, "error")
     else:
-        flash("The student's cap is raised.", "success")
+        flash(_("The student's cap is raised."), "success")
     return redirect(target)
 
 
 @bp.post("/courses/<int:course_id>/seats/<int:seat_id>/remove")
 @login_required
-def remove(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
+def remove(course_id: int, seat_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     removal = classroom.remove_student(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE), seat_id)
     if removal.seat_freed:
-        flash("The student is removed and their seat is free.", "success")
+        flash(_("The student is removed and their seat is free."), "success")
     elif removal.waiting:
         flash(
-            "The student is removed; their running notebooks stop within a minute. Their seat is freed once "
-            "those notebooks have stopped and their last minutes are charged.",
+            _(
+                "The student is removed; their running notebooks stop within a minute. Their seat is freed once "
+                "those notebooks have stopped and their last minutes are charged."
+            ),
             "info",
         )
     else:
         flash(
-            "The student is removed; their running notebooks stop within a minute. Their seat stays taken: "
-            "your allocation could not cover a new student's hours.",
+            _(
+                "The student is removed; their running notebooks stop within a minute. Their seat stays taken: "
+                "your allocation could not cover a new student's hours."
+            ),
             "info",
         )
     return redirect(url_for("classroom.course", course_id=course_id))
@@ -295,23 +333,25 @@ def remove(course_id: int, seat_id: int):  # type: ignore[no-untyped-def]
 
 @bp.post("/courses/<int:course_id>/close")
 @login_required
-def close(course_id: int):  # type: ignore[no-untyped-def]
+def close(course_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     closed = classroom.close_course(get_db(), actor(), _course(course_id, Action.MANAGE_COURSE))
-    if get_db().get(Allocation, closed.allocation_id).state == AllocationState.EXPIRED:  # type: ignore[union-attr]
-        flash("The course is closed; its unused hours went back to your allocation.", "success")
+    if get_db().get(Allocation, closed.allocation_id).state == AllocationState.EXPIRED:
+        flash(_("The course is closed; its unused hours went back to your allocation."), "success")
     else:
         flash(
-            "The course is closed. Its running notebooks stop within a minute; then its unused hours go back "
-            "to your allocation.",
+            _(
+                "The course is closed. Its running notebooks stop within a minute; then its unused hours go back "
+                "to your allocation."
+            ),
             "success",
         )
     return redirect(url_for("classroom.course", course_id=course_id))
 
 
 @bp.app_context_processor
-def _courses_for_pages() -> dict:  # type: ignore[type-arg]
+def _courses_for_pages() -> dict:
     """``my_open_courses()`` for any page (the dashboard lists a student's courses first); queried when called."""
 
     def my_open_courses() -> list[Course]:

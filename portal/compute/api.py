@@ -1,4 +1,6 @@
-"""``POST /api/v1/hub/spawn-check``: the hub's spawner asks whether a server may start, and with what."""
+"""``POST /api/v1/hub/spawn-check``: the hub's spawner asks whether a server may start, and with what; and the
+notebooks of the token's owner (``/api/v1/notebooks``): list, launch, read, stop, through the same launcher as
+the notebook pages."""
 
 from __future__ import annotations
 
@@ -6,17 +8,24 @@ import dataclasses
 import functools
 import hmac
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal
 
-from flask import jsonify, request
+from flask import jsonify, request, url_for
 from pydantic import BaseModel, Field
 from spectree import Response
+from sqlmodel import col, select
 
 from portal import web
-from portal.api import Problem, bp, spec
+from portal.api.core import RETRY_AFTER, Problem, api_user, bp, spec, token_required
+from portal.compute import launch
+from portal.compute.hub_client import HubClient, HubError, ServerStatus
 from portal.compute.services import HubBackend, check_gateway, check_spawn
 from portal.db import get_db
-from portal.errors import AuthenticationRequired, InvalidInput
+from portal.errors import AuthenticationRequired, InvalidInput, NotFound
+from portal.identity.models import ApiScope, User
+from portal.notebook_models import NotebookSession
+from portal.pagination import MAX_PAGE_SIZE, PAGE_SIZE, KeyColumn, keyset_page
 
 
 class BackendIn(BaseModel):
@@ -95,11 +104,11 @@ def hub_token_required(view: Callable[..., Any]) -> Callable[..., Any]:
     tags=["hub"],
     security={"bearerAuth": []},
 )
-def spawn_check():  # type: ignore[no-untyped-def]
+def spawn_check():
     """The hub's spawner validates a spawn's options. Authenticated only by the hub's service token
     (`Authorization: Bearer <hub_spawn_check_token>`), not by personal API tokens. 200 gives the environment
     and limits for the spawner; 403 refuses the spawn, saying why in `detail`."""
-    body: SpawnCheckIn = request.context.json  # type: ignore[attr-defined]
+    body: SpawnCheckIn = request.context.json
     # A hub that does not say where it runs servers is taken to run them on a machine without GPUs.
     backend = body.backend.to_backend() if body.backend is not None else HubBackend()
     decision = check_spawn(get_db(), web.settings(), body.user, body.server_name, body.user_options, backend)
@@ -111,7 +120,7 @@ def spawn_check():  # type: ignore[no-untyped-def]
             mem_limit=decision.mem_limit,
             gpus=decision.profile.gpus,
             max_seconds=decision.max_seconds,
-            session_id=decision.session.id,  # type: ignore[arg-type]
+            session_id=decision.session.id,
             slurm=SlurmJobOut(**dataclasses.asdict(slurm)) if slurm is not None else None,
         ).model_dump()
     )
@@ -142,9 +151,250 @@ class GatewayCheckOut(BaseModel):
     tags=["hub"],
     security={"bearerAuth": []},
 )
-def gateway_check():  # type: ignore[no-untyped-def]
+def gateway_check():
     """Dask Gateway asks whether a hub user may start a Dask cluster for a notebook session, and on which
     Slurm account. Authenticated like the spawn check (the hub's service token). 403 refuses, saying why."""
-    body: GatewayCheckIn = request.context.json  # type: ignore[attr-defined]
+    body: GatewayCheckIn = request.context.json
     decision = check_gateway(get_db(), web.settings(), body.user, body.session)
     return jsonify(GatewayCheckOut(**dataclasses.asdict(decision)).model_dump())
+
+
+# --- the token owner's notebooks -----------------------------------------------------------------------------
+
+NOTEBOOK_TAGS = ["notebooks"]
+
+
+class HubProblemResponse(Response):
+    """Answers that may be 503 because the notebook hub is unreachable: documented with ``Retry-After``."""
+
+    def generate_spec(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        responses = super().generate_spec(*args, **kwargs)
+        responses["503"] = {
+            "description": "Service Unavailable: the notebook hub (or the database) cannot be reached",
+            "headers": RETRY_AFTER,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        return responses
+
+
+class NotebookOut(BaseModel):
+    id: int
+    allocation_id: int
+    project_id: int
+    profile: str
+    gpus: int
+    cpus: int
+    state: Literal["starting", "ready", "stopped", "unknown"] = Field(
+        description="From the hub for a running session (unknown: the hub did not answer); stopped once closed"
+    )
+    url: str = Field(description="Where the notebook opens in the browser (through the hub's login)")
+    max_seconds: int = Field(description="The longest the server may run (the hours asked for)")
+    charged_seconds: int = Field(description="Running time charged to the allocation so far")
+    requested_at: datetime
+    started_at: datetime | None
+    stopped_at: datetime | None
+    stop_reason: str = Field(description="Why it stopped; empty while it runs")
+
+
+class NotebookListQuery(BaseModel):
+    running: bool | None = Field(default=None, description="true: only running ones; false: only stopped ones")
+    cursor: str | None = Field(default=None, max_length=2000, description="`next_cursor` of the previous page")
+    size: int = Field(default=PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="Sessions per page")
+
+
+class NotebookSummaryOut(BaseModel):
+    id: int
+    allocation_id: int
+    project_id: int
+    profile: str
+    running: bool
+    requested_at: datetime
+    started_at: datetime | None
+    stopped_at: datetime | None
+    stop_reason: str
+    charged_seconds: int
+
+
+class NotebookPageOut(BaseModel):
+    notebooks: list[NotebookSummaryOut] = Field(description="Newest first")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the following page; null on the last")
+    next: str | None = Field(description="The URL of the following page; null on the last")
+
+
+class LaunchNotebookIn(BaseModel):
+    allocation_id: int = Field(ge=1, le=2**62, description="An active allocation of one of your projects or courses")
+    profile: str = Field(min_length=1, max_length=32, description="A notebook profile's name, e.g. 1x-h100")
+    hours: float = Field(gt=0, le=24 * 366, allow_inf_nan=False, description="The longest it may run")
+
+
+class StopNotebookIn(BaseModel):
+    """No fields: send ``{}``."""
+
+
+def _client() -> HubClient:
+    return HubClient.from_settings(web.settings())
+
+
+def _hub_unavailable(exc: HubError):
+    response = web.problem(
+        503,
+        "Notebooks unavailable",
+        f"The notebook service is not reachable right now ({exc}). Try again in a minute.",
+        type_slug="hub-unavailable",
+    )
+    response.headers["Retry-After"] = "60"
+    return response
+
+
+def _my_notebook(user: User, session_id: int) -> NotebookSession:
+    found = get_db().get(NotebookSession, session_id)
+    if found is None or found.user_id != user.id:
+        raise NotFound("No such notebook session of yours.")  # the same words whether it exists or not
+    return found
+
+
+def _notebook(found: NotebookSession) -> NotebookOut:
+    state: str = "stopped"
+    if found.stopped_at is None:
+        try:
+            status = _client().server_status(found.hub_user, found.server_name)
+        except HubError:
+            state = "unknown"
+        else:
+            state = {ServerStatus.READY: "ready", ServerStatus.PENDING: "starting"}.get(status, "stopped")
+    return NotebookOut(
+        id=found.id,
+        allocation_id=found.allocation_id,
+        project_id=found.project_id,
+        profile=found.profile,
+        gpus=found.gpus,
+        cpus=found.cpus,
+        state=state,
+        url=f"{web.settings().hub_url}/user/{found.hub_user}/{found.server_name}/lab",
+        max_seconds=found.max_seconds,
+        charged_seconds=found.charged_seconds,
+        requested_at=found.requested_at,
+        started_at=found.started_at,
+        stopped_at=found.stopped_at,
+        stop_reason=found.stop_reason,
+    )
+
+
+#: Newest first: the id, descending.
+NOTEBOOK_ORDER = (KeyColumn(-col(NotebookSession.id), int),)
+
+
+@bp.get("/notebooks")
+@token_required(ApiScope.READ)
+@spec.validate(
+    query=NotebookListQuery,
+    resp=Response(HTTP_200=NotebookPageOut, HTTP_400=Problem, HTTP_401=Problem, HTTP_403=Problem, HTTP_422=Problem),
+    tags=NOTEBOOK_TAGS,
+    operation_id="list_notebooks",
+    security={"bearerAuth": [ApiScope.READ.value]},
+)
+def list_notebooks():
+    """The token owner's notebook sessions, newest first, one page at a time (a cursor not handed out: 400)."""
+    query: NotebookListQuery = request.context.query
+    stmt = select(NotebookSession).where(NotebookSession.user_id == api_user().id)
+    if query.running is not None:
+        stopped = col(NotebookSession.stopped_at)
+        stmt = stmt.where(stopped.is_(None) if query.running else stopped.is_not(None))
+    page = keyset_page(get_db(), stmt, NOTEBOOK_ORDER, lambda s: (-s.id,), cursor=query.cursor, size=query.size)
+    following = None
+    if page.next_cursor:
+        extra = {"running": str(query.running).lower()} if query.running is not None else {}
+        following = url_for(request.endpoint or "", cursor=page.next_cursor, size=query.size, **extra)
+    return jsonify(
+        NotebookPageOut(
+            notebooks=[
+                NotebookSummaryOut(
+                    id=s.id,
+                    allocation_id=s.allocation_id,
+                    project_id=s.project_id,
+                    profile=s.profile,
+                    running=s.stopped_at is None,
+                    requested_at=s.requested_at,
+                    started_at=s.started_at,
+                    stopped_at=s.stopped_at,
+                    stop_reason=s.stop_reason,
+                    charged_seconds=s.charged_seconds,
+                )
+                for s in page.items
+            ],
+            next_cursor=page.next_cursor,
+            next=following,
+        ).model_dump(mode="json")
+    )
+
+
+@bp.post("/notebooks")
+@token_required(ApiScope.WRITE)
+@spec.validate(
+    json=LaunchNotebookIn,
+    resp=HubProblemResponse(
+        HTTP_201=NotebookOut,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
+        HTTP_404=Problem,
+        HTTP_422=Problem,
+        HTTP_502=Problem,
+    ),
+    tags=NOTEBOOK_TAGS,
+    operation_id="launch_notebook",
+    security={"bearerAuth": [ApiScope.WRITE.value]},
+)
+def launch_notebook():
+    """Start a notebook on an allocation, as the project's (or course's) start form does: the profile must
+    exist and fit the allocation's resource, the hours must be positive and fit its balance and dates (the
+    hub's spawn check enforces them again). 403: the spawn check refused it, saying why; 404: not an
+    allocation of yours; 502: the hub started a server the portal has no record of; 503: the hub is down."""
+    body: LaunchNotebookIn = request.context.json
+    user = api_user()
+    try:
+        session_id = launch.start_notebook(
+            get_db(), web.settings(), user, allocation_id=body.allocation_id, profile=body.profile, hours=body.hours
+        )
+    except HubError as exc:
+        return _hub_unavailable(exc)
+    if session_id is None:
+        return web.problem(502, "Bad gateway", "The hub started a server the portal has no record of.")
+    found = _my_notebook(user, session_id)
+    response = jsonify(_notebook(found).model_dump(mode="json"))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_notebook", session_id=found.id)
+    return response
+
+
+@bp.get("/notebooks/<int:session_id>")
+@token_required(ApiScope.READ)
+@spec.validate(
+    resp=Response(HTTP_200=NotebookOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem),
+    tags=NOTEBOOK_TAGS,
+    operation_id="get_notebook",
+    security={"bearerAuth": [ApiScope.READ.value]},
+)
+def get_notebook(session_id: int):
+    """One of the token owner's notebook sessions with its state at the hub (unknown while the hub is down)."""
+    return jsonify(_notebook(_my_notebook(api_user(), session_id)).model_dump(mode="json"))
+
+
+@bp.post("/notebooks/<int:session_id>/stop")
+@token_required(ApiScope.WRITE)
+@spec.validate(
+    json=StopNotebookIn,
+    resp=HubProblemResponse(HTTP_200=NotebookOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem),
+    tags=NOTEBOOK_TAGS,
+    operation_id="stop_notebook",
+    security={"bearerAuth": [ApiScope.WRITE.value]},
+)
+def stop_notebook(session_id: int):
+    """Stop one of the token owner's notebooks, as "Stop" on the notebooks page: its time up to now is charged,
+    then the hub stops it. Stopping a stopped notebook changes nothing and answers the same."""
+    user = api_user()
+    _my_notebook(user, session_id)
+    try:
+        stopped = launch.stop_notebook(get_db(), web.settings(), _client(), user, session_id=session_id)
+    except HubError as exc:
+        return _hub_unavailable(exc)
+    return jsonify(_notebook(stopped).model_dump(mode="json"))

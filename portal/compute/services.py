@@ -44,23 +44,37 @@ from portal.classroom.services import course_spawn_refusal, hours_promised, stud
 from portal.config import NotebookProfile, Settings, SlurmClusterConfig
 from portal.db import find, utcnow
 from portal.errors import NotAuthorised
-from portal.formatting import quantity
 from portal.identity.models import User
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind, Site
+from portal.messages import N_, Amount, Message
 from portal.metering.models import SlurmAccount
 from portal.notebook_models import NotebookSession
 from portal.projects.models import ProjectMembership
 
 HUB_NAME = re.compile(r"^u([1-9][0-9]{0,17})$")
 OPTION_KEYS = frozenset({"allocation", "profile", "hours"})
-START_FROM_PORTAL = (
-    "Start notebooks in the portal, whose “My sessions” page ({portal}/notebooks) lists the projects and courses "
+START_FROM_PORTAL = N_(
+    "Start notebooks in the portal, whose “My sessions” page (%(portal)s/notebooks) lists the projects and courses "
     "you can start one from, with an allocation and a profile."
 )
+#: Why nothing runs on an allocation in each state (an active one: its balance is spent).
+_NOTHING_RUNS = {
+    AllocationState.PENDING: N_("Allocation %(title)s is pending, so nothing can run on it."),
+    AllocationState.ACTIVE: N_("Allocation %(title)s is active, so nothing can run on it."),
+    AllocationState.EXHAUSTED: N_("Allocation %(title)s is exhausted, so nothing can run on it."),
+    AllocationState.EXPIRED: N_("Allocation %(title)s is expired, so nothing can run on it."),
+    AllocationState.SUSPENDED: N_("Allocation %(title)s is suspended, so nothing can run on it."),
+    AllocationState.AWAITING_PAYMENT: N_("Allocation %(title)s is awaiting_payment, so nothing can run on it."),
+}
 
 
 class SpawnRefused(NotAuthorised):
     title = "Spawn refused"
+
+
+def nothing_runs_on(allocation: Allocation) -> Message:
+    """Why no notebook starts on ``allocation``, which is not active or has no hours left."""
+    return Message(_NOTHING_RUNS[AllocationState(allocation.state)], title=repr(allocation.title))
 
 
 def hub_username(user: User) -> str:
@@ -140,15 +154,27 @@ def _slurm_account(
     cluster = settings.slurm_cluster(cluster_name)
     if cluster is None:
         raise SpawnRefused(
-            f"The hub runs notebooks on the Slurm cluster {cluster_name!r}, which the portal does not know; "
-            "an operator must add it to the portal's slurm_clusters."
+            Message(
+                N_(
+                    "The hub runs notebooks on the Slurm cluster %(cluster)s, which the portal does not know; "
+                    "an operator must add it to the portal's slurm_clusters."
+                ),
+                cluster=repr(cluster_name),
+            )
         )
     site = db.get(Site, resource.site_id)
     assert site is not None
     if site.code != cluster.site:
         raise SpawnRefused(
-            f"Allocation {allocation.title!r} holds hours at {site.name}, but this hub runs notebooks on the "
-            f"cluster {cluster.name} of another site: start it from that site's hub."
+            Message(
+                N_(
+                    "Allocation %(title)s holds hours at %(site)s, but this hub runs notebooks on the "
+                    "cluster %(cluster)s of another site: start it from that site's hub."
+                ),
+                title=repr(allocation.title),
+                site=site.name,
+                cluster=cluster.name,
+            )
         )
     account = db.exec(
         select(SlurmAccount.account)
@@ -157,8 +183,14 @@ def _slurm_account(
     ).first()
     if account is None:
         raise SpawnRefused(
-            f"Allocation {allocation.title!r} has no account on the cluster {cluster.name} yet; the portal creates "
-            "it within a few minutes of the allocation's start. Please try again shortly."
+            Message(
+                N_(
+                    "Allocation %(title)s has no account on the cluster %(cluster)s yet; the portal creates "
+                    "it within a few minutes of the allocation's start. Please try again shortly."
+                ),
+                title=repr(allocation.title),
+                cluster=cluster.name,
+            )
         )
     return cluster, account, cluster.partitions.get(resource.code, "")
 
@@ -210,49 +242,80 @@ LONGEST_NOTEBOOK_HOURS = 24 * 366
 
 
 def _read_options(options: Any, portal_url: str) -> tuple[int, str, float]:
-    start_here = START_FROM_PORTAL.format(portal=portal_url)
+    start_here = Message(START_FROM_PORTAL, portal=portal_url)
     if not isinstance(options, dict) or not options:
         raise SpawnRefused(start_here)
     extra = sorted(set(options) - OPTION_KEYS)
     if extra:
         raise SpawnRefused(
-            f"The server options contain {', '.join(map(repr, extra))}, which the portal does not set. " + start_here
+            Message(
+                N_("The server options contain %(keys)s, which the portal does not set."),
+                keys=", ".join(map(repr, extra)),
+            )
+            + start_here
         )
     missing = sorted(OPTION_KEYS - set(options))
     if missing:
-        raise SpawnRefused(f"The server options lack {', '.join(missing)}. " + start_here)
+        raise SpawnRefused(Message(N_("The server options lack %(keys)s."), keys=", ".join(missing)) + start_here)
     allocation, profile, hours = options["allocation"], options["profile"], options["hours"]
     if not isinstance(allocation, int) or isinstance(allocation, bool):
-        raise SpawnRefused("The server options name no valid allocation (a number is expected).")
+        raise SpawnRefused(Message(N_("The server options name no valid allocation (a number is expected).")))
     if not isinstance(profile, str) or not profile:
-        raise SpawnRefused("The server options name no valid profile.")
+        raise SpawnRefused(Message(N_("The server options name no valid profile.")))
     if not isinstance(hours, int | float) or isinstance(hours, bool) or abs(hours) > LONGEST_NOTEBOOK_HOURS:
-        raise SpawnRefused("The server options give no valid number of hours.")
+        raise SpawnRefused(Message(N_("The server options give no valid number of hours.")))
     if not math.isfinite(hours):
-        raise SpawnRefused("The server options give no valid number of hours.")
+        raise SpawnRefused(Message(N_("The server options give no valid number of hours.")))
     return allocation, profile, float(hours)
 
 
-def profile_misfit(profile: NotebookProfile, resource: Resource) -> str | None:
+def profile_misfit(profile: NotebookProfile, resource: Resource) -> Message | None:
     """Why ``profile`` does not run on an allocation of ``resource``, or None when it does."""
     if profile.gpus > 0:
         if resource.kind != ResourceKind.GPU:
-            return (
-                f"The profile {profile.label} needs GPUs, but the allocation is for {resource.name}. "
-                "Choose a CPU profile or a GPU allocation."
+            return Message(
+                N_(
+                    "The profile %(profile)s needs GPUs, but the allocation is for %(resource)s. "
+                    "Choose a CPU profile or a GPU allocation."
+                ),
+                profile=profile.label,
+                resource=resource.name,
             )
         if (resource.gpu_model or "").casefold() != (profile.gpu_model or "").casefold():
-            return (
-                f"The profile {profile.label} runs on {profile.gpu_model} GPUs, but the allocation is for "
-                f"{resource.gpu_model or 'another'} GPUs. Choose a profile with {resource.gpu_model} GPUs."
+            if not resource.gpu_model:
+                return Message(
+                    N_(
+                        "The profile %(profile)s runs on %(model)s GPUs, but the allocation is for GPUs of "
+                        "another model. Choose a profile with the allocation's GPUs."
+                    ),
+                    profile=profile.label,
+                    model=profile.gpu_model,
+                )
+            return Message(
+                N_(
+                    "The profile %(profile)s runs on %(model)s GPUs, but the allocation is for %(has)s GPUs. "
+                    "Choose a profile with %(has)s GPUs."
+                ),
+                profile=profile.label,
+                model=profile.gpu_model,
+                has=resource.gpu_model,
             )
         return None
     if resource.kind != ResourceKind.CPU:
-        return (
-            f"The profile {profile.label} runs on CPUs only, which a {resource.kind} allocation does not pay for. "
-            "Choose a GPU profile or a CPU allocation."
-        )
+        return Message(_CPU_ONLY[ResourceKind(resource.kind)], profile=profile.label)
     return None
+
+
+_CPU_ONLY = {
+    ResourceKind.GPU: N_(
+        "The profile %(profile)s runs on CPUs only, which a gpu allocation does not pay for. "
+        "Choose a GPU profile or a CPU allocation."
+    ),
+    ResourceKind.STORAGE: N_(
+        "The profile %(profile)s runs on CPUs only, which a storage allocation does not pay for. "
+        "Choose a GPU profile or a CPU allocation."
+    ),
+}
 
 
 def _units_per_second(profile: NotebookProfile, resource: Resource) -> int:
@@ -296,7 +359,7 @@ def check_spawn(
     accepted spawn."""
     user = user_for_hub_name(db, hub_user)
     if user is None:
-        raise SpawnRefused(f"The hub user {hub_user!r} is not an active user of the portal.")
+        raise SpawnRefused(_not_a_user(hub_user))
     allocation_id, profile_name, hours = _read_options(options, settings.base_url)
 
     allocation = find(db, Allocation, allocation_id)
@@ -314,20 +377,30 @@ def check_spawn(
         is not None
     )
     if allocation is None or not member:
-        raise SpawnRefused(f"Allocation {allocation_id} is not one of your projects' allocations.")
+        raise SpawnRefused(
+            Message(N_("Allocation %(id)s is not one of your projects' allocations."), id=str(allocation_id))
+        )
     if allocation.source == AllocationSource.COURSE and seat is None:
         raise SpawnRefused(
-            f"Allocation {allocation.title!r} holds a course's hours: only its students start notebooks."
+            Message(
+                N_("Allocation %(title)s holds a course's hours: only its students start notebooks."),
+                title=repr(allocation.title),
+            )
         )
     now = utcnow()
     if allocation.state != AllocationState.ACTIVE or allocation.balance <= 0:
-        raise SpawnRefused(f"Allocation {allocation.title!r} is {allocation.state}, so nothing can run on it.")
+        raise SpawnRefused(nothing_runs_on(allocation))
     if not allocation.starts_at <= now < allocation.ends_at:
-        raise SpawnRefused(f"Allocation {allocation.title!r} is not open now (its dates have passed or not begun).")
+        raise SpawnRefused(
+            Message(
+                N_("Allocation %(title)s is not open now (its dates have passed or not begun)."),
+                title=repr(allocation.title),
+            )
+        )
 
     profile = settings.notebook_profile(profile_name)
     if profile is None:
-        raise SpawnRefused(f"There is no notebook profile {profile_name!r}.")
+        raise SpawnRefused(Message(N_("There is no notebook profile %(profile)s."), profile=repr(profile_name)))
     resource = db.get(Resource, allocation.resource_id)
     assert resource is not None
     per_second = _units_per_second(profile, resource)
@@ -341,35 +414,57 @@ def check_spawn(
     )
 
     if hours <= 0:
-        raise SpawnRefused("Ask for a positive number of hours.")
+        raise SpawnRefused(Message(N_("Ask for a positive number of hours.")))
     max_seconds = int(hours * 3600)
     # what running notebooks may still use (a Slurm job, charged only when it ends, for all its hours)
     promised = hours_promised(db, allocation_id=allocation.id, replacing=(hub_user, server_name))
     affordable = max(0, allocation.balance - promised) // per_second
     if max_seconds > affordable:
-        running = (
-            f", of which {quantity(promised, resource.kind)} are promised to running notebooks" if promised else ""
-        )
+        values = {
+            "hours": f"{hours:g}",
+            "profile": profile.label,
+            "need": Amount(max_seconds * per_second, resource.kind),
+            "left": Amount(allocation.balance, resource.kind),
+            "most": f"{math.floor(affordable / 36) / 100:g}",
+        }
+        if promised:
+            raise SpawnRefused(
+                Message(
+                    N_(
+                        "%(hours)s hours of %(profile)s need %(need)s, but the allocation has %(left)s left, of "
+                        "which %(promised)s are promised to running notebooks: ask for at most %(most)s hours."
+                    ),
+                    promised=Amount(promised, resource.kind),
+                    **values,
+                )
+            )
         raise SpawnRefused(
-            f"{hours:g} hours of {profile.label} need {quantity(max_seconds * per_second, resource.kind)}, "
-            f"but the allocation has {quantity(allocation.balance, resource.kind)} left{running}: "
-            f"ask for at most {math.floor(affordable / 36) / 100:g} hours."
+            Message(
+                N_(
+                    "%(hours)s hours of %(profile)s need %(need)s, but the allocation has %(left)s left: "
+                    "ask for at most %(most)s hours."
+                ),
+                **values,
+            )
         )
     until_end = int((allocation.ends_at - now).total_seconds())
     if max_seconds > until_end:
         raise SpawnRefused(
-            f"The allocation ends in {until_end / 3600:.2f} hours; ask for at most "
-            f"{math.floor(until_end / 36) / 100:g} hours."
+            Message(
+                N_("The allocation ends in %(left)s hours; ask for at most %(most)s hours."),
+                left=f"{until_end / 3600:.2f}",
+                most=f"{math.floor(until_end / 36) / 100:g}",
+            )
         )
     if max_seconds < 1:
-        raise SpawnRefused("Ask for at least one second.")
+        raise SpawnRefused(Message(N_("Ask for at least one second.")))
     if seat is not None:
         _check_course_spawn(db, *seat, profile, resource, hub_user, server_name, max_seconds * per_second, now)
 
     session = NotebookSession(
-        user_id=user.id,  # type: ignore[arg-type]
+        user_id=user.id,
         project_id=allocation.project_id,
-        allocation_id=allocation.id,  # type: ignore[arg-type]
+        allocation_id=allocation.id,
         hub_user=hub_user,
         server_name=server_name,
         profile=profile.name,
@@ -420,25 +515,42 @@ def _check_course_spawn(
     """A student on a course's allocation: seated, course open, an allowed profile, and ``amount`` within what
     the cap leaves after the student's other running notebooks (each counted for the hours it may still run)."""
     if seat.removed_at is not None:
-        raise SpawnRefused(f"Your teacher removed you from the course “{course.title}”.")
+        raise SpawnRefused(Message(N_("Your teacher removed you from the course “%(title)s”."), title=course.title))
     if course.state != CourseState.OPEN or now >= course.ends_at:
-        raise SpawnRefused(f"The course “{course.title}” is closed.")
+        raise SpawnRefused(Message(N_("The course “%(title)s” is closed."), title=course.title))
     if now < course.starts_at:
-        raise SpawnRefused(f"The course “{course.title}” begins on {course.starts_at:%Y-%m-%d}.")
+        raise SpawnRefused(
+            Message(
+                N_("The course “%(title)s” begins on %(day)s."),
+                title=course.title,
+                day=f"{course.starts_at:%Y-%m-%d}",
+            )
+        )
     if profile.name not in course.profiles:
-        raise SpawnRefused(f"The course “{course.title}” allows only these profiles: {', '.join(course.profiles)}.")
+        raise SpawnRefused(
+            Message(
+                N_("The course “%(title)s” allows only these profiles: %(profiles)s."),
+                title=course.title,
+                profiles=", ".join(course.profiles),
+            )
+        )
     promised = hours_promised(db, seat_id=seat.id, replacing=(hub_user, server_name))
     left = seat.cap - seat.used - promised
     if left <= 0:
-        raise SpawnRefused(
-            f"You have used your cap of {quantity(seat.cap, resource.kind)} in “{course.title}”"
-            + (" (counting your running notebooks)." if promised else ". Ask your teacher for more.")
+        used = (
+            N_("You have used your cap of %(cap)s in “%(title)s” (counting your running notebooks).")
+            if promised
+            else N_("You have used your cap of %(cap)s in “%(title)s”. Ask your teacher for more.")
         )
+        raise SpawnRefused(Message(used, cap=Amount(seat.cap, resource.kind), title=course.title))
     if amount > left:
         per_second = profile.gpus or profile.cpus
         raise SpawnRefused(
-            f"Your course cap leaves you {quantity(left, resource.kind)}: "
-            f"ask for at most {math.floor(left / per_second / 36) / 100:g} hours."
+            Message(
+                N_("Your course cap leaves you %(left)s: ask for at most %(most)s hours."),
+                left=Amount(left, resource.kind),
+                most=f"{math.floor(left / per_second / 36) / 100:g}",
+            )
         )
     # The course's own hours too: what its allocation holds after every running notebook's promise (the course
     # allocation's row stays locked until this session is recorded); never a member of the teacher's project.
@@ -453,6 +565,10 @@ def _check_course_spawn(
     )
     if refusal is not None:
         raise SpawnRefused(refusal)
+
+
+def _not_a_user(hub_user: str) -> Message:
+    return Message(N_("The hub user %(name)s is not an active user of the portal."), name=repr(hub_user))
 
 
 #: The most Dask Gateway workers one notebook's cluster may have.
@@ -481,27 +597,38 @@ def check_gateway(db: Session, settings: Settings, hub_user: str, session_id: in
     (one GPU each on a GPU profile, one core each otherwise)."""
     user = user_for_hub_name(db, hub_user)
     if user is None:
-        raise SpawnRefused(f"The hub user {hub_user!r} is not an active user of the portal.")
+        raise SpawnRefused(_not_a_user(hub_user))
     session = find(db, NotebookSession, session_id)
     if session is None or session.user_id != user.id:
-        raise SpawnRefused(f"Notebook session {session_id} is not one of yours.")
+        raise SpawnRefused(Message(N_("Notebook session %(id)s is not one of yours."), id=str(session_id)))
     if session.stopped_at is not None:
-        raise SpawnRefused(f"Notebook session {session_id} has stopped ({session.stop_reason}).")
+        raise SpawnRefused(
+            Message(
+                N_("Notebook session %(id)s has stopped (%(reason)s)."), id=str(session_id), reason=session.stop_reason
+            )
+        )
     if session.slurm_cluster is None or session.slurm_account is None:
         raise SpawnRefused(
-            f"Notebook session {session_id} runs on the hub's own machine, not on the factory cluster: "
-            "use the notebook's local Dask cluster."
+            Message(
+                N_(
+                    "Notebook session %(id)s runs on the hub's own machine, not on the factory cluster: "
+                    "use the notebook's local Dask cluster."
+                ),
+                id=str(session_id),
+            )
         )
     allocation = db.get(Allocation, session.allocation_id)
     assert allocation is not None
     if allocation.state != AllocationState.ACTIVE or allocation.balance <= 0:
-        raise SpawnRefused(f"Allocation {allocation.title!r} is {allocation.state}, so nothing can run on it.")
+        raise SpawnRefused(nothing_runs_on(allocation))
     resource = db.get(Resource, allocation.resource_id)
     assert resource is not None
     profile = settings.notebook_profile(session.profile)
     cluster = settings.slurm_cluster(session.slurm_cluster)
     if profile is None or cluster is None:
-        raise SpawnRefused(f"Notebook session {session_id}'s profile or cluster is no longer offered.")
+        raise SpawnRefused(
+            Message(N_("Notebook session %(id)s's profile or cluster is no longer offered."), id=str(session_id))
+        )
     if session.gpus > 0:
         worker_gpus, cores, memory = 1, max(1, session.cpus // session.gpus), profile.memory_gb // session.gpus
     else:
@@ -509,7 +636,7 @@ def check_gateway(db: Session, settings: Settings, hub_user: str, session_id: in
     per_worker_hour = (worker_gpus or cores) * 3600
     return GatewayDecision(
         session=session_id,
-        allocation=allocation.id,  # type: ignore[arg-type]
+        allocation=allocation.id,
         cluster=cluster.name,
         account=session.slurm_account,
         partition=cluster.partitions.get(resource.code, ""),

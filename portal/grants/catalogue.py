@@ -174,7 +174,7 @@ def ensure_default_calls(
             access_mode=planned.access_mode,
             review_mode=planned.review_mode,
             manager=manager,
-            budgets={r.id: planned.budget[r.kind] * UNITS[r.kind][2] for r in resources},  # type: ignore[misc]
+            budgets={r.id: planned.budget[r.kind] * UNITS[r.kind][2] for r in resources},
             min_request=planned.min_hours * per_hour,
             max_request=planned.max_hours * per_hour,
             duration_months=planned.duration_months,

@@ -39,7 +39,7 @@ def seed_command(manager: str, resources: tuple[str, ...]) -> None:
         site_code, _, code = item.partition(":")
         resource = db.exec(
             select(Resource)
-            .join(Site, Site.id == Resource.site_id)  # type: ignore[arg-type]
+            .join(Site, Site.id == Resource.site_id)
             .where(Site.code == site_code.lower(), Resource.code == code.lower())
         ).first()
         if resource is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# lazy: labels are made at import and shown in each request's language; pybabel's default keywords find `_`
+from flask_babel import lazy_gettext as _
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import (
@@ -30,7 +32,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Optional
 
 from portal.forms import reason_field
-from portal.grants.models import AccessMode, Call, ReviewKind, ReviewMode
+from portal.grants.models import AccessMode, Call, OutputKind, ReviewKind, ReviewMode
 from portal.ledger.models import Resource, Site
 from portal.projects.models import OrganisationKind
 
@@ -38,10 +40,30 @@ from portal.projects.models import OrganisationKind
 LONG_TEXT = 300
 
 REVIEW_MODE_LABELS = {
-    ReviewMode.AUTOMATIC: "Automatic: awarded once the eligibility check passes",
-    ReviewMode.TECHNICAL: "Technical assessment, then the call manager decides",
-    ReviewMode.PEER_REVIEW: "Technical assessment, scientific peer review, right to reply, ranking",
+    ReviewMode.AUTOMATIC: _("Automatic: awarded once the eligibility check passes"),
+    ReviewMode.TECHNICAL: _("Technical assessment, then the call manager decides"),
+    ReviewMode.PEER_REVIEW: _("Technical assessment, scientific peer review, right to reply, ranking"),
 }
+
+#: The kinds of organisation as the call form offers them (``OrganisationKind.label`` stays English for the CLI).
+ORGANISATION_KIND_LABELS = {
+    OrganisationKind.UNIVERSITY: _("University or research institute"),
+    OrganisationKind.PUBLIC_BODY: _("Public body"),
+    OrganisationKind.SME: _("SME or startup"),
+    OrganisationKind.LARGE_COMPANY: _("Large company"),
+}
+
+#: The kinds of research output as the output form offers them.
+OUTPUT_KIND_LABELS = {
+    OutputKind.PUBLICATION: _("Publication"),
+    OutputKind.DATASET: _("Dataset"),
+    OutputKind.SOFTWARE: _("Software"),
+}
+
+
+def at_most(limit: int) -> Length:
+    """A text's length limit, with its message in the page's language."""
+    return Length(max=limit, message=_("At most %(max)d characters."))
 
 
 def question_field_name(index: int) -> str:
@@ -64,22 +86,27 @@ def score_field_name(index: int) -> str:
 
 
 class ApplyForm(FlaskForm):
-    project_id = SelectField("Project", coerce=int)
-    title = StringField("Title of the application", validators=[InputRequired(), Length(max=200)])
+    project_id = SelectField(_("Project"), coerce=int)
+    title = StringField(
+        _("Title of the application"),
+        validators=[InputRequired(_("Give the application a title.")), at_most(200)],
+    )
 
 
 class DraftBase(FlaskForm):
-    title = StringField("Title", validators=[Length(max=200)])
-    abstract = TextAreaField("Abstract", validators=[Length(max=5000)])
-    co_applicants = TextAreaField("Co-applicants' e-mail addresses", validators=[Length(max=5000)])
+    title = StringField(_("Title"), validators=[at_most(200)])
+    abstract = TextAreaField(_("Abstract"), validators=[at_most(5000)])
+    co_applicants = TextAreaField(_("Co-applicants' e-mail addresses"), validators=[at_most(5000)])
+    #: The resources the applicant asks for (``draft_form`` gives the choices): only their rows are shown.
+    sites: SelectMultipleField
 
 
 def draft_form(call: Call, resources: list[tuple[Resource, Site]]) -> type[DraftBase]:
-    """The editor's form class for ``call``: one field per typed question (PDFs are uploaded apart) and
-    hours plus a justification per resource of the call."""
+    """The editor's form class for ``call``: one field per typed question (PDFs are uploaded apart), the
+    resources to pick from, and hours plus a justification per resource of the call."""
     fields: dict[str, Any] = {}
     for i, question in enumerate(call.questions):
-        label = question["label"] + ("" if question.get("required") else " (optional)")
+        label = question["label"] if question.get("required") else _("%(label)s (optional)", label=question["label"])
         kind = question["type"]
         if kind == "text":
             limit = int(question.get("max_length", 5000))
@@ -88,25 +115,39 @@ def draft_form(call: Call, resources: list[tuple[Resource, Site]]) -> type[Draft
         elif kind == "number":
             fields[question_field_name(i)] = StringField(label, render_kw={"inputmode": "numeric"})
         elif kind == "choice":
-            choices = [SelectChoice("", "Choose…"), *(SelectChoice(c, c) for c in question["choices"])]
+            choices = [SelectChoice("", _("Choose…")), *(SelectChoice(c, c) for c in question["choices"])]
             fields[question_field_name(i)] = SelectField(label, choices=choices, validate_choice=False)
+    fields["sites"] = SelectMultipleField(
+        _("Sites and resources you need"),
+        choices=[
+            SelectChoice(resource.id, _("%(site)s: %(resource)s", site=site.name, resource=resource.name))
+            for resource, site in resources
+        ],
+        coerce=int,
+        validate_choice=False,
+        widget=widgets.ListWidget(prefix_label=False),
+        option_widget=widgets.CheckboxInput(),
+    )
     for resource, site in resources:
-        fields[hours_field_name(resource.id)] = StringField(  # type: ignore[arg-type]
-            f"{resource.name}, {site.name}", render_kw={"inputmode": "decimal"}
+        fields[hours_field_name(resource.id)] = StringField(
+            _("%(resource)s, %(site)s", resource=resource.name, site=site.name), render_kw={"inputmode": "decimal"}
         )
-        fields[justification_field_name(resource.id)] = TextAreaField(  # type: ignore[arg-type]
-            f"Why {resource.name} at {site.name}", validators=[Length(max=5000)]
+        fields[justification_field_name(resource.id)] = TextAreaField(
+            _("Why %(resource)s at %(site)s", resource=resource.name, site=site.name), validators=[at_most(5000)]
         )
     return type("DraftForm", (DraftBase,), fields)
 
 
 class UploadForm(FlaskForm):
     question = HiddenField(validators=[InputRequired()])
-    file = FileField("PDF file")
+    file = FileField(_("PDF file"))
 
 
 class ReplyForm(FlaskForm):
-    reply = TextAreaField("Your reply to the reviews", validators=[InputRequired(), Length(max=10_000)])
+    reply = TextAreaField(
+        _("Your reply to the reviews"),
+        validators=[InputRequired(_("Write your reply to the reviews.")), at_most(10_000)],
+    )
 
 
 # --- the call manager's steps ----------------------------------------------------------------------------
@@ -119,33 +160,42 @@ class CheckFailForm(FlaskForm):
     """Failing the administrative check: the applicant reads the reasons."""
 
     fail_reason = TextAreaField(
-        "Why the check fails (the applicant reads this)", validators=[InputRequired(), Length(max=5000)]
+        _("Why the check fails (the applicant reads this)"),
+        validators=[InputRequired(_("Say why the check fails.")), at_most(5000)],
     )
 
 
 class RejectForm(FlaskForm):
-    reject_reason = TextAreaField("Reasons for the applicant", validators=[InputRequired(), Length(max=5000)])
+    reject_reason = TextAreaField(
+        _("Reasons for the applicant"), validators=[InputRequired(_("Give the applicant the reasons.")), at_most(5000)]
+    )
 
 
 class AssignReviewerForm(FlaskForm):
-    email = EmailField("Reviewer's e-mail address", validators=[InputRequired(), Length(max=320)])
+    email = EmailField(
+        _("Reviewer's e-mail address"),
+        validators=[InputRequired(_("Enter the reviewer's e-mail address.")), at_most(320)],
+    )
     kind = SelectField(
-        "Kind of review",
+        _("Kind of review"),
         choices=[
-            SelectChoice(ReviewKind.TECHNICAL.value, "Technical assessment (site operator)"),
-            SelectChoice(ReviewKind.SCIENTIFIC.value, "Scientific review (reviewer)"),
+            SelectChoice(ReviewKind.TECHNICAL.value, _("Technical assessment (site operator)")),
+            SelectChoice(ReviewKind.SCIENTIFIC.value, _("Scientific review (reviewer)")),
         ],
     )
-    due_on = DateField("Due on", validators=[Optional()])
+    due_on = DateField(_("Due on"), validators=[Optional()])
 
 
 class AcceptBase(FlaskForm):
     first_tranche_percent = IntegerField(
-        "First tranche (% of the award, the rest after the progress report)",
+        _("First tranche (% of the award, the rest after the progress report)"),
         default=100,
-        validators=[InputRequired(), NumberRange(1, 100)],
+        validators=[
+            InputRequired(_("Enter the first tranche in per cent.")),
+            NumberRange(1, 100, message=_("Enter a number between %(min)s and %(max)s.")),
+        ],
     )
-    accept_reason = TextAreaField("Message to the applicant (optional)", validators=[Length(max=5000)])
+    accept_reason = TextAreaField(_("Message to the applicant (optional)"), validators=[at_most(5000)])
 
 
 def accept_form(requests: list[tuple[int, str]]) -> type[AcceptBase]:
@@ -159,7 +209,7 @@ def accept_form(requests: list[tuple[int, str]]) -> type[AcceptBase]:
 
 class ReviewBase(FlaskForm):
     comment_to_applicant = TextAreaField(
-        "Comment to the applicant (shown without your name)", validators=[Length(max=10_000)]
+        _("Comment to the applicant (shown without your name)"), validators=[at_most(10_000)]
     )
 
 
@@ -167,25 +217,27 @@ def review_form(call: Call, kind: ReviewKind) -> type[ReviewBase]:
     fields: dict[str, Any] = {}
     if kind == ReviewKind.TECHNICAL:
         fields["feasible"] = RadioField(
-            "Can the work run as planned on the requested resources?",
-            choices=[SelectChoice("yes", "Yes, feasible"), SelectChoice("no", "No, not feasible")],
+            _("Can the work run as planned on the requested resources?"),
+            choices=[SelectChoice("yes", _("Yes, feasible")), SelectChoice("no", _("No, not feasible"))],
             validate_choice=False,
         )
     else:
         for i, criterion in enumerate(call.criteria):
             fields[score_field_name(i)] = RadioField(
-                f"{criterion['label']} (weight {criterion['weight']} %)",
+                _("%(criterion)s (weight %(weight)s %%)", criterion=criterion["label"], weight=criterion["weight"]),
                 choices=[SelectChoice(str(n), str(n)) for n in range(1, 6)],
                 validate_choice=False,
             )
         fields["comment_to_panel"] = TextAreaField(
-            "Private comment to the panel (the applicant does not see it)", validators=[Length(max=10_000)]
+            _("Private comment to the panel (the applicant does not see it)"), validators=[at_most(10_000)]
         )
     return type("ReviewForm", (ReviewBase,), fields)
 
 
 class ConflictForm(FlaskForm):
-    conflict_reason = TextAreaField("What is the conflict?", validators=[InputRequired(), Length(max=1000)])
+    conflict_reason = TextAreaField(
+        _("What is the conflict?"), validators=[InputRequired(_("Say what the conflict is.")), at_most(1000)]
+    )
 
 
 # --- creating calls ---------------------------------------------------------------------------------------
@@ -197,40 +249,83 @@ class MultiCheckboxField(SelectMultipleField):
 
 
 class BudgetRow(Form):
-    resource_id = SelectField("Resource", coerce=int, validate_choice=False)
-    hours = StringField("Hours (TB-months for storage)", render_kw={"inputmode": "decimal"})
+    resource_id = SelectField(_("Resource"), coerce=int, validate_choice=False)
+    hours = StringField(_("Hours (TB-months for storage)"), render_kw={"inputmode": "decimal"})
 
 
 class CallForm(FlaskForm):
-    title = StringField("Title", validators=[InputRequired(), Length(max=200)])
-    description = TextAreaField("Description", validators=[Length(max=20_000)])
-    access_mode = SelectField("Access mode", choices=[SelectChoice(m.value, m.label) for m in AccessMode])
-    review_mode = SelectField("Review", choices=[SelectChoice(m.value, REVIEW_MODE_LABELS[m]) for m in ReviewMode])
-    manager_email = EmailField("Call manager's e-mail address", validators=[InputRequired(), Length(max=320)])
+    title = StringField(_("Title"), validators=[InputRequired(_("Give the call a title.")), at_most(200)])
+    description = TextAreaField(_("Description"), validators=[at_most(20_000)])
+    access_mode = SelectField(_("Access mode"), choices=[SelectChoice(m.value, m.label) for m in AccessMode])
+    review_mode = SelectField(_("Review"), choices=[SelectChoice(m.value, REVIEW_MODE_LABELS[m]) for m in ReviewMode])
+    manager_email = EmailField(
+        _("Call manager's e-mail address"),
+        validators=[InputRequired(_("Enter the call manager's e-mail address.")), at_most(320)],
+    )
     eligible_kinds = MultiCheckboxField(
-        "Who may apply", choices=[SelectChoice(k.value, k.label) for k in OrganisationKind]
+        _("Who may apply"), choices=[SelectChoice(k.value, ORGANISATION_KIND_LABELS[k]) for k in OrganisationKind]
     )
-    eligible_countries = StringField("Countries (ISO codes, comma-separated; empty for any)")
-    min_request = StringField("Smallest request (hours)", default="0")
-    max_request = StringField("Largest request (hours)", validators=[InputRequired()])
+    eligible_countries = StringField(_("Countries (ISO codes, comma-separated; empty for any)"))
+    min_request = StringField(_("Smallest request (hours)"), default="0")
+    max_request = StringField(_("Largest request (hours)"), validators=[InputRequired(_("Enter the largest request."))])
     duration_months = SelectField(
-        "Allocations run", coerce=int, choices=[SelectChoice(n, f"{n} months") for n in (3, 6, 12)], default=6
+        _("Allocations run"),
+        coerce=int,
+        choices=[SelectChoice(3, _("3 months")), SelectChoice(6, _("6 months")), SelectChoice(12, _("12 months"))],
+        default=6,
     )
-    opens_on = DateField("Opens on", validators=[InputRequired()])
-    closes_on = DateField("Closes on", validators=[InputRequired()])
-    first_cutoff = DateField("First cut-off", validators=[InputRequired()])
+    opens_on = DateField(_("Opens on"), validators=[InputRequired(_("Enter the day the call opens."))])
+    closes_on = DateField(_("Closes on"), validators=[InputRequired(_("Enter the day the call closes."))])
+    first_cutoff = DateField(_("First cut-off"), validators=[InputRequired(_("Enter the day of the first cut-off."))])
     cutoff_every_days = IntegerField(
-        "Then a cut-off every … days (empty: one cut-off)", validators=[Optional(), NumberRange(1, 366)]
+        _("Then a cut-off every … days (empty: one cut-off)"),
+        validators=[Optional(), NumberRange(1, 366, message=_("Enter a number between %(min)s and %(max)s."))],
     )
     decision_within_working_days = IntegerField(
-        "Decision within … working days of a cut-off (optional)", validators=[Optional(), NumberRange(1, 250)]
+        _("Decision within … working days of a cut-off (optional)"),
+        validators=[Optional(), NumberRange(1, 250, message=_("Enter a number between %(min)s and %(max)s."))],
     )
     budgets = FieldList(FormField(BudgetRow), min_entries=3, max_entries=12)
-    questions = TextAreaField("Questions (JSON)", default="[]")
-    criteria = TextAreaField("Review criteria (JSON)", default="[]")
-    reason = reason_field()
+    questions = TextAreaField(_("Questions (JSON)"), default="[]")
+    criteria = TextAreaField(_("Review criteria (JSON)"), default="[]")
+    reason = reason_field(_("Why? (kept in the audit log)"))
 
 
 class CallStateForm(FlaskForm):
     state = HiddenField(validators=[InputRequired()])
-    reason = reason_field()
+    reason = reason_field(_("Why? (kept in the audit log)"))
+
+
+# --- research outputs and award reports ------------------------------------------------------------------------
+
+
+class OutputForm(FlaskForm):
+    """A publication, data set or software of a project; ``grants.outputs.add_output`` checks every field."""
+
+    kind = SelectField(
+        _("Kind"),
+        choices=[SelectChoice(k.value, OUTPUT_KIND_LABELS[k]) for k in OutputKind],
+        validate_choice=False,
+        id="output-kind",
+    )
+    citation = TextAreaField(
+        _("Citation"),
+        description=_("As it should be cited: authors, title, journal or repository, year."),
+        render_kw={"maxlength": 2000, "rows": 3},
+        id="output-citation",
+    )
+    doi = StringField(
+        _("DOI (optional)"),
+        description=_("Like 10.5281/zenodo.1234567; a https://doi.org/ link works too."),
+        id="output-doi",
+    )
+    url = StringField(_("Link (optional)"), render_kw={"type": "url", "maxlength": 500}, id="output-url")
+    year = StringField(_("Year"), render_kw={"inputmode": "numeric", "maxlength": 4}, id="output-year")
+
+
+class ProgressReportForm(FlaskForm):
+    text = TextAreaField(
+        _("Report"),
+        description=_("What the hours were used for, what came of them, and what is next."),
+        render_kw={"maxlength": 20_000, "rows": 12},
+    )

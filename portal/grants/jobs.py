@@ -9,12 +9,21 @@ from sqlmodel import Session, col, select
 
 from portal.config import Settings
 from portal.db import utcnow
-from portal.grants.models import Application, Review, ReviewState
+from portal.grants import outputs
+from portal.grants.models import Application, Review, ReviewKind, ReviewState
 from portal.identity.models import User
+from portal.messages import N_, Message
 from portal.notifications.services import notify
 
 #: Reviewers are reminded this many days before a review is due, and again each day once it is late.
 REMIND_DAYS_BEFORE = 2
+#: The reminder's sentence, per kind of review and whether it is late.
+_REMINDER = {
+    (ReviewKind.TECHNICAL, False): N_("Your technical review of “%(title)s” is due on %(due)s."),
+    (ReviewKind.TECHNICAL, True): N_("Your technical review of “%(title)s” was due on %(due)s."),
+    (ReviewKind.SCIENTIFIC, False): N_("Your scientific review of “%(title)s” is due on %(due)s."),
+    (ReviewKind.SCIENTIFIC, True): N_("Your scientific review of “%(title)s” was due on %(due)s."),
+}
 
 
 def remind_due_reviews(db: Session, settings: Settings) -> int:
@@ -26,8 +35,8 @@ def remind_due_reviews(db: Session, settings: Settings) -> int:
     horizon = now.date() + timedelta(days=REMIND_DAYS_BEFORE)
     due = db.exec(
         select(Review, Application, User)
-        .join(Application, Application.id == Review.application_id)  # type: ignore[arg-type]
-        .join(User, User.id == Review.reviewer_id)  # type: ignore[arg-type]
+        .join(Application, Application.id == Review.application_id)
+        .join(User, User.id == Review.reviewer_id)
         .where(
             Review.state == ReviewState.ASSIGNED,
             col(Review.due_on).is_not(None),
@@ -36,7 +45,7 @@ def remind_due_reviews(db: Session, settings: Settings) -> int:
         )
     ).all()
     db.rollback()
-    table = Review.__table__  # type: ignore[attr-defined]
+    table = Review.__table__
     sent = 0
     for review, application, reviewer in due:
         claimed = db.execute(
@@ -50,16 +59,24 @@ def remind_due_reviews(db: Session, settings: Settings) -> int:
         if claimed.rowcount != 1:
             db.rollback()
             continue
-        late = review.due_on < now.date()  # type: ignore[operator]
+        late = review.due_on < now.date()
         notify(
             db,
             settings,
             reviewer,
-            subject=f"Review {'overdue' if late else 'due'}: {application.title}",
-            body=f"Your {review.kind} review of “{application.title}” "
-            + (f"was due on {review.due_on}." if late else f"is due on {review.due_on}."),
+            subject=Message(
+                N_("Review overdue: %(title)s") if late else N_("Review due: %(title)s"), title=application.title
+            ),
+            body=Message(_REMINDER[review.kind, late], title=application.title, due=review.due_on),
             link=f"/reviews/{review.id}",
         )
         db.commit()
         sent += 1
     return sent
+
+
+def request_award_reports(db: Session, settings: Settings) -> int:
+    """Ask the PIs of awards for their progress report at the middle of the allocations' period and the final
+    report at the end, then remind them of reports due soon and tell them of overdue ones (each notice once)."""
+    now = utcnow()
+    return outputs.request_award_reports(db, settings, now=now) + outputs.remind_award_reports(db, settings, now=now)

@@ -242,3 +242,83 @@ class ApplicationFile(SQLModel, table=True):
     uploaded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     #: Who uploaded it: their files count against their upload quota (``PORTAL_UPLOAD_QUOTA_BYTES``).
     uploaded_by_id: int | None = Field(default=None, foreign_key="users.id", index=True)
+
+
+class OutputKind(StrEnum):
+    """What a project produced with its hours, as EuroHPC-style access reports count it."""
+
+    PUBLICATION = "publication"
+    DATASET = "dataset"
+    SOFTWARE = "software"
+
+    @property
+    def label(self) -> str:
+        return {"publication": "Publication", "dataset": "Dataset", "software": "Software"}[self.value]
+
+
+class ResearchOutput(SQLModel, table=True):
+    """A publication, data set or piece of software a project lists as a result of its work.
+
+    Nothing is looked up online: the DOI and the citation are kept as the project entered them, the DOI only
+    checked for the syntax of the DOI Handbook (``10.<registrant>/<suffix>``)."""
+
+    __tablename__ = "research_outputs"
+    __table_args__ = (sa.CheckConstraint("year BETWEEN 1900 AND 2999", name="year_plausible"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="projects.id", index=True)
+    kind: OutputKind = Field(sa_type=StrEnumType(OutputKind, 16))
+    #: The DOI without a resolver prefix (``10.5281/zenodo.123``), in the case it was entered; None if it has none.
+    doi: str | None = Field(default=None, max_length=300)
+    #: The citation exactly as the project wrote it.
+    citation: str = Field(max_length=2000)
+    #: Where to read or download it, when it has no DOI or a better landing page (http or https).
+    url: str | None = Field(default=None, max_length=500)
+    #: Year of publication or release.
+    year: int
+    added_by_id: int = Field(foreign_key="users.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ReportKind(StrEnum):
+    #: Asked for at the middle of an awarded allocation's period.
+    PROGRESS = "progress"
+    #: Asked for at its end.
+    FINAL = "final"
+
+    @property
+    def label(self) -> str:
+        return {"progress": "Progress report", "final": "Final report"}[self.value]
+
+
+class ProgressReport(SQLModel, table=True):
+    """A report the worker asks an awarded application's project for (``grants.jobs.request_award_reports``).
+
+    One of each kind per accepted application: its allocations (one per resource) share their dates. The state
+    (requested, submitted, overdue) follows from the dates, see ``state``."""
+
+    __tablename__ = "progress_reports"
+    __table_args__ = (sa.UniqueConstraint("application_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    application_id: int = Field(foreign_key="applications.id", index=True)
+    kind: ReportKind = Field(sa_type=StrEnumType(ReportKind, 16))
+    #: The last day the report is on time.
+    due_on: date
+    requested_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    #: The report's text, as the project submitted it.
+    text: str = Field(default="", max_length=20_000)
+    submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    submitted_by_id: int | None = Field(default=None, foreign_key="users.id")
+    #: When the PI was reminded that it is due soon (once).
+    reminded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: When the PI was told that it is overdue (once).
+    overdue_notified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    def state(self, today: date) -> str:
+        """``submitted``; ``overdue`` once ``due_on`` has passed without it; ``requested`` before."""
+        if self.submitted_at is not None:
+            return "submitted"
+        if today > self.due_on:
+            return "overdue"
+        return "requested"

@@ -8,7 +8,7 @@ from flask import jsonify
 from pydantic import BaseModel
 from spectree import Response
 
-from portal.api import Problem, api_user, bp, spec, token_required
+from portal.api.core import Problem, api_user, bp, spec, token_required
 from portal.authz import factory_roles
 from portal.db import get_db
 from portal.identity.models import ApiScope
@@ -24,7 +24,7 @@ class Me(BaseModel):
 @bp.get("/me")
 @token_required(ApiScope.READ)
 @spec.validate(resp=Response(HTTP_200=Me, HTTP_401=Problem, HTTP_403=Problem), tags=["identity"])
-def me():  # type: ignore[no-untyped-def]
+def me():
     """The user the token belongs to, and their factory roles."""
     user = api_user()
     roles = sorted(str(r) for r in factory_roles(get_db(), user))
@@ -32,7 +32,7 @@ def me():  # type: ignore[no-untyped-def]
         Me(
             id=user.id,
             display_name=user.display_name,
-            email=user.email,  # type: ignore[arg-type]
+            email=user.email,
             factory_roles=roles,
         ).model_dump()
     )
@@ -49,7 +49,7 @@ class PersonalDataExport(BaseModel):
 @bp.get("/me/export")
 @token_required(ApiScope.READ)
 @spec.validate(resp=Response(HTTP_200=PersonalDataExport, HTTP_401=Problem, HTTP_403=Problem), tags=["identity"])
-def export_me():  # type: ignore[no-untyped-def]
+def export_me():
     """Everything the portal holds about the token's owner (GDPR Art. 15 and 20), as one JSON document."""
     from portal.identity.personal_data import export_personal_data
 

@@ -32,6 +32,9 @@ class User(SQLModel, table=True):
     is_active: bool = Field(default=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: The language the user chose with the switch (``portal.i18n``): their pages, e-mails and notices follow it;
+    #: none chosen: the browser's choice, then its ``Accept-Language``.
+    preferred_language: str | None = Field(default=None, max_length=8)
 
     # Flask-Login's user protocol
     is_authenticated: ClassVar[bool] = True
@@ -128,6 +131,19 @@ class ApiScope(StrEnum):
     USAGE_WRITE = "usage:write"
     #: The operators' dashboards' figures (``/api/v1/reports/...``), for staff who may see them.
     REPORTS_READ = "reports:read"
+    #: Operator set-up over ``/api/v1/admin/...``: sites, resources, capacity, manual allocations, Slurm accounts.
+    OPERATE = "operate"
+    #: Factory roles of users over ``/api/v1/admin/users/...``.
+    ADMIN = "admin"
+
+
+#: The scopes only holders of these factory roles may put in a token, and use while they hold one of them
+#: (``identity.services.create_api_token`` and ``authenticate_api_token``). Each action behind such a scope
+#: still asks ``authz.require`` (a site operator's ``operate`` token plans capacity, it opens no allocation).
+PRIVILEGED_SCOPES: dict[ApiScope, frozenset[FactoryRole]] = {
+    ApiScope.OPERATE: frozenset({FactoryRole.ADMIN, FactoryRole.SITE_OPERATOR}),
+    ApiScope.ADMIN: frozenset({FactoryRole.ADMIN}),
+}
 
 
 class ApiToken(SQLModel, table=True):
@@ -148,3 +164,21 @@ class ApiToken(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: The provider and level of assurance of the login in whose session the token was made, and the academic
+    #: affiliations it asserted: steps that ask the performing login's level (applying as PI) ask this one's.
+    #: None for tokens made outside a login (the command line, site tokens).
+    login_provider: str | None = Field(default=None, max_length=32)
+    login_level: AssuranceLevel | None = Field(default=None, sa_type=StrEnumType(AssuranceLevel, 16))
+    login_affiliations: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+
+    def login(self) -> Login | None:
+        """The login the token acts with, as the services read one (its level and affiliations); not stored."""
+        if self.login_level is None:
+            return None
+        return Login(
+            user_id=self.user_id,
+            provider=self.login_provider or "",
+            subject="",
+            level=self.login_level,
+            attributes={"external_affiliation": list(self.login_affiliations)} if self.login_affiliations else {},
+        )

@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response
 
 from portal.config import OIDCProvider, Settings
 from portal.errors import LoginRefused, NotFound
+from portal.messages import N_, Message
 
 #: Clock skew tolerated between the portal and a provider when checking an ID token's expiry.
 LEEWAY_SECONDS = 60
@@ -40,10 +41,10 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.extensions["portal.oauth"] = oauth
 
 
-def _client(provider: OIDCProvider):  # type: ignore[no-untyped-def]
+def _client(provider: OIDCProvider):
     client = current_app.extensions["portal.oauth"].create_client(provider.name)
     if client is None:
-        raise NotFound("No such login provider.")
+        raise NotFound(Message(N_("No such login provider.")))
     return client
 
 
@@ -70,7 +71,7 @@ def redirect_to_provider(provider: OIDCProvider, redirect_uri: str) -> Response:
     try:
         return _client(provider).authorize_redirect(redirect_uri, **extra)
     except requests.RequestException as exc:
-        raise ProviderUnavailable(f"{provider.label} cannot be reached right now; try again later.") from exc
+        raise ProviderUnavailable(_unreachable(provider)) from exc
 
 
 def verified_claims(provider: OIDCProvider) -> dict[str, Any]:
@@ -92,10 +93,10 @@ def verified_claims(provider: OIDCProvider) -> dict[str, Any]:
     except TOKEN_ERRORS as exc:
         raise LoginRefused(_explain(exc)) from exc
     except requests.RequestException as exc:
-        raise ProviderUnavailable(f"{provider.label} cannot be reached right now; try again later.") from exc
+        raise ProviderUnavailable(_unreachable(provider)) from exc
     claims = dict(token.get("userinfo") or {})
     if not claims:
-        raise LoginRefused("The provider returned no ID token.")
+        raise LoginRefused(Message(N_("The provider returned no ID token.")))
     if client.load_server_metadata().get("userinfo_endpoint"):
         try:
             userinfo = client.userinfo(token=token)
@@ -111,26 +112,38 @@ class ProviderUnavailable(LoginRefused):
     title = "Login provider unavailable"
 
 
+def _unreachable(provider: OIDCProvider) -> Message:
+    return Message(N_("%(provider)s cannot be reached right now; try again later."), provider=provider.label)
+
+
 CLAIM_PROBLEMS = {
-    "nonce": "The ID token was not issued for this login (nonce mismatch).",
-    "iss": "The ID token was issued by an unexpected party (issuer mismatch).",
-    "aud": "The ID token was issued for another application (audience mismatch).",
-    "azp": "The ID token was issued for another application (audience mismatch).",
-    "exp": "The ID token has expired; log in again.",
+    "nonce": N_("The ID token was not issued for this login (nonce mismatch)."),
+    "iss": N_("The ID token was issued by an unexpected party (issuer mismatch)."),
+    "aud": N_("The ID token was issued for another application (audience mismatch)."),
+    "azp": N_("The ID token was issued for another application (audience mismatch)."),
+    "exp": N_("The ID token has expired; log in again."),
 }
 
 
-def _explain(exc: BaseException) -> str:
+def _explain(exc: BaseException) -> Message:
     if isinstance(exc, MismatchingStateError):
-        return "The login answer does not belong to this browser session (state mismatch). Start again."
+        return Message(N_("The login answer does not belong to this browser session (state mismatch). Start again."))
     if isinstance(exc, OAuthError):
         if exc.error == "access_denied":
-            return "You declined the login at the provider."
+            return Message(N_("You declined the login at the provider."))
         if exc.error == "invalid_grant":
-            return "The login code was already used or has expired. Start again."
-        return f"The provider refused the login ({exc.error}: {exc.description or 'no reason given'})."
+            return Message(N_("The login code was already used or has expired. Start again."))
+        if exc.description:
+            return Message(
+                N_("The provider refused the login (%(error)s: %(reason)s)."),
+                error=exc.error,
+                reason=exc.description,
+            )
+        return Message(N_("The provider refused the login (%(error)s: no reason given)."), error=exc.error)
     if isinstance(exc, ExpiredTokenError):
-        return CLAIM_PROBLEMS["exp"]
+        return Message(CLAIM_PROBLEMS["exp"])
     if isinstance(exc, ClaimError):
-        return CLAIM_PROBLEMS.get(exc.claim, f"The ID token's claim '{exc.claim}' is not acceptable.")
-    return f"The provider's ID token could not be verified ({type(exc).__name__})."
+        if exc.claim in CLAIM_PROBLEMS:
+            return Message(CLAIM_PROBLEMS[exc.claim])
+        return Message(N_("The ID token's claim '%(claim)s' is not acceptable."), claim=exc.claim)
+    return Message(N_("The provider's ID token could not be verified (%(problem)s)."), problem=type(exc).__name__)

@@ -114,26 +114,26 @@ def erase_user(db: Session, actor: User | None, user: User, *, reason: str) -> d
         if actor.id == user.id:
             raise Conflict("You cannot erase yourself; ask another admin.")
     reason = audit.require_reason(reason)
-    if user.display_name == erased_name(user.id) and user.email is None:  # type: ignore[arg-type]
+    if user.display_name == erased_name(user.id) and user.email is None:
         raise Conflict(f"User {user.id} is already erased.")
     now = utcnow()
     conn = db.connection()
     removed: dict[str, int] = {}
 
     def gone(name: str, statement: sa.Executable) -> None:
-        removed[name] = int(conn.execute(statement).rowcount or 0)  # type: ignore[attr-defined]
+        removed[name] = int(conn.execute(statement).rowcount or 0)
 
     codes, tokens, invitations = _table("oauth_codes"), _table("oauth_tokens"), _table("invitations")
     gone("oauth_codes", sa.delete(codes).where(codes.c.user_id == user.id))
     gone("oauth_tokens", sa.delete(tokens).where(tokens.c.user_id == user.id))
-    gone("web_sessions", sa.delete(WebSession.__table__).where(WebSession.__table__.c.user_id == user.id))  # type: ignore[attr-defined]
-    gone("logins", sa.delete(Login.__table__).where(Login.__table__.c.user_id == user.id))  # type: ignore[attr-defined]
+    gone("web_sessions", sa.delete(WebSession.__table__).where(WebSession.__table__.c.user_id == user.id))
+    gone("logins", sa.delete(Login.__table__).where(Login.__table__.c.user_id == user.id))
     gone(
         "external_identities",
-        sa.delete(ExternalIdentity.__table__).where(ExternalIdentity.__table__.c.user_id == user.id),  # type: ignore[attr-defined]
+        sa.delete(ExternalIdentity.__table__).where(ExternalIdentity.__table__.c.user_id == user.id),
     )
     gone("notifications", sa.delete(_table("notifications")).where(_table("notifications").c.user_id == user.id))
-    gone("role_grants", sa.delete(RoleGrant.__table__).where(RoleGrant.__table__.c.user_id == user.id))  # type: ignore[attr-defined]
+    gone("role_grants", sa.delete(RoleGrant.__table__).where(RoleGrant.__table__.c.user_id == user.id))
     if user.email:
         gone(
             "invitations",
@@ -141,7 +141,7 @@ def erase_user(db: Session, actor: User | None, user: User, *, reason: str) -> d
                 sa.func.lower(invitations.c.email) == user.email.lower(), invitations.c.accepted_at.is_(None)
             ),
         )
-    api_tokens = ApiToken.__table__  # type: ignore[attr-defined]
+    api_tokens = ApiToken.__table__
     gone(
         "api_tokens_revoked",
         sa.update(api_tokens)
@@ -149,8 +149,8 @@ def erase_user(db: Session, actor: User | None, user: User, *, reason: str) -> d
         .values(revoked_at=now),
     )
     db.expire_all()
-    user = db.get(User, user.id)  # type: ignore[assignment]
-    user.display_name = erased_name(user.id)  # type: ignore[arg-type]
+    user = db.get(User, user.id)
+    user.display_name = erased_name(user.id)
     user.email = None
     user.is_active = False
     user.last_login_at = None
@@ -177,7 +177,7 @@ def enforce_retention_periods(db: Session, settings: Settings) -> int:
     now = utcnow()
     conn = db.connection()
     codes, tokens, notifications = _table("oauth_codes"), _table("oauth_tokens"), _table("notifications")
-    sessions, logins = WebSession.__table__, Login.__table__  # type: ignore[attr-defined]
+    sessions, logins = WebSession.__table__, Login.__table__
     oauth_cutoff = now - timedelta(days=settings.oauth_retention_days)
     session_cutoff = now - timedelta(days=settings.web_session_retention_days)
     statements = [
@@ -196,6 +196,6 @@ def enforce_retention_periods(db: Session, settings: Settings) -> int:
             notifications.c.created_at < now - timedelta(days=settings.notification_retention_days)
         ),
     ]
-    removed = sum(int(conn.execute(statement).rowcount or 0) for statement in statements)  # type: ignore[attr-defined]
+    removed = sum(int(conn.execute(statement).rowcount or 0) for statement in statements)
     db.commit()
     return removed

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from portal.audit import services as audit
 from portal.audit.models import AuditAction
-from portal.authz import Action, require
+from portal.authz import Action, factory_roles, require
 from portal.config import AssuranceLevel, OIDCProvider
 from portal.db import utcnow
 from portal.errors import (
@@ -26,6 +26,7 @@ from portal.errors import (
     NotFound,
 )
 from portal.identity.models import (
+    PRIVILEGED_SCOPES,
     ApiScope,
     ApiToken,
     ExternalIdentity,
@@ -35,6 +36,8 @@ from portal.identity.models import (
     User,
     WebSession,
 )
+from portal.messages import N_, Message
+from portal.pagination import PAGE_SIZE, KeyColumn, Page, keyset_page, search_pattern
 
 LIST_ATTRIBUTES = ("external_affiliation", "entitlement")
 
@@ -56,19 +59,30 @@ def read_assertion(provider: OIDCProvider, claims: dict[str, Any]) -> AssertedLo
     """Map verified claims to the portal's view of a login; refuse unknown or too-low levels of assurance."""
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
-        raise LoginRefused("The provider did not say who you are (no subject in the ID token).")
+        raise LoginRefused(Message(N_("The provider did not say who you are (no subject in the ID token).")))
     acr = claims.get("acr")
     acr = str(acr) if acr is not None else None
     level = provider.level_for(acr)
     if level is None:
         raise InsufficientAssurance(
-            f"{provider.label} reported a level of assurance ({acr}) this portal does not recognise."
+            Message(
+                N_("%(provider)s reported a level of assurance (%(acr)s) this portal does not recognise."),
+                provider=provider.label,
+                acr=str(acr),
+            )
         )
     if level < provider.min_acr:
         raise InsufficientAssurance(
-            f"{provider.label} confirmed your identity at level '{level}', but this portal needs at least "
-            f"'{provider.min_acr}' from it. Log in again with a stronger method (for example an ID card "
-            f"or Smart-ID) or choose another provider."
+            Message(
+                N_(
+                    "%(provider)s confirmed your identity at level '%(level)s', but this portal needs at least "
+                    "'%(needed)s' from it. Log in again with a stronger method (for example an ID card "
+                    "or Smart-ID) or choose another provider."
+                ),
+                provider=provider.label,
+                level=str(level),
+                needed=str(provider.min_acr),
+            )
         )
     amr = claims.get("amr") or []
     if isinstance(amr, str):
@@ -120,13 +134,18 @@ def record_login(db: Session, asserted: AssertedLogin, *, linking_user: User | N
         )
     ).first()
     if linking_user is not None and identity is not None and identity.user_id != linking_user.id:
-        raise Conflict(f"This {asserted.provider.label} account is already linked to another portal user.")
+        raise Conflict(
+            Message(
+                N_("This %(provider)s account is already linked to another portal user."),
+                provider=asserted.provider.label,
+            )
+        )
     try:
         user, login = _write_login(db, asserted, identity, linking_user)
         db.commit()
     except IntegrityError as exc:  # a concurrent first login of the same identity
         db.rollback()
-        raise Conflict("This identity was linked at the same moment by another login; try again.") from exc
+        raise Conflict(Message(N_("This identity was linked at the same moment by another login; try again."))) from exc
     return user, login
 
 
@@ -137,7 +156,7 @@ def _write_login(
     if linking_user is not None:
         user = linking_user
     elif identity is not None:
-        user = db.get(User, identity.user_id)  # type: ignore[assignment]
+        user = db.get(User, identity.user_id)
     else:
         user = User(
             display_name=_display_name(asserted.attributes, asserted.subject),
@@ -146,7 +165,7 @@ def _write_login(
         db.add(user)
         db.flush()
     if not user.is_active:
-        raise LoginRefused("This portal account is deactivated. Contact the factory's support.")
+        raise LoginRefused(Message(N_("This portal account is deactivated. Contact the factory's support.")))
     if identity is None:
         identity = ExternalIdentity(
             user_id=user.id, provider=asserted.provider.name, subject=asserted.subject, level=asserted.level
@@ -160,7 +179,7 @@ def _write_login(
     user.last_login_at = now
     db.flush()
     login = Login(
-        user_id=user.id,  # type: ignore[arg-type]
+        user_id=user.id,
         identity_id=identity.id,
         provider=asserted.provider.name,
         subject=asserted.subject,
@@ -185,7 +204,7 @@ def provision_user(db: Session, *, provider: OIDCProvider, subject: str, display
         select(ExternalIdentity).where(ExternalIdentity.provider == provider.name, ExternalIdentity.subject == subject)
     ).first()
     if existing is not None:
-        return db.get(User, existing.user_id)  # type: ignore[return-value]
+        return db.get(User, existing.user_id)
     user = User(display_name=display_name, email=email)
     db.add(user)
     db.flush()
@@ -193,7 +212,7 @@ def provision_user(db: Session, *, provider: OIDCProvider, subject: str, display
         ExternalIdentity(
             user_id=user.id,
             provider=provider.name,
-            subject=subject,  # type: ignore[arg-type]
+            subject=subject,
             level=provider.default_acr,
         )
     )
@@ -215,11 +234,11 @@ def unlink_identity(db: Session, actor: User, identity_id: int, *, current_login
     """
     identity = db.get(ExternalIdentity, identity_id)
     if identity is None or identity.user_id != actor.id:
-        raise NotFound("No such identity.")
+        raise NotFound(Message(N_("No such identity.")))
     if len(identities_of(db, actor)) == 1:
-        raise Conflict("This is your only identity; you could not log in again without it.")
+        raise Conflict(Message(N_("This is your only identity; you could not log in again without it.")))
     if current_login is not None and current_login.identity_id == identity.id:
-        raise Conflict("You are logged in with this identity; log in with another one to unlink it.")
+        raise Conflict(Message(N_("You are logged in with this identity; log in with another one to unlink it.")))
     for login in db.exec(select(Login).where(Login.identity_id == identity.id)):
         login.identity_id = None
     db.flush()
@@ -238,7 +257,7 @@ def start_web_session(db: Session, user: User, login: Login | None, *, lifetime:
     db.add(
         WebSession(
             key_digest=_digest(key),
-            user_id=user.id,  # type: ignore[arg-type]
+            user_id=user.id,
             login_id=login.id if login else None,
             created_at=now,
             expires_at=now + lifetime,
@@ -294,7 +313,7 @@ def deactivate_user(db: Session, actor: User | None, user: User, *, reason: str)
     if actor is not None:
         require(db, actor, Action.GRANT_ROLES)
         if actor.id == user.id:
-            raise Conflict("You cannot deactivate yourself; ask another admin.")
+            raise Conflict(Message(N_("You cannot deactivate yourself; ask another admin.")))
     reason = audit.require_reason(reason)
     if not user.is_active:
         return
@@ -312,9 +331,17 @@ def deactivate_user(db: Session, actor: User | None, user: User, *, reason: str)
 def find_user_by_email(db: Session, email: str) -> User:
     users = db.exec(select(User).where(col(User.email).ilike(email.strip()))).all()
     if not users:
-        raise NotFound(f"No user with the e-mail address {email}; they must log in once first.")
+        raise NotFound(
+            Message(N_("No user with the e-mail address %(email)s; they must log in once first."), email=email)
+        )
     if len(users) > 1:
-        raise Conflict(f"{len(users)} users share the e-mail address {email}; grant the role in the portal.")
+        raise Conflict(
+            Message(
+                N_("%(count)s users share the e-mail address %(email)s; grant the role in the portal."),
+                count=len(users),
+                email=email,
+            )
+        )
     return users[0]
 
 
@@ -330,7 +357,7 @@ def grant_role(db: Session, actor: User | None, user: User, role: FactoryRole, *
     existing = db.exec(select(RoleGrant).where(RoleGrant.user_id == user.id, RoleGrant.role == role)).first()
     if existing is not None:
         return existing
-    grant = RoleGrant(user_id=user.id, role=role, granted_by_id=actor.id if actor else None)  # type: ignore[arg-type]
+    grant = RoleGrant(user_id=user.id, role=role, granted_by_id=actor.id if actor else None)
     db.add(grant)
     summary = f"{_who(user)} is now {role.value}"
     audit.record(db, actor or "cli", AuditAction.ROLE_GRANTED, user, summary=summary, reason=reason)
@@ -338,14 +365,22 @@ def grant_role(db: Session, actor: User | None, user: User, role: FactoryRole, *
     return grant
 
 
+_DOES_NOT_HOLD = {
+    FactoryRole.ADMIN: N_("%(name)s does not hold the role admin."),
+    FactoryRole.FINANCE: N_("%(name)s does not hold the role finance."),
+    FactoryRole.SITE_OPERATOR: N_("%(name)s does not hold the role site_operator."),
+    FactoryRole.REVIEWER: N_("%(name)s does not hold the role reviewer."),
+}
+
+
 def revoke_role(db: Session, actor: User, user: User, role: FactoryRole, *, reason: str) -> None:
     require(db, actor, Action.GRANT_ROLES)
     reason = audit.require_reason(reason)
     if user.id == actor.id and role == FactoryRole.ADMIN:
-        raise Conflict("You cannot remove your own admin role; ask another admin.")
+        raise Conflict(Message(N_("You cannot remove your own admin role; ask another admin.")))
     grant = db.exec(select(RoleGrant).where(RoleGrant.user_id == user.id, RoleGrant.role == role)).first()
     if grant is None:
-        raise NotFound(f"{user.display_name} does not hold the role {role}.")
+        raise NotFound(Message(_DOES_NOT_HOLD[FactoryRole(role)], name=user.display_name))
     db.delete(grant)
     end_sessions_of(db, user, reason="role_revoked", commit=False)  # they log in again, without the role
     summary = f"{_who(user)} is no longer {role.value}"
@@ -353,20 +388,33 @@ def revoke_role(db: Session, actor: User, user: User, role: FactoryRole, *, reas
     db.commit()
 
 
-def list_users(db: Session, actor: User, *, query: str = "", limit: int = 50) -> list[tuple[User, set[str]]]:
+def list_users(db: Session, actor: User, *, query: str = "", limit: int = PAGE_SIZE) -> list[tuple[User, set[str]]]:
+    """The first ``limit`` users (by name) whose name or e-mail address holds ``query``, with their factory roles."""
+    return users_page(db, actor, query=query, cursor=None, size=limit).items
+
+
+#: The order of user lists: by name, the id breaking ties.
+USER_ORDER = (KeyColumn(col(User.display_name), str), KeyColumn(col(User.id), int))
+
+
+def users_page(
+    db: Session, actor: User, *, query: str = "", cursor: str | None, size: int = PAGE_SIZE
+) -> Page[tuple[User, set[str]]]:
+    """One page of the users whose name or e-mail address holds ``query`` (any case), by name, each with their
+    factory roles; for those who manage roles. ``InvalidCursor`` for a cursor this list did not hand out."""
     require(db, actor, Action.GRANT_ROLES)
-    stmt = select(User).order_by(User.display_name).limit(limit)
-    if len(query) > 200:
-        raise InvalidInput("Search for at most 200 characters.", errors={"q": "At most 200 characters."})
-    if query:
-        pattern = f"%{query.strip()}%"
-        stmt = stmt.where(col(User.display_name).ilike(pattern) | col(User.email).ilike(pattern))
-    users = list(db.exec(stmt))
-    grants = db.exec(select(RoleGrant).where(col(RoleGrant.user_id).in_([u.id for u in users]))).all()
+    stmt = select(User)
+    pattern = search_pattern(query)
+    if pattern:
+        stmt = stmt.where(
+            col(User.display_name).ilike(pattern, escape="\\") | col(User.email).ilike(pattern, escape="\\")
+        )
+    page = keyset_page(db, stmt, USER_ORDER, lambda u: (u.display_name, u.id), cursor=cursor, size=size)
+    grants = db.exec(select(RoleGrant).where(col(RoleGrant.user_id).in_([u.id for u in page.items]))).all()
     roles: dict[int, set[str]] = {}
     for g in grants:
         roles.setdefault(g.user_id, set()).add(g.role)
-    return [(u, roles.get(u.id, set())) for u in users]  # type: ignore[arg-type]
+    return page.map(lambda users: [(u, roles.get(u.id, set())) for u in users])
 
 
 # --- API tokens ----------------------------------------------------------------------------------------
@@ -378,32 +426,56 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_api_token(db: Session, actor: User, *, name: str, scopes: list[str], ttl_days: int) -> tuple[ApiToken, str]:
-    """Create a token for ``actor``; the plain token is returned once and never stored."""
+def create_api_token(
+    db: Session, actor: User, *, name: str, scopes: list[str], ttl_days: int, login: Login | None = None
+) -> tuple[ApiToken, str]:
+    """Create a token for ``actor``; the plain token is returned once and never stored. ``login``: the login of the
+    session that makes it (the account page's), whose level of assurance and affiliations the token then acts
+    with (``ApiToken.login``); None for a token that may take no step asking for a level."""
     name = name.strip()
-    errors = {}
+    errors: dict[str, Message] = {}
     if not name:
-        errors["name"] = "Give the token a name, so you recognise it later."
+        errors["name"] = Message(N_("Give the token a name, so you recognise it later."))
     # usage:write tokens are made for sites
-    valid_scopes = {ApiScope.READ.value, ApiScope.WRITE.value, ApiScope.REPORTS_READ.value}
+    valid_scopes = {s.value for s in ApiScope if s != ApiScope.USAGE_WRITE}
     if not scopes or not set(scopes) <= valid_scopes:
-        errors["scopes"] = f"Choose scopes among: {', '.join(sorted(valid_scopes))}."
+        errors["scopes"] = Message(N_("Choose scopes among: %(scopes)s."), scopes=", ".join(sorted(valid_scopes)))
+    else:
+        refused = _scopes_beyond_roles(db, actor, scopes)
+        if refused:
+            errors["scopes"] = Message(
+                N_("Only factory staff with the right role may have these scopes: %(scopes)s."),
+                scopes=", ".join(refused),
+            )
     if not 1 <= ttl_days <= 366:
-        errors["ttl_days"] = "A token lives between 1 and 366 days."
+        errors["ttl_days"] = Message(N_("A token lives between 1 and 366 days."))
     if errors:
-        raise InvalidInput("The token could not be created.", errors=errors)
+        raise InvalidInput(Message(N_("The token could not be created.")), errors=errors)
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
-        user_id=actor.id,  # type: ignore[arg-type]
+        user_id=actor.id,
         name=name[:100],
         prefix=plain[: len(TOKEN_PREFIX) + 6],
         digest=_digest(plain),
         scopes=sorted(set(scopes)),
         expires_at=utcnow() + timedelta(days=ttl_days),
     )
+    if login is not None:
+        token.login_provider = login.provider
+        token.login_level = AssuranceLevel(login.level)
+        token.login_affiliations = [str(a) for a in login.attributes.get("external_affiliation") or []]
     db.add(token)
     db.commit()
     return token, plain
+
+
+def _scopes_beyond_roles(db: Session, user: User, scopes: list[str]) -> list[str]:
+    """The privileged scopes among ``scopes`` that none of the user's factory roles allows (``PRIVILEGED_SCOPES``)."""
+    privileged = {ApiScope(s) for s in scopes if s in PRIVILEGED_SCOPES}
+    if not privileged:
+        return []
+    roles = factory_roles(db, user)
+    return sorted(scope.value for scope in privileged if not PRIVILEGED_SCOPES[scope] & roles)
 
 
 def api_tokens_of(db: Session, actor: User) -> list[ApiToken]:
@@ -413,7 +485,7 @@ def api_tokens_of(db: Session, actor: User) -> list[ApiToken]:
 def revoke_api_token(db: Session, actor: User, token_id: int) -> ApiToken:
     token = db.get(ApiToken, token_id)
     if token is None or token.user_id != actor.id:
-        raise NotFound("No such token.")
+        raise NotFound(Message(N_("No such token.")))
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         db.commit()
@@ -425,12 +497,19 @@ def authenticate_api_token(db: Session, plain: str, *, scope: ApiScope) -> tuple
     token = db.exec(select(ApiToken).where(ApiToken.digest == _digest(plain))).first()
     now = utcnow()
     if token is None or token.revoked_at is not None or token.expires_at <= now:
-        raise AuthenticationRequired("The API token is unknown, revoked or expired.")
+        raise AuthenticationRequired(Message(N_("The API token is unknown, revoked or expired.")))
     user = db.get(User, token.user_id)
     if user is None or not user.is_active:
-        raise AuthenticationRequired("The API token's owner is deactivated.")
+        raise AuthenticationRequired(Message(N_("The API token's owner is deactivated.")))
     if scope.value not in token.scopes:
-        raise NotAuthorised(f"This token lacks the '{scope.value}' scope.")
+        raise NotAuthorised(Message(N_("This token lacks the '%(scope)s' scope."), scope=scope.value))
+    if _scopes_beyond_roles(db, user, [scope.value]):
+        raise NotAuthorised(
+            Message(
+                N_("The '%(scope)s' scope needs a factory role that the token's owner no longer holds."),
+                scope=scope.value,
+            )
+        )
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         token.last_used_at = now
         db.commit()
@@ -448,12 +527,17 @@ def create_agent_token(
         require(db, actor, Action.MANAGE_CAPACITY)
     reason = audit.require_reason(reason)
     if not name.strip():
-        raise InvalidInput("Name the agent, for example 'waw-slurm-agent'.", errors={"name": "Required."})
+        raise InvalidInput(
+            Message(N_("Name the agent, for example 'waw-slurm-agent'.")), errors={"name": Message(N_("Required."))}
+        )
     if not 1 <= ttl_days <= 3 * 366:
-        raise InvalidInput("An agent token lives between 1 day and 3 years.", errors={"ttl_days": "Out of range."})
+        raise InvalidInput(
+            Message(N_("An agent token lives between 1 day and 3 years.")),
+            errors={"ttl_days": Message(N_("Out of range."))},
+        )
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
-        user_id=owner.id,  # type: ignore[arg-type]
+        user_id=owner.id,
         name=name.strip()[:100],
         prefix=plain[: len(TOKEN_PREFIX) + 6],
         digest=_digest(plain),

@@ -5,24 +5,42 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, session, url_for
+from flask_babel import gettext, ngettext, pgettext
 from flask_login import current_user, login_required, login_user, logout_user
 
 from portal.authz import Action, require
 from portal.db import get_db
 from portal.errors import InvalidInput, LoginRefused
 from portal.forms import ActionForm, ReasonForm, apply_errors
+from portal.i18n import adopt_browser_language
 from portal.identity import oidc, services
-from portal.identity.forms import GrantRoleForm, TokenForm
+from portal.identity.forms import FACTORY_ROLES, GrantRoleForm, TokenForm
 from portal.identity.models import FactoryRole, User
 from portal.web import actor, current_login, current_web_session, safe_next, settings
 
 bp = Blueprint("identity", __name__)
 
 
-def _provider_or_404(name: str):  # type: ignore[no-untyped-def]
+@bp.app_template_filter("factory_role")
+def factory_role_label(role: str) -> str:
+    """A factory role as the pages name it, in the reader's language."""
+    return str(FACTORY_ROLES[FactoryRole(role)])
+
+
+@bp.app_template_filter("assurance_level")
+def assurance_level_label(level: str) -> str:
+    """An eIDAS level of assurance in the reader's language (the glossary's words)."""
+    return {
+        "low": pgettext("eIDAS level of assurance", "low"),
+        "substantial": pgettext("eIDAS level of assurance", "substantial"),
+        "high": pgettext("eIDAS level of assurance", "high"),
+    }.get(str(level), str(level))
+
+
+def _provider_or_404(name: str):
     provider = settings().provider(name)
     if provider is None:
-        abort(404, "No such login provider.")
+        abort(404, gettext("No such login provider."))
     return provider
 
 
@@ -31,7 +49,7 @@ def _callback_url(name: str) -> str:
 
 
 @bp.get("/login")
-def login():  # type: ignore[no-untyped-def]
+def login():
     if current_user.is_authenticated:
         return redirect(safe_next(request.args.get("next")))
     return render_template(
@@ -40,7 +58,7 @@ def login():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/login/<name>")
-def start_login(name: str):  # type: ignore[no-untyped-def]
+def start_login(name: str):
     provider = _provider_or_404(name)
     session["login_next"] = safe_next(request.args.get("next"))
     session.pop("link_for_user", None)
@@ -48,7 +66,7 @@ def start_login(name: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/login/<name>/callback")
-def callback(name: str):  # type: ignore[no-untyped-def]
+def callback(name: str):
     provider = _provider_or_404(name)
     linking_user_id = session.pop("link_for_user", None)
     try:
@@ -57,18 +75,19 @@ def callback(name: str):  # type: ignore[no-untyped-def]
         linking_user = None
         if linking_user_id is not None:
             if not current_user.is_authenticated or current_user.id != linking_user_id:
-                raise LoginRefused("Log in again before linking another identity.")
+                raise LoginRefused(gettext("Log in again before linking another identity."))
             linking_user = actor()
         user, login = services.record_login(get_db(), asserted, linking_user=linking_user)
     except LoginRefused as exc:
         get_db().rollback()
         return (
-            render_template("identity/refused.html", title=exc.title, detail=exc.detail, provider=provider),
+            render_template("identity/refused.html", title=gettext(exc.title), detail=exc.detail, provider=provider),
             exc.status,
         )
     if linking_user is not None:
-        flash(f"Your {provider.label} identity is now linked to your account.", "success")
+        flash(gettext("Your %(provider)s identity is now linked to your account.", provider=provider.label), "success")
         return redirect(url_for("identity.account"))
+    adopt_browser_language(get_db(), user)
     next_url = session.pop("login_next", "/")
     session.clear()  # a fresh session on every login: no fixation
     lifetime = timedelta(hours=settings().session_lifetime_hours)
@@ -80,7 +99,7 @@ def callback(name: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout():
     if not ActionForm().validate_on_submit():
         abort(400)
     key = session.get("web_session")
@@ -88,26 +107,31 @@ def logout():  # type: ignore[no-untyped-def]
         services.end_web_session(get_db(), key)  # a copy of the cookie is worth nothing from now on
     logout_user()
     session.clear()
-    flash("You are logged out.", "info")
+    flash(gettext("You are logged out."), "info")
     return redirect(url_for("identity.login"))
 
 
 @bp.post("/account/sessions/end-all")
 @login_required
-def logout_everywhere():  # type: ignore[no-untyped-def]
+def logout_everywhere():
     """End every session of the user, in every browser, this one included (and the hub logins made in them)."""
     if not ActionForm().validate_on_submit():
         abort(400)
     ended = services.end_sessions_of(get_db(), actor(), reason="logout_everywhere")
     logout_user()
     session.clear()
-    flash(f"You are logged out everywhere ({ended} session{'s' if ended != 1 else ''} ended).", "info")
+    message = ngettext(
+        "You are logged out everywhere (%(num)d session ended).",
+        "You are logged out everywhere (%(num)d sessions ended).",
+        ended,
+    )
+    flash(message, "info")
     return redirect(url_for("identity.login"))
 
 
 @bp.get("/account")
 @login_required
-def account():  # type: ignore[no-untyped-def]
+def account():
     db = get_db()
     me = actor()
     identities = services.identities_of(db, me)
@@ -128,7 +152,7 @@ def account():  # type: ignore[no-untyped-def]
 
 @bp.get("/account/export")
 @login_required
-def export_account():  # type: ignore[no-untyped-def]
+def export_account():
     """The user's personal data as a JSON download (the same document as ``GET /api/v1/me/export``)."""
     from portal.identity.personal_data import export_personal_data
 
@@ -139,7 +163,7 @@ def export_account():  # type: ignore[no-untyped-def]
 
 @bp.post("/account/identities/link/<name>")
 @login_required
-def link_identity(name: str):  # type: ignore[no-untyped-def]
+def link_identity(name: str):
     provider = _provider_or_404(name)
     if not ActionForm().validate_on_submit():
         abort(400)
@@ -149,17 +173,17 @@ def link_identity(name: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/account/identities/<int:identity_id>/unlink")
 @login_required
-def unlink_identity(identity_id: int):  # type: ignore[no-untyped-def]
+def unlink_identity(identity_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     services.unlink_identity(get_db(), actor(), identity_id, current_login=current_login())
-    flash("The identity is unlinked.", "success")
+    flash(gettext("The identity is unlinked."), "success")
     return redirect(url_for("identity.account"))
 
 
 @bp.post("/account/tokens")
 @login_required
-def create_token():  # type: ignore[no-untyped-def]
+def create_token():
     db = get_db()
     form = TokenForm()
     new_token = None
@@ -172,6 +196,7 @@ def create_token():  # type: ignore[no-untyped-def]
                 name=form.name.data or "",
                 scopes=form.scopes.data or [],
                 ttl_days=form.ttl_days.data or 0,
+                login=current_login(),
             )
         except InvalidInput as exc:
             apply_errors(form, exc)
@@ -199,15 +224,15 @@ def create_token():  # type: ignore[no-untyped-def]
 
 @bp.post("/account/tokens/<int:token_id>/revoke")
 @login_required
-def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
+def revoke_token(token_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     token = services.revoke_api_token(get_db(), actor(), token_id)
-    flash(f"The token “{token.name}” is revoked.", "success")
+    flash(gettext("The token “%(name)s” is revoked.", name=token.name), "success")
     return redirect(url_for("identity.account"))
 
 
-def _users_page(errors: dict[int, str] | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+def _users_page(errors: dict[int, str] | None = None, status: int = 200):
     """The users page; ``errors`` (user id -> message) shows why a grant or revocation was refused."""
     rows = services.list_users(get_db(), actor(), query=request.args.get("q", ""))
     return render_template(
@@ -222,13 +247,13 @@ def _users_page(errors: dict[int, str] | None = None, status: int = 200):  # typ
 
 @bp.get("/admin/users")
 @login_required
-def users():  # type: ignore[no-untyped-def]
+def users():
     return _users_page()
 
 
 @bp.post("/admin/users/<int:user_id>/roles")
 @login_required
-def grant_role(user_id: int):  # type: ignore[no-untyped-def]
+def grant_role(user_id: int):
     db = get_db()
     form = GrantRoleForm()
     if not form.validate_on_submit():
@@ -241,14 +266,15 @@ def grant_role(user_id: int):  # type: ignore[no-untyped-def]
         services.grant_role(db, actor(), user, FactoryRole(form.role.data), reason=form.reason.data or "")
     except InvalidInput as exc:
         db.rollback()
-        return _users_page({user.id: exc.detail}, 422)  # type: ignore[dict-item]
-    flash(f"{user.display_name} is now {form.role.data.replace('_', ' ')}.", "success")
+        return _users_page({user.id: exc.detail}, 422)
+    role = factory_role_label(form.role.data)
+    flash(gettext("%(name)s is now %(role)s.", name=user.display_name, role=role), "success")
     return redirect(url_for("identity.users"))
 
 
 @bp.post("/admin/users/<int:user_id>/roles/<role>/revoke")
 @login_required
-def revoke_role(user_id: int, role: str):  # type: ignore[no-untyped-def]
+def revoke_role(user_id: int, role: str):
     db = get_db()
     form = ReasonForm()
     if not form.validate_on_submit():
@@ -261,6 +287,6 @@ def revoke_role(user_id: int, role: str):  # type: ignore[no-untyped-def]
         services.revoke_role(db, actor(), user, FactoryRole(role), reason=form.reason.data or "")
     except InvalidInput as exc:
         db.rollback()
-        return _users_page({user.id: exc.detail}, 422)  # type: ignore[dict-item]
-    flash(f"{user.display_name} is no longer {role.replace('_', ' ')}.", "success")
+        return _users_page({user.id: exc.detail}, 422)
+    flash(gettext("%(name)s is no longer %(role)s.", name=user.display_name, role=factory_role_label(role)), "success")
     return redirect(url_for("identity.users"))

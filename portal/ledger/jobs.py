@@ -10,11 +10,11 @@ from sqlmodel import Session, col, select
 
 from portal.config import Settings
 from portal.db import utcnow
-from portal.formatting import quantity
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, CapacityPeriod, Resource, Site
 from portal.mail import MailNotSent, send_mail_to_each
+from portal.messages import N_, Amount, Message, language_of, paragraphs, render
 from portal.projects.models import Project, ProjectMembership, ProjectRole
 
 log = logging.getLogger("portal.ledger.jobs")
@@ -40,7 +40,7 @@ def start_and_expire_allocations(db: Session, _settings: Settings) -> int:
         # expire() locks the row and is idempotent: a second worker finds it expired and does nothing
         if ledger.expire(db, allocation_id, now=now) is not None:
             changed += 1
-    table = Allocation.__table__  # type: ignore[attr-defined]
+    table = Allocation.__table__
     started = db.execute(
         sa.update(table)
         .where(table.c.state == AllocationState.PENDING.value, table.c.starts_at <= now, table.c.ends_at > now)
@@ -65,7 +65,7 @@ def notify_usage_thresholds(db: Session, settings: Settings) -> int:
     The claim is a conditional UPDATE held until the mail is sent: a second worker waits on the row and
     then finds the threshold already claimed; a failed send rolls back and is retried next round.
     """
-    table = Allocation.__table__  # type: ignore[attr-defined]
+    table = Allocation.__table__
     # hours added since a warning: lower the mark so the next crossing is told again
     for allocation in db.exec(select(Allocation).where(col(Allocation.notified_threshold) > 0)).all():
         reached = _threshold_reached(allocation)
@@ -74,8 +74,8 @@ def notify_usage_thresholds(db: Session, settings: Settings) -> int:
     db.commit()
     candidates = db.exec(
         select(Allocation, Resource, Project)
-        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
-        .join(Project, Project.id == Allocation.project_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == Allocation.resource_id)
+        .join(Project, Project.id == Allocation.project_id)
         .where(
             col(Allocation.state).in_([AllocationState.ACTIVE, AllocationState.EXHAUSTED]),
             col(Allocation.credited) > 0,
@@ -109,9 +109,9 @@ def notify_usage_thresholds(db: Session, settings: Settings) -> int:
 def _send_threshold_mail(
     db: Session, settings: Settings, allocation: Allocation, resource: Resource, project: Project, reached: int
 ) -> None:
-    recipients = db.exec(
-        select(User.email)
-        .join(ProjectMembership, ProjectMembership.user_id == User.id)  # type: ignore[arg-type]
+    readers = db.exec(
+        select(User)
+        .join(ProjectMembership, ProjectMembership.user_id == User.id)
         .where(
             ProjectMembership.project_id == project.id,
             col(ProjectMembership.role).in_([ProjectRole.PI, ProjectRole.MANAGER]),
@@ -119,19 +119,46 @@ def _send_threshold_mail(
         )
     ).all()
     link = f"{settings.base_url}/projects/{project.id}/allocations/{allocation.id}"
+    named = {"project": project.title, "allocation": allocation.title, "resource": resource.name}
     if reached >= 100:
-        subject = f"{project.title}: the allocation “{allocation.title}” is used up"
-        lead = "has used all its hours. Running work is being stopped; ask for more hours to continue."
+        subject = Message(N_("%(project)s: the allocation “%(allocation)s” is used up"), **named)
+        lead = Message(
+            N_(
+                "The allocation “%(allocation)s” (%(resource)s) of the project “%(project)s” has used all its hours. "
+                "Running work is being stopped; ask for more hours to continue."
+            ),
+            **named,
+        )
     else:
-        subject = f"{project.title}: {reached} % of “{allocation.title}” used"
-        lead = f"has used {reached} % of its hours."
-    body = (
-        f"The allocation “{allocation.title}” ({resource.name}) of the project “{project.title}” {lead}\n\n"
-        f"Used: {quantity(allocation.used, resource.kind)} of {quantity(allocation.credited, resource.kind)}\n"
-        f"Remaining: {quantity(allocation.balance, resource.kind)}\n"
-        f"Ends: {allocation.ends_at:%Y-%m-%d}\n\n{link}\n"
+        subject = Message(N_("%(project)s: %(percent)s %% of “%(allocation)s” used"), percent=str(reached), **named)
+        lead = Message(
+            N_(
+                "The allocation “%(allocation)s” (%(resource)s) of the project “%(project)s” has used %(percent)s %% "
+                "of its hours."
+            ),
+            percent=str(reached),
+            **named,
+        )
+    kind = resource.kind
+    figures = Message(
+        N_("Used: %(used)s of %(credited)s\nRemaining: %(balance)s\nEnds: %(ends)s"),
+        used=Amount(allocation.used, kind),
+        credited=Amount(allocation.credited, kind),
+        balance=Amount(allocation.balance, kind),
+        ends=allocation.ends_at.date(),
     )
-    failed = send_mail_to_each(settings, recipients, subject=subject, body=body)  # type: ignore[arg-type]
+    body = paragraphs(lead, figures, link)
+    by_language: dict[str, list[str]] = {}
+    for reader in readers:
+        by_language.setdefault(language_of(settings, reader), []).append(reader.email or "")
+    recipients = [address for addresses in by_language.values() for address in addresses]
+    failed = [
+        address
+        for language, addresses in by_language.items()
+        for address in send_mail_to_each(
+            settings, addresses, subject=render(subject, language), body=render(body, language)
+        )
+    ]
     if recipients and len(failed) == len(recipients):
         raise MailNotSent(f"nobody could be told about allocation {allocation.id}")  # retried next round
 
@@ -146,12 +173,12 @@ def check_balances(db: Session, settings: Settings) -> int:
     log.error("ledger balances differ from their entries:\n%s", "\n".join(lines))
     admins = db.exec(
         select(User.email)
-        .join(RoleGrant, RoleGrant.user_id == User.id)  # type: ignore[arg-type]
+        .join(RoleGrant, RoleGrant.user_id == User.id)
         .where(RoleGrant.role == FactoryRole.ADMIN, col(User.email).is_not(None))
     ).all()
     send_mail_to_each(
         settings,
-        admins,  # type: ignore[arg-type]
+        admins,
         subject=f"Ledger check: {len(mismatches)} balances differ from their entries",
         body="The daily ledger check found:\n\n" + "\n".join(lines) + "\n",
     )
@@ -163,8 +190,8 @@ def capacity_in_use(db: Session, today: date) -> list[tuple[str, str, int, int]]
     worker exports for the "capacity near full" alert."""
     rows = db.exec(
         select(Site.code, Resource.code, CapacityPeriod.capacity, CapacityPeriod.reserved)
-        .join(Resource, Resource.id == CapacityPeriod.resource_id)  # type: ignore[arg-type]
-        .join(Site, Site.id == Resource.site_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == CapacityPeriod.resource_id)
+        .join(Site, Site.id == Resource.site_id)
         .where(CapacityPeriod.starts_on <= today, CapacityPeriod.ends_on > today)
         .order_by(Site.code, Resource.code)
     ).all()

@@ -132,7 +132,8 @@ class Allocation(SQLModel, table=True):
     title: str = Field(max_length=200)
     #: Remaining base units: always the sum of this allocation's ledger entries.
     balance: int = Field(default=0, sa_type=sa.BigInteger)
-    #: Base units credited so far (awards, purchases, transfers in); the denominator of "% used".
+    #: Base units credited so far (awards, purchases, course shares, transfers in, and the opening hours of one
+    #: opened by an operator, though their entry is an adjustment); the denominator of "% used".
     credited: int = Field(default=0, sa_type=sa.BigInteger)
     #: Base units charged as usage so far.
     used: int = Field(default=0, sa_type=sa.BigInteger)

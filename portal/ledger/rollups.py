@@ -28,7 +28,7 @@ def add_usage(db: Session, daily_totals: dict[tuple[int, date], int]) -> None:
         key = (allocation_id, month_of(day))
         months[key] = months.get(key, 0) + amount
     rows = [{"allocation_id": a, "month": m, "amount": amount} for (a, m), amount in sorted(months.items())]
-    add_to_sums(db, UsageMonth.__table__, USAGE_KEY, ("amount",), rows)  # type: ignore[attr-defined]
+    add_to_sums(db, UsageMonth.__table__, USAGE_KEY, ("amount",), rows)
 
 
 def expected_usage(db: Session) -> dict[tuple[int, date], int]:

@@ -16,6 +16,7 @@ from portal.db import utcnow
 from portal.errors import NotFound
 from portal.identity.models import User
 from portal.ledger.models import Allocation, DailyUsage, LedgerEntry, Resource, Site
+from portal.messages import N_, Message
 from portal.projects.models import Project
 
 #: Days over which the burn rate is averaged.
@@ -72,26 +73,26 @@ def allocations_of_project(db: Session, actor: User, project: Project) -> list[A
     require(db, actor, Action.VIEW_PROJECT, project)
     rows = db.exec(
         select(Allocation, Resource, Site)
-        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
-        .join(Site, Site.id == Resource.site_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == Allocation.resource_id)
+        .join(Site, Site.id == Resource.site_id)
         .where(Allocation.project_id == project.id)
         .order_by(col(Allocation.ends_at).desc(), col(Allocation.id).desc())
     ).all()
     today = utcnow().date()
-    burns = _burn_rates(db, [a.id for a, _r, _s in rows], today)  # type: ignore[misc]
-    return [_statement(a, r, s, burns.get(a.id, 0), today) for a, r, s in rows]  # type: ignore[arg-type]
+    burns = _burn_rates(db, [a.id for a, _r, _s in rows], today)
+    return [_statement(a, r, s, burns.get(a.id, 0), today) for a, r, s in rows]
 
 
 def get_statement(db: Session, actor: User, project: Project, allocation_id: int) -> AllocationStatement:
     require(db, actor, Action.VIEW_PROJECT, project)
     row = db.exec(
         select(Allocation, Resource, Site)
-        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
-        .join(Site, Site.id == Resource.site_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == Allocation.resource_id)
+        .join(Site, Site.id == Resource.site_id)
         .where(Allocation.id == allocation_id, Allocation.project_id == project.id)
     ).first()
     if row is None:
-        raise NotFound("No such allocation.")
+        raise NotFound(Message(N_("No such allocation.")))
     allocation, resource, site = row
     today = utcnow().date()
     return _statement(allocation, resource, site, _burn_rates(db, [allocation_id], today).get(allocation_id, 0), today)

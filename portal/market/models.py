@@ -67,10 +67,17 @@ class OrderState(StrEnum):
 
 class Order(SQLModel, table=True):
     __tablename__ = "orders"
-    __table_args__ = (sa.CheckConstraint("gross_cents = net_cents + vat_cents", name="gross_is_net_plus_vat"),)
+    __table_args__ = (
+        sa.CheckConstraint("gross_cents = net_cents + vat_cents", name="gross_is_net_plus_vat"),
+        sa.CheckConstraint(
+            "organisation_id IS NOT NULL OR (billing_name IS NOT NULL AND billing_country IS NOT NULL)",
+            name="organisation_or_private_buyer",
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    organisation_id: int = Field(foreign_key="organisations.id", index=True)
+    #: The buying organisation; None for a private buyer (a person buying for their personal project).
+    organisation_id: int | None = Field(default=None, foreign_key="organisations.id", index=True)
     project_id: int = Field(foreign_key="projects.id", index=True)
     buyer_id: int = Field(foreign_key="users.id")
     offering_id: int = Field(foreign_key="offerings.id")
@@ -86,6 +93,14 @@ class Order(SQLModel, table=True):
     vat_scheme: str = Field(max_length=16)
     vat_country: str | None = Field(default=None, max_length=2)
     customer_vat_number: str | None = Field(default=None, max_length=32)
+    #: A private buyer's name and address as the invoice prints them; None for an organisation's order.
+    billing_name: str | None = Field(default=None, max_length=200)
+    billing_address: str | None = Field(default=None, max_length=500)
+    #: The country of the private buyer's declared billing address: it decides the consumer VAT (OSS).
+    billing_country: str | None = Field(default=None, max_length=2)
+    #: The second piece of evidence of where the private buyer lives: the country of the eID they logged in
+    #: with (the eIDAS person identifier's issuing member state), None when the login gave none.
+    login_country: str | None = Field(default=None, max_length=2)
     state: OrderState = Field(default=OrderState.PENDING, sa_type=StrEnumType(OrderState, 24), index=True)
     #: The allocation holding the order's capacity, credited when the payment arrives.
     allocation_id: int = Field(foreign_key="allocations.id")
@@ -139,7 +154,8 @@ class Invoice(SQLModel, table=True):
     #: What is printed: ``BAIF-2026-000042``.
     reference: str = Field(max_length=40, unique=True)
     order_id: int = Field(foreign_key="orders.id", index=True)
-    organisation_id: int = Field(foreign_key="organisations.id", index=True)
+    #: None for a private buyer's invoice (``buyer`` holds their name and address).
+    organisation_id: int | None = Field(default=None, foreign_key="organisations.id", index=True)
     #: For a credit note, the invoice it corrects.
     corrects_id: int | None = Field(default=None, foreign_key="invoices.id")
     issued_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -156,16 +172,22 @@ class Invoice(SQLModel, table=True):
     mention: str = Field(default="", max_length=500)
 
 
+#: ``RevenueMonth.organisation_id`` of the revenue from private buyers (no organisation has id 0).
+PRIVATE_BUYERS = 0
+
+
 class RevenueMonth(SQLModel, table=True):
     """Invoiced amounts (credit notes subtracted) per month of issue, offering and buying organisation;
-    written in the transaction that issues the invoice or credit note, read by the operators' dashboards."""
+    written in the transaction that issues the invoice or credit note, read by the operators' dashboards.
+    Private buyers' invoices add up under ``PRIVATE_BUYERS`` (0) in ``organisation_id``."""
 
     __tablename__ = "report_revenue_months"
 
     #: First day of the month the invoices were issued in (UTC).
     month: date = Field(primary_key=True, index=True)
     offering_id: int = Field(foreign_key="offerings.id", primary_key=True)
-    organisation_id: int = Field(foreign_key="organisations.id", primary_key=True)
+    #: The buying organisation's id, or ``PRIVATE_BUYERS`` for all private buyers together (no foreign key, so).
+    organisation_id: int = Field(primary_key=True)
     #: Display units (hours) invoiced, credit notes subtracted.
     quantity: int = Field(default=0, sa_type=sa.BigInteger)
     net_cents: int = Field(default=0, sa_type=sa.BigInteger)

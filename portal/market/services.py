@@ -1,60 +1,52 @@
 """The marketplace: offerings, orders paid through Stripe Checkout, invoices with EU VAT, refunds.
 
-Hours are credited only by a verified webhook: the event id is stored in the same transaction that
-credits the allocation and issues the invoice, so a redelivered, late or out-of-order event changes
-nothing twice.
+Hours are credited only by a verified webhook (``market.webhooks``): the event id is stored in the same
+transaction that credits the allocation and issues the invoice, so a redelivered, late or out-of-order event
+changes nothing twice.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, select
+from babel.lists import format_list
+from sqlmodel import Session, col, select
 
 from portal.audit import services as audit
 from portal.audit.models import AuditAction
 from portal.authz import Action, AssuranceTooLow, allowed, organisation_role, require, require_level
-from portal.config import AssuranceLevel, Settings
+from portal.config import AssuranceLevel, OIDCProvider, Settings
 from portal.db import utcnow
 from portal.errors import Conflict, InvalidInput, NotAuthorised, NotFound
+from portal.formatting import DEFAULT_LOCALE
 from portal.identity.models import Login, User
 from portal.ledger import services as ledger
-from portal.ledger.models import UNITS, Allocation, CapacityPeriod, Resource, Site
-from portal.market import rollups
+from portal.ledger import wording
+from portal.ledger.models import UNITS, CapacityPeriod, Resource, Site
+from portal.market.invoicing import book_refund, refundable_quantity, refunded_quantity
+from portal.market.invoicing import issue_invoice as issue_invoice
 from portal.market.models import (
     Invoice,
-    InvoiceKind,
-    InvoiceSequence,
     Offering,
     OfferingPrice,
     OfferingState,
     Order,
     OrderState,
-    StripeEvent,
 )
 from portal.market.stripe_gateway import StripeGateway
-from portal.market.vat import confirm_with_vies, treatment_for, vat_cents
-from portal.notifications.services import notify
+from portal.market.vat import VatTreatment, confirm_with_vies, consumer_treatment, treatment_for, vat_cents
+from portal.market.webhooks import HANDLED_EVENTS as HANDLED_EVENTS
+from portal.market.webhooks import PaymentNotBookedYet as PaymentNotBookedYet
+from portal.market.webhooks import _fulfil as _fulfil
+from portal.market.webhooks import handle_stripe_event as handle_stripe_event
+from portal.messages import N_, Message, Text
+from portal.projects import services as projects
 from portal.projects.models import Organisation, OrganisationRole, Project
-
-log = logging.getLogger("portal.market")
 
 
 class OrderRefused(Conflict):
     title = "Order not possible"
-
-
-class PaymentNotBookedYet(Conflict):
-    """A refund of an order's payment arrived before the event of the payment itself: the webhook answers
-    non-2xx, so that Stripe delivers the refund again after the payment (it retries for up to three days)."""
-
-    title = "Payment not booked yet"
 
 
 # --- offerings ------------------------------------------------------------------------------------------
@@ -62,9 +54,9 @@ class PaymentNotBookedYet(Conflict):
 
 #: The most hours one order may buy: far beyond any real order, and within the quantity columns' range.
 LARGEST_ORDER = 1_000_000
-QUANTITIES_MESSAGE = (
-    "The largest quantity is at least the smallest, which is at least 1; "
-    f"an order buys at most {LARGEST_ORDER:,} hours."
+QUANTITIES_MESSAGE = Message(
+    N_("The largest quantity is at least the smallest, which is at least 1; an order buys at most %(largest)s hours."),
+    largest=LARGEST_ORDER,
 )
 
 
@@ -86,27 +78,27 @@ def create_offering(
     reason = audit.require_reason(reason)
     errors = {}
     if not title.strip():
-        errors["title"] = "Enter a title."
+        errors["title"] = Message(N_("Enter a title."))
     if not isinstance(price_cents, int) or price_cents <= 0:
-        errors["price"] = "The price is a positive amount."
+        errors["price"] = Message(N_("The price is a positive amount."))
     if not 1 <= min_quantity <= max_quantity <= LARGEST_ORDER:
         errors["max_quantity"] = QUANTITIES_MESSAGE
     if validity_months not in (3, 6, 12):
-        errors["validity_months"] = "Bought hours are valid 3, 6 or 12 months."
+        errors["validity_months"] = Message(N_("Bought hours are valid 3, 6 or 12 months."))
     if errors:
-        raise InvalidInput("The offering could not be saved.", errors=errors)
+        raise InvalidInput(Message(N_("The offering could not be saved.")), errors=errors)
     offering = Offering(
         resource_id=resource.id,
         title=title.strip(),
         description=description,
-        price_cents=price_cents,  # type: ignore[arg-type]
+        price_cents=price_cents,
         min_quantity=min_quantity,
         max_quantity=max_quantity,
         validity_months=validity_months,
     )
     db.add(offering)
     db.flush()
-    db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id if actor else None))  # type: ignore[arg-type]
+    db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id if actor else None))
     summary = f"offering '{offering.title}' of {resource.name} at {price_cents} cents an hour"
     audit.record(db, actor, AuditAction.OFFERING_CREATED, offering, summary=summary, reason=reason)
     db.commit()
@@ -130,13 +122,13 @@ def update_offering(
     reason = audit.require_reason(reason)
     errors = {}
     if not title.strip():
-        errors["title"] = "Enter a title."
+        errors["title"] = Message(N_("Enter a title."))
     if not 1 <= min_quantity <= max_quantity <= LARGEST_ORDER:
         errors["max_quantity"] = QUANTITIES_MESSAGE
     if validity_months not in (3, 6, 12):
-        errors["validity_months"] = "Bought hours are valid 3, 6 or 12 months."
+        errors["validity_months"] = Message(N_("Bought hours are valid 3, 6 or 12 months."))
     if errors:
-        raise InvalidInput("The offering could not be saved.", errors=errors)
+        raise InvalidInput(Message(N_("The offering could not be saved.")), errors=errors)
     fields = ("title", "description", "min_quantity", "max_quantity", "validity_months")
     before = {f: getattr(offering, f) for f in fields}
     offering.title, offering.description = title.strip()[:200], description[:5000]
@@ -155,9 +147,11 @@ def change_price(db: Session, actor: User, offering: Offering, price_cents: int,
     require(db, actor, Action.MANAGE_CAPACITY)
     reason = audit.require_reason(reason)
     if not isinstance(price_cents, int) or price_cents <= 0:
-        raise InvalidInput("The price is a positive amount.", errors={"price": "Must be positive."})
+        raise InvalidInput(
+            Message(N_("The price is a positive amount.")), errors={"price": Message(N_("Must be positive."))}
+        )
     before, offering.price_cents = offering.price_cents, price_cents
-    db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id))  # type: ignore[arg-type]
+    db.add(OfferingPrice(offering_id=offering.id, price_cents=price_cents, changed_by_id=actor.id))
     summary = f"price of '{offering.title}' {before} -> {price_cents} cents an hour"
     details = {"before_cents": before, "after_cents": price_cents}
     audit.record(db, actor, AuditAction.PRICE_CHANGED, offering, summary=summary, reason=reason, details=details)
@@ -194,8 +188,8 @@ def catalogue(db: Session, *, site_code: str | None = None, gpu_model: str | Non
     """Published offerings with the capacity honestly left for a purchase made today."""
     stmt = (
         select(Offering, Resource, Site)
-        .join(Resource, Resource.id == Offering.resource_id)  # type: ignore[arg-type]
-        .join(Site, Site.id == Resource.site_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == Offering.resource_id)
+        .join(Site, Site.id == Resource.site_id)
         .where(Offering.state == OfferingState.PUBLISHED)
         .order_by(Site.name, Offering.price_cents)
     )
@@ -249,11 +243,21 @@ def _free_capacity(db: Session, resource: Resource, starts_at: datetime, ends_at
 
 
 def _require_buyer(db: Session, actor: User, login: Login | None, organisation: Organisation) -> None:
-    role = organisation_role(db, actor, organisation.id)  # type: ignore[arg-type]
+    role = organisation_role(db, actor, organisation.id)
     if role not in (OrganisationRole.BILLING, OrganisationRole.ADMIN):
-        raise NotAuthorised(f"Only {organisation.name}'s admins and billing members may buy for it.")
+        raise NotAuthorised(
+            Message(
+                N_("Only %(organisation)s's admins and billing members may buy for it."),
+                organisation=organisation.name,
+            )
+        )
     if organisation.verified_at is None:
-        raise OrderRefused(f"{organisation.name} is not verified yet; the factory's staff check it first.")
+        raise OrderRefused(
+            Message(
+                N_("%(organisation)s is not verified yet; the factory's staff check it first."),
+                organisation=organisation.name,
+            )
+        )
     try:  # the login placing this order, not an earlier, stronger one
         require_level(login, AssuranceLevel.SUBSTANTIAL, to="buy for an organisation")
     except AssuranceTooLow as exc:
@@ -273,18 +277,12 @@ def place_order(
 ) -> tuple[Order, str]:
     """Hold the capacity, create the order and its Checkout Session; returns the order and the page to pay on."""
     require(db, actor, Action.VIEW_PROJECT, project)
+    if project.organisation_id is None:
+        raise OrderRefused(Message(N_("This is a personal project: its owner buys hours for it as a private person.")))
     organisation = db.get(Organisation, project.organisation_id)
     assert organisation is not None
     _require_buyer(db, actor, login, organisation)
-    if offering.state != OfferingState.PUBLISHED:
-        raise OrderRefused("This offering is not on sale.")
-    if not isinstance(quantity, int) or not offering.min_quantity <= quantity <= offering.max_quantity:
-        raise InvalidInput(
-            "Choose another quantity.",
-            errors={"quantity": f"Between {offering.min_quantity} and {offering.max_quantity}."},
-        )
-    resource = db.get(Resource, offering.resource_id)
-    assert resource is not None
+    _check_offering(offering, quantity)
     treatment = treatment_for(
         seller_country=settings.seller_country,
         customer_country=organisation.country,
@@ -293,6 +291,49 @@ def place_order(
     )
     if settings.vies_check and treatment.scheme == "reverse_charge" and treatment.customer_vat_number:
         confirm_with_vies(settings.vies_url, treatment.customer_vat_number)
+    return _open_order(
+        db,
+        settings,
+        gateway,
+        actor,
+        offering=offering,
+        project=project,
+        quantity=quantity,
+        treatment=treatment,
+        organisation_id=organisation.id,
+    )
+
+
+def _check_offering(offering: Offering, quantity: int) -> None:
+    if offering.state != OfferingState.PUBLISHED:
+        raise OrderRefused(Message(N_("This offering is not on sale.")))
+    if not isinstance(quantity, int) or not offering.min_quantity <= quantity <= offering.max_quantity:
+        raise InvalidInput(
+            Message(N_("Choose another quantity.")),
+            errors={
+                "quantity": Message(
+                    N_("Between %(min)s and %(max)s."), min=offering.min_quantity, max=offering.max_quantity
+                )
+            },
+        )
+
+
+def _open_order(
+    db: Session,
+    settings: Settings,
+    gateway: StripeGateway,
+    actor: User,
+    *,
+    offering: Offering,
+    project: Project,
+    quantity: int,
+    treatment: VatTreatment,
+    **buyer: str | int | None,
+) -> tuple[Order, str]:
+    """Hold the capacity, write the order (``buyer``: its organisation, or a private buyer's billing details)
+    and open its Checkout Session."""
+    resource = db.get(Resource, offering.resource_id)
+    assert resource is not None
     net = offering.price_cents * quantity
     vat = vat_cents(net, treatment.basis_points)
     starts_at, ends_at = _validity(offering)
@@ -304,13 +345,13 @@ def place_order(
             amount=quantity * UNITS[resource.kind][2],
             starts_at=starts_at,
             ends_at=ends_at,
-            title=f"Purchase: {offering.title}",
+            title=wording.PURCHASE_TITLE.english(offering=offering.title),
         )
         order = Order(
-            organisation_id=organisation.id,
+            **buyer,
             project_id=project.id,
             buyer_id=actor.id,
-            offering_id=offering.id,  # type: ignore[arg-type]
+            offering_id=offering.id,
             quantity=quantity,
             unit_price_cents=offering.price_cents,
             net_cents=net,
@@ -321,13 +362,13 @@ def place_order(
             vat_scheme=treatment.scheme,
             vat_country=treatment.country,
             customer_vat_number=treatment.customer_vat_number,
-            allocation_id=allocation.id,  # type: ignore[arg-type]
+            allocation_id=allocation.id,
         )
         db.add(order)
     try:
         session = gateway.create_checkout_session(
             order_id=order.id,
-            name=f"{offering.title} ({quantity} {resource.display_unit}s)",  # type: ignore[arg-type]
+            name=f"{offering.title} ({quantity} {resource.display_unit}s)",
             unit_amount_cents=order.gross_cents,
             quantity=1,
             currency=order.currency,
@@ -345,6 +386,156 @@ def place_order(
     return order, session.url
 
 
+# --- private buyers ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BillingDetails:
+    """A private buyer's name and address as their invoice prints them, and the country of that address (which
+    decides their VAT)."""
+
+    name: str
+    address: str
+    country: str
+
+
+def billing_details(name: str | None, address: str | None, country: str | None) -> BillingDetails:
+    """The details a private buyer typed, checked: bad ones are refused, saying what to change."""
+    name, address, country = (name or "").strip(), (address or "").strip(), (country or "").strip().upper()
+    errors = {}
+    if not name:
+        errors["billing_name"] = Message(N_("Enter the name the invoice is made out to."))
+    elif len(name) > 200:
+        errors["billing_name"] = Message(N_("The name is longer than 200 characters."))
+    if not address:
+        errors["billing_address"] = Message(N_("Enter your billing address (street, postcode, town)."))
+    elif len(address) > 500:
+        errors["billing_address"] = Message(N_("The address is longer than 500 characters."))
+    if country not in projects.countries():
+        errors["billing_country"] = Message(N_("Choose the country of your billing address."))
+    if errors:
+        raise InvalidInput(Message(N_("The billing details are not complete.")), errors=errors)
+    return BillingDetails(name, address, country)
+
+
+def login_country(login: Login | None) -> str | None:
+    """The member state that issued the eID of this login: the first part of the eIDAS person identifier
+    (``EE/PL/38001085718``), when the provider asserted one."""
+    identifier = str((login.attributes or {}).get("person_identifier") or "") if login else ""
+    origin = identifier.split("/", 1)[0].upper()
+    return origin if len(identifier) > 3 and identifier[2] == "/" and origin in projects.countries() else None
+
+
+def logins_reaching(settings: Settings, level: AssuranceLevel) -> list[OIDCProvider]:
+    """The configured logins that always give ``level`` or higher (they refuse or never ask for less)."""
+    return [
+        p
+        for p in settings.oidc_providers
+        if p.min_acr >= level or (p.request_acr is not None and (p.level_for(p.request_acr) or p.min_acr) >= level)
+    ]
+
+
+def require_private_buyer(settings: Settings, login: Login | None) -> None:
+    """A private buyer's login must be at level substantial (a person, not an organisation, answers for the
+    purchase); refused with the reason and the logins that give that level."""
+    try:
+        require_level(login, AssuranceLevel.SUBSTANTIAL, to="buy hours as a private person")
+    except AssuranceTooLow as exc:
+        strong = [p.label for p in logins_reaching(settings, AssuranceLevel.SUBSTANTIAL)]
+        how = (
+            Message(
+                N_(
+                    "Log in again with %(logins)s (always at that level) or with an eIDAS login made with a means "
+                    "of that level (such as a national eID card)."
+                ),
+                logins=_Either(tuple(strong)),
+            )
+            if strong
+            else Message(
+                N_("Log in again with an eIDAS login made with a means of that level (such as a national eID card).")
+            )
+        )
+        raise OrderRefused(exc.detail + how) from exc
+
+
+@dataclass(frozen=True)
+class _Either(Text):
+    """Names joined by "or" the reader's way: ``A or B`` in English, ``A lub B`` in Polish."""
+
+    names: tuple[str, ...]
+
+    def render(self, locale: str) -> str:
+        if locale == DEFAULT_LOCALE:
+            return " or ".join(self.names)
+        return format_list(list(self.names), style="or", locale=locale)
+
+
+def private_buyer_vat(settings: Settings, country: str) -> VatTreatment:
+    """Today's VAT for a private buyer whose billing address is in ``country``: the quote shows it, the order
+    charges it; whether a consumer elsewhere in the EU pays their own country's rate is the setting
+    ``seller_above_oss_threshold``."""
+    return consumer_treatment(
+        seller_country=settings.seller_country,
+        customer_country=country,
+        on=utcnow().date(),
+        above_oss_threshold=settings.seller_above_oss_threshold,
+    )
+
+
+def place_private_order(
+    db: Session,
+    settings: Settings,
+    gateway: StripeGateway,
+    actor: User,
+    login: Login | None,
+    *,
+    offering: Offering,
+    quantity: int,
+    billing: BillingDetails,
+) -> tuple[Order, str]:
+    """A person buys hours for themselves: into their personal project (made on the first purchase), with the
+    VAT of a consumer living in the billing address's country; the eID's country is kept beside it as the
+    second piece of evidence of where they live."""
+    require_private_buyer(settings, login)
+    _check_offering(offering, quantity)
+    treatment = private_buyer_vat(settings, billing.country)
+    project = projects.open_personal_project(db, actor)
+    return _open_order(
+        db,
+        settings,
+        gateway,
+        actor,
+        offering=offering,
+        project=project,
+        quantity=quantity,
+        treatment=treatment,
+        organisation_id=None,
+        billing_name=billing.name,
+        billing_address=billing.address,
+        billing_country=billing.country,
+        login_country=login_country(login),
+    )
+
+
+def private_purchases_of(db: Session, actor: User) -> tuple[list[Order], list[Invoice]]:
+    """The actor's own purchases as a private person and their invoices and credit notes, newest first."""
+    orders = list(
+        db.exec(
+            select(Order)
+            .where(Order.buyer_id == actor.id, col(Order.organisation_id).is_(None))
+            .order_by(col(Order.created_at).desc(), col(Order.id).desc())
+        )
+    )
+    invoices = list(
+        db.exec(
+            select(Invoice)
+            .where(col(Invoice.order_id).in_([o.id for o in orders]))
+            .order_by(col(Invoice.issued_at).desc(), col(Invoice.id).desc())
+        )
+    )
+    return orders, invoices
+
+
 def _expire_order(db: Session, order: Order) -> None:
     with ledger.unit_of_work(db):
         ledger.release_purchase_hold(db, order.allocation_id)
@@ -354,332 +545,44 @@ def _expire_order(db: Session, order: Order) -> None:
 
 def cancel_order(db: Session, gateway: StripeGateway, actor: User, order: Order) -> Order:
     """The buyer gives up before paying: the Checkout Session is expired at Stripe and the hold released."""
-    if order.buyer_id != actor.id and organisation_role(db, actor, order.organisation_id) != OrganisationRole.ADMIN:
-        raise NotAuthorised("Only the buyer or the organisation's admins cancel an order.")
+    if order.buyer_id != actor.id and (
+        order.organisation_id is None or organisation_role(db, actor, order.organisation_id) != OrganisationRole.ADMIN
+    ):
+        raise NotAuthorised(Message(N_("Only the buyer or the organisation's admins cancel an order.")))
     if order.state != OrderState.PENDING:
-        raise OrderRefused(f"This order is {order.state.replace('_', ' ')}; only a pending order can be cancelled.")
+        raise OrderRefused(Message(_NOT_CANCELLABLE[OrderState(order.state)]))
     if order.checkout_session_id:
         gateway.expire_checkout_session(order.checkout_session_id)
     _expire_order(db, order)
     return order
 
 
+#: Why an order that is no longer pending cannot be cancelled, per state.
+_NOT_CANCELLABLE = {
+    OrderState.PAID: N_("This order is paid; only a pending order can be cancelled."),
+    OrderState.EXPIRED: N_("This order is expired; only a pending order can be cancelled."),
+    OrderState.REFUNDED: N_("This order is refunded; only a pending order can be cancelled."),
+    OrderState.PARTIALLY_REFUNDED: N_("This order is partially refunded; only a pending order can be cancelled."),
+}
+
+
 def get_order(db: Session, actor: User, order_id: int) -> Order:
-    """An order its organisation's admins and billing members, and finance staff, may see."""
+    """An order its organisation's admins and billing members, and finance staff, may see; a private buyer's
+    order only they and finance staff."""
     order = db.get(Order, order_id)
     if order is None:
-        raise NotFound("No such order.")
-    role = organisation_role(db, actor, order.organisation_id)
+        raise NotFound(Message(N_("No such order.")))
+    role = organisation_role(db, actor, order.organisation_id) if order.organisation_id is not None else None
     if (
         role not in (OrganisationRole.ADMIN, OrganisationRole.BILLING)
         and order.buyer_id != actor.id
         and not allowed(db, actor, Action.MANAGE_BILLING)
     ):
-        raise NotFound("No such order.")
+        raise NotFound(Message(N_("No such order.")))
     return order
-
-
-# --- webhooks ----------------------------------------------------------------------------------------------
-
-
-#: The Stripe events the portal acts on; others are acknowledged and recorded.
-HANDLED_EVENTS = frozenset(
-    {
-        "checkout.session.completed",
-        "checkout.session.async_payment_succeeded",
-        "checkout.session.expired",
-        "checkout.session.async_payment_failed",
-        "charge.refunded",
-    }
-)
-
-
-def handle_stripe_event(db: Session, settings: Settings, event: Any, gateway: StripeGateway | None = None) -> str:
-    """Apply a verified Stripe event once; returns what happened (for the log).
-
-    Raises :class:`PaymentNotBookedYet` for a refund of a payment whose own event has not arrived yet (the
-    event is not recorded, so Stripe's next delivery of it is applied), and ``PaymentServiceError`` when
-    Stripe cannot be asked which order a refunded payment was for.
-    """
-    if db.get(StripeEvent, event.id) is not None:
-        return "duplicate"
-    if event.type not in HANDLED_EVENTS:
-        return _record(db, event, None, "ignored")
-    data: dict[str, Any] = event.data.object.to_dict()
-    order = _order_of(db, event.type, data)
-    if order is None and event.type == "charge.refunded" and data.get("payment_intent"):
-        order = _order_of_unbooked_payment(db, gateway or StripeGateway(settings), str(data["payment_intent"]))
-    if order is None:
-        log.warning("Stripe event %s (%s) names no known order", event.id, event.type)
-        return _record(db, event, None, "unknown order")
-    if event.type in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        if data.get("payment_status") != "paid":
-            return _record(db, event, order, "not paid yet")
-        return _fulfil(db, settings, event, order, data)
-    if event.type in ("checkout.session.expired", "checkout.session.async_payment_failed"):
-        if order.state == OrderState.PENDING:
-            with ledger.unit_of_work(db):
-                db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id))
-                db.flush()
-                ledger.release_purchase_hold(db, order.allocation_id)
-                order.state = OrderState.EXPIRED
-            return "expired"
-        return _record(db, event, order, "ignored: order not pending")
-    if event.type == "charge.refunded":
-        return _reconcile_refund(db, settings, event, order, data)
-    return _record(db, event, order, "ignored")
-
-
-def _order_of(db: Session, event_type: str, data: Any) -> Order | None:
-    metadata = data.get("metadata") or {}
-    if event_type.startswith("checkout.session."):
-        if str(metadata.get("order_id", "")).isdigit():
-            order = db.get(Order, int(metadata["order_id"]))
-            if order is not None and order.checkout_session_id in (None, data.get("id")):
-                return order
-        return db.exec(select(Order).where(Order.checkout_session_id == data.get("id"))).first()
-    if event_type.startswith("charge."):
-        payment_intent = data.get("payment_intent")
-        return (
-            db.exec(select(Order).where(Order.payment_intent_id == payment_intent)).first() if payment_intent else None
-        )
-    return None
-
-
-def _order_of_unbooked_payment(db: Session, gateway: StripeGateway, payment_intent: str) -> Order | None:
-    """The order a payment the portal has not booked was for, found through its Checkout Session at Stripe;
-    :class:`PaymentNotBookedYet` if that order still waits for the payment's own event."""
-    session_id = gateway.checkout_session_of_payment(payment_intent)
-    order = db.exec(select(Order).where(Order.checkout_session_id == session_id)).first() if session_id else None
-    if order is not None and order.paid_at is None and order.problem is None:
-        log.info("refund of order %s's payment %s came before the payment: Stripe retries", order.id, payment_intent)
-        raise PaymentNotBookedYet(
-            f"Order {order.id}'s payment {payment_intent} is not booked yet; send the refund again after it."
-        )
-    return order
-
-
-def _record(db: Session, event: Any, order: Order | None, outcome: str) -> str:
-    db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id if order else None))
-    try:
-        db.commit()
-    except IntegrityError:
-        db.rollback()
-        return "duplicate"
-    return outcome
-
-
-class _AlreadyPaid(Exception):
-    """Raised inside the fulfilment's transaction to undo it when a concurrent event paid the order first."""
-
-
-def _payment_mismatch(order: Order, data: Any) -> str | None:
-    """Why a Checkout Session's payment is not the order's (another amount or currency), or ``None``."""
-    paid = data.get("amount_total")
-    currency = str(data.get("currency") or "").upper()
-    if type(paid) is int and paid == order.gross_cents and currency == order.currency.upper():
-        return None
-    shown = f"{paid} cents {currency}" if isinstance(paid, int) and currency else "an unknown amount"
-    return (
-        f"Stripe reports {shown} paid for order {order.id}, which costs {order.gross_cents} cents "
-        f"{order.currency}: not credited; refund the payment in Stripe."
-    )
-
-
-def _record_problem(
-    db: Session, event: Any, order: Order, data: Any, problem: str, outcome: str, *, release_hold: bool
-) -> str:
-    """Record a payment that cannot be booked, on the order for finance to see (and to match its refund)."""
-    log.error("Stripe event %s: %s", event.id, problem)
-    try:
-        with ledger.unit_of_work(db):
-            db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id))
-            db.flush()
-            order.problem = problem[:500]
-            order.payment_intent_id = order.payment_intent_id or data.get("payment_intent")
-            if release_hold and order.state == OrderState.PENDING:
-                ledger.release_purchase_hold(db, order.allocation_id)
-                order.state = OrderState.EXPIRED
-    except IntegrityError:
-        db.rollback()
-        return "duplicate"
-    return outcome
-
-
-def _fulfil(db: Session, settings: Settings, event: Any, order: Order, data: Any) -> str:
-    if order.state != OrderState.PENDING and order.paid_at is not None:
-        return _record(db, event, order, "already paid")
-    mismatch = _payment_mismatch(order, data)
-    if mismatch is not None:
-        return _record_problem(
-            db, event, order, data, mismatch, "amount or currency differs: not credited", release_hold=True
-        )
-    resource = db.exec(
-        select(Resource)
-        .join(Allocation, Allocation.resource_id == Resource.id)  # type: ignore[arg-type]
-        .where(Allocation.id == order.allocation_id)
-    ).one()
-    try:
-        with ledger.unit_of_work(db):
-            db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id))
-            db.flush()
-            ledger.fulfil_purchase(
-                db,
-                order.allocation_id,
-                order.quantity * UNITS[resource.kind][2],
-                idempotency_key=f"order:{order.id}:paid",
-                reason=f"order {order.id}",
-            )
-            # Another event for the same payment may have committed since the order was read: then
-            # fulfil_purchase replayed its entry, and the order, read again under a lock, is paid.
-            db.exec(
-                select(Order)
-                .where(Order.id == order.id)
-                .with_for_update(key_share=True)  # NO KEY UPDATE: the stripe_events FK holds KEY SHARE
-                .execution_options(populate_existing=True)
-            ).one()
-            if order.paid_at is not None:
-                raise _AlreadyPaid
-            order.state, order.paid_at = OrderState.PAID, utcnow()
-            order.payment_intent_id = data.get("payment_intent")
-            invoice = issue_invoice(
-                db, settings, order, InvoiceKind.INVOICE, quantity=order.quantity, net_cents=order.net_cents
-            )
-            buyer = db.get(User, order.buyer_id)
-            if buyer is not None:
-                notify(
-                    db,
-                    settings,
-                    buyer,
-                    subject=f"Payment received: order {order.id}",
-                    body=(
-                        f"{order.quantity} hours are on the project page; start a notebook on them from the order's"
-                        f" page. Invoice {invoice.reference}: {settings.base_url}/market/invoices/{invoice.id}.pdf"
-                    ),
-                    link=f"/market/orders/{order.id}",
-                )
-    except IntegrityError:
-        db.rollback()
-        return "duplicate"
-    except _AlreadyPaid:
-        db.rollback()
-        return _record(db, event, order, "already paid")
-    except ledger.CapacityExhausted:
-        db.rollback()
-        problem = f"Order {order.id} was paid after its hold was released and the capacity is gone: refund it."
-        return _record_problem(
-            db, event, order, data, problem, "paid but capacity gone: needs a refund", release_hold=False
-        )
-    except ledger.AllocationClosed:
-        db.rollback()  # expires the order: paid_at is read again, as committed
-        if order.paid_at is not None:  # another event for the same payment, applied a moment ago
-            return _record(db, event, order, "already paid")
-        problem = f"Order {order.id} was paid after its validity ended: refund it."
-        return _record_problem(
-            db, event, order, data, problem, "paid after the validity ended: needs a refund", release_hold=False
-        )
-    return "fulfilled"
-
-
-def next_invoice_number(db: Session, seller_vat_number: str, year: int) -> int:
-    """The next number of the seller's year, taken under a row lock: no gaps, no duplicates."""
-    table = InvoiceSequence.__table__  # type: ignore[attr-defined]
-    insert = postgresql_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(table).values(seller_vat_number=seller_vat_number, year=year, last_number=1)
-    number = db.execute(
-        statement.on_conflict_do_update(
-            index_elements=["seller_vat_number", "year"], set_={"last_number": table.c.last_number + 1}
-        ).returning(table.c.last_number)
-    ).scalar_one()
-    return int(number)
-
-
-def issue_invoice(
-    db: Session,
-    settings: Settings,
-    order: Order,
-    kind: InvoiceKind,
-    *,
-    quantity: int,
-    net_cents: int,
-    corrects: Invoice | None = None,
-    vat_cents_due: int | None = None,
-) -> Invoice:
-    """Write an invoice (or, with negative amounts, a credit note) in the caller's transaction; its VAT is
-    computed from ``net_cents`` unless ``vat_cents_due`` gives it (a credit note's share of the invoice's)."""
-    organisation = db.get(Organisation, order.organisation_id)
-    offering = db.get(Offering, order.offering_id)
-    assert organisation is not None and offering is not None
-    now = utcnow()
-    number = next_invoice_number(db, settings.seller_vat_number, now.year)
-    vat = vat_cents(net_cents, order.vat_basis_points) if vat_cents_due is None else vat_cents_due
-    mention = ""
-    if order.vat_scheme in ("reverse_charge", "outside_eu"):
-        mention = treatment_for(
-            seller_country=settings.seller_country,
-            customer_country=organisation.country,
-            customer_vat_number=organisation.vat_number,
-            on=order.created_at.date(),
-        ).mention
-    invoice = Invoice(
-        kind=kind,
-        seller_vat_number=settings.seller_vat_number,
-        year=now.year,
-        number=number,
-        reference=f"{settings.invoice_prefix}-{now.year}-{number:06d}"
-        + ("-CN" if kind == InvoiceKind.CREDIT_NOTE else ""),
-        order_id=order.id,
-        organisation_id=organisation.id,
-        corrects_id=corrects.id if corrects else None,  # type: ignore[arg-type]
-        issued_at=now,
-        seller={
-            "name": settings.seller_name,
-            "address": settings.seller_address,
-            "country": settings.seller_country,
-            "vat_number": settings.seller_vat_number,
-        },
-        buyer={
-            "name": organisation.name,
-            "country": organisation.country,
-            "vat_number": organisation.vat_number,
-            "registry_id": organisation.registry_id,
-        },
-        lines=[
-            {
-                "description": offering.title,
-                "quantity": quantity,
-                "unit": "hour",
-                "unit_price_cents": order.unit_price_cents,
-                "net_cents": net_cents,
-            }
-        ],
-        currency=order.currency,
-        net_cents=net_cents,
-        vat_basis_points=order.vat_basis_points,
-        vat_cents=vat,
-        gross_cents=net_cents + vat,
-        mention=mention,
-    )
-    db.add(invoice)
-    db.flush()
-    rollups.add_invoice(db, invoice, order.offering_id)  # the monthly revenue, same transaction
-    return invoice
 
 
 # --- refunds ------------------------------------------------------------------------------------------------
-
-
-def refundable_quantity(db: Session, order: Order) -> int:
-    """Bought hours not yet used or refunded: the allocation's balance, capped by what was bought."""
-    allocation = db.get(Allocation, order.allocation_id)
-    resource = db.get(Resource, allocation.resource_id) if allocation else None
-    if allocation is None or resource is None or order.state not in (OrderState.PAID, OrderState.PARTIALLY_REFUNDED):
-        return 0
-    return min(max(0, allocation.balance) // UNITS[resource.kind][2], order.quantity - _refunded_quantity(order))
-
-
-def _refunded_quantity(order: Order) -> int:
-    return order.refunded_cents // (order.gross_cents // order.quantity) if order.quantity else 0
 
 
 def refund_order(
@@ -691,125 +594,32 @@ def refund_order(
     available = refundable_quantity(db, order)
     if not isinstance(quantity, int) or not 1 <= quantity <= available:
         raise InvalidInput(
-            "Choose how many unused hours to refund.",
-            errors={"quantity": f"Between 1 and {available} (the unused hours of the order)."},
+            Message(N_("Choose how many unused hours to refund.")),
+            errors={
+                "quantity": Message(
+                    N_("Between 1 and %(available)s (the unused hours of the order)."), available=available
+                )
+            },
         )
     per_hour_gross = order.gross_cents // order.quantity
     amount = (
         per_hour_gross * quantity
-        if quantity < order.quantity - _refunded_quantity(order)
+        if quantity < order.quantity - refunded_quantity(order)
         else order.gross_cents - order.refunded_cents
     )
     key = f"order-{order.id}-{order.created_at.timestamp():.6f}-refund-{order.refunded_cents}-{amount}"
     assert order.payment_intent_id is not None
     gateway.refund(payment_intent=order.payment_intent_id, amount_cents=amount, idempotency_key=key)
-    return _book_refund(db, settings, order, quantity=quantity, gross_cents=amount, key=key, actor=actor, reason=reason)
-
-
-def _book_refund(
-    db: Session,
-    settings: Settings,
-    order: Order,
-    *,
-    quantity: int,
-    gross_cents: int,
-    key: str,
-    actor: User | str,
-    reason: str,
-) -> Invoice:
-    resource = db.exec(
-        select(Resource)
-        .join(Allocation, Allocation.resource_id == Resource.id)  # type: ignore[arg-type]
-        .where(Allocation.id == order.allocation_id)
-    ).one()
-    original = db.exec(select(Invoice).where(Invoice.order_id == order.id, Invoice.kind == InvoiceKind.INVOICE)).one()
-    with ledger.unit_of_work(db):
-        net, vat = _credit_note_amounts(db, order, original, gross_cents)
-        ledger.refund_unused(
-            db,
-            order.allocation_id,
-            quantity * UNITS[resource.kind][2],
-            idempotency_key=key,
-            reason=f"refund of order {order.id}",
-        )
-        order.refunded_cents += gross_cents
-        order.state = (
-            OrderState.REFUNDED if order.refunded_cents >= order.gross_cents else OrderState.PARTIALLY_REFUNDED
-        )
-        note = issue_invoice(
-            db,
-            settings,
-            order,
-            InvoiceKind.CREDIT_NOTE,
-            quantity=-quantity,
-            net_cents=-net,
-            corrects=original,
-            vat_cents_due=-vat,
-        )
-        summary = f"refunded {quantity} hours of order {order.id}: {gross_cents} cents, credit note {note.reference}"
-        details = {"quantity": quantity, "gross_cents": gross_cents, "credit_note_id": note.id}
-        audit.record(db, actor, AuditAction.REFUND_ISSUED, order, summary=summary, reason=reason, details=details)
-    return note
-
-
-def _credit_note_amounts(db: Session, order: Order, original: Invoice, gross_cents: int) -> tuple[int, int]:
-    """(net, VAT) a credit note for ``gross_cents`` refunded takes back, both positive; they add up to the
-    refund. The refund that completes the order's takes exactly what the earlier notes left of the invoice,
-    so that all its credit notes together cancel it to the cent."""
-    credited = db.exec(
-        select(func.coalesce(func.sum(Invoice.net_cents), 0), func.coalesce(func.sum(Invoice.vat_cents), 0)).where(
-            Invoice.corrects_id == original.id, Invoice.kind == InvoiceKind.CREDIT_NOTE
-        )
-    ).one()
-    net_left, vat_left = original.net_cents + int(credited[0]), original.vat_cents + int(credited[1])
-    if order.refunded_cents + gross_cents >= original.gross_cents:
-        return net_left, vat_left
-    net = min(net_left, (2 * original.net_cents * gross_cents + original.gross_cents) // (2 * original.gross_cents))
-    return net, gross_cents - net
-
-
-def _reconcile_refund(db: Session, settings: Settings, event: Any, order: Order, charge: Any) -> str:
-    """A refund made in Stripe's dashboard: book what the portal has not booked yet."""
-    refunded = int(charge.get("amount_refunded") or 0)
-    missing = refunded - order.refunded_cents
-    if missing <= 0:
-        return _record(db, event, order, "refund already booked")
-    per_hour_gross = order.gross_cents // order.quantity
-    quantity = min(refundable_quantity(db, order), -(-missing // per_hour_gross))
-    db.add(StripeEvent(id=event.id, type=event.type, order_id=order.id))
-    db.flush()
-    if quantity <= 0:
-        order.refunded_cents = refunded
-        db.commit()
-        return "refund booked (no unused hours left to take back)"
-    _book_refund(
-        db,
-        settings,
-        order,
-        quantity=quantity,
-        gross_cents=missing,
-        key=f"stripe-refund:{event.id}",
-        actor="stripe",
-        reason=_dashboard_refund_reason(event, charge),
-    )
-    return "refund reconciled"
-
-
-def _dashboard_refund_reason(event: Any, charge: Any) -> str:
-    """Why, for a refund nobody gave a reason for in the portal: Stripe's reason and the refund's id."""
-    refunds = (charge.get("refunds") or {}).get("data") or []
-    latest = refunds[0] if refunds else {}
-    why = str(latest.get("reason") or "no reason given in Stripe").replace("_", " ")
-    return f"refunded in Stripe's dashboard ({why}; {latest.get('id') or 'event ' + str(event.id)})"
+    return book_refund(db, settings, order, quantity=quantity, gross_cents=amount, key=key, actor=actor, reason=reason)
 
 
 # --- reading ------------------------------------------------------------------------------------------------
 
 
 def orders_of_organisation(db: Session, actor: User, organisation: Organisation) -> list[Order]:
-    role = organisation_role(db, actor, organisation.id)  # type: ignore[arg-type]
+    role = organisation_role(db, actor, organisation.id)
     if role not in (OrganisationRole.ADMIN, OrganisationRole.BILLING) and not allowed(db, actor, Action.MANAGE_BILLING):
-        raise NotFound("No such organisation.")
+        raise NotFound(Message(N_("No such organisation.")))
     return list(
         db.exec(select(Order).where(Order.organisation_id == organisation.id).order_by(col(Order.created_at).desc()))
     )

@@ -12,6 +12,7 @@ import stripe
 
 from portal.config import Settings
 from portal.errors import DomainError
+from portal.messages import N_, Message
 
 
 class PaymentServiceError(DomainError):
@@ -71,10 +72,12 @@ class StripeGateway:
         try:
             session = self.client.v1.checkout.sessions.create(
                 params,
-                options={"idempotency_key": idempotency_key},  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
             )
         except stripe.StripeError as exc:
-            raise PaymentServiceError(f"The payment could not be started: {exc.user_message or exc}") from exc
+            raise PaymentServiceError(
+                Message(N_("The payment could not be started: %(reason)s"), reason=str(exc.user_message or exc))
+            ) from exc
         return CheckoutSession(session.id, session.url or "")
 
     def expire_checkout_session(self, session_id: str) -> None:
@@ -85,10 +88,12 @@ class StripeGateway:
         try:
             refund = self.client.v1.refunds.create(
                 {"payment_intent": payment_intent, "amount": amount_cents},
-                options={"idempotency_key": idempotency_key},  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
             )
         except stripe.StripeError as exc:
-            raise PaymentServiceError(f"The refund failed at Stripe: {exc.user_message or exc}") from exc
+            raise PaymentServiceError(
+                Message(N_("The refund failed at Stripe: %(reason)s"), reason=str(exc.user_message or exc))
+            ) from exc
         return refund.id
 
     def checkout_session_of_payment(self, payment_intent: str) -> str | None:
@@ -96,7 +101,13 @@ class StripeGateway:
         try:
             sessions = self.client.v1.checkout.sessions.list({"payment_intent": payment_intent, "limit": 1})
         except stripe.StripeError as exc:
-            raise PaymentServiceError(f"Stripe could not be asked about payment {payment_intent}: {exc}") from exc
+            raise PaymentServiceError(
+                Message(
+                    N_("Stripe could not be asked about payment %(payment)s: %(reason)s"),
+                    payment=payment_intent,
+                    reason=str(exc),
+                )
+            ) from exc
         return sessions.data[0].id if sessions.data else None
 
     def verified_event(self, payload: bytes, signature: str) -> stripe.Event:

@@ -8,6 +8,11 @@ Compute sold through the portal is an electronically supplied service. The rules
 - Consumer in another EU member state: the rate of the consumer's country (One-Stop Shop).
 - Customer outside the EU: outside the scope of EU VAT (Articles 44 and 59), 0 %, stated on the invoice.
 
+A private buyer (a consumer, ``consumer_treatment``) never has reverse charge; the invoice states the rate and
+the country whose VAT it is. Above the EUR 10,000 a year of cross-border sales to consumers (Article 59c; the
+setting ``seller_above_oss_threshold``) a consumer in another member state pays their own country's rate, which
+the seller declares through the OSS; below it, the seller's own rate.
+
 Rates are basis points (2300 = 23 %); amounts are integer cents, VAT rounded half up once per invoice.
 """
 
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from portal.errors import InvalidInput
+from portal.messages import N_, Message
 from portal.projects.identifiers import EU_COUNTRIES, IdentifierError, normalise_vat_number
 
 
@@ -68,11 +74,23 @@ STANDARD_RATES: tuple[VatRate, ...] = (
     VatRate("SK", 2300, date(2025, 1, 1)),
 )
 
-REVERSE_CHARGE_MENTION = (
+# The mentions are stored in English on the invoice; its PDF prints them in each language's official wording too.
+REVERSE_CHARGE_MENTION = N_(
     "Reverse charge: VAT to be accounted for by the recipient (Article 196 of Council Directive 2006/112/EC)."
 )
-OUTSIDE_EU_MENTION = (
+OUTSIDE_EU_MENTION = N_(
     "Not subject to EU VAT: place of supply outside the EU (Articles 44 and 59 of Directive 2006/112/EC)."
+)
+#: A sale to a consumer: the rate, the country whose VAT it is, and why (one of the three below). The PDF reads
+#: the three values back from the stored mention (``invoice_pdf``) to print it in each language.
+CONSUMER_MENTION = N_("Sale to a consumer: VAT %(percent)s of %(country)s, %(whose)s.")
+CONSUMER_AT_HOME = N_("the seller's and the customer's member state")
+CONSUMER_BELOW_THRESHOLD = N_(
+    "the seller's member state (cross-border sales to consumers below EUR 10,000 a year, Article 59c of Council "
+    "Directive 2006/112/EC)"
+)
+CONSUMER_THROUGH_OSS = N_(
+    "the customer's member state, declared through the One-Stop Shop (Article 58 of Council Directive 2006/112/EC)"
 )
 
 
@@ -111,7 +129,7 @@ def treatment_for(
         try:
             vat_number = normalise_vat_number(customer_country, customer_vat_number)
         except IdentifierError as exc:
-            raise InvalidInput(str(exc), errors={"vat_number": str(exc)}) from exc
+            raise InvalidInput(exc.message, errors={"vat_number": exc.message}) from exc
     if customer_country not in EU_COUNTRIES:
         return VatTreatment(0, None, "outside_eu", OUTSIDE_EU_MENTION, vat_number)
     if customer_country == seller_country:
@@ -119,6 +137,27 @@ def treatment_for(
     if vat_number is not None:
         return VatTreatment(0, customer_country, "reverse_charge", REVERSE_CHARGE_MENTION, vat_number)
     return VatTreatment(standard_rate(customer_country, on), customer_country, "oss")
+
+
+def consumer_treatment(
+    *, seller_country: str, customer_country: str, on: date, above_oss_threshold: bool
+) -> VatTreatment:
+    """The VAT of a sale to a consumer living in ``customer_country`` (from their declared billing address):
+    the seller's rate at home, none outside the EU; elsewhere in the EU their own country's rate (OSS) when the
+    seller is ``above_oss_threshold`` (the setting ``seller_above_oss_threshold``), else the seller's rate. The
+    mention says the rate and the country whose VAT it is."""
+    seller_country, customer_country = seller_country.upper(), customer_country.upper()
+    if customer_country not in EU_COUNTRIES:
+        return VatTreatment(0, None, "outside_eu", OUTSIDE_EU_MENTION)
+    if customer_country == seller_country or not above_oss_threshold:
+        rate = standard_rate(seller_country, on)
+        treatment = VatTreatment(rate, seller_country, "domestic")
+        whose = CONSUMER_AT_HOME if customer_country == seller_country else CONSUMER_BELOW_THRESHOLD
+    else:
+        treatment = VatTreatment(standard_rate(customer_country, on), customer_country, "oss")
+        whose = CONSUMER_THROUGH_OSS
+    mention = CONSUMER_MENTION % {"percent": treatment.percent, "country": treatment.country, "whose": whose}
+    return VatTreatment(treatment.basis_points, treatment.country, treatment.scheme, mention)
 
 
 def vat_cents(net_cents: int, basis_points: int) -> int:
@@ -146,11 +185,14 @@ def confirm_with_vies(url: str, vat_number: str, *, timeout: float = 10.0) -> No
         answer = response.json()
     except (requests.RequestException, ValueError) as exc:
         raise VatNumberNotConfirmed(
-            "The EU's VIES service could not confirm the VAT number right now; try again later.",
-            errors={"vat_number": "VIES did not answer."},
+            Message(N_("The EU's VIES service could not confirm the VAT number right now; try again later.")),
+            errors={"vat_number": Message(N_("VIES did not answer."))},
         ) from exc
     if answer.get("valid") is not True:
         raise VatNumberNotConfirmed(
-            f"VIES does not know {vat_number} as a registered VAT number; reverse charge cannot apply.",
-            errors={"vat_number": "Not registered in VIES."},
+            Message(
+                N_("VIES does not know %(vat_number)s as a registered VAT number; reverse charge cannot apply."),
+                vat_number=vat_number,
+            ),
+            errors={"vat_number": Message(N_("Not registered in VIES."))},
         )

@@ -6,10 +6,11 @@ from flask import jsonify, request
 from pydantic import AwareDatetime, BaseModel, Field
 from spectree import Response
 
-from portal.api import Problem, api_token, bp, spec, token_required
+from portal.api.core import Problem, api_token, bp, spec, token_required
 from portal.db import LARGEST_ID, get_db
 from portal.errors import NotAuthorised
 from portal.identity.models import ApiScope
+from portal.messages import N_, Message
 from portal.metering.services import MAX_AGENT_BATCH, AgentRecord, record_agent_usage
 
 
@@ -38,12 +39,12 @@ class UsageBatchOut(BaseModel):
     resp=Response(HTTP_200=UsageBatchOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem, HTTP_422=Problem),
     tags=["usage"],
 )
-def report_usage():  # type: ignore[no-untyped-def]
+def report_usage():
     """A site agent reports usage; the batch is charged all or nothing, and resending it changes nothing."""
     token = api_token()
     if token.site_id is None:
-        raise NotAuthorised("Only a site agent's token (bound to a site) may report usage.")
-    body: UsageBatchIn = request.context.json  # type: ignore[attr-defined]
+        raise NotAuthorised(Message(N_("Only a site agent's token (bound to a site) may report usage.")))
+    body: UsageBatchIn = request.context.json
     result = record_agent_usage(
         get_db(),
         site_id=token.site_id,

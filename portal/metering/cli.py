@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,21 +28,115 @@ def usage() -> None:
     """Usage metering."""
 
 
+#: ``portal usage import-sacct``'s exit status when some lines were refused (unreadable, another cluster's) and
+#: the rest were charged; 1 when the import failed (no line could be read, or the file not at all), 2 for a usage
+#: error, 0 when every line was read.
+SOME_LINES_REFUSED = 3
+
+
+@dataclass(frozen=True)
+class AllocationCharged:
+    """One allocation's share of an import: what it was charged and what it has left, in its base unit."""
+
+    allocation_id: int
+    project_id: int
+    resource: str
+    kind: str
+    base_unit: str
+    charged: int
+    balance: int
+
+
+def charged_allocations(report: ImportReport) -> list[AllocationCharged]:
+    """The allocations the import charged, by id, read in one query."""
+    from sqlmodel import col, select
+
+    from portal.db import get_db
+    from portal.ledger.models import Allocation, Resource, Site
+
+    if not report.charged_per_allocation:
+        return []
+    rows = get_db().exec(
+        select(Allocation, Resource, Site)
+        .join(Resource, Resource.id == Allocation.resource_id)
+        .join(Site, Site.id == Resource.site_id)
+        .where(col(Allocation.id).in_(list(report.charged_per_allocation)))
+        .order_by(Allocation.id)
+    )
+    return [
+        AllocationCharged(
+            allocation_id=allocation.id,
+            project_id=allocation.project_id,
+            resource=f"{site.code}:{resource.code}",
+            kind=resource.kind,
+            base_unit=resource.base_unit,
+            charged=report.charged_per_allocation[allocation.id],
+            balance=allocation.balance,
+        )
+        for allocation, resource, site in rows
+    ]
+
+
 def print_report(report: ImportReport) -> None:
+    from portal.formatting import quantity
+
     click.echo(
         f"{report.lines} lines read: {report.charged} jobs charged, {report.already_charged} already charged before"
     )
     for reason, count in sorted(report.skipped.items()):
         click.echo(f"  skipped {count}: {reason}")
+    charged = charged_allocations(report)
+    if charged:
+        header = ("allocation", "project", "resource", "charged", "balance now")
+        rows = [
+            (
+                str(c.allocation_id),
+                str(c.project_id),
+                c.resource,
+                quantity(c.charged, c.kind),
+                quantity(c.balance, c.kind),
+            )
+            for c in charged
+        ]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            click.echo(
+                "  ".join(
+                    cell.rjust(w) if i in (0, 1, 3, 4) else cell.ljust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+                ).rstrip()
+            )
     for problem in report.problems:
         click.echo(f"line {problem.line_number}: {problem.reason}: {problem.line}", err=True)
+
+
+def import_status(report: ImportReport) -> int:
+    """0: every line read; ``SOME_LINES_REFUSED``: some refused, the rest charged; 1: no line could be read."""
+    if not report.problems:
+        return 0
+    read_some = report.charged or report.already_charged or report.skipped
+    return SOME_LINES_REFUSED if read_some else 1
+
+
+def report_json(report: ImportReport) -> dict[str, object]:
+    """The import as ``--json`` prints it: quantities in base units (GPU-seconds, core-seconds)."""
+    return {
+        "lines": report.lines,
+        "charged_jobs": report.charged,
+        "already_charged_jobs": report.already_charged,
+        "skipped": dict(sorted(report.skipped.items())),
+        "refused": [{"line": p.line_number, "reason": p.reason, "text": p.line} for p in report.problems],
+        "allocations": [asdict(c) for c in charged_allocations(report)],
+        "exit_status": import_status(report),
+    }
 
 
 @usage.command("import-sacct")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
 @click.option("--cluster", required=True, help="The Slurm cluster the file comes from (its ClusterName).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document (base units).")
 @with_appcontext
-def import_sacct_command(file: Path, cluster: str) -> None:
+def import_sacct_command(file: Path, cluster: str, as_json: bool) -> None:
     """Charge the finished jobs in FILE (sacct output; "-" reads standard input).
 
     Make FILE with (one command; --state makes sacct select jobs by their end time):
@@ -51,8 +147,16 @@ def import_sacct_command(file: Path, cluster: str) -> None:
       --format=JobID,JobIDRaw,Cluster,Account,User,Partition,AllocTRES,ElapsedRaw,Start,End,State
       --starttime ... --endtime ...
 
-    Importing the same jobs again changes nothing. Unreadable lines are
-    reported with their numbers (exit status 1); the readable ones are charged all the same.
+    Prints what it charged per allocation. Importing the same jobs again
+    changes nothing. Lines that are refused (unreadable, another cluster's)
+    are reported with their numbers on stderr; the rest are charged all the same.
+
+    \b
+    Exit status:
+      0  every line was read (and each finished job charged once)
+      3  some lines were refused, the rest charged
+      1  the import failed: no line could be read
+      2  usage error (a missing option, no such FILE)
     """
     from portal.db import get_db
     from portal.metering.services import import_sacct
@@ -63,9 +167,16 @@ def import_sacct_command(file: Path, cluster: str) -> None:
     finally:
         if stream is not sys.stdin:
             stream.close()
-    print_report(report)
-    if report.problems:
-        raise click.ClickException(f"{len(report.problems)} lines could not be read (listed above)")
+    status = import_status(report)
+    if as_json:
+        click.echo(json.dumps(report_json(report), indent=2))
+    else:
+        print_report(report)
+    if status == 1:
+        raise click.ClickException(f"none of the {len(report.problems)} lines could be read (listed above)")
+    if status == SOME_LINES_REFUSED:
+        click.echo(f"{len(report.problems)} lines refused (listed above); the rest are charged", err=True)
+        click.get_current_context().exit(SOME_LINES_REFUSED)
 
 
 def _cluster(name: str) -> SlurmClusterConfig:

@@ -19,6 +19,7 @@ from portal.errors import InvalidInput, NotFound
 from portal.identity.models import User
 from portal.ledger.models import Allocation, LedgerEntry, Resource, ResourceKind, Site
 from portal.ledger.services import UsageCharge, charge_usage_batch
+from portal.messages import N_, Message
 from portal.metering.models import SlurmAccount, UsageRecord, UsageSource
 from portal.metering.sacct import SacctJob, SacctProblem, read_sacct, why_not_charged
 
@@ -53,7 +54,7 @@ class _Pending:
     ended_at: datetime
 
 
-def _record_usage(db: Session, source: UsageSource, pending: dict[str, _Pending]):  # type: ignore[no-untyped-def]
+def _record_usage(db: Session, source: UsageSource, pending: dict[str, _Pending]):
     """The usage records of a batch's new charges, written with one ``executemany``."""
 
     def record(charged: list[tuple[UsageCharge, LedgerEntry]]) -> None:
@@ -75,8 +76,8 @@ def _record_usage(db: Session, source: UsageSource, pending: dict[str, _Pending]
                     "recorded_at": now,
                 }
             )
-        db.execute(sa.insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
-        observability.usage_charged(source, max(row["ended_at"] for row in rows))  # type: ignore[type-var]
+        db.execute(sa.insert(UsageRecord.__table__), rows)
+        observability.usage_charged(source, max(row["ended_at"] for row in rows))
 
     return record
 
@@ -108,8 +109,8 @@ def slurm_account_map(db: Session, cluster: str) -> dict[str, MappedAccount]:
     """Account (lower case) -> the allocation it draws from, for one cluster."""
     rows = db.exec(
         select(SlurmAccount.account, Allocation.id, Resource.kind, Allocation.starts_at)
-        .join(Allocation, Allocation.id == SlurmAccount.allocation_id)  # type: ignore[arg-type]
-        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+        .join(Allocation, Allocation.id == SlurmAccount.allocation_id)
+        .join(Resource, Resource.id == Allocation.resource_id)
         .where(SlurmAccount.cluster == cluster)
     ).all()
     return {
@@ -191,24 +192,42 @@ def map_slurm_account(
     reason = audit.require_reason(reason)
     account = account.strip().lower()
     if not account or len(account) > 64:
-        raise InvalidInput("A Slurm account name is 1 to 64 characters.", errors={"account": "1 to 64 characters."})
+        raise InvalidInput(
+            Message(N_("A Slurm account name is 1 to 64 characters.")),
+            errors={"account": Message(N_("1 to %(most)s characters."), most=64)},
+        )
     allocation = find(db, Allocation, allocation_id)
     if allocation is None:
-        raise NotFound("No such allocation.")
+        raise NotFound(Message(N_("No such allocation.")))
     resource = db.get(Resource, allocation.resource_id)
     allocation_site = db.get(Site, resource.site_id) if resource is not None else None
     assert resource is not None and allocation_site is not None
     if resource.kind not in (ResourceKind.CPU, ResourceKind.GPU):
         raise InvalidInput(
-            f"Allocation {allocation_id} is of {resource.name} ({resource.kind}): a Slurm account draws only "
-            "from a CPU or GPU allocation, whose hours its jobs use.",
-            errors={"allocation": "Not a CPU or GPU allocation."},
+            Message(
+                N_(
+                    "Allocation %(allocation)s is of %(resource)s (%(kind)s): a Slurm account draws only from a CPU "
+                    "or GPU allocation, whose hours its jobs use."
+                ),
+                allocation=str(allocation_id),
+                resource=resource.name,
+                kind=str(resource.kind),
+            ),
+            errors={"allocation": Message(N_("Not a CPU or GPU allocation."))},
         )
     if site is not None and allocation_site.code != site:
         raise InvalidInput(
-            f"Allocation {allocation_id} is at site {allocation_site.code}; the cluster {cluster} runs the "
-            f"allocations of site {site}.",
-            errors={"allocation": f"Not at site {site}."},
+            Message(
+                N_(
+                    "Allocation %(allocation)s is at site %(site)s; the cluster %(cluster)s runs the allocations of "
+                    "site %(cluster_site)s."
+                ),
+                allocation=str(allocation_id),
+                site=allocation_site.code,
+                cluster=cluster,
+                cluster_site=site,
+            ),
+            errors={"allocation": Message(N_("Not at site %(site)s."), site=site)},
         )
     existing = db.exec(
         select(SlurmAccount).where(SlurmAccount.cluster == cluster, SlurmAccount.account == account)
@@ -216,8 +235,13 @@ def map_slurm_account(
     if existing is not None:
         if existing.allocation_id != allocation_id:
             raise InvalidInput(
-                f"Account '{account}' on {cluster} already draws from allocation {existing.allocation_id}.",
-                errors={"account": "Already mapped."},
+                Message(
+                    N_("Account '%(account)s' on %(cluster)s already draws from allocation %(allocation)s."),
+                    account=account,
+                    cluster=cluster,
+                    allocation=str(existing.allocation_id),
+                ),
+                errors={"account": Message(N_("Already mapped."))},
             )
         return existing
     mapping = SlurmAccount(cluster=cluster, account=account, allocation_id=allocation_id)
@@ -228,7 +252,13 @@ def map_slurm_account(
         db.commit()
     except IntegrityError as exc:
         db.rollback()
-        raise InvalidInput(f"Account '{account}' on {cluster} was mapped at the same moment.") from exc
+        raise InvalidInput(
+            Message(
+                N_("Account '%(account)s' on %(cluster)s was mapped at the same moment."),
+                account=account,
+                cluster=cluster,
+            )
+        ) from exc
     return mapping
 
 
@@ -264,36 +294,53 @@ def record_agent_usage(db: Session, *, site_id: int, records: list[AgentRecord])
     """
     site = db.get(Site, site_id)
     if site is None:
-        raise NotFound("The token's site no longer exists.")
+        raise NotFound(Message(N_("The token's site no longer exists.")))
     if not 1 <= len(records) <= MAX_AGENT_BATCH:
-        raise InvalidInput(f"Send between 1 and {MAX_AGENT_BATCH} records at a time.")
+        raise InvalidInput(Message(N_("Send between 1 and %(most)s records at a time."), most=str(MAX_AGENT_BATCH)))
     allocation_ids = {r.allocation_id for r in records}
     sites_of = dict(
         db.exec(
             select(Allocation.id, Resource.site_id)
-            .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+            .join(Resource, Resource.id == Allocation.resource_id)
             .where(col(Allocation.id).in_(allocation_ids))
         ).all()
     )
-    errors: dict[str, str] = {}
+    errors: dict[str, Message] = {}
     latest = utcnow() + AGENT_CLOCK_SKEW
     for index, record in enumerate(records):
         where = f"records[{index}]"
         if record.allocation_id not in sites_of:
-            errors[where] = f"allocation {record.allocation_id} does not exist"
+            errors[where] = Message(
+                N_("allocation %(allocation)s does not exist"), allocation=str(record.allocation_id)
+            )
         elif sites_of[record.allocation_id] != site_id:
-            errors[where] = f"allocation {record.allocation_id} is not at site {site.code}"
+            errors[where] = Message(
+                N_("allocation %(allocation)s is not at site %(site)s"),
+                allocation=str(record.allocation_id),
+                site=site.code,
+            )
         elif record.ended_at < record.started_at:
-            errors[where] = "ended_at is before started_at"
+            errors[where] = Message(N_("ended_at is before started_at"))
         elif record.ended_at > latest:
-            errors[where] = (
-                f"ended_at {record.ended_at.isoformat()} is in the future: the portal's clock says "
-                f"{(latest - AGENT_CLOCK_SKEW).isoformat(timespec='seconds')}; report usage once it has happened"
+            errors[where] = Message(
+                N_(
+                    "ended_at %(ended_at)s is in the future: the portal's clock says %(now)s; report usage once it "
+                    "has happened"
+                ),
+                ended_at=record.ended_at.isoformat(),
+                now=(latest - AGENT_CLOCK_SKEW).isoformat(timespec="seconds"),
             )
         elif record.quantity <= 0:
-            errors[where] = "quantity must be positive"
+            errors[where] = Message(N_("quantity must be positive"))
     if errors:
-        raise InvalidInput(f"{len(errors)} of {len(records)} records are invalid; nothing was recorded.", errors=errors)
+        raise InvalidInput(
+            Message(
+                N_("%(invalid)s of %(total)s records are invalid; nothing was recorded."),
+                invalid=str(len(errors)),
+                total=str(len(records)),
+            ),
+            errors=errors,
+        )
     pending: dict[str, _Pending] = {}
     duplicates = 0
     for record in records:

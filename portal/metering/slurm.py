@@ -194,9 +194,9 @@ def wanted_accounts(db: Session, cluster: SlurmClusterConfig, now: datetime | No
         raise NotFound(f"Cluster {cluster.name} belongs to site '{cluster.site}', which does not exist.")
     rows = db.exec(
         select(Allocation, Resource.kind)
-        .join(Resource, Resource.id == Allocation.resource_id)  # type: ignore[arg-type]
+        .join(Resource, Resource.id == Allocation.resource_id)
         .where(Resource.site_id == site.id, col(Resource.kind).in_(list(LIMITED_TRES)))
-        .order_by(Allocation.id)  # type: ignore[arg-type]
+        .order_by(Allocation.id)
     ).all()
     charged = dict(
         db.exec(
@@ -208,8 +208,8 @@ def wanted_accounts(db: Session, cluster: SlurmClusterConfig, now: datetime | No
     members: dict[int, set[str]] = {}
     for project_id, username in db.exec(
         select(ProjectMembership.project_id, SlurmUser.username)
-        .join(SlurmUser, SlurmUser.user_id == ProjectMembership.user_id)  # type: ignore[arg-type]
-        .join(User, User.id == ProjectMembership.user_id)  # type: ignore[arg-type]
+        .join(SlurmUser, SlurmUser.user_id == ProjectMembership.user_id)
+        .join(User, User.id == ProjectMembership.user_id)
         .where(SlurmUser.cluster == cluster.name, col(User.is_active).is_(True))
     ).all():
         members.setdefault(project_id, set()).add(username)
@@ -219,7 +219,7 @@ def wanted_accounts(db: Session, cluster: SlurmClusterConfig, now: datetime | No
     for allocation, kind in rows:
         wanted.append(
             WantedAccount(
-                allocation_id=allocation.id,  # type: ignore[arg-type]
+                allocation_id=allocation.id,
                 account=account_name(site, allocation),
                 tres=LIMITED_TRES[ResourceKind(kind)],
                 minutes=limit_minutes(allocation, int(charged.get(allocation.id, 0)), now),
@@ -421,7 +421,7 @@ def set_slurm_username(
     row = db.exec(select(SlurmUser).where(SlurmUser.cluster == cluster, SlurmUser.user_id == user.id)).first()
     before = row.username if row is not None else None
     if row is None:
-        row = SlurmUser(cluster=cluster, user_id=user.id, username=username)  # type: ignore[arg-type]
+        row = SlurmUser(cluster=cluster, user_id=user.id, username=username)
         db.add(row)
     else:
         row.username = username
@@ -586,7 +586,7 @@ def hold_allocation_now(settings: Settings, allocation: Allocation) -> int:
         return 0
     row = db.exec(
         select(Site.code, Resource.kind)
-        .join(Resource, Resource.site_id == Site.id)  # type: ignore[arg-type]
+        .join(Resource, Resource.site_id == Site.id)
         .where(Resource.id == allocation.resource_id)
     ).first()
     if row is None or row[1] not in LIMITED_TRES:

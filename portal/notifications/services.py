@@ -1,4 +1,4 @@
-"""Telling people things: an inbox entry (in the caller's transaction) and an e-mail."""
+"""Telling people things: an inbox entry (in the caller's transaction) and an e-mail, in the reader's language."""
 
 from __future__ import annotations
 
@@ -11,18 +11,25 @@ from portal.db import utcnow
 from portal.errors import NotFound
 from portal.identity.models import User
 from portal.mail import one_line, send_mail
+from portal.messages import N_, Message, Text, language_of, render, to_json
 from portal.notifications.models import Notification
 
 log = logging.getLogger("portal.notifications")
 
 
-def notify(db: Session, settings: Settings, user: User, *, subject: str, body: str, link: str = "") -> Notification:
-    """Add an inbox entry for ``user`` (committed with the caller's work) and e-mail it.
+def notify(
+    db: Session, settings: Settings, user: User, *, subject: Text | str, body: Text | str, link: str = ""
+) -> Notification:
+    """Add an inbox entry for ``user`` (committed with the caller's work) and e-mail it, both in their language
+    (``subject`` and ``body`` are ``portal.messages`` texts, rendered for them here).
 
     A failing mail server or an unusable address does not undo the caller's work, nor stop the notices
     of others: the notice stays in the inbox and the failure is logged.
     """
-    notification = Notification(user_id=user.id, subject=one_line(subject)[:300], body=body, link=link)  # type: ignore[arg-type]
+    language = language_of(settings, user)
+    message = {"subject": to_json(subject), "body": to_json(body)}
+    subject, body = render(subject, language), render(body, language)
+    notification = Notification(user_id=user.id, subject=one_line(subject)[:300], body=body, link=link, message=message)
     db.add(notification)
     if user.email:
         try:
@@ -57,7 +64,7 @@ def unread_count(db: Session, actor: User) -> int:
 def mark_read(db: Session, actor: User, notification_id: int) -> Notification:
     notification = db.get(Notification, notification_id)
     if notification is None or notification.user_id != actor.id:
-        raise NotFound("No such notification.")
+        raise NotFound(Message(N_("No such notification.")))
     if notification.read_at is None:
         notification.read_at = utcnow()
         db.commit()

@@ -29,13 +29,13 @@ def _unread_notifications() -> dict[str, Any]:
 
 @bp.get("/inbox")
 @login_required
-def inbox():  # type: ignore[no-untyped-def]
+def inbox():
     return render_template("notifications/inbox.html", notifications=services.inbox(get_db(), actor(), limit=100))
 
 
 @bp.post("/inbox/<int:notification_id>/read")
 @login_required
-def mark_read(notification_id: int):  # type: ignore[no-untyped-def]
+def mark_read(notification_id: int):
     """Mark a notice read; with ``open`` set, go on to the page it is about."""
     if not ActionForm().validate_on_submit():
         abort(400)

@@ -9,6 +9,8 @@ from stdnum.eu import vat as eu_vat
 from stdnum.exceptions import ValidationError
 from stdnum.util import clean
 
+from portal.messages import N_, Message, Text
+
 #: EU member states by ISO code; VAT numbers use "EL" for Greece.
 EU_COUNTRIES = frozenset(
     [
@@ -65,29 +67,52 @@ REGISTRY_VALIDATORS: dict[str, str] = {
     "CH": "stdnum.ch.uid",
 }
 
+#: The name of a country's registry number, as its error messages say it.
 REGISTRY_NAMES: dict[str, str] = {
-    "PL": "REGON",
-    "EE": "registry code (registrikood)",
-    "LV": "registration number",
-    "LT": "company code (įmonės kodas)",
+    "PL": N_("REGON"),
+    "EE": N_("registry code (registrikood)"),
+    "LV": N_("registration number"),
+    "LT": N_("company code (įmonės kodas)"),
 }
+REGISTRY_NUMBER = N_("registry number")
 
 
 class IdentifierError(ValueError):
-    """The number is not valid; the message says why, in words a user understands."""
+    """The number is not valid; ``message`` says why, in words a user understands, and ``str()`` reads it in the
+    language of the request being answered (English outside one)."""
+
+    def __init__(self, message: Text) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return str(self.message)
 
 
 def _vat_prefix(country: str) -> str:
     return "EL" if country == "GR" else country
 
 
-def _why(exc: ValidationError) -> str:
-    return {
-        "InvalidChecksum": "its check digit is wrong (a typo?)",
-        "InvalidLength": "it has the wrong number of characters",
-        "InvalidFormat": "it has the wrong format",
-        "InvalidComponent": "a part of it is not valid",
-    }.get(type(exc).__name__, str(exc))
+#: Why python-stdnum refused a number (its exception's name), one whole sentence each.
+_INVALID_VAT_NUMBER = {
+    "InvalidChecksum": N_("This is not a valid %(country)s VAT number: its check digit is wrong (a typo?)."),
+    "InvalidLength": N_("This is not a valid %(country)s VAT number: it has the wrong number of characters."),
+    "InvalidFormat": N_("This is not a valid %(country)s VAT number: it has the wrong format."),
+    "InvalidComponent": N_("This is not a valid %(country)s VAT number: a part of it is not valid."),
+}
+_INVALID_REGISTRY_NUMBER = {
+    "InvalidChecksum": N_("This is not a valid %(country)s %(name)s: its check digit is wrong (a typo?)."),
+    "InvalidLength": N_("This is not a valid %(country)s %(name)s: it has the wrong number of characters."),
+    "InvalidFormat": N_("This is not a valid %(country)s %(name)s: it has the wrong format."),
+    "InvalidComponent": N_("This is not a valid %(country)s %(name)s: a part of it is not valid."),
+}
+
+
+def _invalid_vat_number(country: str, exc: ValidationError) -> Message:
+    message = _INVALID_VAT_NUMBER.get(type(exc).__name__)
+    if message is None:
+        return Message(N_("This is not a valid %(country)s VAT number: %(reason)s."), country=country, reason=str(exc))
+    return Message(message, country=country)
 
 
 def normalise_vat_number(country: str, value: str) -> str:
@@ -103,19 +128,26 @@ def normalise_vat_number(country: str, value: str) -> str:
         try:
             return module.validate(value)
         except ValidationError as exc:
-            raise IdentifierError(f"This is not a valid {country} VAT number: {_why(exc)}.") from exc
+            raise IdentifierError(_invalid_vat_number(country, exc)) from exc
     prefix = _vat_prefix(country)
     if compact[:2] in VAT_PREFIXES and compact[:2] != prefix:
         raise IdentifierError(
-            f"This VAT number belongs to {compact[:2]}, but the organisation is in {country}; "
-            f"a {country} VAT number starts with {prefix}."
+            Message(
+                N_(
+                    "This VAT number belongs to %(prefix)s, but the organisation is in %(country)s; "
+                    "a %(country)s VAT number starts with %(expected)s."
+                ),
+                prefix=compact[:2],
+                country=country,
+                expected=prefix,
+            )
         )
     if not compact.startswith(prefix):
         compact = prefix + compact
     try:
         return eu_vat.validate(compact)
     except ValidationError as exc:
-        raise IdentifierError(f"This is not a valid {country} VAT number: {_why(exc)}.") from exc
+        raise IdentifierError(_invalid_vat_number(country, exc)) from exc
 
 
 def normalise_registry_id(country: str, value: str) -> str:
@@ -125,14 +157,24 @@ def normalise_registry_id(country: str, value: str) -> str:
     if module_name is None:
         compact = "".join(value.split()).upper()
         if not compact.replace("-", "").replace("/", "").isalnum():
-            raise IdentifierError("A registry number contains only letters, digits, '-' and '/'.")
+            raise IdentifierError(Message(N_("A registry number contains only letters, digits, '-' and '/'.")))
         return compact
     module = importlib.import_module(module_name)
     try:
         return module.validate(value)
     except ValidationError as exc:
-        name = REGISTRY_NAMES.get(country, "registry number")
-        raise IdentifierError(f"This is not a valid {country} {name}: {_why(exc)}.") from exc
+        name = Message(REGISTRY_NAMES.get(country, REGISTRY_NUMBER))
+        message = _INVALID_REGISTRY_NUMBER.get(type(exc).__name__)
+        if message is None:
+            raise IdentifierError(
+                Message(
+                    N_("This is not a valid %(country)s %(name)s: %(reason)s."),
+                    country=country,
+                    name=name,
+                    reason=str(exc),
+                )
+            ) from exc
+        raise IdentifierError(Message(message, country=country, name=name)) from exc
 
 
 def _cc_module(country: str, kind: str) -> ModuleType | None:

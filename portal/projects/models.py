@@ -79,10 +79,19 @@ class OrganisationMembership(SQLModel, table=True):
 
 
 class Project(SQLModel, table=True):
+    """An organisation's project, or a person's own (*personal*) project holding the hours they bought as a
+    private buyer: exactly one of ``organisation_id`` and ``owner_id`` is set."""
+
     __tablename__ = "projects"
+    __table_args__ = (
+        sa.CheckConstraint("(organisation_id IS NULL) <> (owner_id IS NULL)", name="organisation_or_owner"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    organisation_id: int = Field(foreign_key="organisations.id", index=True)
+    #: The organisation owning the project; None for a personal project.
+    organisation_id: int | None = Field(default=None, foreign_key="organisations.id", index=True)
+    #: The person a personal project belongs to (one each, made by their first purchase); None otherwise.
+    owner_id: int | None = Field(default=None, foreign_key="users.id", unique=True)
     title: str = Field(max_length=200)
     description: str = Field(default="", max_length=5000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from flask_babel import pgettext
 from flask_login import current_user, login_required
 from sqlmodel import Session
 
@@ -13,12 +15,48 @@ from portal.db import get_db, utcnow
 from portal.errors import DomainError, InvalidInput
 from portal.forms import ActionForm, ReasonForm, apply_errors
 from portal.identity.models import User
+from portal.pagination import page_size
 from portal.projects import services
-from portal.projects.forms import InviteForm, MemberRoleForm, OrganisationForm, ProjectForm
-from portal.projects.models import Project, ProjectRole
+from portal.projects.forms import (
+    ORGANISATION_KINDS,
+    ORGANISATION_ROLES,
+    PROJECT_ROLES,
+    InviteForm,
+    MemberRoleForm,
+    OrganisationForm,
+    ProjectForm,
+)
+from portal.projects.models import OrganisationKind, OrganisationRole, Project, ProjectRole
 from portal.web import actor, settings
 
 bp = Blueprint("projects", __name__)
+
+
+@bp.app_template_filter("project_role")
+def project_role_label(role: str) -> str:
+    """A project role as the pages name it, in the reader's language."""
+    return str(PROJECT_ROLES[ProjectRole(role)])
+
+
+@bp.app_template_filter("organisation_role")
+def organisation_role_label(role: str) -> str:
+    return str(ORGANISATION_ROLES[OrganisationRole(role)])
+
+
+@bp.app_template_filter("organisation_kind")
+def organisation_kind_label(kind: str) -> str:
+    return str(ORGANISATION_KINDS[OrganisationKind(kind)])
+
+
+@bp.app_template_filter("invitation_state")
+def invitation_state_label(state: str) -> str:
+    """``Invitation.state``'s word, in the reader's language."""
+    return {
+        "pending": pgettext("invitation state", "pending"),
+        "accepted": pgettext("invitation state", "accepted"),
+        "revoked": pgettext("invitation state", "withdrawn"),
+        "expired": pgettext("invitation state", "expired"),
+    }[state]
 
 
 def _is_htmx() -> bool:
@@ -26,20 +64,20 @@ def _is_htmx() -> bool:
 
 
 @bp.get("/")
-def dashboard():  # type: ignore[no-untyped-def]
+def dashboard():
     if not current_user.is_authenticated:
         return render_template("projects/welcome.html")
     db, me = get_db(), actor()
-    return render_template(
-        "projects/dashboard.html",
-        projects=services.projects_of(db, me),
-        organisations=services.organisations_of(db, me),
-    )
+    q = request.args.get("q", "")
+    size = page_size(request.args.get("size"))
+    projects = services.project_page_of(db, me, query=q, cursor=request.args.get("cursor"), size=size)
+    organisations = services.organisation_page_of(db, me, query=q, cursor=request.args.get("org_cursor"), size=size)
+    return render_template("projects/dashboard.html", projects=projects, organisations=organisations, q=q)
 
 
 @bp.route("/organisations/new", methods=["GET", "POST"])
 @login_required
-def new_organisation():  # type: ignore[no-untyped-def]
+def new_organisation():
     form = OrganisationForm()
     if form.validate_on_submit():
         try:
@@ -55,7 +93,7 @@ def new_organisation():  # type: ignore[no-untyped-def]
         except InvalidInput as exc:
             apply_errors(form, exc)
         else:
-            flash(f"{org.name} is registered. You are its admin.", "success")
+            flash(_("%(name)s is registered. You are its admin.", name=org.name), "success")
             return redirect(url_for("projects.organisation", organisation_id=org.id))
     status = 422 if form.is_submitted() else 200
     return render_template("projects/organisation_form.html", form=form), status
@@ -63,13 +101,18 @@ def new_organisation():  # type: ignore[no-untyped-def]
 
 @bp.get("/organisations/<int:organisation_id>")
 @login_required
-def organisation(organisation_id: int, verify_form: ReasonForm | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+def organisation(organisation_id: int, verify_form: ReasonForm | None = None, status: int = 200):
     db, me = get_db(), actor()
     org = services.get_organisation(db, me, organisation_id)
+    q = request.args.get("q", "")
+    projects = services.projects_of_organisation(
+        db, me, org, query=q, cursor=request.args.get("cursor"), size=page_size(request.args.get("size"))
+    )
     return render_template(
         "projects/organisation.html",
         org=org,
-        projects=services.projects_of_organisation(db, me, org),
+        projects=projects,
+        q=q,
         can_create=allowed(db, me, Action.CREATE_PROJECT, org),
         can_verify=allowed(db, me, Action.VERIFY_ORGANISATION, org),
         verify_form=verify_form or ReasonForm(formdata=None),
@@ -78,7 +121,7 @@ def organisation(organisation_id: int, verify_form: ReasonForm | None = None, st
 
 @bp.post("/organisations/<int:organisation_id>/verify")
 @login_required
-def verify_organisation(organisation_id: int):  # type: ignore[no-untyped-def]
+def verify_organisation(organisation_id: int):
     form = ReasonForm()
     if not form.validate_on_submit():
         abort(400)
@@ -90,13 +133,13 @@ def verify_organisation(organisation_id: int):  # type: ignore[no-untyped-def]
         db.rollback()
         apply_errors(form, exc)
         return organisation(organisation_id, verify_form=form, status=422)
-    flash(f"{org.name} is verified.", "success")
+    flash(_("%(name)s is verified.", name=org.name), "success")
     return redirect(url_for("projects.organisation", organisation_id=organisation_id))
 
 
 @bp.route("/organisations/<int:organisation_id>/projects/new", methods=["GET", "POST"])
 @login_required
-def new_project(organisation_id: int):  # type: ignore[no-untyped-def]
+def new_project(organisation_id: int):
     db, me = get_db(), actor()
     org = services.get_organisation(db, me, organisation_id)
     form = ProjectForm()
@@ -108,7 +151,7 @@ def new_project(organisation_id: int):  # type: ignore[no-untyped-def]
         except InvalidInput as exc:
             apply_errors(form, exc)
         else:
-            flash(f"The project “{project.title}” is created. You are its PI.", "success")
+            flash(_("The project “%(title)s” is created. You are its PI.", title=project.title), "success")
             return redirect(url_for("projects.project", project_id=project.id))
     status = 422 if form.is_submitted() else 200
     return render_template("projects/project_form.html", form=form, org=org, project=None), status
@@ -118,10 +161,10 @@ def _allocations_section(db: Session, me: User, project: Project) -> dict[str, A
     """The ledger's part of the project page (``allocations`` and ``transfer_form`` for
     ``ledger/_allocations.html``): ``create_app`` installs ``ledger.views.project_allocations``, so the project
     page receives it rather than importing the ledger, which reads projects."""
-    return current_app.extensions["portal.project_allocations"](db, me, project)  # type: ignore[no-any-return]
+    return current_app.extensions["portal.project_allocations"](db, me, project)
 
 
-def _project_page(project_id: int, *, invite_form: InviteForm | None = None, status: int = 200):  # type: ignore[no-untyped-def]
+def _project_page(project_id: int, *, invite_form: InviteForm | None = None, status: int = 200):
     db, me = get_db(), actor()
     project = services.get_project(db, me, project_id)
     can_manage = allowed(db, me, Action.MANAGE_MEMBERS, project)
@@ -149,13 +192,13 @@ def _project_page(project_id: int, *, invite_form: InviteForm | None = None, sta
 
 @bp.get("/projects/<int:project_id>")
 @login_required
-def project(project_id: int):  # type: ignore[no-untyped-def]
+def project(project_id: int):
     return _project_page(project_id)
 
 
 @bp.route("/projects/<int:project_id>/edit", methods=["GET", "POST"])
 @login_required
-def edit_project(project_id: int):  # type: ignore[no-untyped-def]
+def edit_project(project_id: int):
     db, me = get_db(), actor()
     project = services.get_project(db, me, project_id)
     form = ProjectForm(obj=project)
@@ -167,7 +210,7 @@ def edit_project(project_id: int):  # type: ignore[no-untyped-def]
         except InvalidInput as exc:
             apply_errors(form, exc)
         else:
-            flash("The project is saved.", "success")
+            flash(_("The project is saved."), "success")
             return redirect(url_for("projects.project", project_id=project.id))
     elif request.method == "GET" and not allowed(db, me, Action.EDIT_PROJECT, project):
         abort(403)
@@ -178,7 +221,7 @@ def edit_project(project_id: int):  # type: ignore[no-untyped-def]
 
 @bp.post("/projects/<int:project_id>/invitations")
 @login_required
-def invite(project_id: int):  # type: ignore[no-untyped-def]
+def invite(project_id: int):
     db, me = get_db(), actor()
     project = services.get_project(db, me, project_id)
     form = InviteForm()
@@ -190,7 +233,7 @@ def invite(project_id: int):  # type: ignore[no-untyped-def]
         except InvalidInput as exc:
             apply_errors(form, exc)
         else:
-            flash(f"An invitation was sent to {invitation.email}.", "success")
+            flash(_("An invitation was sent to %(address)s.", address=invitation.email), "success")
             session["new_invitation_link"] = link
             return redirect(url_for("projects.project", project_id=project_id) + "#invitations")
     return _project_page(project_id, invite_form=form, status=422)
@@ -198,16 +241,16 @@ def invite(project_id: int):  # type: ignore[no-untyped-def]
 
 @bp.post("/projects/<int:project_id>/invitations/<int:invitation_id>/revoke")
 @login_required
-def revoke_invitation(project_id: int, invitation_id: int):  # type: ignore[no-untyped-def]
+def revoke_invitation(project_id: int, invitation_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     db = get_db()
     services.revoke_invitation(db, actor(), services.get_project(db, actor(), project_id), invitation_id)
-    flash("The invitation is withdrawn.", "success")
+    flash(_("The invitation is withdrawn."), "success")
     return redirect(url_for("projects.project", project_id=project_id) + "#invitations")
 
 
-def _members_changed(project_id: int, message: str):  # type: ignore[no-untyped-def]
+def _members_changed(project_id: int, message: str):
     """htmx swaps just the members table; without JavaScript the whole page reloads."""
     if _is_htmx():
         db, me = get_db(), actor()
@@ -227,43 +270,43 @@ def _members_changed(project_id: int, message: str):  # type: ignore[no-untyped-
 
 @bp.post("/projects/<int:project_id>/members/<int:user_id>/role")
 @login_required
-def change_role(project_id: int, user_id: int):  # type: ignore[no-untyped-def]
+def change_role(project_id: int, user_id: int):
     form = MemberRoleForm()
     if not form.validate_on_submit():
         abort(400)
     db = get_db()
     project = services.get_project(db, actor(), project_id)
     services.change_member_role(db, actor(), project, user_id, ProjectRole(form.role.data))
-    return _members_changed(project_id, "The member's role is changed.")
+    return _members_changed(project_id, _("The member's role is changed."))
 
 
 @bp.post("/projects/<int:project_id>/members/<int:user_id>/remove")
 @login_required
-def remove_member(project_id: int, user_id: int):  # type: ignore[no-untyped-def]
+def remove_member(project_id: int, user_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     db = get_db()
     services.remove_member(db, actor(), services.get_project(db, actor(), project_id), user_id)
     if user_id == current_user.id:
-        flash("You have left the project.", "success")
+        flash(_("You have left the project."), "success")
         return redirect(url_for("projects.dashboard"))
-    return _members_changed(project_id, "The member is removed from the project.")
+    return _members_changed(project_id, _("The member is removed from the project."))
 
 
 @bp.post("/projects/<int:project_id>/leave")
 @login_required
-def leave(project_id: int):  # type: ignore[no-untyped-def]
+def leave(project_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     db = get_db()
     services.leave_project(db, actor(), services.get_project(db, actor(), project_id))
-    flash("You have left the project.", "success")
+    flash(_("You have left the project."), "success")
     return redirect(url_for("projects.dashboard"))
 
 
 @bp.get("/invitations/<token>")
 @login_required
-def invitation(token: str):  # type: ignore[no-untyped-def]
+def invitation(token: str):
     db = get_db()
     try:
         inv, project = services.find_invitation(db, token)
@@ -283,9 +326,9 @@ def invitation(token: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/invitations/<token>")
 @login_required
-def accept_invitation(token: str):  # type: ignore[no-untyped-def]
+def accept_invitation(token: str):
     if not ActionForm().validate_on_submit():
         abort(400)
     project = services.accept_invitation(get_db(), actor(), token)
-    flash(f"Welcome to the project “{project.title}”.", "success")
+    flash(_("Welcome to the project “%(title)s”.", title=project.title), "success")
     return redirect(url_for("projects.project", project_id=project.id))

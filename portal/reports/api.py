@@ -8,12 +8,12 @@ from flask import jsonify, request
 from pydantic import BaseModel, Field
 from spectree import Response
 
-from portal.api import Problem, api_user, bp, spec, token_required
+from portal.api.core import Problem, api_user, bp, spec, token_required
 from portal.db import get_db
 from portal.identity.models import ApiScope
 from portal.reports import services
 
-ReportName = StrEnum("ReportName", {name: name for name in services.TABLES})  # type: ignore[misc]
+ReportName = StrEnum("ReportName", {name: name for name in services.TABLES})
 
 
 class ReportQuery(BaseModel):
@@ -43,9 +43,9 @@ class ReportOut(BaseModel):
     resp=Response(HTTP_200=ReportOut, HTTP_401=Problem, HTTP_403=Problem, HTTP_404=Problem, HTTP_422=Problem),
     tags=["reports"],
 )
-def report(name: str):  # type: ignore[no-untyped-def]
+def report(name: str):
     """One table of the operators' dashboards. Names: capacity, utilisation, sectors, countries,
-    public_private, top_projects, funnel, revenue_by_month, revenue_by_offering, revenue_public_private.
+    public_private, top_projects, funnel, outputs, revenue_by_month, revenue_by_offering, revenue_public_private.
     Quantities are base units (GPU-seconds, core-seconds, GB-days) of the row's ``kind``; money is cents."""
     report_filter = services.parse_filter(request.args.get("quarter"), request.args.get("site"))
     _scope, table = services.report_table(get_db(), api_user(), name, report_filter)

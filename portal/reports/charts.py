@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
+from flask_babel import gettext as _
+
+from portal import formatting
+from portal.i18n import current_language
 from portal.reports.services import Table, percent
 
 WIDTH = 720
@@ -47,6 +52,11 @@ class Chart:
     label_angle: int = 0
 
     @property
+    def plot(self) -> tuple[int, int, int, int]:
+        """The box of the bars (x, y, width, height): the SVG draws only this; the axes' text is HTML around it."""
+        return LEFT, TOP, WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
+
+    @property
     def empty(self) -> bool:
         return not any(b.height > 0 for b in self.bars)
 
@@ -56,12 +66,13 @@ def grouped_bars(
     groups: list[str],
     series: dict[str, list[float | None]],
     *,
-    show: Callable[[float], str] = lambda v: f"{v:,.1f}",
+    show: Callable[[float], str] | None = None,
     maximum: float | None = None,
     names: list[str] | None = None,
 ) -> Chart:
     """Vertical bars, one group per label and one bar per series in each group; None draws no bar.
     ``names``: the groups' full names for the bars' titles, where the labels under the axis are short."""
+    show = show or _figure(1)
     full_names = names or groups
     names = list(series)
     chart = Chart(title, names)
@@ -104,33 +115,42 @@ def _kinds(table: Table) -> list[str]:
     return list(dict.fromkeys(str(r["kind"]) for r in table.rows))
 
 
-def _percent_by(table: Table, label_key: str, value_key: str) -> tuple[list[str], dict[str, list[float | None]]]:
+def _percent_by(
+    table: Table, label_key: str, value_key: str, word: Callable[[str, str], str]
+) -> tuple[list[str], dict[str, list[float | None]]]:
     labels = list(dict.fromkeys(str(r[label_key]) for r in table.rows))
     series: dict[str, list[float | None]] = {}
     for kind in _kinds(table):
         values = {str(r[label_key]): r[value_key] for r in table.rows if r["kind"] == kind}
-        series[UNIT_NAMES.get(kind, kind)] = [values.get(label) for label in labels]
-    return labels, series
+        series[_unit_name(kind)] = [values.get(label) for label in labels]
+    return [word(label_key, label) for label in labels], series
 
 
-UNIT_NAMES = {"gpu": "GPU", "cpu": "CPU", "storage": "Storage"}
+def _unit_name(kind: str) -> str:
+    return {"gpu": "GPU", "cpu": "CPU", "storage": _("Storage")}.get(kind, kind)
+
+
+def _figure(places: int) -> Callable[[float], str]:
+    """A bar's value as the page's language writes it, rounded as Python's format rounds (``f"{v:,.1f}"``)."""
+    return lambda v: formatting.number(Decimal(f"{v:.{places}f}"), places=places, locale=current_language())
 
 
 def _percent(v: float) -> str:
-    return f"{v:,.1f} %"
+    return f"{_figure(1)(v)} %"
 
 
-def chart_for(table: Table) -> Chart | None:
-    """The chart drawn above a table, where one says something the table alone says less clearly."""
+def chart_for(table: Table, word: Callable[[str, str], str] = lambda _key, value: value) -> Chart | None:
+    """The chart drawn above a table, where one says something the table alone says less clearly. ``word(key,
+    value)``: a stored word of the table (a sector, a side) as the page writes it."""
     if table.name == "capacity":
         # "Gdańsk · H100" under the axis; "Gdańsk AI Centre · H100 GPU-hours" in each bar's title
         labels = [f"{str(r['site']).split()[0]} · {str(r['resource']).split()[0]}" for r in table.rows]
         return grouped_bars(
-            "Allocated and used, in % of capacity",
+            _("Allocated and used, in % of capacity"),
             labels,
             {
-                "Allocated": [r["allocated_percent"] for r in table.rows],
-                "Used": [r["used_percent"] for r in table.rows],
+                _("Allocated"): [r["allocated_percent"] for r in table.rows],
+                _("Used"): [r["used_percent"] for r in table.rows],
             },
             names=[f"{r['site']} · {r['resource']}" for r in table.rows],
             show=_percent,
@@ -141,35 +161,37 @@ def chart_for(table: Table) -> Chart | None:
         series: dict[str, list[float | None]] = {}
         for kind in _kinds(table):
             rows = [r for r in table.rows if r["kind"] == kind]
-            series[UNIT_NAMES.get(kind, kind)] = [
+            series[_unit_name(kind)] = [
                 percent(
                     sum(r["used"] for r in rows if r["month"] == m), sum(r["capacity"] for r in rows if r["month"] == m)
                 )
                 for m in months
             ]
-        return grouped_bars("Used, in % of capacity, by month and kind", months, series, show=_percent, maximum=100.0)
+        title = _("Used, in % of capacity, by month and kind")
+        return grouped_bars(title, months, series, show=_percent, maximum=100.0)
     if table.name in ("sectors", "countries", "public_private"):
-        labels, series = _percent_by(table, "group", "used_share_percent")
-        return grouped_bars(f"{table.title}: share of use, by kind", labels, series, show=_percent, maximum=100.0)
+        labels, series = _percent_by(table, "group", "used_share_percent", word)
+        title = _("%(table)s: share of use, by kind", table=_(table.title))
+        return grouped_bars(title, labels, series, show=_percent, maximum=100.0)
     if table.name == "revenue_by_month":
         months = list(dict.fromkeys(str(r["month"]) for r in table.rows))
         net = {(str(r["month"]), r["currency"]): r["net_cents"] / 100 for r in table.rows}
         currencies = list(dict.fromkeys(str(r["currency"]) for r in table.rows))
         return grouped_bars(
-            f"Net revenue by month ({', '.join(currencies)})",
+            _("Net revenue by month (%(currencies)s)", currencies=", ".join(currencies)),
             months,
-            {f"Net, {c}": [net[(m, c)] for m in months] for c in currencies},
-            show=lambda v: f"{v:,.2f}",
+            {_("Net, %(currency)s", currency=c): [net[(m, c)] for m in months] for c in currencies},
+            show=_figure(2),
         )
     if table.name == "funnel":
         rows = table.rows[:12]
         return grouped_bars(
-            "Applications per call",
+            _("Applications per call"),
             [str(r["call"])[:24] for r in rows],
             {
                 name: [r[key] for r in rows]
-                for key, name in (("started", "Started"), ("submitted", "Submitted"), ("accepted", "Accepted"))
+                for key, name in (("started", _("Started")), ("submitted", _("Submitted")), ("accepted", _("Accepted")))
             },
-            show=lambda v: f"{v:,.0f}",
+            show=_figure(0),
         )
     return None

@@ -30,7 +30,7 @@ def _stored_usage(db: Session) -> dict[tuple[int, date], int]:
 
 
 def _stored_revenue(db: Session) -> dict[tuple[date, int, int], tuple[int, ...]]:
-    table = RevenueMonth.__table__  # type: ignore[attr-defined]
+    table = RevenueMonth.__table__
     rows = db.execute(sa.select(*(table.c[k] for k in REVENUE_KEY), *(table.c[s] for s in REVENUE_SUMS)))
     return {(r[0], int(r[1]), int(r[2])): tuple(int(x) for x in r[3:]) for r in rows}
 
@@ -45,7 +45,7 @@ class RollupDifference:
     expected: object
 
 
-def _differences(table: str, stored: dict, expected: dict) -> list[RollupDifference]:  # type: ignore[type-arg]
+def _differences(table: str, stored: dict, expected: dict) -> list[RollupDifference]:
     return [
         RollupDifference(table, key, stored.get(key), expected.get(key))
         for key in sorted(set(stored) | set(expected), key=repr)
@@ -71,7 +71,7 @@ def rollup_differences(db: Session) -> list[RollupDifference]:
     return found
 
 
-def _chunks(rows: list[dict], size: int = 5_000) -> Iterable[list[dict]]:  # type: ignore[type-arg]
+def _chunks(rows: list[dict], size: int = 5_000) -> Iterable[list[dict]]:
     for i in range(0, len(rows), size):
         yield rows[i : i + size]
 
@@ -85,7 +85,7 @@ def rebuild(db: Session) -> tuple[int, int]:
     So a charge or invoice committing meanwhile either is read from its source or waits and adds itself
     afterwards: nothing is lost or counted twice.
     """
-    usage_table, revenue_table = UsageMonth.__table__, RevenueMonth.__table__  # type: ignore[attr-defined]
+    usage_table, revenue_table = UsageMonth.__table__, RevenueMonth.__table__
     if db.get_bind().dialect.name == "postgresql":
         # In the order charges take them (allocation rows in id order, then the rollup), or the two deadlock:
         # the rollup rows written below hold KEY SHARE on their allocations for their foreign keys.

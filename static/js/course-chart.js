@@ -15,8 +15,8 @@
       height: 260,
       series: [
         {},
-        { label: "Used (" + data.unit + ")", stroke: "#0b4f8a", fill: "rgba(11, 79, 138, 0.6)", paths: bars, points: { show: false } },
-        { label: "Cap (" + data.unit + ")", stroke: "#b03a2e", width: 2, dash: [6, 4], points: { show: false } }
+        { label: data.used_label, stroke: "#0b4f8a", fill: "rgba(11, 79, 138, 0.6)", paths: bars, points: { show: false } },
+        { label: data.cap_label, stroke: "#b03a2e", width: 2, dash: [6, 4], points: { show: false } }
       ],
       axes: [
         { splits: function () { return xs; }, values: function (_u, ticks) { return ticks.map(function (t) { return data.names[t] || ""; }); } },

@@ -1,0 +1,232 @@
+"""The metering round (``meter_notebooks``; the worker's ``meter_job``): the hub's active servers read once, the
+open sessions claimed in batches, each batch's starts noted, its charges made in one ledger transaction, and
+the servers whose allocation, course seat or hours say so stopped, their owners told why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from portal import observability
+from portal.compute.hub_client import HubClient, HubError, HubServer
+from portal.compute.metering_batches import (
+    _among,
+    _charge_all,
+    _claim_sessions,
+    _load_sessions,
+    _newest_open,
+    _release_sessions,
+)
+from portal.compute.notebook_charges import AT_HUB, NOT_STARTED, REPLACED, _charge, _close, _stop_reason
+from portal.compute.stop_notices import _tell_owner
+from portal.config import Settings
+from portal.db import utcnow
+from portal.ledger.models import Allocation, AllocationState
+from portal.notebook_models import NotebookSession
+
+log = logging.getLogger(__name__)
+
+#: A session the spawn check accepted whose server the hub never reported is closed after this long.
+NEVER_STARTED_AFTER = timedelta(minutes=10)
+
+
+@dataclass
+class MeterReport:
+    started: list[int] = field(default_factory=list)
+    #: Session id -> base units charged in this run.
+    charged: dict[int, int] = field(default_factory=dict)
+    #: Session id -> stop reason.
+    stopped: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.started) + len(self.charged) + len(self.stopped)
+
+
+#: Sessions one claim takes: small enough that several workers share a round, large enough that a batch's few
+#: statements (load, charge, record) carry many sessions.
+CLAIM_BATCH = 200
+
+
+class MeteringIncomplete(Exception):
+    """Some sessions' charges failed in a round whose other sessions were metered; the worker counts the run as
+    failed (the log names the sessions) and the next round tries them again."""
+
+    def __init__(self, failed: Sequence[int], report: MeterReport) -> None:
+        super().__init__(f"{len(failed)} notebook session(s) could not be charged: {', '.join(map(str, failed[:20]))}")
+        self.failed = list(failed)
+        self.report = report
+
+
+def meter_notebooks(
+    db: Session,
+    settings: Settings,
+    client: HubClient,
+    now: datetime | None = None,
+    *,
+    keep_going: Callable[[], bool] | None = None,
+    fresh_for: timedelta = timedelta(0),
+    batch: int = CLAIM_BATCH,
+) -> MeterReport:
+    """One round of metering: start times from the hub, charges, and stops (see the module's docstring).
+
+    The hub's list of active servers is read once per round. The open sessions are claimed in batches
+    (``_claim_sessions``), so several workers share a round: a session metered by any worker within ``fresh_for``
+    is left alone. A batch costs a few statements whatever its size: its sessions are loaded in one query and
+    charged in one ledger transaction (``_charge_all``); only starts, stops and course seats are per session.
+    ``keep_going`` is asked before each claim and before each session's stop decision; when it says no, the
+    round ends after the session in hand and hands the rest of its claim back. Raises ``HubUnavailable`` when
+    the hub does not answer (nothing is charged or stopped then), and ``MeteringIncomplete`` at the end of a
+    round in which some sessions' charges failed (the others are metered).
+    """
+    now = now or utcnow()
+    report = MeterReport()
+    servers = {(s.user, s.name): s for s in client.active_servers()}
+    failed: list[int] = []
+    after = 0
+    while keep_going is None or keep_going():
+        ids = _claim_sessions(db, now, after, fresh_for, batch)
+        if not ids:
+            db.commit()
+            break
+        after = ids[-1]
+        claimed = _load_sessions(db, ids)
+        newest = _newest_open(db, claimed)
+        if not _meter_batch(db, settings, client, claimed, servers, newest, now, report, keep_going, failed):
+            break
+    if failed:
+        raise MeteringIncomplete(failed, report)
+    return report
+
+
+def _meter_batch(
+    db: Session,
+    settings: Settings,
+    client: HubClient,
+    claimed: Sequence[NotebookSession],
+    servers: dict[tuple[str, str], HubServer],
+    newest: dict[tuple[str, str], int],
+    now: datetime,
+    report: MeterReport,
+    keep_going: Callable[[], bool] | None,
+    failed: list[int],
+) -> bool:
+    """Meter one claimed batch; False when ``keep_going`` said no (the rest of the claim is handed back)."""
+    to_start: list[tuple[NotebookSession, HubServer]] = []
+    running: list[NotebookSession] = []
+    for session in claimed:
+        key = (session.hub_user, session.server_name)
+        if session.stopped_at is not None:  # stopped by the enforcement hook when an earlier charge exhausted
+            report.stopped[session.id] = session.stop_reason
+            continue
+        if newest.get(key, 0) > session.id:
+            _charge(db, session, now)  # the server was spawned again: this older record is over
+            _close(db, session, now, REPLACED)
+            report.stopped[session.id] = REPLACED
+            continue
+        server = servers.get(key)
+        if session.started_at is None:
+            if server is not None and server.ready:
+                to_start.append((session, server))
+            elif server is None and now - session.requested_at > NEVER_STARTED_AFTER:
+                _close(db, session, now, NOT_STARTED)
+                observability.hub_server_never_started(session.profile)
+                report.stopped[session.id] = NOT_STARTED
+                continue
+            else:
+                continue
+        elif server is None:
+            # Stopped at the hub (by its user or the idle culler) since the last round: its time after the
+            # last charge is not known, so it is not charged.
+            _close(db, session, now, AT_HUB)
+            report.stopped[session.id] = AT_HUB
+            continue
+        running.append(session)
+    _mark_all_started(db, to_start, now, report)
+    charged, failures = _charge_all(db, running, now)
+    db.commit()  # the claim, when there was nothing to charge; no transaction is held while the hub is asked
+    report.charged.update(charged)
+    failed.extend(failures)
+    left = [s for s in running if s.id not in failures]
+    if not left:
+        return True
+    allocations = {
+        a.id: a
+        for a in db.exec(
+            select(Allocation)
+            .where(_among(db, col(Allocation.id), sorted({s.allocation_id for s in left}), sa.Integer))
+            .execution_options(populate_existing=True)
+        ).all()
+    }
+    # A charge that exhausted an allocation ran the enforcement hook, which may have stopped its sessions.
+    ended = {a.id for a in allocations.values() if a.state != AllocationState.ACTIVE or a.balance <= 0}
+    if ended:
+        fresh = {s.id: s for s in _load_sessions(db, [s.id for s in left if s.allocation_id in ended])}
+        left = [fresh.get(s.id, s) for s in left]
+    db.commit()  # a commit, unlike a rollback, leaves the loaded rows usable
+    for position, session in enumerate(left):
+        if keep_going is not None and not keep_going():
+            _release_sessions(db, [s.id for s in left[position:]])
+            return False
+        _stop_if_due(db, settings, client, session, allocations.get(session.allocation_id), now, report)
+    return True
+
+
+def _mark_all_started(
+    db: Session, to_start: Sequence[tuple[NotebookSession, HubServer]], now: datetime, report: MeterReport
+) -> None:
+    """``_mark_started`` for many sessions, in one commit."""
+    if not to_start:
+        return
+    for session, server in to_start:
+        session.started_at = min(max(server.started or now, session.requested_at), now)
+        db.add(session)
+    db.commit()
+    for session, _server in to_start:
+        observability.hub_server_started(session.profile, now - session.requested_at)  # first seen ready now
+        report.started.append(session.id)
+
+
+def _stop_if_due(
+    db: Session,
+    settings: Settings,
+    client: HubClient,
+    session: NotebookSession,
+    allocation: Allocation | None,
+    now: datetime,
+    report: MeterReport,
+) -> None:
+    """Stop the session's server when its allocation, course seat or hours say so; the owner is told why."""
+    if session.stopped_at is not None:  # a charge exhausted the allocation: the enforcement hook stopped it
+        report.stopped[session.id] = session.stop_reason
+        return
+    reason = _stop_reason(db, session, now, allocation=allocation)
+    if reason is None:
+        return
+    try:
+        client.stop_server(session.hub_user, session.server_name)
+    except HubError:
+        log.exception(
+            "could not stop %s/%s (%s); trying again next round", session.hub_user, session.server_name, reason
+        )
+        return
+    _close(db, session, now, reason)
+    _tell_owner(db, settings, session, reason)
+    report.stopped[session.id] = reason
+
+
+def meter_job(db: Session, settings: Settings, keep_going: Callable[[], bool] | None = None) -> int:
+    """``portal worker``'s job: one metering round against ``settings.hub_url``; returns how much it did.
+
+    An unreachable hub fails the run (``HubUnavailable``): nothing is charged or stopped, and the worker counts
+    the run as failed, so the metrics and alerts show it. Sessions another worker metered in the last half
+    interval are left to it."""
+    fresh_for = timedelta(seconds=settings.worker_interval_seconds / 2)
+    client = HubClient.from_settings(settings)
+    return meter_notebooks(db, settings, client, keep_going=keep_going, fresh_for=fresh_for).total

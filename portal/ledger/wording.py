@@ -1,0 +1,126 @@
+"""What the portal itself writes on an allocation or a ledger entry ("Purchase: H100 hours", "order 12"), shown in
+the reader's language.
+
+The ledger keeps these texts in English, as it always has: the API, the CSV files, the audit log and the CLI read
+them so. A page shows the same text in its reader's language: ``allocation_title`` and ``entry_reason`` (the
+templates' filters of the same names) recognise a text the portal wrote by its wording (``WORDINGS``) and render
+it again from the catalogue; a text a person wrote (an award's title, an adjustment's reason) is shown as written.
+The code that writes such a text writes it with ``Wording.english``, so what is stored and what is recognised
+cannot drift apart."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from portal.messages import N_, Message, current_locale
+
+if TYPE_CHECKING:
+    from portal.ledger.models import Allocation, LedgerEntry
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+#: The values that are ids: only digits (so that a text with more after the id is not taken for the wording).
+_IDS = frozenset({"allocation", "application", "course", "order", "tranche"})
+
+
+def _value(name: str) -> str:
+    return f"(?P<{name}>\\d+)" if name in _IDS else f"(?P<{name}>.+?)"
+
+
+@dataclass(frozen=True)
+class Wording:
+    """A catalogue message (placeholders ``%(name)s`` only) that the portal stores in English."""
+
+    message: str
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = _PLACEHOLDER.split(self.message)
+        # even parts are the fixed text, odd parts the names of the values between them
+        regex = "".join(re.escape(part) if n % 2 == 0 else _value(part) for n, part in enumerate(parts))
+        object.__setattr__(self, "_pattern", re.compile(regex, re.S))
+
+    def english(self, **values: object) -> str:
+        """The text as stored: in English, whatever the language of the request that writes it."""
+        return self.message % {name: str(value) for name, value in values.items()}
+
+    def read(self, stored: str) -> Message | None:
+        """The stored text as a message to render again, or None when this wording did not write it."""
+        found = self._pattern.fullmatch(stored)
+        return Message(self.message, **found.groupdict()) if found else None
+
+
+#: A purchase's allocation: the offering's title (which its seller wrote) after the word.
+PURCHASE_TITLE = Wording(N_("Purchase: %(offering)s"))
+#: A course's allocation, when the classroom names it after the course.
+COURSE_TITLE = Wording(N_("Course: %(title)s"))
+#: The hours of a paid order credited to its allocation.
+ORDER_PAID = Wording(N_("order %(order)s"))
+#: Refunded hours taken back from a purchase's allocation.
+ORDER_REFUNDED = Wording(N_("refund of order %(order)s"))
+TO_ALLOCATION = Wording(N_("to allocation %(allocation)s"))
+FROM_ALLOCATION = Wording(N_("from allocation %(allocation)s"))
+TO_COURSE = Wording(N_("to course allocation %(allocation)s"))
+COURSE_HOURS_BACK = Wording(N_("unused course hours back to allocation %(allocation)s"))
+COURSE_HOURS_RETURNED = Wording(N_("unused hours of course allocation %(course)s"))
+COURSE_OUTLIVED_PARENT = Wording(N_("the course ended after its parent allocation"))
+COURSE_OVERDRAFT_SETTLED = Wording(
+    N_("usage of course allocation %(course)s beyond its hours, settled from allocation %(allocation)s")
+)
+OVERDRAFT_SETTLED = Wording(N_("usage beyond the course's hours, settled from allocation %(allocation)s"))
+GIVEN_BACK = Wording(N_("unused hours given back to the pool"))
+ENDED = Wording(N_("the allocation's end date has passed"))
+AWARDED = Wording(N_("award of application %(application)s"))
+TRANCHE = Wording(N_("tranche %(tranche)s of application %(application)s"))
+SLURM_JOB = Wording(N_("Slurm job %(job)s"))
+NOTEBOOK = Wording(N_("notebook %(server)s (%(profile)s): %(seconds)s s"))
+AGENT_RECORD = Wording(N_("%(site)s agent record %(record)s"))
+
+#: The wordings of titles, by the source of the allocation they may name.
+TITLES = {"purchase": (PURCHASE_TITLE,), "course": (COURSE_TITLE,)}
+#: The wordings of entries' reasons, tried in this order (the most specific first).
+REASONS = (
+    ORDER_REFUNDED,
+    ORDER_PAID,
+    TO_COURSE,
+    TO_ALLOCATION,
+    FROM_ALLOCATION,
+    GIVEN_BACK,
+    ENDED,
+    COURSE_HOURS_BACK,
+    COURSE_HOURS_RETURNED,
+    COURSE_OUTLIVED_PARENT,
+    COURSE_OVERDRAFT_SETTLED,
+    OVERDRAFT_SETTLED,
+    AWARDED,
+    TRANCHE,
+    SLURM_JOB,
+    NOTEBOOK,
+    AGENT_RECORD,
+)
+#: Every wording the portal stores.
+WORDINGS = (*dict.fromkeys(w for ws in TITLES.values() for w in ws), *REASONS)
+
+
+def shown(stored: str, wordings: tuple[Wording, ...], locale: str | None = None) -> str:
+    """``stored`` in ``locale`` (default: the request's language) when one of ``wordings`` wrote it, else as it
+    is."""
+    for wording in wordings:
+        message = wording.read(stored)
+        if message is not None:
+            return message.render(locale or current_locale())
+    return stored
+
+
+def title_shown(title: str, source: str, locale: str | None = None) -> str:
+    """An allocation's ``title``, of an allocation from ``source``, as its reader is shown it."""
+    return shown(title, TITLES.get(str(source), ()), locale)
+
+
+def allocation_title(allocation: Allocation, locale: str | None = None) -> str:
+    return title_shown(allocation.title, allocation.source, locale)
+
+
+def entry_reason(entry: LedgerEntry, locale: str | None = None) -> str:
+    return shown(entry.reason or "", REASONS, locale)
