@@ -73,6 +73,25 @@ def _cli_plugins() -> dict[str, tuple[str, str]]:
     return plugins
 
 
+def database_problem(exc: BaseException) -> str | None:
+    """What an operator reads instead of a traceback when a command meets a database it cannot use: one with no
+    schema (or an older one) or one it cannot reach. Other database errors are the portal's bugs and keep theirs."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    said = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    missing_table = "no such table" in said or type(exc.orig).__name__ == "UndefinedTable"
+    if missing_table:
+        return (
+            f"The database has no schema for this command, or an older one ({said}). Run `portal db upgrade`"
+            " first; PORTAL_DATABASE_URL names the database."
+        )
+    if isinstance(exc, OperationalError):
+        return f"Cannot use the database ({said}). Check PORTAL_DATABASE_URL and that the server is running."
+    return None
+
+
 class PortalGroup(FlaskGroup):
     """Flask's command group, but lazy: ``--help`` lists the commands without loading the application (Flask's
     own group loads it to look for ``app.cli`` commands, which the portal has none of), and the other packages'
@@ -90,6 +109,20 @@ class PortalGroup(FlaskGroup):
             owner = entry.dist.name if entry.dist else entry.module
             self.lazy_commands.setdefault(entry.name, (entry.value, f"Commands of the {owner} plugin."))
         self._loaded_plugin_commands = True
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            errors = sys.modules.get("portal.errors")
+            if errors is not None and isinstance(exc, errors.DomainError):
+                from portal.commands import refusal
+
+                raise refusal(exc) from exc  # a command that left the services' refusal to the group
+            problem = database_problem(exc) if "sqlalchemy" in sys.modules else None
+            if problem is None:
+                raise
+            raise click.ClickException(problem) from exc
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         self._load_plugin_commands()

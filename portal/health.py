@@ -3,12 +3,10 @@ schema revision, the error's kind) only for operators who send ``Authorization: 
 
 from __future__ import annotations
 
-from alembic.runtime.migration import MigrationContext
 from flask import Blueprint, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal.db import get_engine
-from portal.migrations import head_revision
 from portal.observability import token_accepted
 from portal.web import settings
 
@@ -17,6 +15,10 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz():
+    from alembic.runtime.migration import MigrationContext  # alembic costs ~0.2 s to import: not at every start
+
+    from portal.migrations import head_revision
+
     engine = get_engine()
     database: dict[str, object] = {"dialect": engine.dialect.name}
     try:

@@ -1,9 +1,8 @@
 """Every ``portal`` command that takes arguments, given bad ones: it exits non-zero with a message on stderr,
-no traceback, and changes nothing."""
+no traceback, and changes nothing; the same from the real process, and for a database it cannot use."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from flask import Flask
@@ -12,7 +11,7 @@ from sqlmodel import Session, select
 
 from portal.audit.models import AuditEvent
 from portal.ledger.models import CapacityPeriod, LedgerEntry, Site
-from tests.conftest import portal_cli
+from tests.conftest import portal_cli, portal_cli_in_process
 from tests.ledger_world import make_world
 
 REASON = ("--reason", "Checking how the command answers bad input")
@@ -70,8 +69,7 @@ def test_commands_refuse_bad_arguments_with_a_message_and_change_nothing(
         ("serve", "--workers", "x"),
     ]
     before = counts(db)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda args: portal_cli(app, *args), commands))
+    results = [portal_cli_in_process(app, *args) for args in commands]
 
     failures = []
     for args, result in zip(commands, results, strict=True):
@@ -79,3 +77,21 @@ def test_commands_refuse_bad_arguments_with_a_message_and_change_nothing(
             failures.append(f"portal {' '.join(args)[:150]}: exit {result.returncode}\n{result.stderr[-1500:]}")
     assert not failures, "\n\n".join(failures)
     assert counts(db) == before
+
+
+def test_the_real_command_refuses_bad_input_and_a_database_it_cannot_use_in_words(app: Flask, tmp_path: Path) -> None:
+    """The process itself: a bad argument, a database with no schema, a database server that is not there."""
+    unmigrated = f"sqlite:///{tmp_path / 'empty.db'}"
+    nowhere = "postgresql+psycopg://postgres@127.0.0.1:9/test"  # the discard port: nothing listens
+    cases = [
+        (("sites", "seed", "--quarters", "x"), {}, "Invalid value for '--quarters'"),
+        (("users", "grant-role", UNKNOWN, "admin", *REASON), {"PORTAL_DATABASE_URL": unmigrated}, "portal db upgrade"),
+        (
+            ("users", "grant-role", UNKNOWN, "admin", *REASON),
+            {"PORTAL_DATABASE_URL": nowhere},
+            "Cannot use the database",
+        ),
+    ]
+    for args, env, said in cases:
+        result = portal_cli(app, *args, **env)
+        assert result.returncode != 0 and said in result.stderr and "Traceback" not in result.stderr, result.stderr

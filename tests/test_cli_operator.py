@@ -6,7 +6,6 @@ charged" (3) from failure (1)."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from sqlmodel import Session, func, select
 from portal.audit.models import AuditAction, AuditEvent
 from portal.ledger.models import Allocation, CapacityPeriod, LedgerEntry, Resource, Site
 from portal.projects import services as projects
-from tests.conftest import portal_cli
+from tests.conftest import portal_cli, portal_cli_in_process
 from tests.ledger_world import HOUR, person
 
 REASON = ("--reason", "Setting up the Warsaw cluster")
@@ -27,8 +26,9 @@ def settings(make_settings):
     return make_settings(slurm_clusters=[{"name": "factory", "site": "waw"}])
 
 
-def ok(app: Flask, *args: str) -> str:
-    result = portal_cli(app, *args)
+def ok(app: Flask, *args: str, run=portal_cli_in_process) -> str:
+    """The command's output; it must succeed. In the test process unless ``run=portal_cli`` asks for the real one."""
+    result = run(app, *args)
     assert result.returncode == 0, f"portal {' '.join(args)}: {result.returncode}\n{result.stdout}{result.stderr}"
     return result.stdout
 
@@ -46,41 +46,31 @@ def sacct_line(job: int, account: str, gpus: int, seconds: int, cluster: str = "
     )
 
 
-def set_up_cluster(app: Flask, db: Session) -> tuple[int, int]:
+def set_up_cluster(app: Flask, db: Session, run=portal_cli_in_process) -> tuple[int, int]:
     """waw with h200 planned for 2030-Q1 and two allocations mapped to Slurm accounts; their ids."""
-    ok(app, "sites", "add", "waw", "--name", "Warsaw AI Factory", "--city", "Warsaw", "--country", "PL", *REASON)
-    ok(app, "resources", "add", "waw:h200", "--name", "H200 GPU-hours", "--kind", "gpu", "--gpu-model", "H200", *REASON)
-    ok(app, "capacity", "set", "waw:h200", "--quarter", "2030-02-15", "--capacity", "1000", *REASON)
+
+    def step(*args: str) -> str:
+        return ok(app, *args, run=run)
+
+    step("sites", "add", "waw", "--name", "Warsaw AI Factory", "--city", "Warsaw", "--country", "PL", *REASON)
+    step("resources", "add", "waw:h200", "--name", "H200 GPU-hours", "--kind", "gpu", "--gpu-model", "H200", *REASON)
+    step("capacity", "set", "waw:h200", "--quarter", "2030-02-15", "--capacity", "1000", *REASON)
     ids = []
     for title, hours in (("Shipyard vision", "100"), ("Baltic speech", "50")):
         project = a_project(db, title)
-        out = ok(
-            app,
-            "allocations",
-            "open",
-            "--project",
-            str(project),
-            "--resource",
-            "waw:h200",
-            "--amount",
-            hours,
-            "--from",
-            "2030-01-01",
-            "--to",
-            "2030-04-01",
-            "--title",
-            "Pilot",
-            *REASON,
+        out = step(
+            *("allocations", "open", "--project", str(project), "--resource", "waw:h200", "--amount", hours),
+            *("--from", "2030-01-01", "--to", "2030-04-01", "--title", "Pilot", *REASON),
         )
         assert out.startswith("allocation ") and f"{hours}.0 GPU-hours of H200 GPU-hours for project {project}" in out
         ids.append(int(out.split()[1]))
     for allocation, account in zip(ids, ("ship-gpu", "speech-gpu"), strict=True):
-        ok(app, "slurm", "map", "--cluster", "factory", "--account", account, "--allocation", str(allocation), *REASON)
+        step("slurm", "map", "--cluster", "factory", "--account", account, "--allocation", str(allocation), *REASON)
     return ids[0], ids[1]
 
 
 def test_an_operator_sets_up_a_cluster_and_imports_its_usage(app, db, tmp_path: Path):
-    ship, speech = set_up_cluster(app, db)
+    ship, speech = set_up_cluster(app, db, run=portal_cli)  # the real processes, as an operator runs them
     db.expire_all()
     period = db.exec(select(CapacityPeriod)).one()
     assert (str(period.starts_on), str(period.ends_on), period.capacity, period.reserved) == (
@@ -134,7 +124,7 @@ def test_the_import_exit_status_tells_all_charged_some_refused_and_failure(app, 
     ship, _speech = set_up_cluster(app, db)
     clean = tmp_path / "clean.txt"
     clean.write_text(sacct_line(8001, "ship-gpu", 1, 3600))
-    done = portal_cli(app, "usage", "import-sacct", str(clean), "--cluster", "factory", "--json")
+    done = portal_cli_in_process(app, "usage", "import-sacct", str(clean), "--cluster", "factory", "--json")
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     assert document["allocations"] == [
@@ -152,16 +142,16 @@ def test_the_import_exit_status_tells_all_charged_some_refused_and_failure(app, 
 
     broken = tmp_path / "broken.txt"
     broken.write_text("not|a|sacct|line\n\n|||\n")
-    failed = portal_cli(app, "usage", "import-sacct", str(broken), "--cluster", "factory")
+    failed = portal_cli_in_process(app, "usage", "import-sacct", str(broken), "--cluster", "factory")
     assert failed.returncode == 1 and "none of the 2 lines could be read" in failed.stderr
 
     mixed = tmp_path / "mixed.txt"
     mixed.write_text(sacct_line(8002, "ship-gpu", 1, 60) + "garbage\n")
-    assert portal_cli(app, "usage", "import-sacct", str(mixed), "--cluster", "factory").returncode == 3
+    assert portal_cli_in_process(app, "usage", "import-sacct", str(mixed), "--cluster", "factory").returncode == 3
 
-    missing = portal_cli(app, "usage", "import-sacct", str(tmp_path / "nothing.txt"), "--cluster", "factory")
+    missing = portal_cli_in_process(app, "usage", "import-sacct", str(tmp_path / "nothing.txt"), "--cluster", "factory")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    help_text = portal_cli(app, "usage", "import-sacct", "--help").stdout
+    help_text = portal_cli_in_process(app, "usage", "import-sacct", "--help").stdout
     assert "3  some lines were refused, the rest charged" in help_text
 
 
@@ -227,8 +217,7 @@ def test_the_set_up_commands_refuse_bad_input_with_a_message_and_change_nothing(
         ),
     ]
     before = counts(db)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda args: portal_cli(app, *args), commands))
+    results = [portal_cli_in_process(app, *args) for args in commands]
     failures = []
     for args, result in zip(commands, results, strict=True):
         if result.returncode == 0 or not result.stderr.strip() or "Traceback" in result.stderr:

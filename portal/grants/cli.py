@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
+from portal.commands import refusal
+
 # The heavy imports are in the commands' bodies: ``portal --help`` and this group's help start fast (portal/cli.py).
 
 
@@ -50,6 +52,6 @@ def seed_command(manager: str, resources: tuple[str, ...]) -> None:
             db, find_user_by_email(db, manager), chosen, reason="the factory's standing calls (portal calls seed)"
         )
     except DomainError as exc:
-        raise click.ClickException(exc.detail) from exc
+        raise refusal(exc) from exc
     for call in created:
         click.echo(f"{call.id}: {call.title} ({call.state})")

@@ -8,16 +8,12 @@ import click
 from flask.cli import with_appcontext
 
 from portal.audit.cli import reason_option
+from portal.commands import refusal
 
 if TYPE_CHECKING:
-    from portal.errors import DomainError
+    pass
 
 # The heavy imports are in the commands' bodies: ``portal --help`` and this group's help start fast (portal/cli.py).
-
-
-def _refused(exc: DomainError) -> click.ClickException:
-    """A refusal of the services as the command's message."""
-    return click.ClickException(" ".join([exc.detail, *exc.errors.values()]))
 
 
 @click.group()
@@ -41,7 +37,7 @@ def grant_role_command(email: str, role: str, reason: str) -> None:
         user = find_user_by_email(get_db(), email)
         grant_role(get_db(), None, user, FactoryRole(role), reason=reason)
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     click.echo(f"{user.display_name} <{user.email}> is now {role}")
 
 
@@ -59,7 +55,7 @@ def deactivate_command(email: str, reason: str) -> None:
         user = find_user_by_email(get_db(), email)
         deactivate_user(get_db(), None, user, reason=reason)
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     click.echo(f"{user.display_name} <{user.email}> is deactivated; their sessions have ended")
 
 
@@ -79,6 +75,6 @@ def erase_command(email: str, reason: str) -> None:
         user = find_user_by_email(get_db(), email)
         removed = erase_user(get_db(), None, user, reason=reason)
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     counts = ", ".join(f"{name} {count}" for name, count in removed.items() if count)
     click.echo(f"{email} is erased: user {user.id} is now {erased_name(user.id)!r} (removed: {counts or 'nothing'})")

@@ -10,9 +10,9 @@ import click
 from flask.cli import with_appcontext
 
 from portal.audit.cli import reason_option
+from portal.commands import refusal
 
 if TYPE_CHECKING:
-    from portal.errors import DomainError
     from portal.ledger.models import Resource, Site
 
 # The heavy imports are in the commands' bodies: ``portal --help`` and this group's help start fast (portal/cli.py).
@@ -102,13 +102,8 @@ def agent_token_command(site_code: str, owner: str, name: str, days: int, reason
             ttl_days=days,
         )
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     click.echo(plain)
-
-
-def _refused(exc: DomainError) -> click.ClickException:
-    """A refusal of the services as the command's message (exit status 1)."""
-    return click.ClickException(" ".join([exc.detail, *exc.errors.values()]))
 
 
 def _site(code: str) -> Site:
@@ -177,7 +172,7 @@ def add_site_command(code: str, name: str, city: str, country: str, reason: str)
     try:
         site = ledger.create_site(get_db(), None, code=code, name=name, city=city, country=country, reason=reason)
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     click.echo(f"site {site.code}: {site.name}, {site.city} ({site.country}) [id {site.id}]")
 
 
@@ -201,7 +196,7 @@ def update_site_command(code: str, name: str | None, city: str | None, country: 
     try:
         site = ledger.update_site(get_db(), None, site, name=name, city=city, country=country, reason=reason)
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     click.echo(f"site {site.code}: {site.name}, {site.city} ({site.country}) [id {site.id}]")
 
 
@@ -259,7 +254,7 @@ def add_resource_command(
             reason=reason,
         )
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     click.echo(f"resource {site.code}:{resource.code}: {resource.name} ({resource.kind}) [id {resource.id}]")
 
 
@@ -306,7 +301,7 @@ def set_capacity_command(
             get_db(), None, resource, starts_on=starts_on, ends_on=ends_on, capacity=planned, reason=reason
         )
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     click.echo(
         f"{reference.lower()} {period.starts_on}..{period.ends_on}: {quantity(period.capacity, resource.kind)}, "
         f"{quantity(period.reserved, resource.kind)} reserved"
@@ -343,7 +338,7 @@ def open_allocation_command(
     try:
         reason = require_reason(reason)
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     db = get_db()
     project = find(db, Project, project_id)
     if project is None:
@@ -365,7 +360,7 @@ def open_allocation_command(
             reason=reason,
         )
     except DomainError as exc:
-        raise _refused(exc) from exc
+        raise refusal(exc) from exc
     click.echo(
         f"allocation {allocation.id} open: {quantity(allocation.balance, resource.kind)} of {resource.name} for "
         f"project {project.id}, {first}..{last} ({allocation.state})"

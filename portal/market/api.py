@@ -19,7 +19,6 @@ from portal.db import get_db
 from portal.errors import NotAuthorised, NotFound
 from portal.identity.models import ApiScope, User
 from portal.market import services
-from portal.market.invoice_pdf import invoice_pdf
 from portal.market.models import Invoice, InvoiceKind, Order, OrderState
 from portal.pagination import MAX_PAGE_SIZE, PAGE_SIZE, Cursor, KeyColumn, decode_cursor
 from portal.projects import services as projects
@@ -244,6 +243,8 @@ def get_invoice_pdf(invoice_id: int):
         services.get_order(db, api_user(), invoice.order_id)  # the same people as the order
     except NotFound:
         raise NotFound("No such invoice.") from None
+    from portal.market.invoice_pdf import invoice_pdf  # fpdf takes ~0.45 s to import: only when a PDF is made
+
     return FlaskResponse(
         invoice_pdf(invoice),
         mimetype="application/pdf",

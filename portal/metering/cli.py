@@ -15,6 +15,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from portal.audit.cli import reason_option
+from portal.commands import refusal
 
 if TYPE_CHECKING:
     from portal.config import SlurmClusterConfig
@@ -209,7 +210,7 @@ def pull_sacct_command(cluster_name: str, since: datetime | None) -> None:
     try:
         report = pull_sacct(get_db(), _cluster(cluster_name), since=since.replace(tzinfo=UTC) if since else None)
     except DomainError as exc:
-        raise click.ClickException(exc.detail) from exc
+        raise refusal(exc) from exc
     if report.locked_out:
         click.echo(f"{cluster_name}: another worker is pulling this cluster now; nothing done")
         return
@@ -246,7 +247,7 @@ def sync_command(cluster_name: str, dry_run: bool) -> None:
     try:
         report = sync_cluster(get_db(), _cluster(cluster_name), dry_run=dry_run)
     except DomainError as exc:
-        raise click.ClickException(exc.detail) from exc
+        raise refusal(exc) from exc
     if report.locked_out:
         click.echo(f"{cluster_name}: another worker is syncing this cluster now; nothing done")
         return

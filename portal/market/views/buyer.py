@@ -18,7 +18,6 @@ from portal.errors import Conflict, InvalidInput, NotFound
 from portal.forms import ActionForm
 from portal.identity.models import User
 from portal.market import services
-from portal.market.invoice_pdf import invoice_pdf
 from portal.market.models import Invoice, InvoiceKind, Offering
 from portal.market.views.common import bp, gateway
 from portal.market.views.quotes import Quote, _countries_by_name, private_quote_for, quote_for, vat_percent
@@ -244,6 +243,8 @@ def invoice_download(invoice_id: int):
         services.get_order(db, actor(), invoice.order_id)  # the same people as the order
     except NotFound:
         raise NotFound(_("No such invoice.")) from None  # a hidden invoice reads like a missing one
+    from portal.market.invoice_pdf import invoice_pdf  # fpdf takes ~0.45 s to import: only when a PDF is made
+
     return Response(
         invoice_pdf(invoice),
         mimetype="application/pdf",
