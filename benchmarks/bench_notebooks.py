@@ -72,7 +72,7 @@ from portal.db import utcnow  # noqa: E402
 from portal.identity.models import User  # noqa: E402
 from portal.ledger import services as ledger  # noqa: E402
 from portal.ledger.models import Allocation, AllocationSource  # noqa: E402
-from tests.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
+from tests.compute.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
 
 BARE_CONFIG = Path(__file__).resolve().parent / "hub_bare_config.py"
 KERNEL = "python3-dask-gpu"

@@ -57,7 +57,7 @@ from portal.identity.models import User  # noqa: E402
 from portal.ledger import services as ledger  # noqa: E402
 from portal.ledger.models import AllocationSource  # noqa: E402
 from portal.metering.slurm import account_name, sync_cluster  # noqa: E402
-from tests.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
+from tests.compute.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
 
 BARE_SLURM_CONFIG = Path(__file__).resolve().parent / "hub_bare_slurm_config.py"
 HOUR = 3600

@@ -3,7 +3,7 @@
 Every command starts quickly: this module imports only click and Flask's CLI, the command groups of the other
 packages (``portal usage``, ``portal sites``, ...) are imported when one of them is run, and each command imports
 what it needs in its body. ``portal --help`` loads neither the application nor the database, PDF or Stripe
-libraries (tests/test_cli_start.py counts the modules).
+libraries (tests/cli/test_cli_start.py counts the modules).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _domain_groups() -> dict[str, tuple[str, str]]:
 
 
 #: The command groups of the packages: imported when run, listed by ``--help`` with this summary
-#: (tests/test_cli_start.py checks that each matches the group's own).
+#: (tests/cli/test_cli_start.py checks that each matches the group's own).
 LAZY_COMMANDS: dict[str, tuple[str, str]] = _domain_groups()
 
 

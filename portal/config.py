@@ -3,7 +3,7 @@
 Values come, in rising order of precedence, from the defaults below, an optional TOML file named by
 ``PORTAL_CONFIG``, and ``PORTAL_*`` environment variables (complex values as JSON). The defaults run the
 embedded demo. ``docs/settings.md`` is generated from the descriptions below
-(``scripts/settings-doc``); ``tests/test_docs.py`` keeps the two in step.
+(``scripts/settings-doc``); ``tests/operations/test_docs.py`` keeps the two in step.
 """
 
 from __future__ import annotations
@@ -695,7 +695,7 @@ SETTINGS_DOC_COMMAND = "scripts/settings-doc"
 _SETTINGS_DOC_INTRO = """\
 # Settings reference
 
-<!-- Generated from portal/config.py by `{command}`; do not edit: tests/test_docs.py fails when this file
+<!-- Generated from portal/config.py by `{command}`; do not edit: tests/operations/test_docs.py fails when this file
 differs from what the command writes. Change a setting's `description=` instead. -->
 
 One settings object, `Settings` in `portal/config.py`. Values come, in rising order of precedence, from the

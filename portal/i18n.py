@@ -57,7 +57,7 @@ def N_(message: str) -> str:
 
 #: Messages that reach people from code that cannot mark them where they are written: Werkzeug's names and
 #: descriptions of the HTTP errors (error pages, API problems) and the titles of the ``DomainError`` classes of
-#: every package (tests/test_i18n.py checks that each of those is here). The error pages and API problems
+#: every package (tests/i18n/test_i18n.py checks that each of those is here). The error pages and API problems
 #: (``portal.web``) look each up in the catalogue when they show it.
 MESSAGES_FROM_ELSEWHERE = (
     N_("Bad Request"),

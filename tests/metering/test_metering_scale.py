@@ -1,0 +1,155 @@
+"""Metering many notebook servers: batches of sessions are charged together, the cost of a round does not grow
+with the sessions in it, workers share a round without charging a session twice, and one session whose charge
+fails neither stops nor doubles the others."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, col, func, select
+
+from portal.compute.launch import MeteringIncomplete, meter_notebooks
+from portal.config import load_settings
+from portal.db import utcnow
+from portal.ledger import services as ledger
+from portal.ledger.models import EntryKind, LedgerEntry
+from portal.migrations import upgrade
+from portal.notebook_models import NotebookSession
+from tests.metering.test_worker_scale import HubRunning, running_sessions, up
+
+
+def usage_entries_by_session(db: Session, ids: set[int]) -> dict[int, int]:
+    """How many usage entries each session's ``hub:<session>:<interval end>`` keys have."""
+    counts = {session_id: 0 for session_id in ids}
+    for key in db.exec(
+        select(LedgerEntry.idempotency_key).where(
+            LedgerEntry.kind == EntryKind.USAGE, col(LedgerEntry.idempotency_key).startswith("hub:")
+        )
+    ).all():
+        session_id = int(str(key).split(":")[1])
+        if session_id in counts:
+            counts[session_id] += 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def pg_engine(postgres_url: str):
+    upgrade(postgres_url)
+    engine = sa.create_engine(postgres_url, pool_size=8, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_two_workers_running_two_rounds_at_once_split_the_sessions_and_charge_each_exactly_once(
+    pg_engine, tmp_path
+) -> None:
+    settings = load_settings(env="test", database_url=str(pg_engine.url), secret_key="x", instance_path=tmp_path)
+    with Session(pg_engine, expire_on_commit=False) as db:  # two projects, so a batch spans two allocations
+        sessions = running_sessions(db, 130, ran=timedelta(minutes=10)) + running_sessions(
+            db, 90, ran=timedelta(minutes=10)
+        )
+    ids = {s.id for s in sessions}
+    hub = HubRunning([up(s) for s in sessions])
+    now = utcnow()
+    charged_by: list[set[int]] = [set(), set()]
+    together = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            with Session(pg_engine, expire_on_commit=False) as db:
+                together.wait(30)
+                for _round in range(2):  # the second round claims every session again (nothing is fresh)
+                    charged_by[i] |= set(meter_notebooks(db, settings, hub, now, batch=20).charged) & ids
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    first, second = charged_by
+    assert first and second, "both workers charged a share of the sessions"
+    assert not first & second
+    assert first | second == ids
+    with Session(pg_engine) as db:
+        assert set(usage_entries_by_session(db, ids).values()) == {1}
+        seconds = db.exec(
+            select(NotebookSession.charged_seconds, NotebookSession.started_at).where(col(NotebookSession.id).in_(ids))
+        ).all()
+        # the ten minutes before ``now``, and the second or so that making the sessions took on a busy machine
+        assert {charged for charged, _ in seconds} <= {600, 601, 602}
+        assert all(charged == int((now - started).total_seconds()) for charged, started in seconds)
+        assert ledger.balance_mismatches(db) == []
+        open_sessions = db.exec(select(NotebookSession).where(col(NotebookSession.id).in_(ids))).all()
+        for session in open_sessions:  # leave no open session to the module's other tests
+            session.stopped_at, session.stop_reason = now, "stopped by user"
+            db.add(session)
+        db.commit()
+
+
+@pytest.mark.postgres
+def test_a_rounds_statements_do_not_grow_with_the_sessions_it_meters(pg_engine, tmp_path) -> None:
+    settings = load_settings(env="test", database_url=str(pg_engine.url), secret_key="x", instance_path=tmp_path)
+    engine = pg_engine
+    db = Session(engine, expire_on_commit=False)
+    db.execute(sa.update(NotebookSession.__table__).values(stopped_at=utcnow(), stop_reason="stopped by user"))
+    db.commit()  # only this test's sessions are open
+
+    def metered(sessions: list[NotebookSession], now: datetime) -> tuple[int, int]:
+        """Sessions charged and SQL statements sent by one round over ``sessions``."""
+        statements = 0
+
+        def count(*_args: Any) -> None:
+            nonlocal statements
+            statements += 1
+
+        sa.event.listen(engine, "before_cursor_execute", count)
+        try:
+            report = meter_notebooks(db, settings, HubRunning([up(s) for s in sessions]), now, batch=1000)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+        return len(report.charged), statements
+
+    few = running_sessions(db, 20, ran=timedelta(minutes=10))
+    charged_few, for_few = metered(few, utcnow())
+    many = few + running_sessions(db, 180, ran=timedelta(minutes=10))
+    charged_many, for_many = metered(many, utcnow() + timedelta(minutes=1))
+    assert (charged_few, charged_many) == (20, 200)
+    db.close()
+    assert for_many <= for_few + 2, (for_few, for_many)  # ten times the sessions, the same few statements
+
+
+def test_a_session_whose_charge_fails_neither_stops_nor_doubles_the_others(db: Session, settings) -> None:
+    sessions = running_sessions(db, 6, ran=timedelta(minutes=10))
+    broken = sessions[2]
+    broken.cpus = 0  # a record no charge can be computed for (0 cores x seconds)
+    db.add(broken)
+    db.commit()
+    hub = HubRunning([up(s) for s in sessions])
+    now = utcnow()
+    with pytest.raises(MeteringIncomplete) as failed:
+        meter_notebooks(db, settings, hub, now)
+    assert failed.value.failed == [broken.id]
+    others = {s.id for s in sessions} - {broken.id}
+    assert set(failed.value.report.charged) == others
+    with pytest.raises(MeteringIncomplete):  # the next round tries it again; the others have nothing new
+        meter_notebooks(db, settings, hub, now)
+    counts = usage_entries_by_session(db, {s.id for s in sessions})
+    assert counts == {**dict.fromkeys(others, 1), broken.id: 0}
+    db.expire_all()
+    assert {s.id: s.charged_seconds for s in sessions} == {**dict.fromkeys(others, 600), broken.id: 0}
+    assert (
+        db.exec(
+            select(func.count()).select_from(NotebookSession).where(col(NotebookSession.stopped_at).is_not(None))
+        ).one()
+        == 0
+    )
+    assert ledger.balance_mismatches(db) == []
