@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from first_notebook import home_of
+
 log = logging.getLogger(__name__)
 
 #: The longest a clone may take before the server starts without it.
@@ -28,7 +30,7 @@ async def clone_course_materials(spawner: Any) -> Path | None:
     """Clone the course's materials into the student's home once; returns the folder, or None."""
     environment = spawner.environment or {}
     url, course = environment.get("PORTAL_COURSE_MATERIALS", ""), environment.get("PORTAL_COURSE", "")
-    home = getattr(spawner, "home_dir", "")
+    home = home_of(spawner)  # the Slurm spawner's req_homedir too: it has no home_dir
     if not url or not course.isdigit() or not home:
         return None
     target = Path(home) / f"course-{course}"

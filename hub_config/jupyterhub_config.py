@@ -58,6 +58,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from course_materials import clone_course_materials  # noqa: E402
+from first_notebook import place_first_notebook  # noqa: E402
 from portal_env import shared  # noqa: E402
 from portal_spawn import PortalSpawnCheck  # noqa: E402
 
@@ -167,8 +168,16 @@ c.Spawner.apply_user_options = PortalSpawnCheck(
     timeout=float(env("HUB_SPAWN_CHECK_TIMEOUT", "10")),
     backend=spawn_backend,
 )
-# A course's materials (a git repository) are cloned into the student's home at the first start.
-c.Spawner.pre_spawn_hook = clone_course_materials
+
+
+async def prepare_home(spawner) -> None:
+    """At the first start, the first notebook (the server opens on it) and a course's materials (a git
+    repository) are put in the user's home; later starts leave the home as its owner left it."""
+    place_first_notebook(spawner)
+    await clone_course_materials(spawner)
+
+
+c.Spawner.pre_spawn_hook = prepare_home
 
 # The hub's pages (hub_config/templates) lead back to the portal.
 c.JupyterHub.template_paths = [str(HERE / "templates")]

@@ -20,7 +20,7 @@ from portal import web
 from portal.api.core import RETRY_AFTER, Problem, api_user, bp, spec, token_required
 from portal.compute import launch
 from portal.compute.hub_client import HubClient, HubError, ServerStatus
-from portal.compute.services import HubBackend, check_gateway, check_spawn
+from portal.compute.services import HubBackend, check_gateway, check_spawn, notebook_url
 from portal.db import get_db
 from portal.errors import AuthenticationRequired, InvalidInput, NotFound
 from portal.identity.models import ApiScope, User
@@ -270,7 +270,7 @@ def _notebook(found: NotebookSession) -> NotebookOut:
         gpus=found.gpus,
         cpus=found.cpus,
         state=state,
-        url=f"{web.settings().hub_url}/user/{found.hub_user}/{found.server_name}/lab",
+        url=notebook_url(web.settings().hub_url, found),
         max_seconds=found.max_seconds,
         charged_seconds=found.charged_seconds,
         requested_at=found.requested_at,

@@ -77,6 +77,12 @@ def nothing_runs_on(allocation: Allocation) -> Message:
     return Message(_NOTHING_RUNS[AllocationState(allocation.state)], title=repr(allocation.title))
 
 
+def notebook_url(hub_url: str, found: NotebookSession) -> str:
+    """Where the notebook opens: its server's own address, which sends the browser on to the server's default
+    page (the first notebook at a user's first start, hub_config/first_notebook.py; JupyterLab after that)."""
+    return f"{hub_url}/user/{found.hub_user}/{found.server_name}/"
+
+
 def hub_username(user: User) -> str:
     """The user's name at the hub."""
     return f"u{user.id}"

@@ -14,7 +14,7 @@ from portal.classroom import services as classroom
 from portal.classroom.models import CourseSeat, CourseState
 from portal.compute.hub_client import HubClient, HubError, ServerStatus
 from portal.compute.launch import launch_notebook, stop_notebook
-from portal.compute.services import HubBackend, ProfileChoice, hub_backend, profile_choices
+from portal.compute.services import HubBackend, ProfileChoice, hub_backend, notebook_url, profile_choices
 from portal.db import get_db, utcnow
 from portal.errors import DomainError, InvalidInput
 from portal.forms import ActionForm
@@ -164,10 +164,6 @@ def notebook_name(found: NotebookSession, allocation_title: str) -> str:
     return f"{allocation_title} · {profile.label if profile else found.profile}"
 
 
-def _notebook_url(found: NotebookSession) -> str:
-    return f"{settings().hub_url}/user/{found.hub_user}/{found.server_name}/lab"
-
-
 @bp.get("/notebooks/<int:session_id>")
 @login_required
 def session(session_id: int):
@@ -179,7 +175,8 @@ def session(session_id: int):
     template = "compute/_session_state.html" if request.headers.get("HX-Request") == "true" else "compute/session.html"
     allocation = get_db().get(Allocation, found.allocation_id)
     name = notebook_name(found, wording.allocation_title(allocation) if allocation else "")
-    return render_template(template, s=found, name=name, state=state, url=_notebook_url(found), job=job, steps=STEPS)
+    url = notebook_url(settings().hub_url, found)
+    return render_template(template, s=found, name=name, state=state, url=url, job=job, steps=STEPS)
 
 
 #: What the session page shows while a notebook starts, in order: the step reached is marked.

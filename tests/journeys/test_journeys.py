@@ -5,9 +5,10 @@ running notebook in JupyterLab). Every click counts, a dropdown choice and a key
 not. Each journey asserts its click budget, so that it cannot silently grow, and that each step's page shows
 the way on: a link or a button to the next step.
 
-- startup: log in -> buy H100 hours -> pay -> invoice -> notebook -> JupyterLab, at most 12 clicks;
-- student: the course's join link -> log in -> "Join and start a notebook" -> JupyterLab, at most 5 clicks
-  and 60 seconds;
+- startup: log in -> buy H100 hours -> pay -> invoice -> notebook -> a Dask result in JupyterLab, at most 12
+  clicks;
+- student: the course's join link -> log in -> "Join and start a notebook" -> a Dask result in JupyterLab, at
+  most 5 clicks and 60 seconds;
 - academic: log in -> the Playground call -> an application -> usable hours on the project page, at most 12
   clicks (what it took when issue 13 was filed: keep it).
 
@@ -91,7 +92,7 @@ class Clicks:
 
 @pytest.fixture
 def clicks(monkeypatch: pytest.MonkeyPatch) -> Clicks:
-    from playwright.sync_api import Locator, Page
+    from playwright.sync_api import Keyboard, Locator, Page
 
     counted = Clicks()
 
@@ -108,6 +109,7 @@ def clicks(monkeypatch: pytest.MonkeyPatch) -> Clicks:
     for cls in (Locator, Page):
         for name in ("click", "dblclick", "tap", "select_option", "check", "uncheck", "set_checked", "press"):
             counting(cls, name)
+    counting(Keyboard, "press")  # Shift+Enter in the notebook
     return counted
 
 
@@ -178,6 +180,19 @@ def wait_for_jupyterlab(page: Any, factory: SimpleNamespace) -> None:
     assert "JupyterLab" in page.title()
 
 
+def a_dask_result_with_shift_enter(page: Any) -> None:
+    """The first start opens on the first notebook (hub_config/first_notebook.py); its first cell runs on the
+    kernel's Dask cluster with Shift+Enter, once the kernel is there (the status bar says Idle)."""
+    notebook = page.locator(".jp-NotebookPanel", has=page.get_by_text("First steps on the Baltic AI Factory"))
+    notebook.wait_for(timeout=SLOW_MS)
+    page.locator(".jp-StatusBar-Widget").get_by_text(re.compile(r"Dask GPU\) \| Idle")).wait_for(timeout=SLOW_MS)
+    page.keyboard.press("Shift+Enter")
+    output = notebook.locator(".jp-CodeCell").first.locator(".jp-OutputArea-output")
+    output.get_by_text(re.compile(r"Dask result: the mean of 16,000,000 random numbers is 0\.5000")).wait_for(
+        timeout=SLOW_MS
+    )
+
+
 # --- the journeys --------------------------------------------------------------------------------------
 
 
@@ -246,6 +261,7 @@ def test_a_startup_buys_h100_hours_and_works_in_a_notebook_within_12_clicks(
     assert_accessible(page, "session page, ready")
     open_link.click()
     wait_for_jupyterlab(page, factory)
+    a_dask_result_with_shift_enter(page)
 
     assert clicks.count <= STARTUP_BUDGET, "\n".join(clicks.steps)
     assert errors == []
@@ -298,6 +314,7 @@ def test_a_student_follows_the_join_link_and_works_in_a_notebook_within_5_clicks
     assert_accessible(page, "student's session page, ready")
     open_link.click()
     wait_for_jupyterlab(page, factory)
+    a_dask_result_with_shift_enter(page)
     seconds = time.monotonic() - started
 
     # The hub's own pages lead back to the portal.
