@@ -20,6 +20,7 @@ from portal.grants.services.access import eligibility_problems, manager_context,
 from portal.grants.services.states import BudgetExhausted, IllegalTransition, move, next_state, transaction
 from portal.identity.models import User
 from portal.ledger import services as ledger
+from portal.ledger import wording
 from portal.ledger.models import AllocationSource, EntryKind, Site
 from portal.messages import N_, Amount, Message, Text, paragraphs, render
 from portal.notifications.services import notify
@@ -168,7 +169,7 @@ def decide_accept(
                 source=AllocationSource.AWARD,
                 title=f"{call.access_mode.label}: {application.title}"[:200],
                 idempotency_key=f"award:{application.id}:{resource_id}:1",
-                reason=f"award of application {application.id}",
+                reason=wording.AWARDED.english(application=application.id),
                 held_for_later=amount - first,  # the second tranche's capacity, so its release never fails
             )
             request.awarded = amount
@@ -240,7 +241,7 @@ def release_tranche(db: Session, settings: Settings, actor: User, award_id: int)
             award.amount,
             kind=EntryKind.AWARD,
             idempotency_key=f"award:{application.id}:{award.resource_id}:{award.tranche}",
-            reason=f"tranche {award.tranche} of application {application.id}",
+            reason=wording.TRANCHE.english(tranche=award.tranche, application=application.id),
             capacity_held=True,  # reserved with the decision
         )
         award.released_at = utcnow()
