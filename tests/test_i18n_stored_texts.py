@@ -13,20 +13,23 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlmodel import Session, select
+from portal_standin.devstack import free_port
+from sqlmodel import Session, col, select
 
-from portal import formatting
+from portal import create_app, formatting
 from portal.classroom import services as classroom
 from portal.compute.services import nothing_runs_on
 from portal.db import utcnow
+from portal.identity.models import FactoryRole
+from portal.identity.services import create_api_token
 from portal.ledger import services as ledger
 from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, LedgerEntry, Resource, ResourceKind
 from portal.messages import N_, Amount, Message, from_json, to_json
-from tests.factories import login_of, person
+from tests.factories import login_of, person, staff
 from tests.ledger_world import HOUR
 from tests.test_compute import cpu_project, open_now
-from tests.test_i18n_journeys import LANGUAGES, browser, read
+from tests.test_i18n_journeys import LANGUAGES, browser, english_left, read
 
 REPO = Path(__file__).resolve().parent.parent
 #: The ledger's functions (and the classroom's one way into them) that store a text on an allocation or an entry.
@@ -206,3 +209,137 @@ def test_a_message_naming_an_allocation_says_its_title_in_the_readers_language(d
     assert title in notice.render(language) and "Course: " not in notice.render(language)
     assert wording.title_of(parent) == parent.title  # what a person wrote stays as written
     assert wording.title_of(parent, quoted=True) == repr(parent.title)
+
+
+# --- the API ---------------------------------------------------------------------------------------------------
+
+
+def _bearer(db: Session, user) -> dict[str, str]:
+    _row, plain = create_api_token(db, user, name="script", scopes=["read"], ttl_days=30)
+    return {"Authorization": f"Bearer {plain}"}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_api_gives_the_stored_english_and_the_text_in_the_callers_language(
+    client, db: Session, language: str
+) -> None:
+    teacher = person(db, "Tiina")
+    _world, project, parent = cpu_project(db, teacher, hours=100)
+    course = classroom.create_course(
+        db,
+        client.application.extensions["portal.settings"],
+        teacher,
+        parent_allocation_id=parent.id,
+        title="Parallel Python",
+        starts_at=utcnow() - timedelta(hours=1),
+        ends_at=utcnow() + timedelta(days=20),
+        student_cap=10 * HOUR,
+        max_seats=2,
+        profiles=["cpu"],
+    )
+    auth = _bearer(db, teacher)
+    asked = {**auth, "Accept-Language": language}
+
+    listed = client.get(f"/api/v1/allocations?project_id={project.id}", headers=asked)
+    assert listed.status_code == 200, listed.get_data(as_text=True)
+    assert listed.headers["Content-Language"] == language and "Accept-Language" in listed.headers["Vary"]
+    by_id = {a["id"]: a for a in listed.json["allocations"]}
+    course_allocation = db.get(Allocation, course.allocation_id)
+    assert by_id[course.allocation_id]["title"] == "Course: Parallel Python"
+    assert by_id[course.allocation_id]["title_shown"] == wording.allocation_title(course_allocation, language)
+    assert by_id[course.allocation_id]["title_shown"] != "Course: Parallel Python"
+    assert by_id[parent.id]["title_shown"] == by_id[parent.id]["title"] == parent.title  # a person's words
+
+    one = client.get(f"/api/v1/allocations/{course.allocation_id}", headers=asked)
+    english = client.get(f"/api/v1/allocations/{course.allocation_id}", headers={**auth, "Accept-Language": "en"})
+    assert one.json["title_shown"] == by_id[course.allocation_id]["title_shown"]
+    assert english.json["title_shown"] == english.json["title"] == "Course: Parallel Python"
+    assert one.headers["ETag"] != english.headers["ETag"]  # another text, another ETag
+    again = client.get(
+        f"/api/v1/allocations/{course.allocation_id}", headers={**asked, "If-None-Match": one.headers["ETag"]}
+    )
+    assert again.status_code == 304
+
+    entries = client.get(f"/api/v1/allocations/{parent.id}/entries", headers=asked).json["entries"]
+    moved = next(e for e in entries if e["kind"] == "transfer_out")
+    assert moved["reason"] == wording.TO_COURSE.english(allocation=course.allocation_id)
+    assert moved["reason_shown"] == wording.shown(moved["reason"], wording.REASONS, language) != moved["reason"]
+    assert str(course.allocation_id) in moved["reason_shown"]
+    # stored English is what the audit log and the CSV files say; the database keeps it so
+    stored = db.exec(select(LedgerEntry.reason).where(col(LedgerEntry.allocation_id) == parent.id)).all()
+    assert moved["reason"] in stored
+
+
+# --- the API's problems ----------------------------------------------------------------------------------------
+
+
+def _problem_in(
+    client, language: str, status: int, path: str, method: str = "GET", *, detail: str | None = None, **kwargs
+) -> dict[str, str]:
+    """The problem ``path`` answers in ``language``, checked against the one it answers in English: another title
+    and another detail, the catalogue's translations of the English ones, and no English message left in them.
+    (The schema's refusals list pydantic's own messages under ``errors``, with their ``loc`` and ``type``.)"""
+    answers = {}
+    for asked in ("en", language):
+        headers = {**kwargs.get("headers", {}), "Accept-Language": asked}
+        response = client.open(path, method=method, **{**kwargs, "headers": headers})
+        assert response.status_code == status, response.get_data(as_text=True)
+        assert response.mimetype == "application/problem+json"
+        answers[asked] = response.get_json()
+        assert response.headers["Content-Language"] == asked and "Accept-Language" in response.headers["Vary"]
+    english, said = answers["en"], answers[language]
+    assert not english_left(f"{said['title']} {said['detail']}", language), said
+    catalogue = formatting.catalogue(language)
+    expected = {"title": catalogue.gettext(english["title"]), "detail": detail or catalogue.gettext(english["detail"])}
+    for part in ("title", "detail"):
+        assert said[part] != english[part], (part, english[part])
+        assert said[part] == expected[part], (part, english[part], said[part])
+    return said
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_apis_problems_are_said_in_the_language_of_accept_language(
+    make_settings, db: Session, language: str
+) -> None:
+    app = create_app(make_settings(hub_url=f"http://127.0.0.1:{free_port()}"))  # a hub that does not answer
+    client = app.test_client()
+    with Session(app.extensions["portal.engine"], expire_on_commit=False) as session:
+        owner = person(session, "Olga")
+        _world, _project, allocation = cpu_project(session, owner, hours=10)
+        finance = staff(session, FactoryRole.FINANCE, "Fenja")
+        _row, plain = create_api_token(session, owner, name="script", scopes=["read", "write"], ttl_days=30)
+        _row, reports = create_api_token(session, finance, name="reports", scopes=["reports:read"], ttl_days=30)
+    auth = {"Authorization": f"Bearer {plain}"}
+
+    _problem_in(client, language, 401, "/api/v1/projects")  # no token
+    _problem_in(client, language, 422, "/api/v1/notebooks", "POST", headers=auth, data="allocation_id=1")  # no JSON
+    _problem_in(client, language, 404, "/api/v1/allocations/999999", headers=auth)
+    _problem_in(client, language, 404, "/api/v1/notebooks/999999", headers=auth)
+    invalid = _problem_in(client, language, 422, "/api/v1/allocations?size=0", headers=auth)  # the schema's refusal
+    assert invalid["errors"]
+    launch = {"allocation_id": allocation.id, "profile": "cpu", "hours": 1}
+    down = _problem_in(client, language, 503, "/api/v1/notebooks", "POST", headers=auth, json=launch)
+    assert "127.0.0.1" not in down["detail"]  # what went wrong at the hub is for the operators' log
+    staff_auth = {"Authorization": f"Bearer {reports}"}
+    years = Message(
+        N_("Choose a quarter like 2026-Q3, of a year from %(first)s to %(last)s."), first="2000", last="2999"
+    ).render(language)
+    path = "/api/v1/reports/capacity?quarter=1999-Q9"
+    quarter = _problem_in(client, language, 422, path, headers=staff_auth, detail=years)
+    assert quarter["errors"]["quarter"] == formatting.catalogue(language).gettext("A quarter like 2026-Q3.")
+    _problem_in(client, language, 404, "/api/v1/reports/capacity?site=999999", headers=staff_auth)
+    app.extensions["portal.engine"].dispose()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_reports_over_the_api_head_their_tables_in_the_callers_language(client, db: Session, language: str) -> None:
+    finance = staff(db, FactoryRole.FINANCE, "Fenja")
+    _row, plain = create_api_token(db, finance, name="reports", scopes=["reports:read"], ttl_days=30)
+    headers = {"Authorization": f"Bearer {plain}"}
+    english = client.get("/api/v1/reports/capacity", headers={**headers, "Accept-Language": "en"}).json
+    said = client.get("/api/v1/reports/capacity", headers={**headers, "Accept-Language": language}).json
+    catalogue = formatting.catalogue(language)
+    assert said["title"] == catalogue.gettext(english["title"]) != english["title"]
+    assert [c["key"] for c in said["columns"]] == [c["key"] for c in english["columns"]]  # the keys stay
+    assert [c["label"] for c in said["columns"]] == [catalogue.gettext(c["label"]) for c in english["columns"]]
+    assert said["columns"][0]["label"] != english["columns"][0]["label"]
