@@ -20,13 +20,16 @@ from portal import create_app, formatting
 from portal.classroom import services as classroom
 from portal.compute.services import nothing_runs_on
 from portal.db import utcnow
+from portal.grants import services as grants
+from portal.grants.models import Application, ApplicationState, CallBudget, ReviewMode
 from portal.identity.models import FactoryRole
 from portal.identity.services import create_api_token
 from portal.ledger import services as ledger
 from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, LedgerEntry, Resource, ResourceKind
 from portal.messages import N_, Amount, Message, from_json, to_json
-from tests.factories import login_of, person, staff
+from portal.projects import services as projects
+from tests.factories import login_of, make_call, make_world, person, plan_capacity_from_today, staff
 from tests.ledger_world import HOUR
 from tests.test_compute import cpu_project, open_now
 from tests.test_i18n_journeys import LANGUAGES, browser, english_left, read
@@ -343,3 +346,63 @@ def test_the_reports_over_the_api_head_their_tables_in_the_callers_language(clie
     assert [c["key"] for c in said["columns"]] == [c["key"] for c in english["columns"]]  # the keys stay
     assert [c["label"] for c in said["columns"]] == [catalogue.gettext(c["label"]) for c in english["columns"]]
     assert said["columns"][0]["label"] != english["columns"][0]["label"]
+
+
+# --- the reasons of a decision the portal takes ------------------------------------------------------------------
+
+
+def _submitted(db: Session, settings, pi, project, call) -> Application:
+    draft = grants.start_application(db, pi, login_of(pi), call=call, project=project, title=f"Speech {call.id}")
+    grants.save_draft(
+        db,
+        pi,
+        draft,
+        abstract="Train ASR models.",
+        answers={"software": "PyTorch", "nodes": "8"},
+        requests=[grants.RequestInput(call_resource(db, call), 200 * HOUR, "Three models, ten days each")],
+    )
+    return grants.submit(db, settings, pi, login_of(pi), draft)
+
+
+def call_resource(db: Session, call) -> int:
+    return db.exec(select(CallBudget.resource_id).where(CallBudget.call_id == call.id)).one()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_reasons_the_portal_gives_for_a_rejection_are_read_in_the_applicants_language(
+    app: Flask, db: Session, login, settings, language: str
+) -> None:
+    client = browser(app, language)
+    pi = login(client, given_name="Paula")
+    world = make_world(db)
+    plan_capacity_from_today(db, world.gpu)
+    manager = person(db, "Mona")
+    org = projects.create_organisation(db, pi, name="Vilnius Uni", kind="university", country="LT")
+    project = projects.create_project(db, pi, org, title="Baltic speech")
+    elsewhere = make_call(db, world.gpu.id, manager, mode=ReviewMode.AUTOMATIC, kinds=["sme"], countries=["PL"])
+    poor = make_call(db, world.gpu.id, manager, mode=ReviewMode.AUTOMATIC, budget_hours=100, title="Small call")
+    checked = make_call(db, world.gpu.id, manager, mode=ReviewMode.TECHNICAL, title="Checked call")
+    ineligible, unfunded, failed = (_submitted(db, settings, pi, project, c) for c in (elsewhere, poor, checked))
+    grants.administrative_check(db, settings, manager, failed, passed=False)  # no reason given: the portal's words
+    _row, plain = create_api_token(db, pi, name="script", scopes=["read"], ttl_days=30)
+
+    for application in (ineligible, unfunded, failed):
+        db.expire_all()
+        decided = db.get(Application, application.id)
+        assert decided.state == ApplicationState.REJECTED and decided.decision_message is not None
+        with app.test_request_context("/", headers={"Accept-Language": language}):
+            shown = decided.shown_decision_reason
+        assert shown != decided.decision_reason
+        assert not english_left(shown, language), shown
+        page = read(client.get(f"/applications/{decided.id}"), language)
+        assert shown in page and decided.decision_reason not in page
+        headers = {"Authorization": f"Bearer {plain}", "Accept-Language": language}
+        api = client.get(f"/api/v1/applications/{decided.id}", headers=headers).json
+        assert (api["decision_reason"], api["decision_reason_shown"]) == (decided.decision_reason, shown)
+    db.expire_all()
+    assert db.get(Application, failed.id).decision_reason == "The administrative check failed."  # stored in English
+    assert db.get(Application, unfunded.id).decision_reason.startswith("No hours could be awarded: The call has ")
+    inbox = read(client.get("/inbox"), language)  # the notices of the three decisions
+    for application in (ineligible, unfunded, failed):
+        with app.test_request_context("/", headers={"Accept-Language": language}):
+            assert db.get(Application, application.id).shown_decision_reason in inbox
