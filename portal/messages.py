@@ -32,7 +32,19 @@ if TYPE_CHECKING:
     from portal.identity.models import User
     from portal.ledger.models import ResourceKind
 
-__all__ = ["N_", "Amount", "Message", "Money", "Text", "from_json", "language_of", "paragraphs", "render", "to_json"]
+__all__ = [
+    "N_",
+    "Amount",
+    "Message",
+    "Money",
+    "Text",
+    "from_json",
+    "language_of",
+    "listed",
+    "paragraphs",
+    "render",
+    "to_json",
+]
 
 
 def N_(message: str) -> str:
@@ -110,6 +122,11 @@ def _flat(parts: Iterable[Text | str | None], separator: str) -> Iterable[Text |
             yield from _flat(part.parts, separator)
         else:
             yield part
+
+
+def listed(parts: Iterable[Text | str]) -> Text:
+    """``parts`` with commas between them, each in the reader's language (a plain string as it is)."""
+    return _Joined(tuple(parts), ", ")
 
 
 def paragraphs(*parts: Text | str | None) -> Text:

@@ -8,6 +8,7 @@ package has added its routes (``create_app``)."""
 from __future__ import annotations
 
 from flask import Flask, request
+from flask_babel import get_locale, gettext
 
 from portal.api.core import RequestInvalid, bp
 
@@ -23,14 +24,18 @@ def init_app(app: Flask) -> None:
     def _request_invalid(exc: RequestInvalid):
         return web.problem(
             422,
-            "Invalid request",
-            "The request does not match the API's schema.",
+            gettext("Invalid request"),
+            gettext("The request does not match the API's schema."),
             type_slug="invalid-request",
             errors=exc.errors,
         )
 
     @app.after_request
     def _www_authenticate(response):
-        if response.status_code == 401 and request.path.startswith("/api/"):
-            response.headers["WWW-Authenticate"] = 'Bearer realm="portal"'
+        if request.path.startswith("/api/"):
+            if response.status_code == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="portal"'
+            # the texts of an answer (problem details, what the portal wrote on an allocation) follow Accept-Language
+            response.vary.add("Accept-Language")
+            response.content_language.add(str(get_locale() or "en"))
         return response

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Blueprint, current_app, g, jsonify, request
+from flask_babel import lazy_gettext as _l
 from pydantic import BaseModel
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.plugins.flask_plugin import FlaskPlugin
@@ -105,11 +106,11 @@ def token_required(scope: str) -> Callable[[Callable[..., Any]], Callable[..., A
             header = request.headers.get("Authorization", "")
             kind, _, token = header.partition(" ")
             if kind.lower() != "bearer" or not token.strip():
-                raise AuthenticationRequired("Send a personal API token: 'Authorization: Bearer <token>'.")
+                raise AuthenticationRequired(_l("Send a personal API token: 'Authorization: Bearer <token>'."))
             authenticate: TokenAuthenticator = current_app.extensions["portal.authenticate_api_token"]
             g.api_user, g.api_token = authenticate(get_db(), token.strip(), scope=scope)
             if request.method in ("POST", "PUT", "PATCH") and not request.is_json:
-                raise InvalidInput("Send the request body as application/json.")
+                raise InvalidInput(_l("Send the request body as application/json."))
             return view(*args, **kwargs)
 
         return wrapper

@@ -16,6 +16,7 @@ from portal.db import get_db
 from portal.errors import NotAuthorised, NotFound
 from portal.identity.models import ApiScope
 from portal.ledger.models import Resource
+from portal.messages import N_, Message
 
 TAGS = ["courses"]
 
@@ -110,7 +111,7 @@ def _taught(course_id: int) -> classroom.CourseOverview:
     try:
         course = classroom.get_course(db, user, course_id)
     except NotAuthorised:
-        raise NotFound("No such course.") from None
+        raise NotFound(Message(N_("No such course."))) from None
     return classroom.overview(db, user, course)
 
 

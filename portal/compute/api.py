@@ -11,7 +11,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from flask import jsonify, request, url_for
+from flask import current_app, jsonify, request, url_for
+from flask_babel import gettext
 from pydantic import BaseModel, Field
 from spectree import Response
 from sqlmodel import col, select
@@ -24,6 +25,7 @@ from portal.compute.services import HubBackend, check_gateway, check_spawn, note
 from portal.db import get_db
 from portal.errors import AuthenticationRequired, InvalidInput, NotFound
 from portal.identity.models import ApiScope, User
+from portal.messages import N_, Message
 from portal.notebook_models import NotebookSession
 from portal.pagination import MAX_PAGE_SIZE, PAGE_SIZE, KeyColumn, keyset_page
 
@@ -38,7 +40,10 @@ class BackendIn(BaseModel):
     def to_backend(self) -> HubBackend:
         if self.kind == "slurm":
             if not self.cluster:
-                raise InvalidInput("A slurm backend names its cluster.", errors={"backend.cluster": "required"})
+                raise InvalidInput(
+                    Message(N_("A slurm backend names its cluster.")),
+                    errors={"backend.cluster": Message(N_("Required."))},
+                )
             return HubBackend(slurm_cluster=self.cluster)
         return HubBackend(local_gpus=tuple(name[:200] for name in self.gpus))
 
@@ -88,9 +93,9 @@ def hub_token_required(view: Callable[..., Any]) -> Callable[..., Any]:
         kind, _, given = request.headers.get("Authorization", "").partition(" ")
         valid = kind.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
         if not (expected and valid):
-            raise AuthenticationRequired("Send the hub's service token: 'Authorization: Bearer <token>'.")
+            raise AuthenticationRequired(Message(N_("Send the hub's service token: 'Authorization: Bearer <token>'.")))
         if not request.is_json:
-            raise InvalidInput("Send the request body as application/json.")
+            raise InvalidInput(Message(N_("Send the request body as application/json.")))
         return view(*args, **kwargs)
 
     return wrapper
@@ -236,10 +241,13 @@ def _client() -> HubClient:
 
 
 def _hub_unavailable(exc: HubError):
+    """503 in the caller's language (as the notebook pages say it); what went wrong (in English, for the operators)
+    goes to the log."""
+    current_app.logger.warning("notebook service unavailable: %s", exc)
     response = web.problem(
         503,
-        "Notebooks unavailable",
-        f"The notebook service is not reachable right now ({exc}). Try again in a minute.",
+        gettext("Notebooks unavailable"),
+        gettext("The notebook service is not reachable right now. Try again in a minute."),
         type_slug="hub-unavailable",
     )
     response.headers["Retry-After"] = "60"
@@ -249,7 +257,7 @@ def _hub_unavailable(exc: HubError):
 def _my_notebook(user: User, session_id: int) -> NotebookSession:
     found = get_db().get(NotebookSession, session_id)
     if found is None or found.user_id != user.id:
-        raise NotFound("No such notebook session of yours.")  # the same words whether it exists or not
+        raise NotFound(Message(N_("No such notebook session of yours.")))  # the same words whether it exists or not
     return found
 
 
@@ -358,7 +366,9 @@ def launch_notebook():
     except HubError as exc:
         return _hub_unavailable(exc)
     if session_id is None:
-        return web.problem(502, "Bad gateway", "The hub started a server the portal has no record of.")
+        return web.problem(
+            502, gettext("Bad Gateway"), gettext("The hub started a server the portal has no record of.")
+        )
     found = _my_notebook(user, session_id)
     response = jsonify(_notebook(found).model_dump(mode="json"))
     response.status_code = 201

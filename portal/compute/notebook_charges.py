@@ -15,6 +15,7 @@ from portal import observability
 from portal.classroom.services import course_stop_reason, record_seat_usage
 from portal.compute.hub_client import HubServer
 from portal.ledger import services as ledger
+from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationState, LedgerEntry
 from portal.notebook_models import NotebookSession
 
@@ -123,5 +124,7 @@ def _usage_charge(session: NotebookSession, seconds: int, elapsed: int) -> ledge
         allocation_id=session.allocation_id,
         amount=seconds * units,
         key=f"hub:{session.id}:{int(session.started_at.timestamp()) + elapsed}",
-        reason=f"notebook {session.hub_user}/{session.server_name} ({session.profile}): {seconds} s",
+        reason=wording.NOTEBOOK.english(
+            server=f"{session.hub_user}/{session.server_name}", profile=session.profile, seconds=seconds
+        ),
     )

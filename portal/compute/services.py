@@ -45,6 +45,7 @@ from portal.config import NotebookProfile, Settings, SlurmClusterConfig
 from portal.db import find, utcnow
 from portal.errors import NotAuthorised
 from portal.identity.models import User
+from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind, Site
 from portal.messages import N_, Amount, Message
 from portal.metering.models import SlurmAccount
@@ -74,7 +75,7 @@ class SpawnRefused(NotAuthorised):
 
 def nothing_runs_on(allocation: Allocation) -> Message:
     """Why no notebook starts on ``allocation``, which is not active or has no hours left."""
-    return Message(_NOTHING_RUNS[AllocationState(allocation.state)], title=repr(allocation.title))
+    return Message(_NOTHING_RUNS[AllocationState(allocation.state)], title=wording.title_of(allocation, quoted=True))
 
 
 def notebook_url(hub_url: str, found: NotebookSession) -> str:
@@ -177,7 +178,7 @@ def _slurm_account(
                     "Allocation %(title)s holds hours at %(site)s, but this hub runs notebooks on the "
                     "cluster %(cluster)s of another site: start it from that site's hub."
                 ),
-                title=repr(allocation.title),
+                title=wording.title_of(allocation, quoted=True),
                 site=site.name,
                 cluster=cluster.name,
             )
@@ -194,7 +195,7 @@ def _slurm_account(
                     "Allocation %(title)s has no account on the cluster %(cluster)s yet; the portal creates "
                     "it within a few minutes of the allocation's start. Please try again shortly."
                 ),
-                title=repr(allocation.title),
+                title=wording.title_of(allocation, quoted=True),
                 cluster=cluster.name,
             )
         )
@@ -390,7 +391,7 @@ def check_spawn(
         raise SpawnRefused(
             Message(
                 N_("Allocation %(title)s holds a course's hours: only its students start notebooks."),
-                title=repr(allocation.title),
+                title=wording.title_of(allocation, quoted=True),
             )
         )
     now = utcnow()
@@ -400,7 +401,7 @@ def check_spawn(
         raise SpawnRefused(
             Message(
                 N_("Allocation %(title)s is not open now (its dates have passed or not begun)."),
-                title=repr(allocation.title),
+                title=wording.title_of(allocation, quoted=True),
             )
         )
 
@@ -529,7 +530,7 @@ def _check_course_spawn(
             Message(
                 N_("The course “%(title)s” begins on %(day)s."),
                 title=course.title,
-                day=f"{course.starts_at:%Y-%m-%d}",
+                day=course.starts_at.date(),
             )
         )
     if profile.name not in course.profiles:

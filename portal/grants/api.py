@@ -120,7 +120,13 @@ class ApplicationDetailOut(ApplicationOut):
     answers: dict[str, Any]
     co_applicants: list[str]
     requests: list[RequestOut]
-    decision_reason: str = Field(description="Why it was accepted or rejected; empty before the decision")
+    decision_reason: str = Field(
+        description="Why it was accepted or rejected, as stored: in English where the portal decided (an automatic "
+        "decision), as written where the call's manager did; empty before the decision"
+    )
+    decision_reason_shown: str = Field(
+        description="The same in the language of `Accept-Language` (as the application's page shows it)"
+    )
     comments: list[str] = Field(description="The reviewers' comments to the applicant, once they are shown")
     awards: list[AwardOut] = Field(description="The award's tranches, once accepted")
 
@@ -161,6 +167,7 @@ def _detail(application_id: int) -> ApplicationDetailOut:
             for r, _resource in page["requests"]
         ],
         decision_reason=application.decision_reason if application.decided_at else "",
+        decision_reason_shown=application.shown_decision_reason if application.decided_at else "",
         comments=[text for _label, text in page["comments"]],
         awards=[
             AwardOut(

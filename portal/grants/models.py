@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from portal.db import StrEnumType, UTCDateTime, utcnow
+from portal.messages import current_locale, from_json, render
 
 
 class AccessMode(StrEnum):
@@ -129,11 +130,23 @@ class Application(SQLModel, table=True):
     version: int = Field(default=0)
     #: Weighted score (0–500: 1–5 scale × 100 weight points), set when ranked.
     score: int | None = Field(default=None)
+    #: Why it was accepted or rejected, as stored (the API, the audit log): in English where the portal decided (an
+    #: automatic decision, a failed administrative check), as written where the call's manager did.
     decision_reason: str = Field(default="", max_length=5000)
+    #: The portal's own reasons as ``portal.messages`` texts (``messages.to_json``), so that a page shows them in its
+    #: reader's language; None where a person wrote them.
+    decision_message: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    @property
+    def shown_decision_reason(self) -> str:
+        """The reasons in the language of the request that shows them (a page's, the API's ``Accept-Language``)."""
+        if self.decision_message is None:
+            return self.decision_reason
+        return render(from_json(self.decision_message), current_locale())
 
 
 class ResourceRequest(SQLModel, table=True):

@@ -382,7 +382,7 @@ def report_warnings(
                 Message(
                     N_("The progress report on “%(title)s” was due on %(due)s and is not submitted."),
                     title=period.title,
-                    due=progress.due_on.isoformat(),
+                    due=progress.due_on,
                 )
             )
         final = owed.get(ReportKind.FINAL)
@@ -391,7 +391,7 @@ def report_warnings(
                 Message(
                     N_("The final report on “%(title)s” was due on %(due)s and is not submitted."),
                     title=period.title,
-                    due=final.due_on.isoformat(),
+                    due=final.due_on,
                 )
             )
         elif period.ends_at.date() <= today and (final is None or final.submitted_at is None):
@@ -399,7 +399,7 @@ def report_warnings(
                 Message(
                     N_("The final report on “%(title)s” is missing: its allocations ended on %(ended)s."),
                     title=period.title,
-                    ended=period.ends_at.date().isoformat(),
+                    ended=period.ends_at.date(),
                 )
             )
     return warnings

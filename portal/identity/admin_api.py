@@ -18,6 +18,7 @@ from portal.db import find, get_db
 from portal.errors import NotFound
 from portal.identity.models import ApiScope, FactoryRole, User
 from portal.identity.services import grant_role, revoke_role, users_page
+from portal.messages import N_, Message
 from portal.pagination import MAX_PAGE_SIZE, MAX_SEARCH, PAGE_SIZE
 
 #: The OpenAPI security requirement of every route here: the bearer token with the ``admin`` scope.
@@ -67,7 +68,7 @@ def _user(user_id: int) -> User:
     require(db, api_user(), Action.GRANT_ROLES)
     user = find(db, User, user_id)
     if user is None:
-        raise NotFound("No such user.")
+        raise NotFound(Message(N_("No such user.")))
     return user
 
 

@@ -1,5 +1,9 @@
 """Allocations over the JSON API: the caller's allocations, one allocation's balance and burn rate, its ledger
-entries and its daily usage, read through the same statements as the allocation page."""
+entries and its daily usage, read through the same statements as the allocation page.
+
+What the portal wrote on an allocation or an entry ("Purchase: H100 hours", "order 12") is kept in English: ``title``
+and ``reason`` give it as stored, ``title_shown`` and ``reason_shown`` as the pages show it, in the language of
+``Accept-Language`` (``portal.ledger.wording``)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from portal.api.core import Problem, api_user, bp, responses, spec, token_requir
 from portal.db import get_db
 from portal.errors import NotAuthorised, NotFound
 from portal.identity.models import ApiScope, User
-from portal.ledger import statements
+from portal.ledger import statements, wording
 from portal.ledger.models import (
     Allocation,
     AllocationSource,
@@ -28,6 +32,7 @@ from portal.ledger.models import (
     ResourceKind,
     Site,
 )
+from portal.messages import N_, Message, current_locale
 from portal.pagination import MAX_PAGE_SIZE, PAGE_SIZE, KeyColumn, keyset_page
 from portal.projects import services as projects
 
@@ -72,10 +77,22 @@ class ResourceOut(BaseModel):
         )
 
 
+#: The stored text and the text shown: one description each, for allocations' titles and entries' reasons.
+STORED = (
+    "As stored, in English where the portal wrote it (the CSV files and the audit log say the same); as written "
+    "where a person wrote it"
+)
+SHOWN = (
+    "The same in the language of `Accept-Language` (the best match among the portal's languages, else English), as "
+    "the portal's pages show it; what a person wrote, as written"
+)
+
+
 class AllocationOut(BaseModel):
     id: int
     project_id: int
-    title: str
+    title: str = Field(description=f"The allocation's title. {STORED}")
+    title_shown: str = Field(description=f"The title. {SHOWN}")
     source: AllocationSource
     state: AllocationState
     resource: ResourceOut
@@ -95,6 +112,7 @@ class AllocationOut(BaseModel):
             id=allocation.id,
             project_id=allocation.project_id,
             title=allocation.title,
+            title_shown=wording.allocation_title(allocation),
             source=allocation.source,
             state=allocation.state,
             resource=ResourceOut.of(resource, site),
@@ -135,7 +153,8 @@ class EntryOut(BaseModel):
     kind: EntryKind
     amount: int = Field(description="Base units; credits positive, debits negative")
     balance_after: int = Field(description="The allocation's balance right after this entry")
-    reason: str
+    reason: str = Field(description=f"Why the entry was written. {STORED}")
+    reason_shown: str = Field(description=f"The reason. {SHOWN}")
     created_at: datetime
 
     @classmethod
@@ -146,6 +165,7 @@ class EntryOut(BaseModel):
             amount=entry.amount,
             balance_after=entry.balance_after,
             reason=entry.reason,
+            reason_shown=wording.entry_reason(entry),
             created_at=entry.created_at,
         )
 
@@ -186,16 +206,17 @@ def _statement(user: User, allocation_id: int) -> statements.AllocationStatement
     db = get_db()
     allocation = db.get(Allocation, allocation_id)
     if allocation is None:
-        raise NotFound("No such allocation.")
+        raise NotFound(Message(N_("No such allocation.")))
     try:
         project = projects.get_project(db, user, allocation.project_id)
     except (NotFound, NotAuthorised):
-        raise NotFound("No such allocation.") from None
+        raise NotFound(Message(N_("No such allocation."))) from None
     return statements.get_statement(db, user, project, allocation_id)
 
 
 def _etag(*parts: object) -> str:
-    return hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()[:32]
+    """The ETag of an answer made of ``parts``, in the language of the request (its texts are in that language)."""
+    return hashlib.sha256(":".join(str(p) for p in (current_locale(), *parts)).encode()).hexdigest()[:32]
 
 
 def _with_etag(body: BaseModel, etag: str):

@@ -10,6 +10,7 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional, Val
 from portal.formatting import quantity
 from portal.forms import reason_field
 from portal.i18n import current_language
+from portal.ledger import wording
 from portal.ledger.services import PLANNING_YEARS
 from portal.ledger.statements import AllocationStatement
 
@@ -31,7 +32,7 @@ class TransferForm(FlaskForm):
                 s.allocation.id,
                 gettext(
                     "%(title)s (%(site)s, %(balance)s left)",
-                    title=s.allocation.title,
+                    title=wording.allocation_title(s.allocation),
                     site=s.site.name,
                     balance=quantity(s.allocation.balance, s.resource.kind, locale=current_language()),
                 ),

@@ -12,6 +12,7 @@ from portal.config import Settings
 from portal.db import utcnow
 from portal.identity.models import FactoryRole, RoleGrant, User
 from portal.ledger import services as ledger
+from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, CapacityPeriod, Resource, Site
 from portal.mail import MailNotSent, send_mail_to_each
 from portal.messages import N_, Amount, Message, language_of, paragraphs, render
@@ -119,7 +120,7 @@ def _send_threshold_mail(
         )
     ).all()
     link = f"{settings.base_url}/projects/{project.id}/allocations/{allocation.id}"
-    named = {"project": project.title, "allocation": allocation.title, "resource": resource.name}
+    named = {"project": project.title, "allocation": wording.title_of(allocation), "resource": resource.name}
     if reached >= 100:
         subject = Message(N_("%(project)s: the allocation “%(allocation)s” is used up"), **named)
         lead = Message(

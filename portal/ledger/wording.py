@@ -6,15 +6,20 @@ them so. A page shows the same text in its reader's language: ``allocation_title
 templates' filters of the same names) recognise a text the portal wrote by its wording (``WORDINGS``) and render
 it again from the catalogue; a text a person wrote (an award's title, an adjustment's reason) is shown as written.
 The code that writes such a text writes it with ``Wording.english``, so what is stored and what is recognised
-cannot drift apart."""
+cannot drift apart. A message that names an allocation takes ``title_of(allocation)`` as its value, so that a
+title the portal wrote is read in the reader's language there too; the API gives both, the stored text and the
+text in the language of ``Accept-Language``."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from portal.messages import N_, Message, current_locale
+from portal.formatting import DEFAULT_LOCALE
+from portal.ledger.models import UNITS, ResourceKind
+from portal.messages import N_, Amount, Message, Text, current_locale
 
 if TYPE_CHECKING:
     from portal.ledger.models import Allocation, LedgerEntry
@@ -22,10 +27,29 @@ if TYPE_CHECKING:
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 #: The values that are ids: only digits (so that a text with more after the id is not taken for the wording).
 _IDS = frozenset({"allocation", "application", "course", "order", "tranche"})
+#: The values that are amounts (``Amount``): stored as English writes them (``2.0 GPU-hours``), read back as an
+#: amount of that kind, so that the reader's language writes the number and the unit its own way.
+AMOUNTS = frozenset({"kept"})
+#: What English writes after an amount, for each kind (``portal.formatting.unit_name``).
+_ENGLISH_UNITS = {f"{UNITS[kind][1]}s": kind for kind in ResourceKind}
+_AMOUNT = "-?[0-9][0-9,]*(?:\\.[0-9]+)? (?:" + "|".join(map(re.escape, _ENGLISH_UNITS)) + ")"
 
 
 def _value(name: str) -> str:
-    return f"(?P<{name}>\\d+)" if name in _IDS else f"(?P<{name}>.+?)"
+    if name in _IDS:
+        return f"(?P<{name}>\\d+)"
+    return f"(?P<{name}>{_AMOUNT})" if name in AMOUNTS else f"(?P<{name}>.+?)"
+
+
+def _amount(stored: str) -> Amount:
+    """``2.0 GPU-hours`` (as ``Wording.english`` stored it) as the amount it says, to one decimal as it says it."""
+    number, unit = stored.split(" ", 1)
+    kind = _ENGLISH_UNITS[unit]
+    return Amount(int(Decimal(number.replace(",", "")) * UNITS[kind][2]), kind)
+
+
+def _english(value: object) -> str:
+    return value.render(DEFAULT_LOCALE) if isinstance(value, Text | Amount) else str(value)
 
 
 @dataclass(frozen=True)
@@ -42,13 +66,17 @@ class Wording:
         object.__setattr__(self, "_pattern", re.compile(regex, re.S))
 
     def english(self, **values: object) -> str:
-        """The text as stored: in English, whatever the language of the request that writes it."""
-        return self.message % {name: str(value) for name, value in values.items()}
+        """The text as stored: in English, whatever the language of the request that writes it (an ``Amount``
+        for each of ``AMOUNTS``)."""
+        return self.message % {name: _english(value) for name, value in values.items()}
 
     def read(self, stored: str) -> Message | None:
         """The stored text as a message to render again, or None when this wording did not write it."""
         found = self._pattern.fullmatch(stored)
-        return Message(self.message, **found.groupdict()) if found else None
+        if found is None:
+            return None
+        values = {name: _amount(value) if name in AMOUNTS else value for name, value in found.groupdict().items()}
+        return Message(self.message, **values)
 
 
 #: A purchase's allocation: the offering's title (which its seller wrote) after the word.
@@ -64,6 +92,16 @@ FROM_ALLOCATION = Wording(N_("from allocation %(allocation)s"))
 TO_COURSE = Wording(N_("to course allocation %(allocation)s"))
 COURSE_HOURS_BACK = Wording(N_("unused course hours back to allocation %(allocation)s"))
 COURSE_HOURS_RETURNED = Wording(N_("unused hours of course allocation %(course)s"))
+#: The same, of a closed course whose notebooks still run: what they may still use stays with the course.
+COURSE_HOURS_BACK_KEPT = Wording(
+    N_("unused course hours back to allocation %(allocation)s (%(kept)s kept for running notebooks)")
+)
+COURSE_HOURS_RETURNED_KEPT = Wording(
+    N_("unused hours of course allocation %(course)s (%(kept)s kept for running notebooks)")
+)
+#: The teacher's allocation funds a course further.
+CAP_RAISED = Wording(N_("raised the cap of a student of “%(title)s”"))
+SEAT_FREED = Wording(N_("a seat of “%(title)s” freed for another student"))
 COURSE_OUTLIVED_PARENT = Wording(N_("the course ended after its parent allocation"))
 COURSE_OVERDRAFT_SETTLED = Wording(
     N_("usage of course allocation %(course)s beyond its hours, settled from allocation %(allocation)s")
@@ -88,8 +126,12 @@ REASONS = (
     FROM_ALLOCATION,
     GIVEN_BACK,
     ENDED,
+    COURSE_HOURS_BACK_KEPT,
+    COURSE_HOURS_RETURNED_KEPT,
     COURSE_HOURS_BACK,
     COURSE_HOURS_RETURNED,
+    CAP_RAISED,
+    SEAT_FREED,
     COURSE_OUTLIVED_PARENT,
     COURSE_OVERDRAFT_SETTLED,
     OVERDRAFT_SETTLED,
@@ -120,6 +162,24 @@ def title_shown(title: str, source: str, locale: str | None = None) -> str:
 
 def allocation_title(allocation: Allocation, locale: str | None = None) -> str:
     return title_shown(allocation.title, allocation.source, locale)
+
+
+@dataclass(frozen=True)
+class _Quoted(Text):
+    text: Text
+
+    def render(self, locale: str) -> str:
+        return repr(self.text.render(locale))
+
+
+def title_of(allocation: Allocation, *, quoted: bool = False) -> Text | str:
+    """``allocation``'s title as a value of a ``Message``: the portal's own wording is rendered in the language of
+    the message's reader, a title a person wrote stays as written. ``quoted``: in quotes, as ``repr`` puts them."""
+    for wording in TITLES.get(str(allocation.source), ()):
+        message = wording.read(allocation.title)
+        if message is not None:
+            return _Quoted(message) if quoted else message
+    return repr(allocation.title) if quoted else allocation.title
 
 
 def entry_reason(entry: LedgerEntry, locale: str | None = None) -> str:

@@ -20,6 +20,7 @@ from portal.errors import NotAuthorised, NotFound
 from portal.identity.models import ApiScope, User
 from portal.market import services
 from portal.market.models import Invoice, InvoiceKind, Order, OrderState
+from portal.messages import N_, Message
 from portal.pagination import MAX_PAGE_SIZE, PAGE_SIZE, Cursor, KeyColumn, decode_cursor
 from portal.projects import services as projects
 
@@ -154,7 +155,7 @@ def _of_visible_organisations(
         try:
             organisation = projects.get_organisation(db, user, organisation_id)
         except NotAuthorised:
-            raise NotFound("No such organisation.") from None
+            raise NotFound(Message(N_("No such organisation."))) from None
         return list(read(db, user, organisation))
     found: list[T] = []
     for organisation, _role in projects.organisations_of(db, user):
@@ -239,10 +240,10 @@ def get_invoice_pdf(invoice_id: int):
     invoice = db.get(Invoice, invoice_id)
     try:
         if invoice is None:
-            raise NotFound("No such invoice.")
+            raise NotFound(Message(N_("No such invoice.")))
         services.get_order(db, api_user(), invoice.order_id)  # the same people as the order
     except NotFound:
-        raise NotFound("No such invoice.") from None
+        raise NotFound(Message(N_("No such invoice."))) from None
     from portal.market.invoice_pdf import invoice_pdf  # fpdf takes ~0.45 s to import: only when a PDF is made
 
     return FlaskResponse(

@@ -17,6 +17,7 @@ from portal.authz import Action, require
 from portal.db import find, utcnow
 from portal.errors import InvalidInput, NotFound
 from portal.identity.models import User
+from portal.ledger import wording
 from portal.ledger.models import Allocation, LedgerEntry, Resource, ResourceKind, Site
 from portal.ledger.services import UsageCharge, charge_usage_batch
 from portal.messages import N_, Message
@@ -158,7 +159,11 @@ def import_sacct(db: Session, lines: Iterable[str], *, cluster: str) -> ImportRe
             continue
         batch[key] = _Pending(
             UsageCharge(
-                allocation_id, units * job.elapsed_seconds, key, reason=f"Slurm job {job.job_id}", day=job.end.date()
+                allocation_id,
+                units * job.elapsed_seconds,
+                key,
+                reason=wording.SLURM_JOB.english(job=job.job_id),
+                day=job.end.date(),
             ),
             origin=cluster,
             external_id=job.job_id_raw,
@@ -353,7 +358,7 @@ def record_agent_usage(db: Session, *, site_id: int, records: list[AgentRecord])
                 record.allocation_id,
                 record.quantity,
                 key,
-                reason=f"{site.code} agent record {record.record_id}",
+                reason=wording.AGENT_RECORD.english(site=site.code, record=record.record_id),
                 day=record.ended_at.date(),
             ),
             origin=site.code,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from flask import jsonify, request
+from flask_babel import gettext
 from pydantic import BaseModel, Field
 from spectree import Response
 
@@ -23,13 +24,13 @@ class ReportQuery(BaseModel):
 
 class ColumnOut(BaseModel):
     key: str
-    label: str
+    label: str = Field(description="The column's heading, in the language of `Accept-Language`")
     format: str = Field(description="text, int, quantity (base units of the row's kind), cents or percent")
 
 
 class ReportOut(BaseModel):
     report: str
-    title: str
+    title: str = Field(description="The table's heading, in the language of `Accept-Language`")
     quarter: str
     site_id: int | None
     columns: list[ColumnOut]
@@ -51,10 +52,10 @@ def report(name: str):
     _scope, table = services.report_table(get_db(), api_user(), name, report_filter)
     body = ReportOut(
         report=table.name,
-        title=table.title,
+        title=gettext(table.title),
         quarter=report_filter.label,
         site_id=report_filter.site_id,
-        columns=[ColumnOut(key=c.key, label=c.label, format=c.format) for c in table.columns],
+        columns=[ColumnOut(key=c.key, label=gettext(c.label), format=c.format) for c in table.columns],
         rows=table.rows,
     )
     return jsonify(body.model_dump(mode="json"))

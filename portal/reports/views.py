@@ -23,7 +23,8 @@ bp = Blueprint("reports", __name__, url_prefix="/reports")
 
 PAGES = {"usage": N_("Capacity and use"), "revenue": N_("Revenue"), "calls": N_("Applications")}
 #: The tables' titles and columns' headings, which ``portal.reports.services`` writes in English: the page shows
-#: each through the catalogue (``_(table.title)``, ``_(column.label)``); the CSV and the JSON API keep the keys.
+#: each through the catalogue (``_(table.title)``, ``_(column.label)``), and so does the JSON API (in the language of
+#: ``Accept-Language``); the CSV keeps them in English, and both keep the columns' keys.
 REPORT_WORDS = (
     N_("Capacity, allocated and used"),
     N_("Utilisation by month"),

@@ -158,8 +158,8 @@ def test_open_calls_show_budget_cutoff_and_decision_date(g, db):
     due = grants.decision_due(g.call, cutoff)
     assert g.call.title in page and "Large Scale" in page
     assert "500 GPU-hours (H100), Test Centre" in page
-    assert f"Next cut-off</dt><dd>{cutoff.isoformat()}" in page.replace("> <", "><")
-    assert f"Decision due</dt><dd>{due.isoformat()}" in page.replace("> <", "><")
+    assert f"Next cut-off</dt><dd>{formatting.date(cutoff)}" in page.replace("> <", "><")
+    assert f"Decision due</dt><dd>{formatting.date(due)}" in page.replace("> <", "><")
 
     details = text(g.pi_client.get(f"/calls/{g.call.id}"))
     assert "Scientific excellence: 50 %" in details

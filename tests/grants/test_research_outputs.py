@@ -15,6 +15,7 @@ import pytest
 from flask import Flask
 from sqlmodel import Session, select
 
+from portal import formatting
 from portal.errors import InvalidInput, NotAuthorised, NotFound
 from portal.grants import outputs
 from portal.grants import services as grants
@@ -401,15 +402,16 @@ def test_a_new_application_to_the_same_call_warns_of_the_missing_and_then_overdu
     _starts, ends_at = period_of(db, w.application)
     editor = text(w.pi_client.get(f"/applications/{again.id}/edit"))
     assert editor.count('id="report-warnings"') == 1
-    assert (
-        f"The final report on “{w.application.title}” is missing: its allocations ended on {ends_at.date()}." in editor
-    )
+    ended_on = formatting.date(ends_at)
+    assert f"The final report on “{w.application.title}” is missing: its allocations ended on {ended_on}." in editor
 
     assert outputs.request_award_reports(db, SETTINGS) == 1
     final = reports_of(db, w.application)[ReportKind.FINAL]
     editor = text(w.pi_client.get(f"/applications/{again.id}/edit"))
     assert editor.count('id="report-warnings"') == 1
-    assert f"The final report on “{w.application.title}” was due on {final.due_on} and is not submitted." in editor
+    due_on = formatting.date(final.due_on)
+    overdue = f"The final report on “{w.application.title}” was due on {due_on} and is not submitted."
+    assert overdue in editor
     assert "You may still apply" in editor  # a warning, not a block
     grants.save_draft(
         db,
@@ -422,7 +424,7 @@ def test_a_new_application_to_the_same_call_warns_of_the_missing_and_then_overdu
     grants.submit(db, SETTINGS, w.pi, login_of(w.pi), again)
     assert again.state == ApplicationState.SUBMITTED
     deciding = text(w.manager_client.get(f"/applications/{again.id}"))  # the call's manager sees it too
-    assert f"The final report on “{w.application.title}” was due on {final.due_on} and is not submitted." in deciding
+    assert overdue in deciding
 
     outputs.submit_report(db, SETTINGS, w.pi, final, text="Done: three models and a corpus.")
     assert outputs.report_warnings(db, w.project, w.call, today=date.today(), exclude_application_id=again.id) == []

@@ -34,6 +34,7 @@ from portal.ledger import services as ledger
 from portal.ledger import wording
 from portal.ledger.models import AllocationSource, ResourceKind
 from portal.market.models import Order, OrderState
+from portal.messages import Amount
 from portal.projects import services as projects
 from portal.projects.models import ProjectMembership, ProjectRole
 from tests import i18n_checks
@@ -411,10 +412,14 @@ def test_starting_a_notebook_from_the_form_to_the_portals_answer(
 def test_what_the_portal_writes_on_allocations_and_entries_is_read_in_the_readers_language(language: str) -> None:
     compile_catalogues()  # as the portal does when it starts (no app is started here)
     for stored in wording.WORDINGS:
-        values = {name: str(4711 + n) for n, name in enumerate(re.findall(r"%\((\w+)\)s", stored.message))}
+        values = {
+            name: Amount(4711 * HOUR + n * 360, ResourceKind.GPU) if name in wording.AMOUNTS else str(4711 + n)
+            for n, name in enumerate(re.findall(r"%\((\w+)\)s", stored.message))
+        }
         english = stored.english(**values)
         shown = wording.shown(english, (stored,), language)
-        assert shown != english and all(value in shown for value in values.values()), (stored.message, shown)
+        said = [value.render(language) if isinstance(value, Amount) else value for value in values.values()]
+        assert shown != english and all(value in shown for value in said), (stored.message, shown)
         assert wording.shown(english, (stored,), "en") == english  # English readers read what is stored
     # what a person wrote is shown as written, whatever it looks like
     assert wording.shown("Q1 award", wording.REASONS, language) == "Q1 award"

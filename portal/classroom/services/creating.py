@@ -19,6 +19,7 @@ from portal.config import NotebookProfile, Settings
 from portal.errors import InvalidInput, NotFound
 from portal.identity.models import User
 from portal.ledger import services as ledger
+from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind
 from portal.messages import N_, Amount, Message
 from portal.projects.models import Project, ProjectMembership, ProjectRole
@@ -171,7 +172,7 @@ def create_course(
             Message(
                 N_("The hours per student × %(seats)s seats are more than %(allocation)s has left: %(left)s."),
                 seats=str(max_seats),
-                allocation=parent.title,
+                allocation=wording.title_of(parent),
                 left=Amount(parent.balance, resource.kind),
             ),
             errors={
@@ -188,7 +189,7 @@ def create_course(
             amount=budget,
             starts_at=starts_at,
             ends_at=ends_at,
-            title=f"Course: {title}"[:200],
+            title=wording.COURSE_TITLE.english(title=title)[:200],
         )
         course = Course(
             title=title[:200],

@@ -20,6 +20,7 @@ from portal.db import utcnow
 from portal.errors import InvalidInput, NotAuthorised, NotFound
 from portal.identity.models import User
 from portal.ledger import services as ledger
+from portal.ledger import wording
 from portal.ledger.models import Allocation, EntryKind, LedgerEntry, Resource
 from portal.messages import N_, Amount, Message
 from portal.notebook_models import NotebookSession
@@ -63,13 +64,13 @@ def raise_cap(db: Session, actor: User, course: Course, seat_id: int, new_cap: i
         raise ledger.InsufficientBalance(
             Message(
                 N_("The new cap needs more hours than %(allocation)s has left: %(left)s."),
-                allocation=parent.title,
+                allocation=wording.title_of(parent),
                 left=Amount(parent.balance, kind),
             )
         )
     table = CourseSeat.__table__
     with ledger.unit_of_work(db):
-        _fund_more(db, actor, course, new_cap - seat.cap, f"raised the cap of a student of “{course.title}”")
+        _fund_more(db, actor, course, new_cap - seat.cap, wording.CAP_RAISED.english(title=course.title))
         db.execute(
             sa.update(table)
             .where(table.c.id == seat.id)
@@ -136,7 +137,7 @@ def settle_removal(db: Session, course: Course, seat_id: int, *, teacher: User, 
             missing = course.student_cap - max(0, cap - used)
             try:
                 if missing > 0:
-                    _fund_more(db, teacher, course, missing, f"a seat of “{course.title}” freed for another student")
+                    _fund_more(db, teacher, course, missing, wording.SEAT_FREED.english(title=course.title))
             except (ledger.InsufficientBalance, ledger.AllocationClosed, NotAuthorised):
                 pass
             else:

@@ -9,7 +9,7 @@ from portal.errors import InvalidInput, NotAuthorised, NotFound
 from portal.grants.models import Application, Call, ResourceRequest, Review, ReviewKind, ReviewState
 from portal.identity.models import User
 from portal.ledger.models import Resource
-from portal.messages import N_, Message, Text
+from portal.messages import N_, Message, Text, listed
 from portal.projects.models import Organisation, OrganisationKind, Project, ProjectMembership, ProjectRole
 
 
@@ -97,16 +97,6 @@ _KIND_LISTED = {
 }
 
 
-class Listed(Text):
-    """Words joined with commas, each in the reader's language (a plain string is shown as it is)."""
-
-    def __init__(self, items: list[Text | str]) -> None:
-        self.items = items
-
-    def render(self, locale: str) -> str:
-        return ", ".join(item if isinstance(item, str) else item.render(locale) for item in self.items)
-
-
 def sentences(parts: list[Text]) -> Text:
     """Whole sentences, one after the other."""
     joined = parts[0]
@@ -138,7 +128,7 @@ def eligibility_problems(db: Session, call: Call, project: Project) -> list[Text
     assert organisation is not None
     problems: list[Text] = []
     if call.eligible_kinds and organisation.kind not in call.eligible_kinds:
-        kinds = Listed(
+        kinds = listed(
             [
                 Message(_KIND_LISTED[OrganisationKind(k)]) if k in set(OrganisationKind) else k.replace("_", " ")
                 for k in call.eligible_kinds

@@ -16,12 +16,13 @@ from portal.db import utcnow
 from portal.errors import InvalidInput, NotFound
 from portal.formatting import DEFAULT_LOCALE
 from portal.grants.models import Application, Award, Call, CallBudget
-from portal.grants.services.access import eligibility_problems, manager_context, requests_of
+from portal.grants.services.access import eligibility_problems, manager_context, requests_of, sentences
 from portal.grants.services.states import BudgetExhausted, IllegalTransition, move, next_state, transaction
 from portal.identity.models import User
 from portal.ledger import services as ledger
+from portal.ledger import wording
 from portal.ledger.models import AllocationSource, EntryKind, Site
-from portal.messages import N_, Amount, Message, Text, paragraphs, render
+from portal.messages import N_, Amount, Message, Text, paragraphs, render, to_json
 from portal.notifications.services import notify
 from portal.projects.models import Project, ProjectMembership
 
@@ -29,29 +30,33 @@ from portal.projects.models import Project, ProjectMembership
 def decide_automatically(
     db: Session, settings: Settings, call: Call, project: Project, application: Application
 ) -> None:
-    # the reasons are kept as written, in English, whatever the language of the request that submitted
+    # the reasons are stored in English, whatever the language of the request that submitted, and kept as messages
+    # that the applicant's page and notice say in their reader's language
     problems = eligibility_problems(db, call, project)
     if problems:
-        reason = " ".join(problem.render(DEFAULT_LOCALE) for problem in problems)
-        decide_reject(db, settings, None, application, reason=reason)
+        decide_reject(db, settings, None, application, reason=sentences(problems))
         return
     awards = {r.resource_id: r.requested for r, _ in requests_of(db, application)}
     try:
         decide_accept(db, settings, None, application, awarded=awards)
     except (BudgetExhausted, ledger.CapacityExhausted, ledger.NoCapacityPlanned) as exc:
-        detail = render(exc.args[0], DEFAULT_LOCALE)  # the detail as raised, in English
-        decide_reject(db, settings, None, application, reason=f"No hours could be awarded: {detail}")
+        reason = Message(N_("No hours could be awarded: %(detail)s"), detail=exc.args[0])
+        decide_reject(db, settings, None, application, reason=reason)
 
 
 @transaction
 def decide_reject(
-    db: Session, settings: Settings, actor: User | None, application: Application, *, reason: str
+    db: Session, settings: Settings, actor: User | None, application: Application, *, reason: str | Text
 ) -> Application:
+    """Reject with ``reason``: as the call's manager wrote it, or the portal's own words (a ``Text``), which are
+    stored in English and shown to each reader in their language."""
     call, project = manager_context(db, actor, application)
-    if not reason.strip():
+    said = render(reason, DEFAULT_LOCALE)
+    if not said.strip():
         raise InvalidInput(Message(N_("Give the applicant the reasons.")), errors={"reason": Message(N_("Required."))})
     move(db, call, application, "reject")
-    application.decision_reason = reason.strip()[:5000]
+    application.decision_reason = said.strip()[:5000]
+    application.decision_message = None if isinstance(reason, str) else to_json(reason)
     _tell_members(
         db,
         settings,
@@ -59,12 +64,16 @@ def decide_reject(
         subject=Message(N_("Decision on “%(title)s”: not accepted"), title=application.title),
         body=paragraphs(
             Message(N_("Your application to “%(call)s” was not accepted."), call=call.title),
-            Message(N_("Reasons: %(reasons)s"), reasons=application.decision_reason),
+            Message(
+                N_("Reasons: %(reasons)s"), reasons=application.decision_reason if isinstance(reason, str) else reason
+            ),
         ),
         link=f"/applications/{application.id}",
     )
     summary = f"rejected '{application.title}' of project {project.id} in call '{call.title}'"
-    audit.record(db, actor, AuditAction.APPLICATION_REJECTED, application, summary=summary, reason=reason)
+    audit.record(
+        db, actor, AuditAction.APPLICATION_REJECTED, application, summary=summary, reason=application.decision_reason
+    )
     db.commit()
     return application
 
@@ -168,7 +177,7 @@ def decide_accept(
                 source=AllocationSource.AWARD,
                 title=f"{call.access_mode.label}: {application.title}"[:200],
                 idempotency_key=f"award:{application.id}:{resource_id}:1",
-                reason=f"award of application {application.id}",
+                reason=wording.AWARDED.english(application=application.id),
                 held_for_later=amount - first,  # the second tranche's capacity, so its release never fails
             )
             request.awarded = amount
@@ -194,6 +203,7 @@ def decide_accept(
                 )
         move(db, call, application, "accept")
         application.decision_reason = reason.strip()[:5000]
+        application.decision_message = None
         summary = f"accepted '{application.title}' of project {project.id} in call '{call.title}'"
         details = {"awarded": awarded, "first_tranche_percent": first_tranche_percent, "starts_on": start}
         audit.record(
@@ -240,7 +250,7 @@ def release_tranche(db: Session, settings: Settings, actor: User, award_id: int)
             award.amount,
             kind=EntryKind.AWARD,
             idempotency_key=f"award:{application.id}:{award.resource_id}:{award.tranche}",
-            reason=f"tranche {award.tranche} of application {application.id}",
+            reason=wording.TRANCHE.english(tranche=award.tranche, application=application.id),
             capacity_held=True,  # reserved with the decision
         )
         award.released_at = utcnow()

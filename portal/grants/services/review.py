@@ -82,7 +82,8 @@ def administrative_check(
         move(db, call, application, "pass_administrative_check")
         db.commit()
         return application
-    return decide_reject(db, settings, actor, application, reason=reason or "The administrative check failed.")
+    failed = reason or Message(N_("The administrative check failed."))
+    return decide_reject(db, settings, actor, application, reason=failed)
 
 
 def conflict_of_interest(db: Session, reviewer: User, project: Project) -> str | None:

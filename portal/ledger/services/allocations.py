@@ -14,6 +14,7 @@ from portal.db import utcnow
 from portal.errors import InvalidInput
 from portal.formatting import quantity
 from portal.identity.models import User
+from portal.ledger import wording
 from portal.ledger.models import (
     CREDIT_KINDS,
     Allocation,
@@ -180,13 +181,12 @@ def transfer(
             actor=actor,
             floor=0,
             key=out_key,
-            reason=f"to allocation {target.id}",
+            reason=wording.TO_ALLOCATION.english(allocation=target.id),
         )
         release_capacity(db, source, amount)
         reserve_capacity(db, target, amount)
-        incoming = _move(
-            db, target, EntryKind.TRANSFER_IN, amount, actor=actor, key=in_key, reason=f"from allocation {source.id}"
-        )
+        reason = wording.FROM_ALLOCATION.english(allocation=source.id)
+        incoming = _move(db, target, EntryKind.TRANSFER_IN, amount, actor=actor, key=in_key, reason=reason)
         _update_state(db, source)
         _update_state(db, target)
         return out, incoming
@@ -203,7 +203,7 @@ def release_to_pool(db: Session, actor: User, allocation_id: int, amount: int) -
         kind=EntryKind.RELEASE,
         key=None,
         actor=actor,
-        reason="unused hours given back to the pool",
+        reason=wording.GIVEN_BACK.english(),
     )
 
 
@@ -281,7 +281,7 @@ def expire(db: Session, allocation_id: int, *, now: datetime | None = None) -> L
                 -allocation.balance,
                 key=f"expiry:{allocation.id}",
                 actor=None,
-                reason="the allocation's end date has passed",
+                reason=wording.ENDED.english(),
             )
         release_capacity(db, allocation, allocation.reserved)
         allocation.state = AllocationState.EXPIRED

@@ -9,8 +9,8 @@ from sqlmodel import Session
 from portal.authz import Action, require
 from portal.db import utcnow
 from portal.errors import InvalidInput
-from portal.formatting import quantity
 from portal.identity.models import User
+from portal.ledger import wording
 from portal.ledger.models import (
     Allocation,
     AllocationSource,
@@ -34,7 +34,7 @@ from portal.ledger.services.posting import (
     _update_state,
     _validate_amount,
 )
-from portal.messages import N_, Message
+from portal.messages import N_, Amount, Message
 from portal.projects.models import Project
 
 
@@ -76,7 +76,8 @@ def share_to_course(
                 errors={"allocation_id": Message(N_("A course's."))},
             )
         if parent.state not in (AllocationState.ACTIVE, AllocationState.PENDING):
-            raise AllocationClosed(Message(_CANNOT_FUND[AllocationState(parent.state)], title=repr(parent.title)))
+            cannot = _CANNOT_FUND[AllocationState(parent.state)]
+            raise AllocationClosed(Message(cannot, title=wording.title_of(parent, quoted=True)))
         if starts_at < parent.starts_at or ends_at > parent.ends_at:
             raise InvalidInput(
                 Message(
@@ -98,9 +99,9 @@ def share_to_course(
         )
         db.add(course)
         db.flush()
-        reason = f"to course allocation {course.id}"
+        reason = wording.TO_COURSE.english(allocation=course.id)
         _move(db, parent, EntryKind.TRANSFER_OUT, -amount, key=out_key, actor=actor, floor=0, reason=reason)
-        reason = f"from allocation {parent.id}"
+        reason = wording.FROM_ALLOCATION.english(allocation=parent.id)
         _move(db, course, EntryKind.COURSE_SHARE, amount, key=in_key, actor=actor, reason=reason)
         _update_state(db, parent)
         return course
@@ -184,25 +185,31 @@ def return_course_hours(
         amount = max(course.balance - keep, 0)
         returned = 0
         key = None if keep else f"course-return:{course.id}"
-        kept = f" ({quantity(keep, _kind(db, course))} kept for running notebooks)" if keep else ""
         if amount and parent.state != AllocationState.EXPIRED and parent.ends_at > now:
-            reason = f"unused course hours back to allocation {parent.id}{kept}"
+            if keep:
+                kept = Amount(keep, _kind(db, course))
+                reason = wording.COURSE_HOURS_BACK_KEPT.english(allocation=parent.id, kept=kept)
+            else:
+                reason = wording.COURSE_HOURS_BACK.english(allocation=parent.id)
             _move(db, course, EntryKind.TRANSFER_OUT, -amount, key=key and f"{key}:out", actor=None, reason=reason)
-            reason = f"unused hours of course allocation {course.id}{kept}"
+            if keep:
+                reason = wording.COURSE_HOURS_RETURNED_KEPT.english(course=course.id, kept=kept)
+            else:
+                reason = wording.COURSE_HOURS_RETURNED.english(course=course.id)
             _move(db, parent, EntryKind.TRANSFER_IN, amount, key=key and f"{key}:in", actor=None, reason=reason)
             _update_state(db, parent)
             returned = amount
         elif amount:
-            reason = "the course ended after its parent allocation"
+            reason = wording.COURSE_OUTLIVED_PARENT.english()
             _move(db, course, EntryKind.EXPIRY, -amount, key=key and f"{key}:expiry", actor=None, reason=reason)
         if keep:
             _update_state(db, course)
             return returned
         if course.balance < 0:
             overdraft = -course.balance
-            reason = f"usage of course allocation {course.id} beyond its hours, settled from allocation {parent.id}"
+            reason = wording.COURSE_OVERDRAFT_SETTLED.english(course=course.id, allocation=parent.id)
             _move(db, parent, EntryKind.TRANSFER_OUT, -overdraft, key=f"{key}:settle-out", actor=None, reason=reason)
-            reason = f"usage beyond the course's hours, settled from allocation {parent.id}"
+            reason = wording.OVERDRAFT_SETTLED.english(allocation=parent.id)
             _move(db, course, EntryKind.COURSE_SHARE, overdraft, key=f"{key}:settle-in", actor=None, reason=reason)
             _update_state(db, parent)
         release_capacity(db, course, course.reserved)

@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from portal.errors import NotFound
 from portal.identity.models import User
+from portal.messages import N_, Message
 from portal.reports.services.calls import funnel_table, outputs_table
 from portal.reports.services.revenue import (
     require_revenue,
@@ -47,7 +48,7 @@ TABLES: dict[str, tuple[str, Callable[[Session, Scope], Table]]] = {
 def report_table(db: Session, actor: User, name: str, report_filter: ReportFilter) -> tuple[Scope, Table]:
     """One table by name, for ``actor`` (``NotFound`` for an unknown name)."""
     if name not in TABLES:
-        raise NotFound("No such report.")
+        raise NotFound(Message(N_("No such report.")))
     scope = scope_for(db, actor, report_filter)
     return scope, TABLES[name][1](db, scope)
 

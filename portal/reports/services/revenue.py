@@ -12,6 +12,7 @@ from sqlmodel import Session, col, func, select
 
 from portal.errors import NotAuthorised
 from portal.market.models import Offering, RevenueMonth
+from portal.messages import N_, Message
 from portal.projects.models import Organisation
 from portal.reports.services.scope import Scope
 from portal.reports.services.sectors import side_of
@@ -164,4 +165,4 @@ def revenue_public_private_table(db: Session, scope: Scope) -> Table:
 
 def require_revenue(scope: Scope) -> None:
     if not scope.may_see_revenue:
-        raise NotAuthorised("Revenue figures are for finance staff and admins.")
+        raise NotAuthorised(Message(N_("Revenue figures are for finance staff and admins.")))

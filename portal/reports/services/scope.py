@@ -15,6 +15,7 @@ from portal.db import utcnow
 from portal.errors import InvalidInput, NotFound
 from portal.identity.models import FactoryRole, User
 from portal.ledger.models import CapacityPeriod, Resource, Site
+from portal.messages import N_, Message
 from portal.reports.models import OperatorSite
 
 #: The years a quarter may be asked for (a series reaches a year back; dates end at 9999).
@@ -67,14 +68,19 @@ def parse_filter(
             and number in ("1", "2", "3", "4")
         ):
             raise InvalidInput(
-                f"Choose a quarter like 2026-Q3, of a year from {FIRST_YEAR} to {LAST_YEAR}.",
-                errors={"quarter": "A quarter like 2026-Q3."},
+                Message(
+                    N_("Choose a quarter like 2026-Q3, of a year from %(first)s to %(last)s."),
+                    first=str(FIRST_YEAR),
+                    last=str(LAST_YEAR),
+                ),
+                errors={"quarter": Message(N_("A quarter like 2026-Q3."))},
             )
         start = date(int(year), 3 * int(number) - 2, 1)
     site_id = None
     if site not in (None, ""):
         if not (str(site).isascii() and str(site).isdigit()):
-            raise InvalidInput("Choose a site from the list.", errors={"site": "Unknown site."})
+            message = Message(N_("Choose a site from the list."))
+            raise InvalidInput(message, errors={"site": Message(N_("Unknown site."))})
         site_id = int(site)
     return ReportFilter(start, site_id)
 
@@ -108,7 +114,7 @@ def scope_for(db: Session, actor: User, report_filter: ReportFilter) -> Scope:
     if report_filter.site_id is not None:
         chosen = [s for s in visible if s.id == report_filter.site_id]
         if not chosen:
-            raise NotFound("No such site among those you see.")
+            raise NotFound(Message(N_("No such site among those you see.")))
     resources = db.exec(
         select(Resource, Site)
         .join(Site, Site.id == Resource.site_id)
