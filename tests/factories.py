@@ -339,3 +339,21 @@ def complete_draft(db: Session, g: GrantWorld, hours: int = 200) -> Application:
         requests=[grants.RequestInput(g.ledger.gpu.id, hours * HOUR, "Training 3 models for 10 days")],
     )
     return application
+
+
+def running_course(db: Session, settings: Settings, teacher: User, parent_allocation_id: int, **overrides: Any):
+    """A course that started an hour ago and runs 20 more days, on the teacher's allocation: 3 seats of 10
+    core-hours, the CPU profile; ``overrides`` are ``create_course``'s own arguments."""
+    from portal.classroom import services as classroom
+
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "title": "Intro to Dask",
+        "starts_at": now - timedelta(hours=1),
+        "ends_at": now + timedelta(days=20),
+        "student_cap": 10 * 3600,
+        "max_seats": 3,
+        "profiles": ["cpu"],
+    }
+    values.update(overrides)
+    return classroom.create_course(db, settings, teacher, parent_allocation_id=parent_allocation_id, **values)

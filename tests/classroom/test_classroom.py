@@ -35,6 +35,7 @@ from portal.notifications.models import Notification
 from portal.projects.models import ProjectMembership, ProjectRole
 from tests.compute.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.conftest import LoginAttempt, post_form
+from tests.factories import running_course
 from tests.ledger_world import HOUR, World, make_world, person
 
 # --- builders --------------------------------------------------------------------------------------------
@@ -60,18 +61,8 @@ def room(db: Session) -> Classroom:
 
 
 def open_course(db: Session, settings: Settings, room: Classroom, **overrides: Any) -> Course:
-    now = utcnow()
-    values: dict[str, Any] = {
-        "parent_allocation_id": room.parent.id,
-        "title": "Intro to Dask",
-        "starts_at": now - timedelta(hours=1),
-        "ends_at": now + timedelta(days=20),
-        "student_cap": 10 * HOUR,
-        "max_seats": 3,
-        "profiles": ["cpu"],
-    }
-    values.update(overrides)
-    return classroom.create_course(db, settings, room.world.pi, **values)
+    parent = overrides.pop("parent_allocation_id", room.parent.id)
+    return running_course(db, settings, room.world.pi, parent, **overrides)
 
 
 def student_login(user: User, *affiliations: str, entitlements: tuple[str, ...] = ()) -> Login:

@@ -27,6 +27,7 @@ from portal.projects.models import ProjectMembership, ProjectRole
 from tests import i18n_checks
 from tests.compute.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.conftest import post_form
+from tests.factories import running_course
 from tests.ledger_world import HOUR, make_world
 
 #: The files whose messages these pages show (babel.cfg lists them).
@@ -136,18 +137,7 @@ def test_a_course_from_the_join_page_to_a_stopped_notebook_speaks_the_readers_la
     left = words["left"].format(amount=formatting.quantity(500 * HOUR, ResourceKind.CPU, locale=language))
     assert words["course_title"] in form and f"Teaching · {parent.title} · {left}" in form
     assert_translated(form, language)
-    course = classroom.create_course(
-        db,
-        settings,
-        teacher,
-        parent_allocation_id=parent.id,
-        title="Parallel Python",
-        starts_at=utcnow() - timedelta(hours=1),
-        ends_at=utcnow() + timedelta(days=20),
-        student_cap=10 * HOUR,
-        max_seats=3,
-        profiles=["cpu"],
-    )
+    course = running_course(db, settings, teacher, parent.id, title="Parallel Python")
 
     # the join page, and its form refusing an empty code
     student_browser = in_language(app, language)

@@ -21,7 +21,6 @@ from portal_standin.devstack import free_port
 from sqlmodel import Session, select
 
 from portal import create_app, formatting
-from portal.classroom import services as classroom
 from portal.compute.services import check_spawn, hub_username
 from portal.config import Settings
 from portal.db import utcnow
@@ -40,7 +39,7 @@ from portal.projects.models import ProjectMembership, ProjectRole
 from tests import i18n_checks
 from tests.compute.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.conftest import csrf_token
-from tests.factories import person
+from tests.factories import person, running_course
 from tests.grants_world import login_of, make_call, plan_capacity_from_today, staff
 from tests.ledger_world import HOUR, make_world
 from tests.market.test_market import fresh, pay, shop, wait_for
@@ -312,18 +311,7 @@ def test_joining_a_course_from_the_link_to_the_students_page(make_settings, db: 
     teacher_client = browser(app, language)
     teacher = login(teacher_client, given_name="Tiina")
     _world, _project, parent = cpu_project(db, teacher, hours=500, title="Teaching")
-    course = classroom.create_course(
-        db,
-        settings,
-        teacher,
-        parent_allocation_id=parent.id,
-        title="Parallel Python",
-        starts_at=utcnow() - timedelta(hours=1),
-        ends_at=utcnow() + timedelta(days=20),
-        student_cap=10 * HOUR,
-        max_seats=3,
-        profiles=["cpu"],
-    )
+    course = running_course(db, settings, teacher, parent.id, title="Parallel Python")
     student = browser(app, language)
     login(student, given_name="Sten")
 

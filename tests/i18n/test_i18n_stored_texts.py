@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import re
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from sqlmodel import Session, col, select
 from portal import create_app, formatting
 from portal.classroom import services as classroom
 from portal.compute.services import nothing_runs_on
-from portal.db import utcnow
 from portal.grants import services as grants
 from portal.grants.models import Application, ApplicationState, CallBudget, ReviewMode
 from portal.identity.models import FactoryRole
@@ -30,7 +28,7 @@ from portal.ledger.models import Allocation, AllocationSource, AllocationState, 
 from portal.messages import N_, Amount, Message, from_json, to_json
 from portal.projects import services as projects
 from tests.compute.test_compute import cpu_project, open_now
-from tests.factories import login_of, make_call, make_world, person, plan_capacity_from_today, staff
+from tests.factories import login_of, make_call, make_world, person, plan_capacity_from_today, running_course, staff
 from tests.i18n.test_i18n_journeys import LANGUAGES, browser, english_left, read
 from tests.ledger_world import HOUR
 
@@ -138,18 +136,7 @@ def test_the_hours_a_teacher_moves_are_read_in_the_teachers_language(
     _world, project, parent = cpu_project(db, teacher, hours=500, title="Teaching")
     cpu = db.get(Resource, parent.resource_id)
     spare = open_now(db, project, cpu, 50)
-    course = classroom.create_course(
-        db,
-        app.extensions["portal.settings"],
-        teacher,
-        parent_allocation_id=parent.id,
-        title="Parallel Python",
-        starts_at=utcnow() - timedelta(hours=1),
-        ends_at=utcnow() + timedelta(days=20),
-        student_cap=10 * HOUR,
-        max_seats=3,
-        profiles=["cpu"],
-    )
+    course = running_course(db, app.extensions["portal.settings"], teacher, parent.id, title="Parallel Python")
     student = person(db, "Sten")
     seat = classroom.join_course(db, student, login_of(student), course.join_code)
     classroom.raise_cap(db, teacher, course, seat.id, 15 * HOUR)
@@ -228,17 +215,8 @@ def test_the_api_gives_the_stored_english_and_the_text_in_the_callers_language(
 ) -> None:
     teacher = person(db, "Tiina")
     _world, project, parent = cpu_project(db, teacher, hours=100)
-    course = classroom.create_course(
-        db,
-        client.application.extensions["portal.settings"],
-        teacher,
-        parent_allocation_id=parent.id,
-        title="Parallel Python",
-        starts_at=utcnow() - timedelta(hours=1),
-        ends_at=utcnow() + timedelta(days=20),
-        student_cap=10 * HOUR,
-        max_seats=2,
-        profiles=["cpu"],
+    course = running_course(
+        db, client.application.extensions["portal.settings"], teacher, parent.id, title="Parallel Python", max_seats=2
     )
     auth = _bearer(db, teacher)
     asked = {**auth, "Accept-Language": language}
