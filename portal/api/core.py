@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Blueprint, current_app, g, jsonify, request
+from flask_babel import gettext, ngettext
 from flask_babel import lazy_gettext as _l
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.plugins.flask_plugin import FlaskPlugin
 
@@ -47,11 +48,60 @@ class RequestInvalid(Exception):
         self.errors = errors
 
 
+def N_(text: str) -> str:
+    """Marks a message for the catalogue (``pybabel extract``); translated when it is shown."""
+    return text
+
+
+#: What the API says, in the caller's language, for the schema refusals it meets most (pydantic writes its own
+#: ``msg`` in English): keyed by pydantic's error ``type``, with the limits from its ``ctx``. Other types keep
+#: pydantic's text; ``type`` is in every entry for programs to read.
+SCHEMA_MESSAGES: dict[str, str] = {
+    "missing": N_("This field is required."),
+    "string_type": N_("Give text here."),
+    "string_pattern_mismatch": N_("Not in the form this field takes."),
+    "int_parsing": N_("Give a whole number."),
+    "int_type": N_("Give a whole number."),
+    "int_from_float": N_("Give a whole number."),
+    "greater_than_equal": N_("At least %(ge)s."),
+    "less_than_equal": N_("At most %(le)s."),
+    "greater_than": N_("More than %(gt)s."),
+    "less_than": N_("Less than %(lt)s."),
+    "bool_parsing": N_("Give true or false."),
+    "date_parsing": N_("Give a date as YYYY-MM-DD."),
+    "date_from_datetime_parsing": N_("Give a date as YYYY-MM-DD."),
+    "datetime_parsing": N_("Give a date and time with its time zone, e.g. 2027-01-31T12:00:00Z."),
+    "extra_forbidden": N_("This field is not accepted here."),
+    "enum": N_("Give one of: %(expected)s."),
+    "literal_error": N_("Give one of: %(expected)s."),
+    "json_invalid": N_("The body is not valid JSON."),
+}
+
+
+def _schema_message(error: dict[str, Any]) -> str:
+    kind, context = error.get("type", ""), error.get("ctx") or {}
+    if kind == "string_too_short" and isinstance(context.get("min_length"), int):
+        return ngettext("At least %(num)s character.", "At least %(num)s characters.", context["min_length"])
+    if kind == "string_too_long" and isinstance(context.get("max_length"), int):
+        return ngettext("At most %(num)s character.", "At most %(num)s characters.", context["max_length"])
+    text = SCHEMA_MESSAGES.get(kind)
+    if text is None:
+        return str(error.get("msg", ""))
+    try:
+        return gettext(text, **{name: str(value) for name, value in context.items()})
+    except (KeyError, ValueError):  # a limit the message names is missing from this error's ctx
+        return str(error.get("msg", ""))
+
+
 def _before(req, resp, err, instance, model_adapter) -> None:
     if err is not None:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in model_adapter.validation_errors(err)
+            {"loc": list(e.get("loc", ())), "msg": _schema_message(e), "type": e.get("type", "")}
+            for e in (
+                err.errors(include_url=False)
+                if isinstance(err, ValidationError)
+                else model_adapter.validation_errors(err)
+            )
         ]
         raise RequestInvalid(errors)
 

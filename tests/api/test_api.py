@@ -152,6 +152,24 @@ def test_body_not_matching_the_schema_is_422_with_each_error(client, token, db):
     assert count(db, Organisation) == 0
 
 
+def test_each_schema_error_is_said_in_the_callers_language(client, token, db):
+    """pydantic writes English; the common refusals are said in the caller's language, ``type`` kept for programs."""
+    body = {"name": "", "kind": "castle", "country": "PL"}
+    said = {}
+    for language in ("en", "pl", "lt", "lv", "et"):
+        response = client.post(
+            "/api/v1/organisations", json=body, headers={**bearer(token), "Accept-Language": language}
+        )
+        problem = assert_problem(response, 422)
+        said[language] = {e["loc"][0]: (e["type"], e["msg"]) for e in problem["errors"]}
+    assert said["en"]["name"] == ("string_too_short", "At least 1 character.")
+    assert said["pl"]["name"] == ("string_too_short", "Co najmniej 1 znak.")
+    assert said["et"]["name"] == ("string_too_short", "Vähemalt 1 märk.")
+    assert said["lv"]["kind"][0] in ("enum", "literal_error") and said["lv"]["kind"][1].startswith("Ievadiet vienu no")
+    assert said["lt"]["name"] == ("string_too_short", "Ne mažiau kaip 1 simbolis.")
+    assert count(db, Organisation) == 0
+
+
 def test_wrong_content_type_is_refused(client, token, db):
     response = client.post(
         "/api/v1/organisations", data={"name": "Form Ltd", "kind": "sme", "country": "PL"}, headers=bearer(token)
