@@ -36,7 +36,7 @@ from portal.migrations import upgrade
 from portal.projects import services as projects
 from portal.reports import services as reports
 from portal.reports.models import OperatorSite
-from tests.conftest import portal_cli, post_form
+from tests.conftest import portal_cli, portal_cli_in_process, post_form
 from tests.grants_world import complete_draft, login_of, mail_settings, make_grant_world, staff
 from tests.ledger_world import HOUR, Q1, admin, at, make_world, open_q1, person
 from tests.market.test_market import fresh, order, pay, shop, wait_for
@@ -109,7 +109,7 @@ def test_a_role_granted_on_the_command_line_is_recorded_as_cli(app, db: Session)
     someone = person(db, "Ilze")
     since = mark(db)
     why = ("--reason", "Operates the Riga site from June")
-    result = portal_cli(app, "users", "grant-role", someone.email or "", "site_operator", *why)
+    result = portal_cli_in_process(app, "users", "grant-role", someone.email or "", "site_operator", *why)
     assert result.returncode == 0, result.stderr
     event = only_event(db, since)
     assert (event.action, event.actor_user_id, event.actor_label, event.object_id, event.reason) == (
@@ -121,7 +121,7 @@ def test_a_role_granted_on_the_command_line_is_recorded_as_cli(app, db: Session)
     )
     assert event.request_id is None and event.ip_address is None
     # granting a role someone already holds changes nothing, so records nothing
-    assert portal_cli(app, "users", "grant-role", someone.email or "", "site_operator", *why).returncode == 0
+    assert portal_cli_in_process(app, "users", "grant-role", someone.email or "", "site_operator", *why).returncode == 0
     assert added_since(db, event.id) == []
 
 
@@ -552,7 +552,9 @@ def test_site_assignments_and_slurm_mappings_are_recorded(app, db: Session) -> N
         db, None, code="rix2", name="Riga two", city="Riga", country="LV", reason="test setup"
     )
     since = mark(db)
-    result = portal_cli(app, "reports", "assign-site", operator.email or "", "rix2", "--reason", "Covers Riga two")
+    result = portal_cli_in_process(
+        app, "reports", "assign-site", operator.email or "", "rix2", "--reason", "Covers Riga two"
+    )
     assert result.returncode == 0, result.stderr
     by_cli = only_event(db, since)
     assert (by_cli.action, by_cli.actor_label, by_cli.details["site_id"], by_cli.reason) == (

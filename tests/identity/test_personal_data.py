@@ -19,7 +19,7 @@ from portal.market.models import Invoice, Order, OrderState
 from portal.notifications.models import Notification
 from portal.notifications.services import notify
 from tests.compute.test_compute import authorize, code_from, exchange
-from tests.conftest import portal_cli, post_form
+from tests.conftest import portal_cli_in_process, post_form
 from tests.market.test_market import fresh, order, pay, shop, wait_for  # noqa: F401  (shop is a fixture)
 
 PERSON = {"birthdate": "1980-01-08", "person_identifier": "EE/EE/48001080000"}
@@ -62,9 +62,9 @@ def test_erasing_a_buyer_pseudonymises_them_and_keeps_ledger_invoices_and_audit_
     subject = db.exec(select(ExternalIdentity.subject).where(ExternalIdentity.user_id == buyer.id)).one()
     audit_before = db.exec(select(func.count()).select_from(AuditEvent)).one()
 
-    refused = portal_cli(shop.app, "users", "erase", buyer.email)
+    refused = portal_cli_in_process(shop.app, "users", "erase", buyer.email)
     assert refused.returncode == 2 and "--reason" in refused.stderr
-    done = portal_cli(shop.app, "users", "erase", buyer.email, "--reason", "Art. 17 request, ticket 4711")
+    done = portal_cli_in_process(shop.app, "users", "erase", buyer.email, "--reason", "Art. 17 request, ticket 4711")
     assert done.returncode == 0, done.stderr
     assert f"Erased user {buyer.id}" in done.stdout
 
@@ -87,7 +87,10 @@ def test_erasing_a_buyer_pseudonymises_them_and_keeps_ledger_invoices_and_audit_
     assert shop.client.get("/account").status_code == 302
     again = login(shop.app.test_client(), subject)
     assert again.id != buyer.id
-    assert portal_cli(shop.app, "users", "erase", "nobody@example.eu", "--reason", "no such user").returncode == 1
+    assert (
+        portal_cli_in_process(shop.app, "users", "erase", "nobody@example.eu", "--reason", "no such user").returncode
+        == 1
+    )
 
 
 def test_retention_periods_delete_old_sessions_codes_logins_and_notifications(app, client, db, login):

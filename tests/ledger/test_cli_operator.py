@@ -70,7 +70,7 @@ def set_up_cluster(app: Flask, db: Session, run=portal_cli_in_process) -> tuple[
 
 
 def test_an_operator_sets_up_a_cluster_and_imports_its_usage(app, db, tmp_path: Path):
-    ship, speech = set_up_cluster(app, db, run=portal_cli)  # the real processes, as an operator runs them
+    ship, speech = set_up_cluster(app, db)  # in the test process; the imports below are the real command
     db.expire_all()
     period = db.exec(select(CapacityPeriod)).one()
     assert (str(period.starts_on), str(period.ends_on), period.capacity, period.reserved) == (

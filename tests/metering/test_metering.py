@@ -12,7 +12,7 @@ from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationSource, EntryKind, LedgerEntry, Resource, ResourceKind, Site
 from portal.metering.models import SlurmAccount, UsageRecord
 from portal.metering.services import import_sacct, map_slurm_account
-from tests.conftest import portal_cli
+from tests.conftest import portal_cli, portal_cli_in_process
 from tests.ledger_world import HOUR, Q1, at, make_world, open_q1
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "sacct-factory.txt"
@@ -139,11 +139,11 @@ def test_lines_of_another_cluster_are_refused(db, accounts):
 
 
 def test_the_command_reports_problems_on_stderr_and_exits_non_zero(accounts, app):
-    result = portal_cli(app, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory")
+    result = portal_cli_in_process(app, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory")
     assert result.returncode == 3
     assert "22 lines read: 10 jobs charged, 1 already charged before" in result.stdout
     assert "line 18:" in result.stderr and "line 19: ElapsedRaw 'ten' is not a number of seconds" in result.stderr
-    again = portal_cli(app, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory")
+    again = portal_cli_in_process(app, "usage", "import-sacct", str(FIXTURE), "--cluster", "factory")
     assert "0 jobs charged, 11 already charged before" in again.stdout
 
 

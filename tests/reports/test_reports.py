@@ -31,7 +31,7 @@ from portal.projects import services as projects
 from portal.reports import rollups
 from portal.reports import services as reports
 from portal.reports.jobs import check_report_rollups
-from tests.conftest import portal_cli
+from tests.conftest import portal_cli_in_process
 from tests.grants_world import complete_draft, login_of, make_grant_world, staff
 from tests.ledger_world import HOUR, person
 
@@ -524,21 +524,21 @@ def test_rollups_agree_with_a_recomputation_from_the_ledger_and_invoices(db, sho
 
 
 def test_portal_reports_check_finds_drift_and_rebuild_repairs_it(app, db, shop):
-    assert portal_cli(app, "reports", "check").returncode == 0
+    assert portal_cli_in_process(app, "reports", "check").returncode == 0
     uni = shop.allocations["uni-h100"].id
     db.execute(sa.text("UPDATE report_usage_months SET amount = amount + 1 WHERE allocation_id = :a"), {"a": uni})
     db.execute(sa.text("DELETE FROM report_revenue_months"))
     db.commit()
-    checked = portal_cli(app, "reports", "check")
+    checked = portal_cli_in_process(app, "reports", "check")
     assert checked.returncode == 1
     assert "report_usage_months" in checked.stdout and "report_revenue_months" in checked.stdout
     assert "allocations.used" in checked.stdout
-    rebuilt = portal_cli(app, "reports", "rebuild")
+    rebuilt = portal_cli_in_process(app, "reports", "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     usage_months = {(key, day.month) for key, _h, day in USAGE}
     revenue_rows = {(org, offering) for org, offering, *_rest in shop.sales}  # one month: (organisation, offering)
     assert f"rebuilt {len(usage_months)} usage months and {len(revenue_rows)} revenue months" in rebuilt.stdout
-    again = portal_cli(app, "reports", "check")
+    again = portal_cli_in_process(app, "reports", "check")
     assert again.returncode == 0 and "agree" in again.stdout
     warsaw = by(table_of(db, shop.admin, "capacity"), "site", "resource")[("Warsaw", "H100 GPU-hours")]
     assert warsaw["used"] == Expected().used("waw", "h100")
