@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from babel import Locale
-from babel.dates import format_date, format_time
-from babel.numbers import format_currency, format_decimal
+from babel.dates import DateTimePattern, format_date, format_time, get_date_format, get_time_format
+from babel.numbers import NumberPattern, format_currency, format_decimal, parse_pattern
 from babel.support import NullTranslations, Translations
 from babel.units import format_unit
 from flask import has_request_context
@@ -32,20 +32,47 @@ DEFAULT_LOCALE = "en"
 TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
 
-def _pattern(places: int) -> str:
-    return "#,##0" + ("." + "0" * places if places > 0 else "")
+# Babel parses a locale's name and a format's pattern on every call; a page formats hundreds of figures in one
+# locale with a few patterns, so each is parsed once per process (the results are the same objects Babel would
+# build, and immutable in use).
+
+
+@functools.lru_cache(maxsize=64)
+def _locale(name: str) -> Locale:
+    return Locale.parse(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _pattern(places: int) -> NumberPattern:
+    """``#,##0`` with ``places`` decimals: grouping of thousands, no rounding of its own (``number`` rounds)."""
+    return parse_pattern("#,##0" + ("." + "0" * places if places > 0 else ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _quantum(places: int) -> Decimal:
+    return Decimal(1).scaleb(-places)
+
+
+@functools.lru_cache(maxsize=64)
+def _date_pattern(name: str) -> DateTimePattern:
+    return get_date_format("medium", locale=_locale(name))
+
+
+@functools.lru_cache(maxsize=64)
+def _time_pattern(name: str) -> DateTimePattern:
+    return get_time_format("short", locale=_locale(name))
 
 
 def number(value: int | Decimal, *, places: int = 0, locale: str = DEFAULT_LOCALE) -> str:
     """``1234.5`` -> ``"1,234.50"`` (en), ``"1 234,50"`` (pl; no-break spaces), rounded half up to ``places``."""
-    exact = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return format_decimal(exact, format=_pattern(places), locale=locale)
+    exact = Decimal(value).quantize(_quantum(places), rounding=ROUND_HALF_UP)
+    return format_decimal(exact, format=_pattern(places), locale=_locale(locale))
 
 
 def money(cents: int, currency: str, *, locale: str = DEFAULT_LOCALE) -> str:
     """Integer cents of ``currency`` as the locale writes money: ``123450, "EUR"`` -> ``"€1,234.50"`` (en),
     ``"1 234,50 €"`` (pl, lt, lv, et; no-break spaces). Exact: no float on the way."""
-    return format_currency(Decimal(cents) / 100, currency, locale=locale)
+    return format_currency(Decimal(cents) / 100, currency, locale=_locale(locale))
 
 
 def date(value: Date | DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
@@ -53,23 +80,23 @@ def date(value: Date | DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
     datetime is read in UTC first."""
     if isinstance(value, DateTime):
         value = value.astimezone(UTC).date()
-    return format_date(value, format="medium", locale=locale)
+    return format_date(value, format=_date_pattern(locale), locale=_locale(locale))
 
 
 def datetime(value: DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
     """A moment in UTC, to the minute, as the locale writes it, with ``UTC`` after it: ``Mar 5, 2026, 2:07 PM
     UTC`` (en), ``5 mar 2026, 14:07 UTC`` (pl). A naive datetime is taken to be UTC, as the database keeps it."""
     moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    pattern = Locale.parse(locale).datetime_formats["medium"]
-    day = format_date(moment.date(), format="medium", locale=locale)
-    time = format_time(moment, format="short", tzinfo=UTC, locale=locale)
-    return f"{pattern.format(time, day)} UTC"
+    parsed = _locale(locale)
+    day = format_date(moment.date(), format=_date_pattern(locale), locale=parsed)
+    time = format_time(moment, format=_time_pattern(locale), tzinfo=UTC, locale=parsed)
+    return f"{parsed.datetime_formats['medium'].format(time, day)} UTC"
 
 
 def hours(seconds: int, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
     """Integer seconds as hours with the locale's short unit: ``9000`` -> ``"2.5 hr"`` (en), ``"2,5 godz."`` (pl)."""
-    value = (Decimal(seconds) / 3600).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return format_unit(value, "duration-hour", length="short", format=_pattern(places), locale=locale)
+    value = (Decimal(seconds) / 3600).quantize(_quantum(places), rounding=ROUND_HALF_UP)
+    return format_unit(value, "duration-hour", length="short", format=_pattern(places), locale=_locale(locale))
 
 
 def display_amount(amount: int, kind: ResourceKind, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
@@ -97,13 +124,12 @@ def unit_name(kind: ResourceKind, *, locale: str = DEFAULT_LOCALE) -> str:
     kind = ResourceKind(kind)
     if locale == DEFAULT_LOCALE:
         return f"{UNITS[kind][1]}s"
-    translations = catalogue(locale)
-    names = {
-        ResourceKind.GPU: translations.pgettext("unit after a number", "GPU-hours"),
-        ResourceKind.CPU: translations.pgettext("unit after a number", "core-hours"),
-        ResourceKind.STORAGE: translations.pgettext("unit after a number", "TB-months"),
-    }
-    return names[kind]
+    translations = catalogue(locale)  # only the name shown is looked up: a page asks once per figure
+    if kind is ResourceKind.GPU:
+        return translations.pgettext("unit after a number", "GPU-hours")
+    if kind is ResourceKind.CPU:
+        return translations.pgettext("unit after a number", "core-hours")
+    return translations.pgettext("unit after a number", "TB-months")
 
 
 def quantity(amount: int, kind: ResourceKind, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:

@@ -10,9 +10,11 @@ import re
 import subprocess
 import sys
 from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+from babel import dates, numbers, units
 from babel.messages.catalog import Catalog
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
@@ -348,6 +350,32 @@ def test_figures_are_exact_and_english_stays_as_it_was() -> None:
     # a datetime late on the 5th in UTC is the 5th, wherever the server runs; a naive one is read as UTC
     assert formatting.date(datetime(2026, 3, 5, 23, 59, tzinfo=UTC)) == "Mar 5, 2026"
     assert formatting.datetime(datetime(2026, 3, 5, 14, 7)) == f"Mar 5, 2026, 2:07{NNBSP}PM UTC"
+
+
+@pytest.mark.parametrize("locale", sorted(LANGUAGE_NAMES))
+def test_figures_are_what_babel_writes_from_the_locales_name_and_the_pattern(locale: str) -> None:
+    """``formatting`` parses each locale and pattern once per process; what it writes is what Babel writes when it
+    parses them on every call (as it did before)."""
+    for places in range(4):
+        pattern = "#,##0" + ("." + "0" * places if places else "")
+        for value in (0, -1, 1234567, Decimal("0.005"), Decimal("-2.5"), Decimal("1234.4449"), Decimal("0.125")):
+            exact = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+            assert formatting.number(value, places=places, locale=locale) == numbers.format_decimal(
+                exact, format=pattern, locale=locale
+            )
+            assert formatting.hours(int(exact * 3600), places=places, locale=locale) == units.format_unit(
+                exact, "duration-hour", length="short", format=pattern, locale=locale
+            )
+    assert formatting.money(-123456789, "EUR", locale=locale) == numbers.format_currency(
+        Decimal("-1234567.89"), "EUR", locale=locale
+    )
+    moment = datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
+    assert formatting.date(moment, locale=locale) == dates.format_date(moment.date(), format="medium", locale=locale)
+    written = dates.get_datetime_format("medium", locale=locale).format(
+        dates.format_time(moment, format="short", tzinfo=UTC, locale=locale),
+        dates.format_date(moment.date(), format="medium", locale=locale),
+    )
+    assert formatting.datetime(moment, locale=locale) == f"{written} UTC"
 
 
 def test_the_pages_filters_write_figures_in_the_requests_language(app) -> None:
