@@ -7,6 +7,7 @@ the request's locale, so a page shows ``1 234,50 €`` in Polish and ``€1,234.
 from __future__ import annotations
 
 import functools
+import re
 from datetime import UTC
 from datetime import date as Date
 from datetime import datetime as DateTime
@@ -16,7 +17,7 @@ from typing import Any
 
 from babel import Locale
 from babel.dates import DateTimePattern, format_date, format_time, get_date_format, get_time_format
-from babel.numbers import NumberPattern, format_currency, format_decimal, parse_pattern
+from babel.numbers import NumberPattern, format_currency, get_decimal_symbol, get_group_symbol, parse_pattern
 from babel.support import NullTranslations, Translations
 from babel.units import format_unit
 from flask import has_request_context
@@ -63,10 +64,32 @@ def _time_pattern(name: str) -> DateTimePattern:
     return get_time_format("short", locale=_locale(name))
 
 
+@functools.lru_cache(maxsize=64)
+def _separators(name: str) -> dict[int, str]:
+    """Python's ``,`` and ``.`` as the locale writes them: its group and decimal symbols (Latin digits)."""
+    parsed = _locale(name)
+    return str.maketrans({",": get_group_symbol(parsed), ".": get_decimal_symbol(parsed)})
+
+
+#: What Babel does last to every number it writes: a quoted literal loses its quotes (``''`` is one quote).
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+@functools.lru_cache(maxsize=4096)
+def _day(value: Date, name: str) -> str:
+    """A day as the locale writes it: a pure function of the two, and a page shows the same few days many times."""
+    return format_date(value, format=_date_pattern(name), locale=_locale(name))
+
+
 def number(value: int | Decimal, *, places: int = 0, locale: str = DEFAULT_LOCALE) -> str:
-    """``1234.5`` -> ``"1,234.50"`` (en), ``"1 234,50"`` (pl; no-break spaces), rounded half up to ``places``."""
+    """``1234.5`` -> ``"1,234.50"`` (en), ``"1 234,50"`` (pl; no-break spaces), rounded half up to ``places``.
+
+    Written as Babel writes it with the pattern ``#,##0.00`` (tests/test_i18n.py compares the two in every
+    language): the exact digits, ``-`` before a negative (also ``-0.00``), groups of three with the locale's
+    symbols. Python's own formatting does that, without Babel's lookups of the symbols for each number."""
     exact = Decimal(value).quantize(_quantum(places), rounding=ROUND_HALF_UP)
-    return format_decimal(exact, format=_pattern(places), locale=_locale(locale))
+    written = f"{exact:,f}".translate(_separators(locale))
+    return written if "'" not in written else _QUOTED.sub(lambda m: m.group(1) or "'", written)
 
 
 def money(cents: int, currency: str, *, locale: str = DEFAULT_LOCALE) -> str:
@@ -80,7 +103,7 @@ def date(value: Date | DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
     datetime is read in UTC first."""
     if isinstance(value, DateTime):
         value = value.astimezone(UTC).date()
-    return format_date(value, format=_date_pattern(locale), locale=_locale(locale))
+    return _day(value, locale)
 
 
 def datetime(value: DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
@@ -88,7 +111,7 @@ def datetime(value: DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
     UTC`` (en), ``5 mar 2026, 14:07 UTC`` (pl). A naive datetime is taken to be UTC, as the database keeps it."""
     moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     parsed = _locale(locale)
-    day = format_date(moment.date(), format=_date_pattern(locale), locale=parsed)
+    day = _day(moment.date(), locale)
     time = format_time(moment, format=_time_pattern(locale), tzinfo=UTC, locale=parsed)
     return f"{parsed.datetime_formats['medium'].format(time, day)} UTC"
 

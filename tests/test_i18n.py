@@ -354,16 +354,18 @@ def test_figures_are_exact_and_english_stays_as_it_was() -> None:
 
 @pytest.mark.parametrize("locale", sorted(LANGUAGE_NAMES))
 def test_figures_are_what_babel_writes_from_the_locales_name_and_the_pattern(locale: str) -> None:
-    """``formatting`` parses each locale and pattern once per process; what it writes is what Babel writes when it
-    parses them on every call (as it did before)."""
+    """``formatting`` parses each locale and pattern once per process and writes plain numbers with Python's
+    Decimal formatting; what it writes is what Babel writes parsing them on every call (as it did before)."""
     for places in range(4):
         pattern = "#,##0" + ("." + "0" * places if places else "")
-        for value in (0, -1, 1234567, Decimal("0.005"), Decimal("-2.5"), Decimal("1234.4449"), Decimal("0.125")):
+        for value in (0, -1, 1234567, Decimal("0.005"), Decimal("-0.004"), Decimal("-2.5"), Decimal("1234.4449")):
             exact = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
             assert formatting.number(value, places=places, locale=locale) == numbers.format_decimal(
                 exact, format=pattern, locale=locale
             )
-            assert formatting.hours(int(exact * 3600), places=places, locale=locale) == units.format_unit(
+        for seconds in (0, -14, 9000, 1800, 5_000_000_007):
+            exact = (Decimal(seconds) / 3600).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+            assert formatting.hours(seconds, places=places, locale=locale) == units.format_unit(
                 exact, "duration-hour", length="short", format=pattern, locale=locale
             )
     assert formatting.money(-123456789, "EUR", locale=locale) == numbers.format_currency(
