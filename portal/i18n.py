@@ -24,6 +24,7 @@ from babel.messages.pofile import read_po
 from flask import Blueprint, Flask, abort, has_request_context, redirect, request, session
 from flask_babel import Babel, get_locale, gettext
 from flask_login import current_user
+from jinja2 import pass_context
 
 from portal import formatting
 from portal.db import get_db
@@ -31,6 +32,7 @@ from portal.forms import ActionForm, use_form_messages
 from portal.web import actor, login_manager, safe_next, settings
 
 if TYPE_CHECKING:
+    from jinja2.runtime import Context
     from sqlmodel import Session
 
     from portal.identity.models import User
@@ -207,28 +209,42 @@ def compile_catalogues(directory: Path = TRANSLATIONS) -> list[Path]:
     return built
 
 
-def _locale_quantity(amount: int, kind: ResourceKind, places: int = 1) -> str:
-    return formatting.quantity(amount, kind, places=places, locale=current_language())
+def page_language(context: Context) -> str:
+    """The language of the page being rendered, for a filter: ``render_template`` puts it in the page's context once
+    (``_template_globals``), where a page's hundreds of figures read it; a macro of a template imported without
+    context (``{% import ... %}``) and a template rendered outside ``render_template`` ask the request."""
+    language = context.get("current_language")
+    return language if isinstance(language, str) else current_language()
 
 
-def _locale_money(cents: int, currency: str) -> str:
-    return formatting.money(cents, currency, locale=current_language())
+@pass_context
+def _locale_quantity(context: Context, amount: int, kind: ResourceKind, places: int = 1) -> str:
+    return formatting.quantity(amount, kind, places=places, locale=page_language(context))
 
 
-def _locale_number(value: int | Decimal, places: int = 0) -> str:
-    return formatting.number(value, places=places, locale=current_language())
+@pass_context
+def _locale_money(context: Context, cents: int, currency: str) -> str:
+    return formatting.money(cents, currency, locale=page_language(context))
 
 
-def _locale_date(value: Date | DateTime) -> str:
-    return formatting.date(value, locale=current_language())
+@pass_context
+def _locale_number(context: Context, value: int | Decimal, places: int = 0) -> str:
+    return formatting.number(value, places=places, locale=page_language(context))
 
 
-def _locale_datetime(value: DateTime) -> str:
-    return formatting.datetime(value, locale=current_language())
+@pass_context
+def _locale_date(context: Context, value: Date | DateTime) -> str:
+    return formatting.date(value, locale=page_language(context))
 
 
-def _locale_hours(seconds: int, places: int = 1) -> str:
-    return formatting.hours(seconds, places=places, locale=current_language())
+@pass_context
+def _locale_datetime(context: Context, value: DateTime) -> str:
+    return formatting.datetime(value, locale=page_language(context))
+
+
+@pass_context
+def _locale_hours(context: Context, seconds: int, places: int = 1) -> str:
+    return formatting.hours(seconds, places=places, locale=page_language(context))
 
 
 def _template_globals() -> dict[str, Any]:

@@ -396,6 +396,17 @@ def test_the_pages_filters_write_figures_in_the_requests_language(app) -> None:
         )
 
 
+def test_filters_without_the_pages_context_follow_the_request_too(app) -> None:
+    """A page's filters read its language from the page's context; a macro of a template imported without context
+    and a template rendered outside ``render_template`` have none, and ask the request."""
+    with app.test_request_context("/", headers={"Accept-Language": "pl"}):
+        months = render_template_string('{% import "market/_labels.html" as labels %}{{ labels.months(1234) }}')
+        assert months == f"1{NBSP}234 miesiące"
+        assert app.jinja_env.from_string("{{ 1234.5|number(1) }} {{ day|date }}").render(day=date(2026, 3, 5)) == (
+            f"1{NBSP}234,5 5 mar 2026"
+        )
+
+
 def test_the_page_for_a_database_outage_is_in_the_browsers_language(make_settings) -> None:
     """It asks the database nothing, not even who is logged in: the language comes from the cookie or the header."""
     nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/portal"
