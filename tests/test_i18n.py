@@ -397,14 +397,15 @@ def test_the_pages_filters_write_figures_in_the_requests_language(app) -> None:
 
 
 def test_filters_without_the_pages_context_follow_the_request_too(app) -> None:
-    """A page's filters read its language from the page's context; a macro of a template imported without context
-    and a template rendered outside ``render_template`` have none, and ask the request."""
+    """A page's filters and messages read its language and catalogue from the page's context; a macro of a template
+    imported without context and a template rendered outside ``render_template`` have none, and ask the request."""
     with app.test_request_context("/", headers={"Accept-Language": "pl"}):
-        months = render_template_string('{% import "market/_labels.html" as labels %}{{ labels.months(1234) }}')
-        assert months == f"1{NBSP}234 miesiące"
-        assert app.jinja_env.from_string("{{ 1234.5|number(1) }} {{ day|date }}").render(day=date(2026, 3, 5)) == (
-            f"1{NBSP}234,5 5 mar 2026"
+        labels = (
+            '{% import "market/_labels.html" as labels %}{{ labels.months(1234) }}, {{ labels.order_state("paid") }}'
         )
+        assert render_template_string(labels) == f"1{NBSP}234 miesiące, opłacone"
+        bare = app.jinja_env.from_string("{{ 1234.5|number(1) }} {{ day|date }} {{ pgettext('order state', 'paid') }}")
+        assert bare.render(day=date(2026, 3, 5)) == f"1{NBSP}234,5 5 mar 2026 opłacone"
 
 
 def test_the_page_for_a_database_outage_is_in_the_browsers_language(make_settings) -> None:
