@@ -139,6 +139,6 @@ def test_the_pages_of_an_organisation_project_and_allocation_send_no_statement_t
     assert len(sent_by_page["allocation"]) <= ALLOCATION_PAGE_STATEMENTS, sent_by_page["allocation"]
 
 
-#: Upper bounds for one request (measured on SQLite with the test above: 7 and 10).
-ORGANISATION_PAGE_STATEMENTS = 7
-ALLOCATION_PAGE_STATEMENTS = 10
+#: Upper bounds for one request (measured on SQLite with the test above: 6 and 9).
+ORGANISATION_PAGE_STATEMENTS = 6
+ALLOCATION_PAGE_STATEMENTS = 9
