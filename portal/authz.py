@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm import Session as SASession
 from sqlmodel import Session, col, select
 
@@ -56,58 +57,76 @@ class Action(StrEnum):
     VIEW_AUDIT = "factory.view_audit"
 
 
-_ROLES_CACHE = "portal.factory_roles"
+#: ``db.info`` key of the roles read in this session's transaction: (kind, ids) -> what the database said.
+_ROLES_READ = "portal.authz.roles_read"
+
+
+def _read_once(db: Session, key: tuple[Any, ...], read: Callable[[], Any]) -> Any:
+    """``read()`` once per transaction: one page asks several permission questions, each asking for the same roles.
+
+    It cannot go stale: the entries are dropped after every flush (any write of this session, through a model or a
+    statement run by ``db.execute``) and at the end of every transaction, savepoints included; before answering
+    from them the session autoflushes as the query would have done, so a grant just added is flushed and seen."""
+    db._autoflush()  # what every query does first: flushes unless autoflush is off or a flush is under way
+    remembered: dict[tuple[Any, ...], Any] = db.info.setdefault(_ROLES_READ, {})
+    if key not in remembered:
+        remembered[key] = read()
+    return remembered[key]
+
+
+@sa.event.listens_for(SASession, "after_flush")
+def _forget_roles_after_a_flush(session: SASession, _context: object) -> None:
+    session.info.pop(_ROLES_READ, None)
+
+
+@sa.event.listens_for(SASession, "after_transaction_end")
+def _forget_roles_at_the_end_of_a_transaction(session: SASession, _transaction: object) -> None:
+    session.info.pop(_ROLES_READ, None)  # commit, rollback, a savepoint's end: also after_soft_rollback's cases
+
+
+@sa.event.listens_for(SASession, "do_orm_execute")
+def _forget_roles_before_a_write(state: ORMExecuteState) -> None:
+    if not state.is_select:  # an UPDATE, DELETE or INSERT statement (or text) run through the session
+        state.session.info.pop(_ROLES_READ, None)
 
 
 def factory_roles(db: Session, user: User) -> set[FactoryRole]:
     """The user's factory roles, read once per transaction (every permission check asks for them)."""
-    cache: dict[int, set[FactoryRole]] = db.info.setdefault(_ROLES_CACHE, {})
-    if user.id not in cache:
-        rows = db.exec(select(RoleGrant.role).where(RoleGrant.user_id == user.id)).all()
-        cache[user.id] = {FactoryRole(r) for r in rows}
-    return set(cache[user.id])
-
-
-@sa.event.listens_for(SASession, "after_transaction_end")
-def _forget_roles(session: SASession, _transaction: object) -> None:
-    session.info.pop(_ROLES_CACHE, None)
-    session.info.pop(_PROJECT_ROLES_CACHE, None)
-
-
-@sa.event.listens_for(SASession, "before_flush")
-def _forget_roles_on_grant(session: SASession, _context: object, _instances: object) -> None:
-    changed = (*session.new, *session.dirty, *session.deleted)
-    if any(isinstance(o, RoleGrant) for o in changed):
-        session.info.pop(_ROLES_CACHE, None)
-    if any(isinstance(o, ProjectMembership) for o in changed):
-        session.info.pop(_PROJECT_ROLES_CACHE, None)
-
-
-_PROJECT_ROLES_CACHE = "portal.project_roles"
+    roles = _read_once(
+        db,
+        ("factory", user.id),
+        lambda: frozenset(FactoryRole(r) for r in db.exec(select(RoleGrant.role).where(RoleGrant.user_id == user.id))),
+    )
+    return set(roles)
 
 
 def project_role(db: Session, user: User, project: Project) -> ProjectRole | None:
     """The user's role in the project, read once per transaction (one page asks several permission questions)."""
-    cache: dict[tuple[int, int], ProjectRole | None] = db.info.setdefault(_PROJECT_ROLES_CACHE, {})
-    key = (user.id, project.id)
-    if key not in cache:
+
+    def read() -> ProjectRole | None:
         role = db.exec(
             select(ProjectMembership.role).where(
                 ProjectMembership.project_id == project.id, ProjectMembership.user_id == user.id
             )
         ).first()
-        cache[key] = ProjectRole(role) if role else None
-    return cache[key]
+        return ProjectRole(role) if role else None
+
+    return _read_once(db, ("project", user.id, project.id), read)
 
 
 def organisation_role(db: Session, user: User, organisation_id: int) -> OrganisationRole | None:
-    role = db.exec(
-        select(OrganisationMembership.role).where(
-            OrganisationMembership.organisation_id == organisation_id,
-            OrganisationMembership.user_id == user.id,
-        )
-    ).first()
-    return OrganisationRole(role) if role else None
+    """The user's role in the organisation, read once per transaction (its page asks four permission questions)."""
+
+    def read() -> OrganisationRole | None:
+        role = db.exec(
+            select(OrganisationMembership.role).where(
+                OrganisationMembership.organisation_id == organisation_id,
+                OrganisationMembership.user_id == user.id,
+            )
+        ).first()
+        return OrganisationRole(role) if role else None
+
+    return _read_once(db, ("organisation", user.id, organisation_id), read)
 
 
 def _is_org_member_or_project_member(db: Session, user: User, org: Organisation) -> bool:

@@ -7,6 +7,7 @@ the request's locale, so a page shows ``1 234,50 €`` in Polish and ``€1,234.
 from __future__ import annotations
 
 import functools
+import re
 from datetime import UTC
 from datetime import date as Date
 from datetime import datetime as DateTime
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from babel import Locale
-from babel.dates import format_date, format_time
-from babel.numbers import format_currency, format_decimal
+from babel.dates import DateTimePattern, format_date, format_time, get_date_format, get_time_format
+from babel.numbers import NumberPattern, format_currency, get_decimal_symbol, get_group_symbol, parse_pattern
 from babel.support import NullTranslations, Translations
 from babel.units import format_unit
 from flask import has_request_context
@@ -32,20 +33,69 @@ DEFAULT_LOCALE = "en"
 TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
 
-def _pattern(places: int) -> str:
-    return "#,##0" + ("." + "0" * places if places > 0 else "")
+# Babel parses a locale's name and a format's pattern on every call; a page formats hundreds of figures in one
+# locale with a few patterns, so each is parsed once per process (the results are the same objects Babel would
+# build, and immutable in use).
+
+
+@functools.lru_cache(maxsize=64)
+def _locale(name: str) -> Locale:
+    return Locale.parse(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _pattern(places: int) -> NumberPattern:
+    """``#,##0`` with ``places`` decimals: grouping of thousands, no rounding of its own (``number`` rounds)."""
+    return parse_pattern("#,##0" + ("." + "0" * places if places > 0 else ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _quantum(places: int) -> Decimal:
+    return Decimal(1).scaleb(-places)
+
+
+@functools.lru_cache(maxsize=64)
+def _date_pattern(name: str) -> DateTimePattern:
+    return get_date_format("medium", locale=_locale(name))
+
+
+@functools.lru_cache(maxsize=64)
+def _time_pattern(name: str) -> DateTimePattern:
+    return get_time_format("short", locale=_locale(name))
+
+
+@functools.lru_cache(maxsize=64)
+def _separators(name: str) -> dict[int, str]:
+    """Python's ``,`` and ``.`` as the locale writes them: its group and decimal symbols (Latin digits)."""
+    parsed = _locale(name)
+    return str.maketrans({",": get_group_symbol(parsed), ".": get_decimal_symbol(parsed)})
+
+
+#: What Babel does last to every number it writes: a quoted literal loses its quotes (``''`` is one quote).
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+@functools.lru_cache(maxsize=4096)
+def _day(value: Date, name: str) -> str:
+    """A day as the locale writes it: a pure function of the two, and a page shows the same few days many times."""
+    return format_date(value, format=_date_pattern(name), locale=_locale(name))
 
 
 def number(value: int | Decimal, *, places: int = 0, locale: str = DEFAULT_LOCALE) -> str:
-    """``1234.5`` -> ``"1,234.50"`` (en), ``"1 234,50"`` (pl; no-break spaces), rounded half up to ``places``."""
-    exact = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return format_decimal(exact, format=_pattern(places), locale=locale)
+    """``1234.5`` -> ``"1,234.50"`` (en), ``"1 234,50"`` (pl; no-break spaces), rounded half up to ``places``.
+
+    Written as Babel writes it with the pattern ``#,##0.00`` (tests/i18n/test_i18n.py compares the two in every
+    language): the exact digits, ``-`` before a negative (also ``-0.00``), groups of three with the locale's
+    symbols. Python's own formatting does that, without Babel's lookups of the symbols for each number."""
+    exact = Decimal(value).quantize(_quantum(places), rounding=ROUND_HALF_UP)
+    written = f"{exact:,f}".translate(_separators(locale))
+    return written if "'" not in written else _QUOTED.sub(lambda m: m.group(1) or "'", written)
 
 
 def money(cents: int, currency: str, *, locale: str = DEFAULT_LOCALE) -> str:
     """Integer cents of ``currency`` as the locale writes money: ``123450, "EUR"`` -> ``"€1,234.50"`` (en),
     ``"1 234,50 €"`` (pl, lt, lv, et; no-break spaces). Exact: no float on the way."""
-    return format_currency(Decimal(cents) / 100, currency, locale=locale)
+    return format_currency(Decimal(cents) / 100, currency, locale=_locale(locale))
 
 
 def date(value: Date | DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
@@ -53,23 +103,23 @@ def date(value: Date | DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
     datetime is read in UTC first."""
     if isinstance(value, DateTime):
         value = value.astimezone(UTC).date()
-    return format_date(value, format="medium", locale=locale)
+    return _day(value, locale)
 
 
 def datetime(value: DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
     """A moment in UTC, to the minute, as the locale writes it, with ``UTC`` after it: ``Mar 5, 2026, 2:07 PM
     UTC`` (en), ``5 mar 2026, 14:07 UTC`` (pl). A naive datetime is taken to be UTC, as the database keeps it."""
     moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    pattern = Locale.parse(locale).datetime_formats["medium"]
-    day = format_date(moment.date(), format="medium", locale=locale)
-    time = format_time(moment, format="short", tzinfo=UTC, locale=locale)
-    return f"{pattern.format(time, day)} UTC"
+    parsed = _locale(locale)
+    day = _day(moment.date(), locale)
+    time = format_time(moment, format=_time_pattern(locale), tzinfo=UTC, locale=parsed)
+    return f"{parsed.datetime_formats['medium'].format(time, day)} UTC"
 
 
 def hours(seconds: int, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
     """Integer seconds as hours with the locale's short unit: ``9000`` -> ``"2.5 hr"`` (en), ``"2,5 godz."`` (pl)."""
-    value = (Decimal(seconds) / 3600).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return format_unit(value, "duration-hour", length="short", format=_pattern(places), locale=locale)
+    value = (Decimal(seconds) / 3600).quantize(_quantum(places), rounding=ROUND_HALF_UP)
+    return format_unit(value, "duration-hour", length="short", format=_pattern(places), locale=_locale(locale))
 
 
 def display_amount(amount: int, kind: ResourceKind, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
@@ -97,13 +147,12 @@ def unit_name(kind: ResourceKind, *, locale: str = DEFAULT_LOCALE) -> str:
     kind = ResourceKind(kind)
     if locale == DEFAULT_LOCALE:
         return f"{UNITS[kind][1]}s"
-    translations = catalogue(locale)
-    names = {
-        ResourceKind.GPU: translations.pgettext("unit after a number", "GPU-hours"),
-        ResourceKind.CPU: translations.pgettext("unit after a number", "core-hours"),
-        ResourceKind.STORAGE: translations.pgettext("unit after a number", "TB-months"),
-    }
-    return names[kind]
+    translations = catalogue(locale)  # only the name shown is looked up: a page asks once per figure
+    if kind is ResourceKind.GPU:
+        return translations.pgettext("unit after a number", "GPU-hours")
+    if kind is ResourceKind.CPU:
+        return translations.pgettext("unit after a number", "core-hours")
+    return translations.pgettext("unit after a number", "TB-months")
 
 
 def quantity(amount: int, kind: ResourceKind, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from flask import Blueprint, Flask, abort, has_request_context, redirect, request, session
-from flask_babel import Babel, get_locale, gettext
+from flask_babel import Babel, get_locale, get_translations, gettext
 from flask_login import current_user
+from jinja2 import pass_context
 
 from portal import formatting
 from portal.db import get_db
@@ -31,6 +32,8 @@ from portal.forms import ActionForm, use_form_messages
 from portal.web import actor, login_manager, safe_next, settings
 
 if TYPE_CHECKING:
+    from babel.support import NullTranslations
+    from jinja2.runtime import Context
     from sqlmodel import Session
 
     from portal.identity.models import User
@@ -207,33 +210,76 @@ def compile_catalogues(directory: Path = TRANSLATIONS) -> list[Path]:
     return built
 
 
-def _locale_quantity(amount: int, kind: ResourceKind, places: int = 1) -> str:
-    return formatting.quantity(amount, kind, places=places, locale=current_language())
+def page_language(context: Context) -> str:
+    """The language of the page being rendered, for a filter: ``render_template`` puts it in the page's context once
+    (``_template_globals``), where a page's hundreds of figures read it; a macro of a template imported without
+    context (``{% import ... %}``) and a template rendered outside ``render_template`` ask the request."""
+    language = context.get("current_language")
+    return language if isinstance(language, str) else current_language()
 
 
-def _locale_money(cents: int, currency: str) -> str:
-    return formatting.money(cents, currency, locale=current_language())
+@pass_context
+def _locale_quantity(context: Context, amount: int, kind: ResourceKind, places: int = 1) -> str:
+    return formatting.quantity(amount, kind, places=places, locale=page_language(context))
 
 
-def _locale_number(value: int | Decimal, places: int = 0) -> str:
-    return formatting.number(value, places=places, locale=current_language())
+@pass_context
+def _locale_money(context: Context, cents: int, currency: str) -> str:
+    return formatting.money(cents, currency, locale=page_language(context))
 
 
-def _locale_date(value: Date | DateTime) -> str:
-    return formatting.date(value, locale=current_language())
+@pass_context
+def _locale_number(context: Context, value: int | Decimal, places: int = 0) -> str:
+    return formatting.number(value, places=places, locale=page_language(context))
 
 
-def _locale_datetime(value: DateTime) -> str:
-    return formatting.datetime(value, locale=current_language())
+@pass_context
+def _locale_date(context: Context, value: Date | DateTime) -> str:
+    return formatting.date(value, locale=page_language(context))
 
 
-def _locale_hours(seconds: int, places: int = 1) -> str:
-    return formatting.hours(seconds, places=places, locale=current_language())
+@pass_context
+def _locale_datetime(context: Context, value: DateTime) -> str:
+    return formatting.datetime(value, locale=page_language(context))
+
+
+@pass_context
+def _locale_hours(context: Context, seconds: int, places: int = 1) -> str:
+    return formatting.hours(seconds, places=places, locale=page_language(context))
+
+
+def page_translations(context: Context) -> NullTranslations:
+    """The catalogue of the page being rendered, for the templates' ``_``, ``ngettext`` and ``pgettext``: looked up
+    once per page (``_template_globals``) instead of once per message as Flask-Babel's own callables do; without the
+    page's context (an imported macro, a bare template) the request's, as Flask-Babel would."""
+    translations = context.get("page_translations")
+    return translations if translations is not None else get_translations()
+
+
+@pass_context
+def _page_gettext(context: Context, message: str) -> str:
+    return page_translations(context).ugettext(message)
+
+
+@pass_context
+def _page_ngettext(context: Context, singular: str, plural: str, n: int) -> str:
+    return page_translations(context).ungettext(singular, plural, n)
+
+
+@pass_context
+def _page_pgettext(context: Context, message_context: str, message: str) -> str:
+    return page_translations(context).upgettext(message_context, message)
+
+
+@pass_context
+def _page_npgettext(context: Context, message_context: str, singular: str, plural: str, n: int) -> str:
+    return page_translations(context).unpgettext(message_context, singular, plural, n)
 
 
 def _template_globals() -> dict[str, Any]:
     return {
         "current_language": current_language(),
+        "page_translations": get_translations(),
         "language_choices": [(code, LANGUAGE_NAMES[code]) for code in enabled_languages()],
     }
 
@@ -249,6 +295,13 @@ def init_app(app: Flask) -> None:
     except OSError as exc:  # an installed, read-only package: its catalogues were compiled when it was built
         log.warning("cannot compile the translation catalogues in %s: %s", TRANSLATIONS, exc)
     Babel(app, locale_selector=select_language, default_translation_directories=str(TRANSLATIONS))
+    app.jinja_env.install_gettext_callables(  # Flask-Babel's, with the catalogue looked up once per page
+        gettext=_page_gettext,
+        ngettext=_page_ngettext,
+        pgettext=_page_pgettext,
+        npgettext=_page_npgettext,
+        newstyle=True,
+    )
     login_manager.login_message = N_("Log in to see this page.")
     login_manager.localize_callback = gettext
     app.register_blueprint(bp)

@@ -122,13 +122,12 @@ def _load_user(user_id: str) -> User | None:
     from portal.identity.services import live_web_session
 
     key = session.get("web_session")
-    web_session = live_web_session(get_db(), key, int(user_id)) if isinstance(key, str) and user_id.isdigit() else None
-    user = get_db().get(User, web_session.user_id) if web_session is not None else None
-    if web_session is None or user is None or not user.is_active:
+    live = live_web_session(get_db(), key, int(user_id)) if isinstance(key, str) and user_id.isdigit() else None
+    if live is None or not live[1].is_active:
         for name in SESSION_KEYS:
             session.pop(name, None)
         return None
-    g.web_session = web_session
+    g.web_session, user = live
     return user
 
 

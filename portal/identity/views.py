@@ -27,14 +27,19 @@ def factory_role_label(role: str) -> str:
     return str(FACTORY_ROLES[FactoryRole(role)])
 
 
+#: The eIDAS levels of assurance in the glossary's words, each looked up in the catalogue only when shown.
+_ASSURANCE_LEVELS = {
+    "low": lambda: pgettext("eIDAS level of assurance", "low"),
+    "substantial": lambda: pgettext("eIDAS level of assurance", "substantial"),
+    "high": lambda: pgettext("eIDAS level of assurance", "high"),
+}
+
+
 @bp.app_template_filter("assurance_level")
 def assurance_level_label(level: str) -> str:
     """An eIDAS level of assurance in the reader's language (the glossary's words)."""
-    return {
-        "low": pgettext("eIDAS level of assurance", "low"),
-        "substantial": pgettext("eIDAS level of assurance", "substantial"),
-        "high": pgettext("eIDAS level of assurance", "high"),
-    }.get(str(level), str(level))
+    word = _ASSURANCE_LEVELS.get(str(level))
+    return word() if word is not None else str(level)
 
 
 def _provider_or_404(name: str):

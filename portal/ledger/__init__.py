@@ -23,11 +23,11 @@ def init_app(app: Flask) -> None:
     ``projects`` may not import the ledger, which reads projects), and the templates' filters that show what the
     portal wrote on an allocation or an entry in the reader's language (``portal.ledger.wording``)."""
     from portal.ledger import api as _api  # noqa: F401  (its routes on the API blueprint)
-    from portal.ledger import views, wording
+    from portal.ledger import views
 
     app.register_blueprint(views.bp)
-    app.add_template_filter(wording.allocation_title, "allocation_title")
-    app.add_template_filter(wording.entry_reason, "entry_reason")
+    app.add_template_filter(views.allocation_title, "allocation_title")
+    app.add_template_filter(views.entry_reason, "entry_reason")
     app.extensions["portal.project_allocations"] = views.project_allocations
 
 

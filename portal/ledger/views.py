@@ -9,6 +9,8 @@ from typing import Any
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import login_required
+from jinja2 import pass_context
+from jinja2.runtime import Context
 from sqlmodel import Session, col, select
 
 from portal import formatting
@@ -17,12 +19,20 @@ from portal.db import get_db
 from portal.errors import Conflict, InvalidInput, NotFound
 from portal.formatting import parse_quantity
 from portal.forms import apply_errors
-from portal.i18n import current_language
+from portal.i18n import current_language, page_language
 from portal.identity.models import User
 from portal.ledger import services as ledger
-from portal.ledger import statements
+from portal.ledger import statements, wording
 from portal.ledger.forms import CapacityForm, ManualAllocationForm, OverbookingForm, ReleaseForm, TransferForm
-from portal.ledger.models import Allocation, AllocationSource, AllocationState, CapacityPeriod, Resource, Site
+from portal.ledger.models import (
+    Allocation,
+    AllocationSource,
+    AllocationState,
+    CapacityPeriod,
+    LedgerEntry,
+    Resource,
+    Site,
+)
 from portal.projects import services as projects
 from portal.projects.models import Project
 from portal.web import actor, database_id
@@ -32,6 +42,18 @@ bp = Blueprint("ledger", __name__)
 
 def _project(project_id: int):
     return projects.get_project(get_db(), actor(), project_id)
+
+
+@pass_context
+def allocation_title(context: Context, allocation: Allocation) -> str:
+    """The templates' ``allocation_title``: ``wording.allocation_title`` in the page's language."""
+    return wording.allocation_title(allocation, page_language(context))
+
+
+@pass_context
+def entry_reason(context: Context, entry: LedgerEntry) -> str:
+    """The templates' ``entry_reason``: ``wording.entry_reason`` in the page's language (once per row)."""
+    return wording.entry_reason(entry, page_language(context))
 
 
 def _abandoned_checkout(allocation: Allocation) -> bool:

@@ -48,15 +48,19 @@ def organisation_kind_label(kind: str) -> str:
     return str(ORGANISATION_KINDS[OrganisationKind(kind)])
 
 
+#: ``Invitation.state``'s words, each looked up in the catalogue only when shown (once per row).
+_INVITATION_STATES = {
+    "pending": lambda: pgettext("invitation state", "pending"),
+    "accepted": lambda: pgettext("invitation state", "accepted"),
+    "revoked": lambda: pgettext("invitation state", "withdrawn"),
+    "expired": lambda: pgettext("invitation state", "expired"),
+}
+
+
 @bp.app_template_filter("invitation_state")
 def invitation_state_label(state: str) -> str:
     """``Invitation.state``'s word, in the reader's language."""
-    return {
-        "pending": pgettext("invitation state", "pending"),
-        "accepted": pgettext("invitation state", "accepted"),
-        "revoked": pgettext("invitation state", "withdrawn"),
-        "expired": pgettext("invitation state", "expired"),
-    }[state]
+    return _INVITATION_STATES[state]()
 
 
 def _is_htmx() -> bool:

@@ -9,10 +9,12 @@ from flask import Blueprint, render_template, request
 from flask_babel import gettext as _
 from flask_babel import pgettext
 from flask_login import login_required
+from jinja2 import pass_context
+from jinja2.runtime import Context
 
 from portal import formatting
 from portal.db import get_db, utcnow
-from portal.i18n import N_, current_language
+from portal.i18n import N_, page_language
 from portal.projects.forms import ORGANISATION_KINDS
 from portal.projects.models import OrganisationKind
 from portal.reports import services
@@ -127,10 +129,11 @@ def table_csv(name: str):
 
 
 @bp.app_template_filter("report_cell")
-def report_cell(value: object, column: services.Column, row: dict) -> str:
+@pass_context
+def report_cell(context: Context, value: object, column: services.Column, row: dict) -> str:
     """A table cell as people read it, in the page's language: quantities in display units, cents as money,
     percentages; the stored words (kinds, sides, sectors, states) in the reader's words."""
-    locale = current_language()
+    locale = page_language(context)
     if value is None:
         return "–"
     if column.format == "quantity":
@@ -144,21 +147,32 @@ def report_cell(value: object, column: services.Column, row: dict) -> str:
     return stored_word(column.key, str(value))
 
 
+_KINDS = {
+    "gpu": lambda: pgettext("resource kind", "gpu"),
+    "cpu": lambda: pgettext("resource kind", "cpu"),
+    "storage": lambda: pgettext("resource kind", "storage"),
+}
+_SIDES = {"public": lambda: pgettext("sector side", "public"), "private": lambda: pgettext("sector side", "private")}
+_SECTORS = {kind.label: (lambda kind=kind: str(ORGANISATION_KINDS[kind])) for kind in OrganisationKind}
+_SECTORS[services.PRIVATE_BUYERS_LABEL] = lambda: _("Private buyers")
+_CALL_STATES = {
+    "draft": lambda: pgettext("call state", "draft"),
+    "open": lambda: pgettext("call state", "open"),
+    "closed": lambda: pgettext("call state", "closed"),
+}
+#: The words the reports store in their rows, by column; each looked up in the catalogue only when shown (a
+#: table asks once per cell).
+_STORED_WORDS = {
+    "kind": _KINDS,
+    "side": _SIDES,
+    "sector": _SECTORS,
+    "group": _SIDES | _SECTORS,
+    "call_state": _CALL_STATES,
+}
+
+
 def stored_word(key: str, value: str) -> str:
     """The words the reports store in their rows (``kind``, ``side``, ``sector``, ``call_state``, a group of a
     sector or side), in the page's language; names, codes and months as they are."""
-    kinds = {
-        "gpu": pgettext("resource kind", "gpu"),
-        "cpu": pgettext("resource kind", "cpu"),
-        "storage": pgettext("resource kind", "storage"),
-    }
-    sides = {"public": pgettext("sector side", "public"), "private": pgettext("sector side", "private")}
-    sectors = {kind.label: str(ORGANISATION_KINDS[kind]) for kind in OrganisationKind}
-    sectors[services.PRIVATE_BUYERS_LABEL] = _("Private buyers")
-    states = {
-        "draft": pgettext("call state", "draft"),
-        "open": pgettext("call state", "open"),
-        "closed": pgettext("call state", "closed"),
-    }
-    words = {"kind": kinds, "side": sides, "sector": sectors, "group": {**sides, **sectors}, "call_state": states}
-    return words.get(key, {}).get(value, value)
+    word = _STORED_WORDS.get(key, {}).get(value)
+    return word() if word is not None else value

@@ -10,9 +10,11 @@ import re
 import subprocess
 import sys
 from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+from babel import dates, numbers, units
 from babel.messages.catalog import Catalog
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
@@ -350,6 +352,34 @@ def test_figures_are_exact_and_english_stays_as_it_was() -> None:
     assert formatting.datetime(datetime(2026, 3, 5, 14, 7)) == f"Mar 5, 2026, 2:07{NNBSP}PM UTC"
 
 
+@pytest.mark.parametrize("locale", sorted(LANGUAGE_NAMES))
+def test_figures_are_what_babel_writes_from_the_locales_name_and_the_pattern(locale: str) -> None:
+    """``formatting`` parses each locale and pattern once per process and writes plain numbers with Python's
+    Decimal formatting; what it writes is what Babel writes parsing them on every call (as it did before)."""
+    for places in range(4):
+        pattern = "#,##0" + ("." + "0" * places if places else "")
+        for value in (0, -1, 1234567, Decimal("0.005"), Decimal("-0.004"), Decimal("-2.5"), Decimal("1234.4449")):
+            exact = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+            assert formatting.number(value, places=places, locale=locale) == numbers.format_decimal(
+                exact, format=pattern, locale=locale
+            )
+        for seconds in (0, -14, 9000, 1800, 5_000_000_007):
+            exact = (Decimal(seconds) / 3600).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+            assert formatting.hours(seconds, places=places, locale=locale) == units.format_unit(
+                exact, "duration-hour", length="short", format=pattern, locale=locale
+            )
+    assert formatting.money(-123456789, "EUR", locale=locale) == numbers.format_currency(
+        Decimal("-1234567.89"), "EUR", locale=locale
+    )
+    moment = datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
+    assert formatting.date(moment, locale=locale) == dates.format_date(moment.date(), format="medium", locale=locale)
+    written = dates.get_datetime_format("medium", locale=locale).format(
+        dates.format_time(moment, format="short", tzinfo=UTC, locale=locale),
+        dates.format_date(moment.date(), format="medium", locale=locale),
+    )
+    assert formatting.datetime(moment, locale=locale) == f"{written} UTC"
+
+
 def test_the_pages_filters_write_figures_in_the_requests_language(app) -> None:
     template = "{{ 123450|money('EUR') }} | {{ 9000|quantity('gpu') }} | {{ 1234|number }} | {{ day|date }}"
     with app.test_request_context("/", headers={"Accept-Language": "pl"}):
@@ -364,6 +394,18 @@ def test_the_pages_filters_write_figures_in_the_requests_language(app) -> None:
         assert render_template_string(template, day=date(2026, 3, 5)) == (
             "€1,234.50 | 2.5 GPU-hours | 1,234 | Mar 5, 2026"
         )
+
+
+def test_filters_without_the_pages_context_follow_the_request_too(app) -> None:
+    """A page's filters and messages read its language and catalogue from the page's context; a macro of a template
+    imported without context and a template rendered outside ``render_template`` have none, and ask the request."""
+    with app.test_request_context("/", headers={"Accept-Language": "pl"}):
+        labels = (
+            '{% import "market/_labels.html" as labels %}{{ labels.months(1234) }}, {{ labels.order_state("paid") }}'
+        )
+        assert render_template_string(labels) == f"1{NBSP}234 miesiące, opłacone"
+        bare = app.jinja_env.from_string("{{ 1234.5|number(1) }} {{ day|date }} {{ pgettext('order state', 'paid') }}")
+        assert bare.render(day=date(2026, 3, 5)) == f"1{NBSP}234,5 5 mar 2026 opłacone"
 
 
 def test_the_page_for_a_database_outage_is_in_the_browsers_language(make_settings) -> None:

@@ -3,6 +3,7 @@ application's page, which the applicant and the call manager both land on after 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -58,38 +59,43 @@ def plain_amount(amount: int | None, kind: ResourceKind) -> str:
     return f"{value:f}"
 
 
+#: What the pages call each state or kind of the grants' models, by model (two models share some values): each
+#: word is looked up in the catalogue only when shown (a list shows one per row).
+_WORDS: dict[type, dict[str, Callable[[], str]]] = {
+    ApplicationState: {
+        S.DRAFT: lambda: pgettext("application state", "draft"),
+        S.SUBMITTED: lambda: pgettext("application state", "submitted"),
+        S.TECHNICAL_ASSESSMENT: lambda: pgettext("application state", "technical assessment"),
+        S.PEER_REVIEW: lambda: pgettext("application state", "peer review"),
+        S.REPLY: lambda: pgettext("application state", "reply"),
+        S.RANKED: lambda: pgettext("application state", "ranked"),
+        S.ACCEPTED: lambda: pgettext("application state", "accepted"),
+        S.REJECTED: lambda: pgettext("application state", "rejected"),
+        S.WITHDRAWN: lambda: pgettext("application state", "withdrawn"),
+    },
+    CallState: {
+        CallState.DRAFT: lambda: pgettext("call state", "draft"),
+        CallState.OPEN: lambda: pgettext("call state", "open"),
+        CallState.CLOSED: lambda: pgettext("call state", "closed"),
+    },
+    ReviewState: {
+        ReviewState.ASSIGNED: lambda: pgettext("review state", "assigned"),
+        ReviewState.CONFLICT: lambda: pgettext("review state", "conflict"),
+        ReviewState.SUBMITTED: lambda: pgettext("review state", "submitted"),
+    },
+    ReviewKind: {ReviewKind.TECHNICAL: lambda: _("technical"), ReviewKind.SCIENTIFIC: lambda: _("scientific")},
+    OutputKind: {kind: (lambda label=label: str(label)) for kind, label in OUTPUT_KIND_LABELS.items()},
+    ReportKind: {ReportKind.PROGRESS: lambda: _("Progress report"), ReportKind.FINAL: lambda: _("Final report")},
+    AccessMode: {mode: (lambda mode=mode: mode.label) for mode in AccessMode},  # as EuroHPC names them
+}
+
+
 @bp.app_template_filter("grants_label")
 def grants_label(value: StrEnum) -> str:
     """What the pages call a state or kind of the grants' models, in the page's language. The models' own
     ``label`` stays English: the CLI, the CSV files, the audit log and the services' messages use it."""
-    words: dict[type, dict[str, str]] = {
-        ApplicationState: {
-            S.DRAFT: pgettext("application state", "draft"),
-            S.SUBMITTED: pgettext("application state", "submitted"),
-            S.TECHNICAL_ASSESSMENT: pgettext("application state", "technical assessment"),
-            S.PEER_REVIEW: pgettext("application state", "peer review"),
-            S.REPLY: pgettext("application state", "reply"),
-            S.RANKED: pgettext("application state", "ranked"),
-            S.ACCEPTED: pgettext("application state", "accepted"),
-            S.REJECTED: pgettext("application state", "rejected"),
-            S.WITHDRAWN: pgettext("application state", "withdrawn"),
-        },
-        CallState: {
-            CallState.DRAFT: pgettext("call state", "draft"),
-            CallState.OPEN: pgettext("call state", "open"),
-            CallState.CLOSED: pgettext("call state", "closed"),
-        },
-        ReviewState: {
-            ReviewState.ASSIGNED: pgettext("review state", "assigned"),
-            ReviewState.CONFLICT: pgettext("review state", "conflict"),
-            ReviewState.SUBMITTED: pgettext("review state", "submitted"),
-        },
-        ReviewKind: {ReviewKind.TECHNICAL: _("technical"), ReviewKind.SCIENTIFIC: _("scientific")},
-        OutputKind: {kind: str(label) for kind, label in OUTPUT_KIND_LABELS.items()},
-        ReportKind: {ReportKind.PROGRESS: _("Progress report"), ReportKind.FINAL: _("Final report")},
-        AccessMode: {mode: mode.label for mode in AccessMode},  # the access modes' names, as EuroHPC writes them
-    }
-    return words.get(type(value), {}).get(value, str(value))
+    word = _WORDS.get(type(value), {}).get(value)
+    return word() if word is not None else str(value)
 
 
 def award_labels(requests: list[tuple[Any, Resource]]) -> list[tuple[int, str]]:
