@@ -233,6 +233,18 @@ def post_form(
     return client.post(path, data=payload, **kwargs)
 
 
+# --- the hub ----------------------------------------------------------------------------------------------
+
+#: configurable-http-proxy from npm, which scripts/bootstrap installs (``npm ci``).
+PROXY = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "configurable-http-proxy"
+
+
+def need_proxy() -> None:
+    """Skip, saying why, when pytest runs without scripts/bootstrap's ``npm ci`` (scripts/test always has it)."""
+    if not PROXY.exists():
+        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+
+
 # --- the command line ------------------------------------------------------------------------------------
 
 PORTAL_COMMAND = str(Path(sys.executable).parent / "portal")

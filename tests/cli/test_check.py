@@ -19,7 +19,7 @@ from portal_standin.devstack import OIDCProviderProcess, free_port
 from portal_standin.devstripe import StripeStandIn
 
 from portal.migrations import head_revision, upgrade
-from tests.conftest import portal_cli, provider_configs
+from tests.conftest import need_proxy, portal_cli, provider_configs
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_TOKEN = "check-service-token"
@@ -27,8 +27,7 @@ SERVICE_TOKEN = "check-service-token"
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
-    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
-        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    need_proxy()
     state = tmp_path_factory.mktemp("hub")
     process = HubProcess(
         state,

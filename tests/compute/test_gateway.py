@@ -46,6 +46,7 @@ from portal_standin.devstack import free_port, patience  # noqa: E402
 from portal_standin.devstack_slurm import SlurmCluster  # noqa: E402
 
 from tests.compute.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
+from tests.conftest import need_proxy  # noqa: E402
 
 sys.path.insert(0, str(REPO / "hub_config"))
 import factory_gateway as fg  # noqa: E402
@@ -255,8 +256,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(slurm: SlurmCluster, portal: GatewayPortal, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
-        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    need_proxy()
     state = tmp_path_factory.mktemp("hub")
     config = state.parent / f"{state.name}-config.py"
     config.write_text(HUB_CONFIG.format(config=str(REPO / "hub_config" / "jupyterhub_config.py")))

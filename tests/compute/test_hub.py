@@ -30,6 +30,8 @@ sys.path.insert(0, str(REPO / "hub_config"))
 from jupyterhub.spawner import SpawnException  # noqa: E402
 from portal_spawn import PortalSpawnCheck, local_gpu_names  # noqa: E402
 
+from tests.conftest import need_proxy  # noqa: E402
+
 pytestmark = pytest.mark.hub
 
 PORTAL_API_TOKEN = "portal-api-token-for-the-hub"
@@ -228,8 +230,7 @@ def hub_portal() -> Iterator[FakePortal]:
 
 @pytest.fixture(scope="module")
 def hub(hub_portal: FakePortal, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
-    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
-        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    need_proxy()
     state = tmp_path_factory.mktemp("hub")
     process = HubProcess(
         state,
@@ -398,8 +399,7 @@ def test_a_refused_spawn_fails_with_the_portals_message(hub: HubProcess, hub_por
 
 
 def test_stop_leaves_no_process_behind(tmp_path: Path, hub_portal: FakePortal) -> None:
-    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
-        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    need_proxy()
     process = HubProcess(
         tmp_path, portal_url=hub_portal.url, service_token=SERVICE_TOKEN, env={"HUB_CULL_IDLE_SECONDS": "0"}
     )

@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 pytest.importorskip("websocket", reason="needs websocket-client (the [hub] extra)")
 
-from portal_standin.devhub import REPO, HubProcess
+from portal_standin.devhub import HubProcess
 from portal_standin.devstack import free_port
 
 from portal import create_app
@@ -38,7 +38,7 @@ from portal.ledger.models import Allocation, AllocationState, LedgerEntry, Resou
 from portal.notebook_models import NotebookSession
 from tests.compute.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.compute.test_hub import SERVICE_TOKEN, local_gpu_names, run_in_kernel, wait_for
-from tests.conftest import EIDAS
+from tests.conftest import EIDAS, need_proxy
 from tests.ledger_world import HOUR, make_world
 
 pytestmark = pytest.mark.hub
@@ -86,8 +86,7 @@ def start_hub(settings: Settings, portal_url: str, state: Path, **env: str) -> H
 def running_stack(settings: Settings, state: Path, *, port: int = 0) -> Iterator[Stack]:
     """The portal served over HTTP on ``port`` (any free one with 0; its enforcement hooks installed last) and a
     real hub against it."""
-    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
-        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    need_proxy()
     app = create_app(settings)
     with served(app, port=port) as portal_url:
         hub = None

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 pytest.importorskip("jupyterhub", reason="needs the [hub] extra")
 pytest.importorskip("batchspawner", reason="needs batchspawner (the [hub] extra)")
 
-from portal_standin.devhub import REPO, HubProcess
+from portal_standin.devhub import HubProcess
 from portal_standin.devstack import free_port
 from portal_standin.devstack_slurm import SlurmCluster
 
@@ -46,6 +46,7 @@ from portal.notebook_models import NotebookSession
 from tests.compute.test_compute import open_now, plan_capacity_around_now
 from tests.compute.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for
 from tests.compute.test_notebooks import served, start_hub
+from tests.conftest import need_proxy
 from tests.ledger_world import HOUR
 
 pytestmark = [pytest.mark.hub, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
@@ -78,8 +79,7 @@ class Factory:
 
 @contextmanager
 def factory_stack(make_settings, login, slurm: SlurmCluster, state: Path) -> Iterator[Factory]:
-    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
-        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    need_proxy()
     hub_url = f"http://127.0.0.1:{free_port()}"
     site_code = f"f{utcnow().strftime('%H%M%S%f')}"[:16]
     settings = make_settings(

@@ -51,6 +51,7 @@ from portal.market.models import Invoice, Order
 from portal.projects import services as projects
 from tests.compute.test_compute import cpu_project
 from tests.compute.test_notebooks import hub_settings, served, start_hub
+from tests.conftest import need_proxy
 from tests.grants.test_browser_grants import portal as grants_portal
 from tests.journeys import test_browser as harness
 from tests.journeys.test_browser import EIDAS, add_person, assert_accessible, log_in_at_provider, portal_errors
@@ -139,8 +140,7 @@ def fake_gpu_path(tmp_path: Path) -> str:
 def factory(make_settings, stripe_stand_in, db, tmp_path: Path, fake_gpu_path: str) -> Iterator[SimpleNamespace]:
     """The portal (paying through the Stripe stand-in) and a real hub against it; an H100 offering on sale with
     capacity for the coming year."""
-    if not (REPO / "node_modules" / ".bin" / "configurable-http-proxy").exists():
-        pytest.skip("configurable-http-proxy is not installed (npm ci)")
+    need_proxy()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = hub_settings(
