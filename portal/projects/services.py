@@ -328,13 +328,15 @@ def _my_projects(actor: User, *, personal: bool = False) -> sa.Select:
     return stmt.where(ProjectMembership.user_id == actor.id)
 
 
-def _archived(project: Project) -> int:
-    return 0 if project.archived_at is None else 1
+def _archived(project: Project) -> bool:
+    return project.archived_at is not None
 
 
-#: The dashboard's order: current projects before archived ones, then by title; the id breaks ties.
+#: The dashboard's order: current projects before archived ones (false before true), then by title; the id
+#: breaks ties. The index ``ix_projects_dashboard_order`` has these columns, so that a page of a person's
+#: projects costs the same whether they have 60 projects or 2,000.
 DASHBOARD_ORDER = (
-    KeyColumn(sa.case((col(Project.archived_at).is_(None), 0), else_=1), int),
+    KeyColumn(col(Project.archived_at).is_not(None), bool),
     KeyColumn(col(Project.title), str),
     KeyColumn(col(Project.id), int),
 )
