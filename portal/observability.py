@@ -114,8 +114,16 @@ _newest_lock = threading.Lock()
 _newest_seen: dict[str, float] = {}
 
 
+#: The counter of each entry kind, looked up once: ``labels()`` costs a charge more than the increment.
+_entry_counters: dict[str, Counter] = {}
+
+
 def ledger_entries_written(kind: object, count: int = 1) -> None:
-    LEDGER_ENTRIES.labels(kind=str(kind)).inc(count)
+    name = str(kind)
+    counter = _entry_counters.get(name)
+    if counter is None:
+        counter = _entry_counters.setdefault(name, LEDGER_ENTRIES.labels(kind=name))
+    counter.inc(count)
 
 
 def stripe_webhook_handled(outcome: str) -> None:
