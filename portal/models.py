@@ -2,7 +2,7 @@
 
 from portal.audit.models import AuditEvent
 from portal.classroom.models import Course, CourseJoinFailure, CourseSeat
-from portal.compute.models import OAuthCode, OAuthToken
+from portal.compute.models import HubListing, OAuthCode, OAuthToken
 from portal.grants.models import (
     Application,
     ApplicationFile,
@@ -64,6 +64,7 @@ __all__ = [
     "CourseSeat",
     "DailyUsage",
     "ExternalIdentity",
+    "HubListing",
     "Invitation",
     "Invoice",
     "InvoiceSequence",

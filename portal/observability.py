@@ -114,15 +114,15 @@ _newest_lock = threading.Lock()
 _newest_seen: dict[str, float] = {}
 
 
-#: The counter of each entry kind, looked up once: ``labels()`` costs a charge more than the increment.
-_entry_counters: dict[str, Counter] = {}
+#: The counter of each entry kind (an ``EntryKind`` or its value), looked up once: ``labels()`` cost a charge
+#: more than the increment.
+_entry_counters: dict[object, Counter] = {}
 
 
 def ledger_entries_written(kind: object, count: int = 1) -> None:
-    name = str(kind)
-    counter = _entry_counters.get(name)
+    counter = _entry_counters.get(kind)
     if counter is None:
-        counter = _entry_counters.setdefault(name, LEDGER_ENTRIES.labels(kind=name))
+        counter = _entry_counters.setdefault(kind, LEDGER_ENTRIES.labels(kind=str(kind)))
     counter.inc(count)
 
 

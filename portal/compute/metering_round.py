@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from portal import observability
@@ -23,6 +25,7 @@ from portal.compute.metering_batches import (
     _newest_open,
     _release_sessions,
 )
+from portal.compute.models import HubListing
 from portal.compute.notebook_charges import AT_HUB, NOT_STARTED, REPLACED, _charge, _close, _stop_reason
 from portal.compute.stop_notices import _tell_owner
 from portal.config import Settings
@@ -76,18 +79,19 @@ def meter_notebooks(
 ) -> MeterReport:
     """One round of metering: start times from the hub, charges, and stops (see the module's docstring).
 
-    The hub's list of active servers is read once per round. The open sessions are claimed in batches
-    (``_claim_sessions``), so several workers share a round: a session metered by any worker within ``fresh_for``
-    is left alone. A batch costs a few statements whatever its size: its sessions are loaded in one query and
-    charged in one ledger transaction (``_charge_all``); only starts, stops and course seats are per session.
+    The hub's list of active servers is read once per round, by one worker: a worker that starts within
+    ``fresh_for`` after another began its round joins that round, its time and its list (``_round_servers``).
+    The open sessions are claimed in batches (``_claim_sessions``), so several workers share a round: a session
+    metered by any worker within ``fresh_for`` is left alone. A batch costs a few statements whatever its size:
+    its sessions are loaded in one query and charged in one ledger transaction (``_charge_all``); only starts,
+    stops and course seats are per session.
     ``keep_going`` is asked before each claim and before each session's stop decision; when it says no, the
     round ends after the session in hand and hands the rest of its claim back. Raises ``HubUnavailable`` when
     the hub does not answer (nothing is charged or stopped then), and ``MeteringIncomplete`` at the end of a
     round in which some sessions' charges failed (the others are metered).
     """
-    now = now or utcnow()
+    now, servers = _round_servers(db, client, now or utcnow(), fresh_for)
     report = MeterReport()
-    servers = {(s.user, s.name): s for s in client.active_servers()}
     failed: list[int] = []
     after = 0
     while keep_going is None or keep_going():
@@ -103,6 +107,54 @@ def meter_notebooks(
     if failed:
         raise MeteringIncomplete(failed, report)
     return report
+
+
+def _round_servers(
+    db: Session, client: HubClient, now: datetime, share_for: timedelta
+) -> tuple[datetime, dict[tuple[str, str], HubServer]]:
+    """The round's time and the hub's active servers by (user, server name). With ``share_for``, a round that
+    another worker began at most that long before ``now`` is joined: its time and the list it read (stored in
+    ``HubListing``), so that N workers ask the hub once per round, not N times. Otherwise the hub is listed
+    now, while this worker holds the listing's row lock (a worker starting meanwhile waits, then joins), and the
+    list is stored for the others. The list is read after the round's time, as a worker's own list is, so
+    joining changes no charge: a server on it ran at least until the time the round charges to."""
+    if share_for <= timedelta(0):
+        return now, {(s.user, s.name): s for s in client.active_servers()}
+    insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
+    try:
+        db.execute(insert(HubListing).values(hub=client.api_url, round_at=EPOCH, servers=[]).on_conflict_do_nothing())
+        listing = db.exec(select(HubListing).where(HubListing.hub == client.api_url).with_for_update()).one()
+        if now - share_for <= listing.round_at <= now:
+            now, servers = listing.round_at, [_listed(row) for row in listing.servers]
+        else:
+            servers = client.active_servers()
+            listing.round_at, listing.servers = now, [_listing_row(s) for s in servers]
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    return now, {(s.user, s.name): s for s in servers}
+
+
+#: The round time of a hub never listed: any round is newer.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _listing_row(server: HubServer) -> list[Any]:
+    started = None if server.started is None else server.started.isoformat()
+    return [server.user, server.name, server.ready, server.pending, started]
+
+
+def _listed(row: list[Any]) -> HubServer:
+    user, name, ready, pending, started = row
+    return HubServer(
+        user=user,
+        name=name,
+        ready=ready,
+        pending=pending,
+        started=None if started is None else datetime.fromisoformat(started),
+        url="",  # not stored: the round does not use it
+    )
 
 
 def _meter_batch(

@@ -1,10 +1,12 @@
-"""The hub's OAuth2 authorization codes and access tokens. The notebook servers the portal let it start are
-``portal.notebook_models.NotebookSession``."""
+"""The hub's OAuth2 authorization codes and access tokens, and its list of active servers as the metering round
+read it. The notebook servers the portal let it start are ``portal.notebook_models.NotebookSession``."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from portal.db import UTCDateTime, utcnow
@@ -68,3 +70,19 @@ class OAuthToken(SQLModel, table=True):
     issued_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     revoked: bool = Field(default=False)
+
+
+class HubListing(SQLModel, table=True):
+    """The active servers of a hub as the latest metering round read them, one row per hub. The workers that
+    share a round read the hub once: the first lists it and stores the list here (holding this row's lock
+    meanwhile), the others join its round (its time and its list) instead of asking JupyterHub, one process,
+    for all its users again."""
+
+    __tablename__ = "hub_listings"
+
+    #: The hub's API URL.
+    hub: str = Field(primary_key=True, max_length=500)
+    #: The round's time: what its charges run up to. The list was read after it.
+    round_at: datetime = Field(sa_type=UTCDateTime)
+    #: ``[user, server name, ready, pending action or null, started (ISO 8601) or null]`` per active server.
+    servers: list[Any] = Field(default_factory=list, sa_type=sa.JSON)

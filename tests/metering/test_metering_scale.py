@@ -12,7 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from portal.compute.hub_client import HubServer, HubUnavailable
 from portal.compute.launch import MeteringIncomplete, meter_notebooks
+from portal.compute.models import HubListing
 from portal.config import load_settings
 from portal.db import utcnow
 from portal.ledger import services as ledger
@@ -153,3 +155,61 @@ def test_a_session_whose_charge_fails_neither_stops_nor_doubles_the_others(db: S
         == 0
     )
     assert ledger.balance_mismatches(db) == []
+
+
+def test_a_worker_starting_within_the_window_joins_the_round_and_a_later_one_lists_the_hub_again(
+    db: Session, settings
+) -> None:
+    sessions = running_sessions(db, 4, ran=timedelta(minutes=10))
+    ids = {s.id for s in sessions}
+    hub = HubRunning([up(s) for s in sessions])
+    began = utcnow()
+    first = meter_notebooks(db, settings, hub, began, fresh_for=timedelta(seconds=30))
+    assert hub.listings == 1 and set(first.charged) == ids
+    hub.servers = hub.servers[:2]  # two servers stop at the hub after the round listed them
+    joined = meter_notebooks(db, settings, hub, began + timedelta(seconds=20), fresh_for=timedelta(seconds=30))
+    # the round's list and time: nothing new to charge, and no stop for servers that round saw running
+    assert hub.listings == 1
+    assert joined.total == 0
+    later = meter_notebooks(db, settings, hub, began + timedelta(seconds=31), fresh_for=timedelta(seconds=30))
+    assert hub.listings == 2
+    assert set(later.stopped) == {s.id for s in sessions[2:]}
+    assert set(later.charged) == {s.id for s in sessions[:2]}
+    assert set(later.charged.values()) == {31}  # charged up to this round's own time
+    assert usage_entries_by_session(db, ids) == {**dict.fromkeys(ids, 1), **{s.id: 2 for s in sessions[:2]}}
+
+
+def test_the_shared_list_keeps_what_the_round_reads_of_each_server(db: Session, settings) -> None:
+    sessions = running_sessions(db, 2, ran=timedelta(minutes=10))
+    starting = sessions[1]
+    starting.started_at = None  # accepted by the spawn check; the hub reports it ready with its start time
+    db.add(starting)
+    db.commit()
+    started = utcnow() - timedelta(minutes=3)
+    hub = HubRunning([up(sessions[0]), HubServer(starting.hub_user, starting.server_name, True, None, started, "/x/")])
+    began = utcnow()
+    meter_notebooks(db, settings, hub, began, fresh_for=timedelta(seconds=30))
+    listing = db.exec(select(HubListing).where(HubListing.hub == hub.api_url)).one()
+    assert listing.round_at == began
+    rows = {(user, name): (ready, pending, at) for user, name, ready, pending, at in listing.servers}
+    assert rows[(starting.hub_user, starting.server_name)] == (True, None, started.isoformat())
+    db.refresh(starting)
+    assert starting.started_at == started
+
+
+class HubDown(HubRunning):
+    def active_servers(self) -> list[HubServer]:
+        raise HubUnavailable(f"the hub at {self.api_url} could not be reached")
+
+
+def test_a_hub_that_does_not_answer_fails_the_round_and_leaves_the_shared_list_unlocked(db: Session, settings) -> None:
+    sessions = running_sessions(db, 2, ran=timedelta(minutes=10))
+    down = HubDown([up(s) for s in sessions])
+    began = utcnow()
+    with pytest.raises(HubUnavailable):
+        meter_notebooks(db, settings, down, began, fresh_for=timedelta(seconds=30))
+    assert not db.in_transaction()
+    assert usage_entries_by_session(db, {s.id for s in sessions}) == dict.fromkeys((s.id for s in sessions), 0)
+    hub = HubRunning(down.servers, api_url=down.api_url)  # the same hub, answering again
+    report = meter_notebooks(db, settings, hub, began + timedelta(seconds=5), fresh_for=timedelta(seconds=30))
+    assert set(report.charged) == {s.id for s in sessions}

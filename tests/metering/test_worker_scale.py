@@ -50,10 +50,15 @@ class HubRunning:
     together: threading.Barrier | None = None
     stopped: list[tuple[str, str]] = field(default_factory=list)
     on_stop: Any = None
+    #: Each test's hub its own address: the listing a round shares is stored per hub.
+    api_url: str = field(default_factory=lambda: f"http://hub-{uuid.uuid4().hex[:8]}.test/hub/api")
+    #: How many times the list of active servers was read.
+    listings: int = 0
 
     def active_servers(self) -> list[HubServer]:
         if self.together is not None:
             self.together.wait(30)
+        self.listings += 1
         return list(self.servers)
 
     def stop_server(self, user: str, name: str) -> None:
@@ -111,12 +116,14 @@ def test_two_workers_meter_disjoint_shares_of_the_servers_and_charge_each_once(p
     settings = load_settings(env="test", database_url=str(pg_engine.url), secret_key="x", instance_path=tmp_path)
     with Session(pg_engine, expire_on_commit=False) as db:
         sessions = running_sessions(db, 60, ran=timedelta(minutes=10))
-    hub = HubRunning([up(s) for s in sessions], together=threading.Barrier(2))
+    hub = HubRunning([up(s) for s in sessions])
     now = utcnow()
     reports: list[Any] = [None, None]
+    together = threading.Barrier(2)
 
     def worker(i: int) -> None:
         with Session(pg_engine, expire_on_commit=False) as db:
+            together.wait(30)  # both rounds start at once: one lists the hub, the other waits and joins its round
             reports[i] = meter_notebooks(db, settings, hub, now, fresh_for=timedelta(seconds=30), batch=5)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
@@ -125,6 +132,7 @@ def test_two_workers_meter_disjoint_shares_of_the_servers_and_charge_each_once(p
     for thread in threads:
         thread.join(120)
     ids = {s.id for s in sessions}
+    assert hub.listings == 1, "the hub was listed once for both workers"
     first, second = (set(r.charged) & ids for r in reports)
     assert first and second, "both workers metered a share of the servers"
     assert not first & second, "no server was metered by both"
