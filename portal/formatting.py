@@ -11,6 +11,7 @@ import re
 from datetime import UTC
 from datetime import date as Date
 from datetime import datetime as DateTime
+from datetime import time as Time
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ def _separators(name: str) -> dict[int, str]:
 _QUOTED = re.compile(r"'([^']*)'")
 
 
+#: Base units per display unit of each kind, as an exact Decimal (``ResourceKind`` members and their values alike
+#: find theirs: a StrEnum hashes as its value).
+_PER_DISPLAY_UNIT = {kind: Decimal(per) for kind, (_base, _display, per) in UNITS.items()}
+
+
 @functools.lru_cache(maxsize=4096)
 def _day(value: Date, name: str) -> str:
     """A day as the locale writes it: a pure function of the two, and a page shows the same few days many times."""
@@ -106,14 +112,25 @@ def date(value: Date | DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
     return _day(value, locale)
 
 
+@functools.lru_cache(maxsize=8192)
+def _clock(hour: int, minute: int, name: str) -> str:
+    """A time of day to the minute as the locale writes it (its short time format has no seconds): a pure
+    function of the three, which a ledger's page asks for on every row."""
+    return format_time(Time(hour, minute), format=_time_pattern(name), tzinfo=UTC, locale=_locale(name))
+
+
+@functools.lru_cache(maxsize=64)
+def _date_and_time(name: str) -> str:
+    """How the locale puts a day and a time together (``{1}, {0}``: the day, then the time)."""
+    return str(_locale(name).datetime_formats["medium"])
+
+
 def datetime(value: DateTime, *, locale: str = DEFAULT_LOCALE) -> str:
     """A moment in UTC, to the minute, as the locale writes it, with ``UTC`` after it: ``Mar 5, 2026, 2:07 PM
     UTC`` (en), ``5 mar 2026, 14:07 UTC`` (pl). A naive datetime is taken to be UTC, as the database keeps it."""
     moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    parsed = _locale(locale)
-    day = _day(moment.date(), locale)
-    time = format_time(moment, format=_time_pattern(locale), tzinfo=UTC, locale=parsed)
-    return f"{parsed.datetime_formats['medium'].format(time, day)} UTC"
+    time = _clock(moment.hour, moment.minute, locale)
+    return f"{_date_and_time(locale).format(time, _day(moment.date(), locale))} UTC"
 
 
 def hours(seconds: int, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
@@ -124,8 +141,8 @@ def hours(seconds: int, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str
 
 def display_amount(amount: int, kind: ResourceKind, *, places: int = 1, locale: str = DEFAULT_LOCALE) -> str:
     """``7200`` GPU-seconds -> ``"2.0"`` (GPU-hours), exactly, with grouping of thousands."""
-    per = UNITS[ResourceKind(kind)][2]
-    return number(Decimal(amount) / Decimal(per), places=places, locale=locale)
+    per = _PER_DISPLAY_UNIT.get(kind) or UNITS[ResourceKind(kind)][2]  # a kind or its value (a page's many figures)
+    return number(Decimal(amount) / per, places=places, locale=locale)
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,13 +161,14 @@ def catalogue(locale: str) -> NullTranslations:
 
 def unit_name(kind: ResourceKind, *, locale: str = DEFAULT_LOCALE) -> str:
     """The display unit after a number, in the locale's words (``GPU-hours``; the glossary's terms)."""
-    kind = ResourceKind(kind)
+    if kind not in _PER_DISPLAY_UNIT:
+        kind = ResourceKind(kind)  # a ValueError for what is not a kind
     if locale == DEFAULT_LOCALE:
         return f"{UNITS[kind][1]}s"
     translations = catalogue(locale)  # only the name shown is looked up: a page asks once per figure
-    if kind is ResourceKind.GPU:
+    if kind == ResourceKind.GPU:
         return translations.pgettext("unit after a number", "GPU-hours")
-    if kind is ResourceKind.CPU:
+    if kind == ResourceKind.CPU:
         return translations.pgettext("unit after a number", "core-hours")
     return translations.pgettext("unit after a number", "TB-months")
 

@@ -371,13 +371,17 @@ def test_figures_are_what_babel_writes_from_the_locales_name_and_the_pattern(loc
     assert formatting.money(-123456789, "EUR", locale=locale) == numbers.format_currency(
         Decimal("-1234567.89"), "EUR", locale=locale
     )
-    moment = datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
-    assert formatting.date(moment, locale=locale) == dates.format_date(moment.date(), format="medium", locale=locale)
-    written = dates.get_datetime_format("medium", locale=locale).format(
-        dates.format_time(moment, format="short", tzinfo=UTC, locale=locale),
-        dates.format_date(moment.date(), format="medium", locale=locale),
-    )
-    assert formatting.datetime(moment, locale=locale) == f"{written} UTC"
+    # the time of day is written once per minute and locale (to the minute, the seconds do not matter)
+    for hour, minute, second in ((23, 59, 0), (0, 0, 0), (0, 59, 59), (11, 59, 30), (12, 0, 1), (13, 7, 0)):
+        moment = datetime(2026, 12, 31, hour, minute, second, tzinfo=UTC)
+        assert formatting.date(moment, locale=locale) == dates.format_date(
+            moment.date(), format="medium", locale=locale
+        )
+        written = dates.get_datetime_format("medium", locale=locale).format(
+            dates.format_time(moment, format="short", tzinfo=UTC, locale=locale),
+            dates.format_date(moment.date(), format="medium", locale=locale),
+        )
+        assert formatting.datetime(moment, locale=locale) == f"{written} UTC"
 
 
 def test_the_pages_filters_write_figures_in_the_requests_language(app) -> None:
