@@ -35,10 +35,11 @@ _ENGLISH_UNITS = {f"{UNITS[kind][1]}s": kind for kind in ResourceKind}
 _AMOUNT = "-?[0-9][0-9,]*(?:\\.[0-9]+)? (?:" + "|".join(map(re.escape, _ENGLISH_UNITS)) + ")"
 
 
-def _value(name: str) -> str:
+def _value(name: str, *, named: bool = True) -> str:
+    group = f"(?P<{name}>" if named else "(?:"
     if name in _IDS:
-        return f"(?P<{name}>\\d+)"
-    return f"(?P<{name}>{_AMOUNT})" if name in AMOUNTS else f"(?P<{name}>.+?)"
+        return f"{group}\\d+)"
+    return f"{group}{_AMOUNT})" if name in AMOUNTS else f"{group}.+?)"
 
 
 def _amount(stored: str) -> Amount:
@@ -58,12 +59,16 @@ class Wording:
 
     message: str
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    #: The same pattern without named groups, to be one branch of a pattern for several wordings.
+    _branch: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parts = _PLACEHOLDER.split(self.message)
         # even parts are the fixed text, odd parts the names of the values between them
         regex = "".join(re.escape(part) if n % 2 == 0 else _value(part) for n, part in enumerate(parts))
         object.__setattr__(self, "_pattern", re.compile(regex, re.S))
+        branch = "".join(re.escape(part) if n % 2 == 0 else _value(part, named=False) for n, part in enumerate(parts))
+        object.__setattr__(self, "_branch", branch)
 
     def english(self, **values: object) -> str:
         """The text as stored: in English, whatever the language of the request that writes it (an ``Amount``
@@ -145,9 +150,27 @@ REASONS = (
 WORDINGS = (*dict.fromkeys(w for ws in TITLES.values() for w in ws), *REASONS)
 
 
+#: A pattern that matches what any of a tuple of wordings writes, one branch each, by the tuple's id (the tuple is
+#: kept with it, so the id stays its own).
+_ANY: dict[int, tuple[tuple[Wording, ...], re.Pattern[str]]] = {}
+
+
+def _the_one_that_wrote(stored: str, wordings: tuple[Wording, ...]) -> tuple[Wording, ...]:
+    """The first of ``wordings`` that wrote ``stored``, found by one match of a pattern with a branch for each
+    (the regular expression engine tries the branches in order, as a loop over the wordings would, but without a
+    Python call for each: a ledger's page reads 50 reasons against 21 wordings); () when none did."""
+    known = _ANY.get(id(wordings))
+    if known is None or known[0] is not wordings:
+        known = _ANY[id(wordings)] = (wordings, re.compile("|".join(f"({w._branch})" for w in wordings), re.S))
+    found = known[1].fullmatch(stored)
+    return () if found is None or found.lastindex is None else (wordings[found.lastindex - 1],)
+
+
 def shown(stored: str, wordings: tuple[Wording, ...], locale: str | None = None) -> str:
     """``stored`` in ``locale`` (default: the request's language) when one of ``wordings`` wrote it, else as it
     is."""
+    if len(wordings) > 2:
+        wordings = _the_one_that_wrote(stored, wordings)
     for wording in wordings:
         message = wording.read(stored)
         if message is not None:

@@ -109,6 +109,11 @@ def test_every_wording_is_recognised_once_and_an_amount_in_it_is_read_back_exact
         english = stored.english(**values)
         readers = [w for w in wording.REASONS if w.read(english) is not None]
         assert readers[0] is stored, (english, [w.message for w in readers])  # the most specific reads it first
+        # one pattern for all of them finds the same wording as trying them one by one
+        assert wording.shown(english, wording.REASONS, "pl") == wording.shown(english, (stored,), "pl") != english
+    for person_wrote in ("", "Slurm jobs 12", "order 12b", "to allocation", "notebook x (cpu): 5 s extra"):
+        assert all(w.read(person_wrote) is None for w in wording.REASONS)
+        assert wording.shown(person_wrote, wording.REASONS, "pl") == person_wrote
     hours = 12_345 * HOUR // 10
     kept = wording.COURSE_HOURS_BACK_KEPT.english(allocation=7, kept=Amount(hours, ResourceKind.GPU))
     assert kept == "unused course hours back to allocation 7 (1,234.5 GPU-hours kept for running notebooks)"
