@@ -83,7 +83,7 @@ def allocations_of_project(db: Session, actor: User, project: Project) -> list[A
     return [_statement(a, r, s, burns.get(a.id, 0), today) for a, r, s in rows]
 
 
-def get_statement(db: Session, actor: User, project: Project, allocation_id: int) -> AllocationStatement:
+def _allocation_of(db: Session, actor: User, project: Project, allocation_id: int) -> tuple[Allocation, Resource, Site]:
     require(db, actor, Action.VIEW_PROJECT, project)
     row = db.exec(
         select(Allocation, Resource, Site)
@@ -93,28 +93,59 @@ def get_statement(db: Session, actor: User, project: Project, allocation_id: int
     ).first()
     if row is None:
         raise NotFound(Message(N_("No such allocation.")))
-    allocation, resource, site = row
+    return row
+
+
+def get_statement(db: Session, actor: User, project: Project, allocation_id: int) -> AllocationStatement:
+    allocation, resource, site = _allocation_of(db, actor, project, allocation_id)
     today = utcnow().date()
     return _statement(allocation, resource, site, _burn_rates(db, [allocation_id], today).get(allocation_id, 0), today)
 
 
-def usage_series(db: Session, statement: AllocationStatement) -> list[tuple[date, int]]:
-    """Usage per day from the allocation's start to today (or its end), days without usage as zero."""
-    allocation = statement.allocation
-    first = allocation.starts_at.date()
-    last = min(utcnow().date(), allocation.ends_at.date())
-    rows = dict(
-        db.exec(
-            select(DailyUsage.day, DailyUsage.amount).where(
-                DailyUsage.allocation_id == allocation.id, col(DailyUsage.day) >= first, col(DailyUsage.day) <= last
-            )
-        ).all()
-    )
+def _series_days(allocation: Allocation, today: date) -> tuple[date, date]:
+    """The days a usage series shows: from the allocation's start to today, or to its end when that is earlier."""
+    return allocation.starts_at.date(), min(today, allocation.ends_at.date())
+
+
+def _series(first: date, last: date, usage: dict[date, int]) -> list[tuple[date, int]]:
     if last < first:
         return []
     return [
-        (first + timedelta(days=i), int(rows.get(first + timedelta(days=i), 0))) for i in range((last - first).days + 1)
+        (first + timedelta(days=i), int(usage.get(first + timedelta(days=i), 0)))
+        for i in range((last - first).days + 1)
     ]
+
+
+def usage_series(db: Session, statement: AllocationStatement) -> list[tuple[date, int]]:
+    """Usage per day from the allocation's start to today (or its end), days without usage as zero."""
+    first, last = _series_days(statement.allocation, utcnow().date())
+    rows = db.exec(
+        select(DailyUsage.day, DailyUsage.amount).where(
+            DailyUsage.allocation_id == statement.allocation.id,
+            col(DailyUsage.day) >= first,
+            col(DailyUsage.day) <= last,
+        )
+    ).all()
+    return _series(first, last, dict(rows))
+
+
+def statement_with_series(
+    db: Session, actor: User, project: Project, allocation_id: int
+) -> tuple[AllocationStatement, list[tuple[date, int]]]:
+    """``get_statement`` and ``usage_series`` together (the allocation's page), its daily usage read once: the
+    series' days and the burn rate's window."""
+    allocation, resource, site = _allocation_of(db, actor, project, allocation_id)
+    today = utcnow().date()
+    first, last = _series_days(allocation, today)
+    since = today - timedelta(days=BURN_WINDOW_DAYS)  # the burn rate counts the days after it
+    rows = db.exec(  # the series' days and every day after the burn rate's window opens, as _burn_rates counts
+        select(DailyUsage.day, DailyUsage.amount).where(
+            DailyUsage.allocation_id == allocation_id, col(DailyUsage.day) >= min(first, since + timedelta(days=1))
+        )
+    ).all()
+    usage = {day: int(amount) for day, amount in rows}
+    burn = sum(amount for day, amount in usage.items() if since < day) // BURN_WINDOW_DAYS
+    return _statement(allocation, resource, site, burn, today), _series(first, last, usage)
 
 
 def entries_page(

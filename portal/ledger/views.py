@@ -81,10 +81,9 @@ def project_allocations(db: Session, actor: User, project: Project) -> dict[str,
 def allocation(project_id: int, allocation_id: int):
     db, me = get_db(), actor()
     project = _project(project_id)
-    statement = statements.get_statement(db, me, project, allocation_id)
+    statement, series = statements.statement_with_series(db, me, project, allocation_id)
     before = request.args.get("before", type=database_id)  # "Show older entries" followed without JavaScript
     entries, older = statements.entries_page(db, statement, before_id=before)
-    series = statements.usage_series(db, statement)
     per = statement.resource.per_display_unit
     return render_template(
         "ledger/allocation.html",

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
+from portal.db import utcnow
 from portal.identity.models import FactoryRole
 from portal.identity.services import grant_role
 from portal.ledger import services as ledger
+from portal.ledger import statements
 from portal.ledger.models import Allocation, CapacityPeriod, LedgerEntry
+from portal.ledger.services import UsageCharge
 from portal.projects import services as projects
+from tests.compute.test_compute import plan_capacity_around_now
 from tests.conftest import post_form
+from tests.factories import open_allocation
 from tests.ledger_world import HOUR, make_world, open_q1
 
 
@@ -269,3 +275,30 @@ def test_an_overbooking_factor_lets_the_site_book_beyond_capacity(client, login,
         follow_redirects=True,
     )
     assert "already has more reserved than that factor allows" in text(response)
+
+
+@pytest.mark.parametrize("began, ends", [(None, None), (-60, -30), (-5, 60)], ids=["future", "ended", "current"])
+def test_the_allocation_pages_one_read_of_daily_usage_gives_the_statement_and_series_of_two(pi_world, db, began, ends):
+    world, project, first, _second, pi = pi_world
+    plan_capacity_around_now(db, world.gpu, 10_000 * HOUR)
+    now = utcnow()
+    allocation = (
+        first  # the first quarter of 2030
+        if began is None
+        else open_allocation(
+            db, project, world.gpu, 50 * HOUR, now + timedelta(days=began), now + timedelta(days=ends), "Held"
+        )
+    )
+    today = now.date()
+    days = [allocation.starts_at.date() + timedelta(days=n) for n in (0, 1, 40)] + [
+        today - timedelta(days=n) for n in (0, 3, 6, 7, 12)
+    ]
+    ledger.charge_usage_batch(
+        db, [UsageCharge(allocation.id, (n + 1) * 600, f"day-{began}-{n}", day=day) for n, day in enumerate(days)]
+    )
+    statement, series = statements.statement_with_series(db, pi, project, allocation.id)
+    apart = statements.get_statement(db, pi, project, allocation.id)
+    assert series == statements.usage_series(db, apart)
+    assert (statement.burn_per_day, statement.projected_exhaustion) == (apart.burn_per_day, apart.projected_exhaustion)
+    assert statement.burn_per_day > 0
+    assert (sum(amount for _day, amount in series) > 0) == (began is not None)  # a future one has no series yet
