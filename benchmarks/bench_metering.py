@@ -362,7 +362,9 @@ def main() -> None:
             print(f"two workers: {two_wall:.2f} s until both ended; "
                   f"{[len(r['charged']) for r in two]} charged, {[round(r['seconds'], 2) for r in two]} s each "
                   f"({[round(r['cpu_seconds'], 1) for r in two]} s CPU), "
-                  f"{[r['statements'] for r in two]} SQL statements", flush=True)  # fmt: skip
+                  f"{[r['statements'] for r in two]} SQL statements, {hub.requests - pages_one} hub pages "
+                  "(the round's list is read once and shared)", flush=True)  # fmt: skip
+            pages_two = hub.requests - pages_one
             (again_a,), _ = workers(url_a, hub.url, now, 1, args.batch)
             (again_b,), _ = workers(url_b, hub.url, now, 1, args.batch)
         finally:
@@ -386,7 +388,7 @@ def main() -> None:
           f"({one_rate:,.0f} sessions/min; {one['cpu_seconds']:.1f} s CPU in the worker; "
           f"{one['statements']} SQL statements, {pages_one} hub pages) |")  # fmt: skip
     print(f"| two workers (two processes), the same round | {two_wall:.1f} s until both ended "
-          f"({two_rate:,.0f} sessions/min; shares {len(first)} + {len(second)}) |")  # fmt: skip
+          f"({two_rate:,.0f} sessions/min; shares {len(first)} + {len(second)}; {pages_two} hub pages) |")  # fmt: skip
     print(f"| two workers / one worker | {two_rate / one_rate:.2f}x |")
     print(f"| repeated round (nothing new to charge) | {again_a['seconds']:.1f} s, 0 charged |")
 
