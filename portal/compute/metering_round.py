@@ -123,12 +123,15 @@ def _round_servers(
     insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
     try:
         db.execute(insert(HubListing).values(hub=client.api_url, round_at=EPOCH, servers=[]).on_conflict_do_nothing())
-        listing = db.exec(select(HubListing).where(HubListing.hub == client.api_url).with_for_update()).one()
-        if now - share_for <= listing.round_at <= now:
-            now, servers = listing.round_at, [_listed(row) for row in listing.servers]
-        else:
+        this_hub = HubListing.hub == client.api_url
+        began = db.exec(select(HubListing.round_at).where(this_hub).with_for_update()).one()
+        if now - share_for <= began <= now:
+            now, servers = began, [_listed(row) for row in db.exec(select(HubListing.servers).where(this_hub)).one()]
+        else:  # the earlier list is not read: it is replaced
             servers = client.active_servers()
-            listing.round_at, listing.servers = now, [_listing_row(s) for s in servers]
+            db.execute(
+                sa.update(HubListing).where(this_hub).values(round_at=now, servers=[_listing_row(s) for s in servers])
+            )
         db.commit()
     except BaseException:
         db.rollback()
