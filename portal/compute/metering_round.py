@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col, select
 
 from portal import observability
@@ -117,12 +117,14 @@ def _round_servers(
     ``HubListing``), so that N workers ask the hub once per round, not N times. Otherwise the hub is listed
     now, while this worker holds the listing's row lock (a worker starting meanwhile waits, then joins), and the
     list is stored for the others. The list is read after the round's time, as a worker's own list is, so
-    joining changes no charge: a server on it ran at least until the time the round charges to."""
-    if share_for <= timedelta(0):
+    joining changes no charge: a server on it ran at least until the time the round charges to. On PostgreSQL
+    only, where several workers run."""
+    if share_for <= timedelta(0) or db.get_bind().dialect.name != "postgresql":
+        # one worker (SQLite is for one): its own list; SQLite would hold its single write lock over the hub's answer
         return now, {(s.user, s.name): s for s in client.active_servers()}
-    insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
     try:
-        db.execute(insert(HubListing).values(hub=client.api_url, round_at=EPOCH, servers=[]).on_conflict_do_nothing())
+        first_listing = postgresql.insert(HubListing).values(hub=client.api_url, round_at=EPOCH, servers=[])
+        db.execute(first_listing.on_conflict_do_nothing())
         this_hub = HubListing.hub == client.api_url
         began = db.exec(select(HubListing.round_at).where(this_hub).with_for_update()).one()
         if now - share_for <= began <= now:
