@@ -11,11 +11,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlmodel import Session
 
 from portal.config import AssuranceLevel, OIDCProvider, Settings, load_settings
+from portal.db import utcnow
 from portal.grants import services as grants
 from portal.grants.models import AccessMode, Application, Call, CallState, ReviewMode
 from portal.identity.models import FactoryRole, Login, User
@@ -218,6 +219,67 @@ def open_q1(
     return open_allocation(
         db, project or world.project, world.gpu, hours * HOUR, at(2030, 1, 1), at(2030, 4, 1), title, key=key
     )
+
+
+# --- compute: capacity and allocations around now -------------------------------------------------------
+
+
+def plan_capacity_around_now(db: Session, resource: Resource, amount: int) -> None:
+    today = utcnow().date()
+    for day in (today - timedelta(days=40), today, today + timedelta(days=40)):
+        starts_on, ends_on = ledger.quarter_of(day)
+        ledger.set_capacity(
+            db, None, resource, starts_on=starts_on, ends_on=ends_on, capacity=amount, reason="test setup"
+        )
+
+
+def open_now(db: Session, project, resource: Resource, hours: int, *, days: int = 30) -> Allocation:
+    now = utcnow()
+    return ledger.open_allocation(
+        db,
+        None,
+        project=project,
+        resource=resource,
+        amount=hours * HOUR,
+        starts_at=now - timedelta(days=1),
+        ends_at=now + timedelta(days=days),
+        source=AllocationSource.AWARD,
+        title=f"{resource.code} award",
+    )
+
+
+def cpu_resource(db: Session, world: World) -> Resource:
+    """CPU core-hours at ``world``'s site, with capacity planned around now."""
+    resource = ledger.create_resource(
+        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
+    )
+    plan_capacity_around_now(db, resource, 100_000 * HOUR)
+    return resource
+
+
+class CpuProject(NamedTuple):
+    world: World
+    project: Project
+    allocation: Allocation
+
+
+def cpu_project(
+    db: Session,
+    owner,
+    *,
+    hours: int,
+    title: str = "Notebook project",
+    organisation: str = "Notebook Uni",
+    country: str = "LV",
+    days: int = 30,
+) -> CpuProject:
+    """A fresh site with CPU capacity planned around now, and ``owner``'s own project there with ``hours``
+    core-hours open from yesterday for ``days`` days: what a member needs to start CPU notebooks."""
+    world = make_world(db)
+    cpu = cpu_resource(db, world)
+    org = projects.create_organisation(db, owner, name=organisation, kind="university", country=country)
+    project = projects.create_project(db, owner, org, title=title)
+    return CpuProject(world, project, open_now(db, project, cpu, hours, days=days))
 
 
 # --- the marketplace ---------------------------------------------------------------------------------------

@@ -26,8 +26,7 @@ from portal.notifications.services import notify
 from portal.projects import services as projects
 from tests.api.test_api import assert_problem, bearer
 from tests.classroom.test_classroom import enrol, run_for, spawn_as
-from tests.compute.test_compute import open_now, plan_capacity_around_now
-from tests.factories import login_of, make_grant_world
+from tests.factories import login_of, make_grant_world, open_now, plan_capacity_around_now
 from tests.ledger_world import HOUR, World, make_world, person
 from tests.market.test_market import WEBHOOK_SECRET, _completed, _signed, order, shop  # noqa: F401  (shop: a fixture)
 

@@ -22,8 +22,8 @@ from portal.formatting import quantity
 from portal.identity.models import User
 from portal.ledger.models import ResourceKind
 from tests.compute import test_browser_notebooks as browser_notebooks
-from tests.compute.test_compute import cpu_project
 from tests.compute.test_notebooks import Stack
+from tests.factories import cpu_project
 from tests.journeys import test_browser as harness
 from tests.journeys.test_browser import EIDAS, add_person, assert_accessible, log_in, portal_errors
 

@@ -33,9 +33,8 @@ from portal.ledger.models import Allocation, AllocationSource, AllocationState, 
 from portal.notebook_models import NotebookSession
 from portal.notifications.models import Notification
 from portal.projects.models import ProjectMembership, ProjectRole
-from tests.compute.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.conftest import LoginAttempt, post_form
-from tests.factories import running_course
+from tests.factories import cpu_project, open_now, plan_capacity_around_now, running_course
 from tests.ledger_world import HOUR, World, make_world, person
 
 # --- builders --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from portal.db import utcnow
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, ResourceKind
 from portal.notebook_models import NotebookSession
-from tests.compute.test_compute import open_now, plan_capacity_around_now
+from tests.factories import open_now, plan_capacity_around_now
 from tests.ledger import test_ledger_postgres
 from tests.ledger.test_ledger_postgres import all_at_once
 from tests.ledger_world import HOUR, make_world, person

@@ -30,7 +30,7 @@ from portal.grants.models import Award, ReviewKind, ReviewMode
 from portal.identity.models import FactoryRole
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, CapacityPeriod, LedgerEntry, ResourceKind
-from tests.compute.test_compute import open_now, plan_capacity_around_now
+from tests.factories import open_now, plan_capacity_around_now
 from tests.grants_world import complete_draft, login_of, make_grant_world, staff
 from tests.ledger_world import HOUR, make_world, person
 

@@ -25,9 +25,8 @@ from portal.ledger.models import ResourceKind
 from portal.notebook_models import NotebookSession
 from portal.projects.models import ProjectMembership, ProjectRole
 from tests import i18n_checks
-from tests.compute.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.conftest import post_form
-from tests.factories import running_course
+from tests.factories import cpu_project, open_now, plan_capacity_around_now, running_course
 from tests.ledger_world import HOUR, make_world
 
 #: The files whose messages these pages show (babel.cfg lists them).

@@ -20,9 +20,9 @@ from portal_standin.devstack import free_port
 
 from portal.compute.hub_client import ServerStatus
 from portal.identity.models import User
-from tests.compute.test_compute import cpu_project
 from tests.compute.test_hub import wait_for
 from tests.compute.test_notebooks import Stack, hub_settings, running_stack
+from tests.factories import cpu_project
 from tests.journeys import test_browser as harness
 from tests.journeys.test_browser import EIDAS, add_person, assert_accessible, log_in, portal_errors
 

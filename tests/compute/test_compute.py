@@ -6,7 +6,6 @@ import base64
 import hashlib
 import secrets
 from datetime import timedelta
-from typing import NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -22,11 +21,11 @@ from portal.config import DEV_HUB_OAUTH_CLIENT_SECRET, DEV_HUB_SPAWN_CHECK_TOKEN
 from portal.db import utcnow
 from portal.identity.services import create_api_token
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, AllocationSource, AllocationState, Resource, ResourceKind
+from portal.ledger.models import AllocationState, Resource
 from portal.notebook_models import NotebookSession
-from portal.projects import services as projects
-from portal.projects.models import Project, ProjectMembership, ProjectRole
-from tests.ledger_world import HOUR, World, make_world, person
+from portal.projects.models import ProjectMembership, ProjectRole
+from tests.factories import open_now
+from tests.ledger_world import HOUR, World, person
 
 REDIRECT = "http://127.0.0.1:8081/hub/oauth_callback"
 
@@ -196,74 +195,6 @@ def test_userinfo_refuses_unknown_expired_and_revoked_tokens(
 
 
 # --- the spawn check -------------------------------------------------------------------------------------
-
-
-def plan_capacity_around_now(db: Session, resource: Resource, amount: int) -> None:
-    today = utcnow().date()
-    for day in (today - timedelta(days=40), today, today + timedelta(days=40)):
-        starts_on, ends_on = ledger.quarter_of(day)
-        ledger.set_capacity(
-            db, None, resource, starts_on=starts_on, ends_on=ends_on, capacity=amount, reason="test setup"
-        )
-
-
-def open_now(db: Session, project, resource: Resource, hours: int, *, days: int = 30) -> Allocation:
-    now = utcnow()
-    return ledger.open_allocation(
-        db,
-        None,
-        project=project,
-        resource=resource,
-        amount=hours * HOUR,
-        starts_at=now - timedelta(days=1),
-        ends_at=now + timedelta(days=days),
-        source=AllocationSource.AWARD,
-        title=f"{resource.code} award",
-    )
-
-
-class CpuProject(NamedTuple):
-    world: World
-    project: Project
-    allocation: Allocation
-
-
-def cpu_project(
-    db: Session,
-    owner,
-    *,
-    hours: int,
-    title: str = "Notebook project",
-    organisation: str = "Notebook Uni",
-    country: str = "LV",
-    days: int = 30,
-) -> CpuProject:
-    """A fresh site with CPU capacity planned around now, and ``owner``'s own project there with ``hours``
-    core-hours open from yesterday for ``days`` days: what a member needs to start CPU notebooks."""
-    world = make_world(db)
-    cpu = ledger.create_resource(
-        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
-    )
-    plan_capacity_around_now(db, cpu, 100_000 * HOUR)
-    org = projects.create_organisation(db, owner, name=organisation, kind="university", country=country)
-    project = projects.create_project(db, owner, org, title=title)
-    return CpuProject(world, project, open_now(db, project, cpu, hours, days=days))
-
-
-@pytest.fixture
-def world(db: Session) -> World:
-    world = make_world(db)
-    plan_capacity_around_now(db, world.gpu, 100_000 * HOUR)
-    return world
-
-
-@pytest.fixture
-def cpu(db: Session, world: World) -> Resource:
-    resource = ledger.create_resource(
-        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
-    )
-    plan_capacity_around_now(db, resource, 100_000 * HOUR)
-    return resource
 
 
 #: A hub whose own machine has two H100s (and one H200), as it reports with each spawn check.

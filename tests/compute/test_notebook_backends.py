@@ -14,32 +14,16 @@ from sqlmodel import Session
 from portal import create_app
 from portal.config import DEV_HUB_SPAWN_CHECK_TOKEN, Settings
 from portal.db import utcnow
-from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, Resource, ResourceKind
+from portal.ledger.models import Allocation, Resource
 from portal.metering.services import map_slurm_account
 from portal.notebook_models import NotebookSession
 from portal.projects.models import ProjectMembership, ProjectRole
-from tests.compute.test_compute import open_now, plan_capacity_around_now, refused, spawn
+from tests.compute.test_compute import refused, spawn
+from tests.factories import open_now, plan_capacity_around_now
 from tests.ledger_world import HOUR, World, make_world, person
 
 NO_GPU_HUB = {"kind": "local", "gpus": []}
 SLURM_HUB = {"kind": "slurm", "cluster": "factory"}
-
-
-@pytest.fixture
-def world(db: Session) -> World:
-    world = make_world(db)
-    plan_capacity_around_now(db, world.gpu, 100_000 * HOUR)
-    return world
-
-
-@pytest.fixture
-def cpu(db: Session, world: World) -> Resource:
-    resource = ledger.create_resource(
-        db, None, world.site, code="cpu", name="CPU core-hours", kind=ResourceKind.CPU, reason="test setup"
-    )
-    plan_capacity_around_now(db, resource, 100_000 * HOUR)
-    return resource
 
 
 def cluster_app(make_settings: Callable[..., Settings], world: World, **overrides) -> Flask:

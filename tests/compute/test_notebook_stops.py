@@ -46,10 +46,10 @@ from portal.identity.services import create_agent_token
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState
 from portal.notifications.models import Notification
-from tests.compute.test_compute import cpu_project
 from tests.compute.test_hub import wait_for
 from tests.compute.test_notebooks import Stack, entries, hub_settings, running_stack, start_hub
 from tests.conftest import post_form, provider_configs
+from tests.factories import cpu_project
 from tests.ledger_world import person
 
 pytestmark = pytest.mark.hub

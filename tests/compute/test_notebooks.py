@@ -36,9 +36,9 @@ from portal.identity.models import User
 from portal.ledger import services as ledger
 from portal.ledger.models import Allocation, AllocationState, LedgerEntry, ResourceKind
 from portal.notebook_models import NotebookSession
-from tests.compute.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.compute.test_hub import SERVICE_TOKEN, local_gpu_names, run_in_kernel, wait_for
 from tests.conftest import EIDAS, need_proxy
+from tests.factories import cpu_project, open_now, plan_capacity_around_now
 from tests.ledger_world import HOUR, make_world
 
 pytestmark = pytest.mark.hub

@@ -43,10 +43,10 @@ from portal.ledger.models import Allocation, AllocationState, LedgerEntry, Resou
 from portal.metering.models import UsageRecord, UsageSource
 from portal.metering.slurm import account_name, pull_sacct, sync_cluster
 from portal.notebook_models import NotebookSession
-from tests.compute.test_compute import open_now, plan_capacity_around_now
 from tests.compute.test_hub import SERVICE_TOKEN, run_in_kernel, wait_for
 from tests.compute.test_notebooks import served, start_hub
 from tests.conftest import need_proxy
+from tests.factories import open_now, plan_capacity_around_now
 from tests.ledger_world import HOUR
 
 pytestmark = [pytest.mark.hub, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]

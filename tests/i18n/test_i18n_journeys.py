@@ -37,9 +37,8 @@ from portal.messages import Amount
 from portal.projects import services as projects
 from portal.projects.models import ProjectMembership, ProjectRole
 from tests import i18n_checks
-from tests.compute.test_compute import cpu_project, open_now, plan_capacity_around_now
 from tests.conftest import csrf_token
-from tests.factories import person, running_course
+from tests.factories import cpu_project, open_now, person, plan_capacity_around_now, running_course
 from tests.grants_world import login_of, make_call, plan_capacity_from_today, staff
 from tests.ledger_world import HOUR, make_world
 from tests.market.test_market import fresh, pay, shop, wait_for

@@ -17,9 +17,8 @@ from portal.identity.models import FactoryRole
 from portal.identity.services import create_api_token
 from portal.ledger import services as ledger
 from portal.pagination import InvalidCursor, decode_cursor
-from tests.compute.test_compute import cpu_project
 from tests.conftest import LoginAttempt, post_form, unique_sub
-from tests.factories import staff
+from tests.factories import cpu_project, staff
 
 
 def page_text(response) -> str:

@@ -27,8 +27,17 @@ from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, LedgerEntry, Resource, ResourceKind
 from portal.messages import N_, Amount, Message, from_json, to_json
 from portal.projects import services as projects
-from tests.compute.test_compute import cpu_project, open_now
-from tests.factories import login_of, make_call, make_world, person, plan_capacity_from_today, running_course, staff
+from tests.factories import (
+    cpu_project,
+    login_of,
+    make_call,
+    make_world,
+    open_now,
+    person,
+    plan_capacity_from_today,
+    running_course,
+    staff,
+)
 from tests.i18n.test_i18n_journeys import LANGUAGES, browser, english_left, read
 from tests.ledger_world import HOUR
 

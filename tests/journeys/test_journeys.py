@@ -49,9 +49,9 @@ from portal.identity.services import grant_role
 from portal.ledger import services as ledger
 from portal.market.models import Invoice, Order
 from portal.projects import services as projects
-from tests.compute.test_compute import cpu_project
 from tests.compute.test_notebooks import hub_settings, served, start_hub
 from tests.conftest import need_proxy
+from tests.factories import cpu_project
 from tests.grants.test_browser_grants import portal as grants_portal
 from tests.journeys import test_browser as harness
 from tests.journeys.test_browser import EIDAS, add_person, assert_accessible, log_in_at_provider, portal_errors

@@ -18,9 +18,8 @@ from portal.ledger import statements
 from portal.ledger.models import Allocation, CapacityPeriod, LedgerEntry
 from portal.ledger.services import UsageCharge
 from portal.projects import services as projects
-from tests.compute.test_compute import plan_capacity_around_now
 from tests.conftest import post_form
-from tests.factories import open_allocation
+from tests.factories import open_allocation, plan_capacity_around_now
 from tests.ledger_world import HOUR, make_world, open_q1
 
 

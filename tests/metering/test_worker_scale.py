@@ -33,8 +33,8 @@ from portal.migrations import upgrade
 from portal.notebook_models import NotebookSession
 from portal.worker import run_due_jobs
 from portal.worker_models import WorkerJob
-from tests.compute.test_compute import open_now, plan_capacity_around_now
 from tests.conftest import portal_cli
+from tests.factories import open_now, plan_capacity_around_now
 from tests.ledger_world import HOUR, make_world
 
 REPO = Path(__file__).resolve().parents[2]

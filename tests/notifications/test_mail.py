@@ -20,8 +20,8 @@ from portal.mail import MailNotSent, send_mail, send_mail_to_each
 from portal.notifications.models import Notification
 from portal.projects import services as projects
 from tests.classroom.test_classroom import Classroom, enrol, open_course, room, run_for, spawn_as  # noqa: F401 (room)
-from tests.compute.test_compute import open_now
 from tests.conftest import Mailbox, post_form
+from tests.factories import open_now
 from tests.grants.test_grants_pages import open_call
 from tests.grants_world import login_of, plan_capacity_from_today
 from tests.ledger_world import make_world

@@ -57,8 +57,8 @@ from portal.projects.models import (
     ProjectMembership,
     ProjectRole,
 )
-from tests.compute.test_compute import open_now, plan_capacity_around_now
 from tests.conftest import csrf_token, post_form
+from tests.factories import open_now, plan_capacity_around_now
 from tests.grants_world import login_of
 from tests.ledger_world import HOUR, make_world, open_q1
 

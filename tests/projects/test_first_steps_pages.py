@@ -20,9 +20,10 @@ from portal.ledger.models import Resource
 from portal.market.models import Invoice, Order
 from portal.projects import services as projects
 from portal.projects.models import ProjectMembership, ProjectRole
-from tests.compute.test_compute import open_now, spawn
-from tests.compute.test_notebook_backends import cpu, world
+from tests.compute.conftest import cpu, world  # the compute tests' fixtures, for these pages too
+from tests.compute.test_compute import spawn
 from tests.conftest import post_form
+from tests.factories import open_now
 from tests.ledger_world import HOUR, World
 from tests.market.test_market import order, shop
 from tests.market.test_market_pages import paid_order

@@ -32,7 +32,7 @@ from portal.identity.services import create_agent_token
 from portal.ledger import services as ledger
 from portal.ledger.models import ResourceKind
 from portal.notebook_models import NotebookSession
-from tests.compute.test_compute import open_now, plan_capacity_around_now
+from tests.factories import open_now, plan_capacity_around_now
 from tests.ledger_world import HOUR, make_world, open_q1, person
 
 TOKEN = "metrics-test-token"
