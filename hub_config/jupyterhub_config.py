@@ -115,6 +115,9 @@ spawner_kind = env("HUB_SPAWNER", "local")
 if spawner_kind not in ("local", "slurm"):
     raise SystemExit(f"HUB_SPAWNER must be 'local' or 'slurm', not {spawner_kind!r}")
 c.JupyterHub.allow_named_servers = True
+# The portal's metering lists every active server once a round: 1,000 users a page (JupyterHub's default is 200)
+# reads 10,000 servers in 10 requests instead of 50 (portal/compute/hub_client.py asks for LIST_PAGE).
+c.JupyterHub.api_page_max_limit = 1000
 c.JupyterHub.named_server_limit_per_user = 5
 c.Spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab"

@@ -20,6 +20,10 @@ from portal.errors import ServiceUnavailable
 
 #: JupyterHub's paginated answers (``items`` and ``_pagination``) are asked for with this media type.
 PAGINATION = "application/jupyterhub-pagination+json"
+#: Users asked for per page of the hub's user list. The hub answers at most its ``api_page_max_limit`` (200
+#: unless configured; hub_config/jupyterhub_config.py raises it to this) and says in ``_pagination`` where the
+#: next page starts, so a hub with a lower limit is read in full, in more pages.
+LIST_PAGE = 1000
 
 
 class HubError(ServiceUnavailable):
@@ -168,7 +172,7 @@ class HubClient:
                 "GET",
                 "/users",
                 ok=(200,),
-                params={"state": "active", "offset": offset, "limit": 200},
+                params={"state": "active", "offset": offset, "limit": LIST_PAGE},
                 headers={"Accept": PAGINATION},
             )
             body = response.json()

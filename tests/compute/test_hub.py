@@ -12,10 +12,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -30,6 +33,7 @@ sys.path.insert(0, str(REPO / "hub_config"))
 from jupyterhub.spawner import SpawnException  # noqa: E402
 from portal_spawn import PortalSpawnCheck, local_gpu_names  # noqa: E402
 
+from portal.compute.hub_client import LIST_PAGE, PAGINATION, HubClient  # noqa: E402
 from tests.conftest import need_proxy  # noqa: E402
 
 pytestmark = pytest.mark.hub
@@ -218,6 +222,90 @@ def test_an_unavailable_portal_refuses_the_spawn(fake_portal: FakePortal, answer
     assert spawner.environment == {"JUPYTER_PATH": "/srv/hub_config"}
 
 
+# --- the portal's client reading the hub's paged user list ------------------------------------------------------
+
+
+@dataclass
+class PagedUsers:
+    """A hub answering ``GET /hub/api/users?state=active`` as JupyterHub does: at most ``max_limit`` users a page
+    (its ``api_page_max_limit``) with ``_pagination`` when asked for it, or (``paginates=False``, a hub from before
+    pagination) one list of everyone. ``asked``: the query strings it was asked with."""
+
+    users: list[dict[str, Any]]
+    max_limit: int
+    paginates: bool = True
+    asked: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def serving(self) -> Iterator[str]:
+        """Serves the users; yields the hub's base URL."""
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                query = parse_qs(url.query)
+                hub.asked.append(url.query)
+                authorized = self.headers["Authorization"] == f"token {SERVICE_TOKEN}"
+                if url.path != "/hub/api/users" or query.get("state") != ["active"] or not authorized:
+                    self.send_error(403 if not authorized else 404)
+                    return
+                body: Any = hub.users
+                if hub.paginates and self.headers.get("Accept") == PAGINATION:
+                    offset, limit = int(query["offset"][0]), min(int(query["limit"][0]), hub.max_limit)
+                    following = None
+                    if offset + limit < len(hub.users):
+                        following = {"offset": offset + limit, "limit": limit, "url": "/hub/api/users?..."}
+                    pagination = {"offset": offset, "limit": limit, "total": len(hub.users), "next": following}
+                    body = {"items": hub.users[offset : offset + limit], "_pagination": pagination}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def users_with_servers(count: int) -> list[dict[str, Any]]:
+    """``count`` hub users with a ready server each, in JupyterHub's user model (the part the client reads)."""
+    users = []
+    for i in range(count):
+        name, server = f"student{i:04d}", f"a{i % 7}-1"
+        model = {"name": server, "ready": True, "pending": None, "started": "2026-12-04T10:00:00.000000Z"}
+        users.append({"kind": "user", "name": name, "servers": {server: {**model, "url": f"/user/{name}/{server}/"}}})
+    return users
+
+
+@pytest.mark.parametrize(
+    ("max_limit", "paginates", "pages"),
+    [(200, True, 13), (LIST_PAGE, True, 3), (200, False, 1)],
+    ids=["jupyterhub-default-limit", "hub-config-limit", "no-pagination"],
+)
+def test_the_client_reads_every_page_of_the_active_servers(max_limit: int, paginates: bool, pages: int) -> None:
+    """2,500 active users: JupyterHub's default limit answers them in 13 pages, the limit hub_config sets in 3, a hub
+    without pagination in one list; each way every server is read once, in the hub's order."""
+    hub = PagedUsers(users_with_servers(2_500), max_limit=max_limit, paginates=paginates)
+    with hub.serving() as url:
+        servers = HubClient(url, SERVICE_TOKEN).active_servers()
+    assert [(s.user, s.name) for s in servers] == [(u["name"], next(iter(u["servers"]))) for u in hub.users]
+    assert all(s.ready and s.started == datetime(2026, 12, 4, 10, tzinfo=UTC) for s in servers)
+    assert len(hub.asked) == pages
+    assert all(parse_qs(query)["limit"] == [str(LIST_PAGE)] for query in hub.asked)
+    if paginates:
+        assert [int(parse_qs(query)["offset"][0]) for query in hub.asked] == list(range(0, 2_500, max_limit))
+
+
 # --- a real JupyterHub -------------------------------------------------------------------------------------------
 
 
@@ -345,6 +433,16 @@ def test_a_checked_server_runs_the_dask_kernel(hub: HubProcess, hub_portal: Fake
 
     server = wait_for(ready, timeout=40, what="the server to be ready")
     path = server["url"]  # /user/alice/lab1/
+    # The metering's read of the hub: the server listed, in pages of the size hub_config allows (not JupyterHub's 200).
+    listed = HubClient(hub.url, SERVICE_TOKEN).active_servers()
+    assert [(s.user, s.name, s.ready) for s in listed] == [("alice", "lab1", True)]
+    page = requests.get(
+        f"{hub.api_url}/users",
+        params={"state": "active", "limit": 5000},
+        headers={"Authorization": f"token {SERVICE_TOKEN}", "Accept": PAGINATION},
+        timeout=30,
+    ).json()
+    assert page["_pagination"]["limit"] == LIST_PAGE
     headers = {"Authorization": f"token {SERVICE_TOKEN}"}
     specs = requests.get(f"{hub.url}{path}api/kernelspecs", headers=headers, timeout=10).json()
     assert specs["kernelspecs"]["python3-dask-gpu"]["spec"]["display_name"] == "Python 3 (Dask GPU)"
