@@ -5,8 +5,10 @@ the servers whose allocation, course seat or hours say so stopped, their owners 
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,7 +120,31 @@ def _round_servers(
     now, while this worker holds the listing's row lock (a worker starting meanwhile waits, then joins), and the
     list is stored for the others. The list is read after the round's time, as a worker's own list is, so
     joining changes no charge: a server on it ran at least until the time the round charges to. On PostgreSQL
-    only, where several workers run."""
+    only, where several workers run.
+
+    The cyclic garbage collector waits meanwhile: the hub's answer and the list are tens of thousands of fresh
+    dicts, lists and strings, none in a cycle, whose allocation would otherwise set off collections that walk the
+    whole heap and find nothing (a third of the listing's time in a worker; this part of the round is the one
+    that the others wait for)."""
+    with _collector_paused():
+        return _list_or_join(db, client, now, share_for)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block (left as it was found); reference counting still frees."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _list_or_join(
+    db: Session, client: HubClient, now: datetime, share_for: timedelta
+) -> tuple[datetime, dict[tuple[str, str], HubServer]]:
     if share_for <= timedelta(0) or db.get_bind().dialect.name != "postgresql":
         # one worker (SQLite is for one): its own list; SQLite would hold its single write lock over the hub's answer
         return now, {(s.user, s.name): s for s in client.active_servers()}
