@@ -11,8 +11,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from flask import current_app, jsonify, request, url_for
+from flask import current_app, get_template_attribute, jsonify, request, url_for
 from flask_babel import gettext
+from markupsafe import Markup
 from pydantic import BaseModel, Field
 from spectree import Response
 from sqlmodel import col, select
@@ -182,6 +183,20 @@ class HubProblemResponse(Response):
         return responses
 
 
+#: The description of ``stop_reason_shown``.
+STOP_REASON_SHOWN = (
+    "Why it stopped, in the sentence the notebook's page shows, in the language of `Accept-Language`; empty while "
+    "it runs"
+)
+
+
+def stop_reason_shown(reason: str) -> str:
+    """``stop_reason`` as the pages say it (the macro of compute/_stop_reason.html), as plain text."""
+    words = get_template_attribute("compute/_stop_reason.html", "stop_reason_words")
+    shown: Markup = words(reason)  # a macro's output: escaped HTML
+    return shown.unescape().strip()
+
+
 class NotebookOut(BaseModel):
     id: int
     allocation_id: int
@@ -198,7 +213,8 @@ class NotebookOut(BaseModel):
     requested_at: datetime
     started_at: datetime | None
     stopped_at: datetime | None
-    stop_reason: str = Field(description="Why it stopped; empty while it runs")
+    stop_reason: str = Field(description="Why it stopped, as stored (an English code); empty while it runs")
+    stop_reason_shown: str = Field(description=STOP_REASON_SHOWN)
 
 
 class NotebookListQuery(BaseModel):
@@ -217,6 +233,7 @@ class NotebookSummaryOut(BaseModel):
     started_at: datetime | None
     stopped_at: datetime | None
     stop_reason: str
+    stop_reason_shown: str = Field(description=STOP_REASON_SHOWN)
     charged_seconds: int
 
 
@@ -285,6 +302,7 @@ def _notebook(found: NotebookSession) -> NotebookOut:
         started_at=found.started_at,
         stopped_at=found.stopped_at,
         stop_reason=found.stop_reason,
+        stop_reason_shown=stop_reason_shown(found.stop_reason),
     )
 
 
@@ -326,6 +344,7 @@ def list_notebooks():
                     started_at=s.started_at,
                     stopped_at=s.stopped_at,
                     stop_reason=s.stop_reason,
+                    stop_reason_shown=stop_reason_shown(s.stop_reason),
                     charged_seconds=s.charged_seconds,
                 )
                 for s in page.items

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from sqlmodel import Session, col, select
 
 from portal import create_app, formatting
 from portal.classroom import services as classroom
+from portal.compute.notebook_charges import EXHAUSTED
 from portal.compute.services import nothing_runs_on
+from portal.db import utcnow
 from portal.grants import services as grants
 from portal.grants.models import Application, ApplicationState, CallBudget, ReviewMode
 from portal.identity.models import FactoryRole
@@ -26,6 +29,7 @@ from portal.ledger import services as ledger
 from portal.ledger import wording
 from portal.ledger.models import Allocation, AllocationSource, AllocationState, LedgerEntry, Resource, ResourceKind
 from portal.messages import N_, Amount, Message, from_json, to_json
+from portal.notebook_models import NotebookSession
 from portal.projects import services as projects
 from tests.factories import (
     cpu_project,
@@ -290,6 +294,34 @@ def _problem_in(
         assert said[part] != english[part], (part, english[part])
         assert said[part] == expected[part], (part, english[part], said[part])
     return said
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_api_says_why_a_notebook_stopped_as_its_page_does_in_the_callers_language(
+    client, db: Session, language: str
+) -> None:
+    owner = person(db, "Nora")
+    _world, project, allocation = cpu_project(db, owner, hours=10)
+    now = utcnow()
+    common = {"user_id": owner.id, "project_id": project.id, "allocation_id": allocation.id, "hub_user": "nora"}
+    common |= {"profile": "cpu", "gpus": 0, "cpus": 1, "max_seconds": HOUR, "requested_at": now - timedelta(hours=1)}
+    stopped = NotebookSession(**common, server_name="a1", started_at=now - timedelta(hours=1), stopped_at=now,
+                              stop_reason=EXHAUSTED)  # fmt: skip
+    running = NotebookSession(**common, server_name="a2", started_at=now - timedelta(minutes=5))
+    db.add_all([stopped, running])
+    db.commit()
+    auth = _bearer(db, owner)
+    said = "The allocation ran out of hours, so the portal stopped it. Its running time up to then is charged."
+
+    for asked, sentence in ((language, formatting.catalogue(language).gettext(said)), ("en", said)):
+        headers = {**auth, "Accept-Language": asked}
+        listed = {n["id"]: n for n in client.get("/api/v1/notebooks", headers=headers).json["notebooks"]}
+        assert listed[stopped.id]["stop_reason"] == "allocation exhausted"  # the stored code, in any language
+        assert listed[stopped.id]["stop_reason_shown"] == sentence
+        assert listed[running.id]["stop_reason"] == listed[running.id]["stop_reason_shown"] == ""
+        one = client.get(f"/api/v1/notebooks/{stopped.id}", headers=headers)
+        assert one.json["stop_reason_shown"] == sentence and one.headers["Content-Language"] == asked
+    assert not english_left(formatting.catalogue(language).gettext(said), language)
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
