@@ -26,6 +26,8 @@ from portal.db import LARGEST_ID, find, get_db
 from portal.errors import InvalidInput, NotFound
 from portal.identity.models import ApiScope
 from portal.ledger import services as ledger
+from portal.ledger import wording
+from portal.ledger.api import SHOWN, STORED
 from portal.ledger.models import (
     Allocation,
     AllocationSource,
@@ -357,7 +359,8 @@ class AllocationOut(BaseModel):
     resource_id: int
     source: AllocationSource
     state: str
-    title: str
+    title: str = Field(description=f"The allocation's title. {STORED}")
+    title_shown: str = Field(description=f"The title. {SHOWN}")
     starts_at: AwareDatetime
     ends_at: AwareDatetime
     balance: int = Field(description="Base units left")
@@ -374,6 +377,7 @@ class AllocationOut(BaseModel):
             source=allocation.source,
             state=allocation.state,
             title=allocation.title,
+            title_shown=wording.allocation_title(allocation),
             starts_at=allocation.starts_at,
             ends_at=allocation.ends_at,
             balance=allocation.balance,

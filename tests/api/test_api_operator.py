@@ -115,9 +115,9 @@ def test_an_operator_sets_up_a_cluster_and_its_jobs_are_charged(client, db, boss
         for p, hours in ((first, 100), (second, 50))
     ]
     assert [o.status_code for o in opened] == [201, 201], opened[0].get_data(as_text=True)
-    assert [(o.json["balance"], o.json["source"], o.json["title"]) for o in opened] == [
-        (100 * HOUR, "admin", "Pilot"),
-        (50 * HOUR, "admin", "Pilot"),
+    assert [(o.json["balance"], o.json["source"], o.json["title"], o.json["title_shown"]) for o in opened] == [
+        (100 * HOUR, "admin", "Pilot", "Pilot"),  # an operator's words: shown as written
+        (50 * HOUR, "admin", "Pilot", "Pilot"),
     ]
     capacity = client.get(f"/api/v1/admin/resources/{resource_id}/capacity", headers=operate).json
     assert [(p["starts_on"], p["capacity"], p["reserved"]) for p in capacity["periods"]] == [
