@@ -36,13 +36,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import sqlalchemy as sa
 from benchcommon import HOUR, check_invariants, machine_summary, make_project, make_site, scratch_databases
@@ -58,6 +55,7 @@ from portal.db import utcnow  # noqa: E402
 from portal.ledger import services as ledger  # noqa: E402
 from portal.ledger.models import AllocationSource  # noqa: E402
 from portal.notebook_models import NotebookSession  # noqa: E402
+from tests.json_server import Answer, Asked, JsonServer  # noqa: E402
 
 TOKEN = "bench-metering-token"  # noqa: S105
 RAN = timedelta(minutes=10)
@@ -75,76 +73,39 @@ class PagedHub:
         self.max_limit = max_limit
         self.requests = 0
         self.stops: list[str] = []
-        outer = self
+        self.http = JsonServer(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _refuse(self) -> bool:
-                if self.headers.get("Authorization") == f"token {TOKEN}":
-                    return False
-                self._answer(403, {"status": 403, "message": "Action is not authorized with current scopes"})
-                return True
-
-            def _answer(self, status: int, body: Any) -> None:
-                data = b"" if body is None else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self._refuse():
-                    return
-                url = urlsplit(self.path)
-                query = parse_qs(url.query)
-                if url.path != "/hub/api/users" or query.get("state") != ["active"]:
-                    self._answer(404, {"status": 404, "message": "Not Found"})
-                    return
-                outer.requests += 1
-                offset = int(query.get("offset", ["0"])[0])
-                limit = min(int(query.get("limit", ["50"])[0]), outer.max_limit)  # the hub caps it
-                items = outer.users[offset : offset + limit]
-                total = len(outer.users)
-                following = None
-                if offset + limit < total:
-                    following = {
-                        "offset": offset + limit,
-                        "limit": limit,
-                        "url": f"/hub/api/users?state=active&offset={offset + limit}&limit={limit}",
-                    }
-                if PAGINATION in self.headers.get("Accept", ""):
-                    body: Any = {
-                        "items": items,
-                        "_pagination": {"offset": offset, "limit": limit, "total": total, "next": following},
-                    }
-                else:
-                    body = items
-                self._answer(200, body)
-
-            def do_DELETE(self) -> None:
-                if self._refuse():
-                    return
-                outer.stops.append(self.path)
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, asked: Asked) -> Answer:
+        if asked.headers.get("Authorization") != f"token {TOKEN}":
+            return Answer(403, {"status": 403, "message": "Action is not authorized with current scopes"})
+        if asked.method == "DELETE":
+            self.stops.append(asked.target)
+            return Answer(204)
+        query = asked.query
+        if asked.method != "GET" or asked.path != "/hub/api/users" or query.get("state") != ["active"]:
+            return Answer(404, {"status": 404, "message": "Not Found"})
+        self.requests += 1
+        offset = int(query.get("offset", ["0"])[0])
+        limit = min(int(query.get("limit", ["50"])[0]), self.max_limit)  # the hub caps it
+        items = self.users[offset : offset + limit]
+        if PAGINATION not in asked.headers.get("Accept", ""):
+            return Answer(200, items)
+        following = None
+        if offset + limit < len(self.users):
+            following = {
+                "offset": offset + limit,
+                "limit": limit,
+                "url": f"/hub/api/users?state=active&offset={offset + limit}&limit={limit}",
+            }
+        pagination = {"offset": offset, "limit": limit, "total": len(self.users), "next": following}
+        return Answer(200, {"items": items, "_pagination": pagination})
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.http.url
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.stop()
 
 
 def hub_users(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -46,10 +46,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import requests
 import sqlalchemy as sa
@@ -73,6 +71,7 @@ from portal.identity.models import User  # noqa: E402
 from portal.ledger import services as ledger  # noqa: E402
 from portal.ledger.models import Allocation, AllocationSource  # noqa: E402
 from tests.compute.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
+from tests.json_server import Answer, Asked, JsonServer  # noqa: E402
 
 BARE_CONFIG = Path(__file__).resolve().parent / "hub_bare_config.py"
 KERNEL = "python3-dask-gpu"
@@ -248,36 +247,21 @@ class CapturedHub:
 
     def __init__(self, users: list[dict[str, Any]]) -> None:
         self.users = users
-        outer = self
+        self.http = JsonServer(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = parse_qs(urlsplit(self.path).query)
-                offset, limit = int(query.get("offset", ["0"])[0]), int(query.get("limit", ["200"])[0])
-                items = outer.users[offset : offset + limit]
-                following = {"offset": offset + limit} if offset + limit < len(outer.users) else None
-                body = json.dumps(
-                    {"items": items, "_pagination": {"offset": offset, "limit": limit, "next": following}}
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, asked: Asked) -> Answer:
+        query = asked.query
+        offset, limit = int(query.get("offset", ["0"])[0]), int(query.get("limit", ["200"])[0])
+        following = {"offset": offset + limit} if offset + limit < len(self.users) else None
+        items = self.users[offset : offset + limit]
+        return Answer(200, {"items": items, "_pagination": {"offset": offset, "limit": limit, "next": following}})
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.http.url
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.stop()
 
 
 def timed_rounds(

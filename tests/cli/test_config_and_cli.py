@@ -208,20 +208,12 @@ def test_invalid_settings_exit_non_zero_with_the_reason(cli_env):
 
 
 def test_worker_runs_its_jobs_once_and_exits(cli_env):
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    from tests.metering.test_worker_scale import EmptyHub
+    from tests.json_server import JsonServer
+    from tests.metering.test_worker_scale import empty_hub
 
     assert run_portal("db", "upgrade", env=cli_env).returncode == 0
-    hub = ThreadingHTTPServer(("127.0.0.1", 0), EmptyHub)  # metering needs a hub that answers
-    threading.Thread(target=hub.serve_forever, daemon=True).start()
-    try:
-        result = run_portal(
-            "worker", "--once", env={**cli_env, "PORTAL_HUB_URL": f"http://127.0.0.1:{hub.server_port}"}
-        )
-    finally:
-        hub.shutdown()
+    with JsonServer(empty_hub) as hub:  # metering needs a hub that answers
+        result = run_portal("worker", "--once", env={**cli_env, "PORTAL_HUB_URL": hub.url})
     assert result.returncode == 0, result.stderr
     for job in (
         "purge_stale_invitations",

@@ -21,12 +21,10 @@ import os
 import runpy
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -47,6 +45,7 @@ from portal_standin.devstack_slurm import SlurmCluster  # noqa: E402
 
 from tests.compute.test_hub import SERVICE_TOKEN, run_in_kernel  # noqa: E402
 from tests.conftest import need_proxy  # noqa: E402
+from tests.json_server import Answer, Asked, JsonServer  # noqa: E402
 
 sys.path.insert(0, str(REPO / "hub_config"))
 import factory_gateway as fg  # noqa: E402
@@ -120,59 +119,39 @@ class GatewayPortal:
     answers: dict[int, Any] = field(default_factory=dict)
     spawn: dict[str, Any] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
+    http: JsonServer | None = None
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        assert self.http is not None
+        return self.http.url
 
     def gateway_checks(self, session: int) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"] == fg.GATEWAY_CHECK_PATH and r["json"].get("session") == session]
 
     def start(self) -> GatewayPortal:
-        portal = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                payload = json.loads(self.rfile.read(length) or b"null")
-                portal.requests.append(
-                    {"path": self.path, "authorization": self.headers.get("Authorization"), "json": payload}
-                )
-                content_type = "application/json"
-                if self.headers.get("Authorization") != f"Bearer {PORTAL_API_TOKEN}":
-                    status, body = 401, {"detail": "bad token"}
-                elif self.path == "/api/v1/hub/spawn-check":
-                    status, body = 200, portal.spawn
-                elif self.path == fg.GATEWAY_CHECK_PATH:
-                    answer = portal.answers.get(payload.get("session"), (404, {"detail": "No such notebook session."}))
-                    if answer == "hang up":
-                        self.close_connection = True
-                        return  # no response at all: the client sees the connection closed
-                    status, body = answer
-                    if status >= 400:
-                        content_type = "application/problem+json"
-                else:
-                    status, body = 404, {"detail": "not found"}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = JsonServer(self._answer)
         return self
 
+    def _answer(self, asked: Asked) -> Answer | None:
+        self.requests.append(
+            {"path": asked.target, "authorization": asked.headers.get("Authorization"), "json": asked.json}
+        )
+        if asked.headers.get("Authorization") != f"Bearer {PORTAL_API_TOKEN}":
+            return Answer(401, {"detail": "bad token"})
+        if asked.target == "/api/v1/hub/spawn-check":
+            return Answer(200, self.spawn)
+        if asked.target != fg.GATEWAY_CHECK_PATH:
+            return Answer(404, {"detail": "not found"})
+        answer = self.answers.get((asked.json or {}).get("session"), (404, {"detail": "No such notebook session."}))
+        if answer == "hang up":
+            return None  # no response at all: the client sees the connection closed
+        status, body = answer
+        return Answer(status, body, "application/problem+json" if status >= 400 else "application/json")
+
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        if self.http is not None:
+            self.http.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +32,7 @@ from portal_spawn import PortalSpawnCheck, local_gpu_names  # noqa: E402
 
 from portal.compute.hub_client import LIST_PAGE, PAGINATION, HubClient  # noqa: E402
 from tests.conftest import need_proxy  # noqa: E402
+from tests.json_server import Answer, Asked, JsonServer  # noqa: E402
 
 pytestmark = pytest.mark.hub
 
@@ -49,47 +47,30 @@ class FakePortal:
     status: int = 200
     body: dict[str, Any] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
+    http: JsonServer | None = None
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        assert self.http is not None
+        return self.http.url
 
     def start(self) -> FakePortal:
-        portal = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                payload = json.loads(self.rfile.read(length) or b"null")
-                portal.requests.append(
-                    {"path": self.path, "authorization": self.headers.get("Authorization"), "json": payload}
-                )
-                if self.path != "/api/v1/hub/spawn-check":
-                    status, body = 404, {"detail": "not found"}
-                elif self.headers.get("Authorization") != f"Bearer {PORTAL_API_TOKEN}":
-                    status, body = 401, {"detail": "bad token"}
-                else:
-                    status, body = portal.status, portal.body
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = JsonServer(self._answer)
         return self
 
+    def _answer(self, asked: Asked) -> Answer:
+        self.requests.append(
+            {"path": asked.target, "authorization": asked.headers.get("Authorization"), "json": asked.json}
+        )
+        if asked.method != "POST" or asked.target != "/api/v1/hub/spawn-check":
+            return Answer(404, {"detail": "not found"})
+        if asked.headers.get("Authorization") != f"Bearer {PORTAL_API_TOKEN}":
+            return Answer(401, {"detail": "bad token"})
+        return Answer(self.status, self.body)
+
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        if self.http is not None:
+            self.http.stop()
 
 
 @pytest.fixture
@@ -236,45 +217,21 @@ class PagedUsers:
     paginates: bool = True
     asked: list[str] = field(default_factory=list)
 
-    @contextmanager
-    def serving(self) -> Iterator[str]:
-        """Serves the users; yields the hub's base URL."""
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                query = parse_qs(url.query)
-                hub.asked.append(url.query)
-                authorized = self.headers["Authorization"] == f"token {SERVICE_TOKEN}"
-                if url.path != "/hub/api/users" or query.get("state") != ["active"] or not authorized:
-                    self.send_error(403 if not authorized else 404)
-                    return
-                body: Any = hub.users
-                if hub.paginates and self.headers.get("Accept") == PAGINATION:
-                    offset, limit = int(query["offset"][0]), min(int(query["limit"][0]), hub.max_limit)
-                    following = None
-                    if offset + limit < len(hub.users):
-                        following = {"offset": offset + limit, "limit": limit, "url": "/hub/api/users?..."}
-                    pagination = {"offset": offset, "limit": limit, "total": len(hub.users), "next": following}
-                    body = {"items": hub.users[offset : offset + limit], "_pagination": pagination}
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            server.server_close()
+    def answer(self, asked: Asked) -> Answer:
+        query = asked.query
+        self.asked.append(urlsplit(asked.target).query)
+        if asked.headers["Authorization"] != f"token {SERVICE_TOKEN}":
+            return Answer(403, {"status": 403, "message": "Action is not authorized with current scopes"})
+        if asked.path != "/hub/api/users" or query.get("state") != ["active"]:
+            return Answer(404, {"status": 404, "message": "Not Found"})
+        if not self.paginates or asked.headers.get("Accept") != PAGINATION:
+            return Answer(200, self.users)
+        offset, limit = int(query["offset"][0]), min(int(query["limit"][0]), self.max_limit)
+        following = None
+        if offset + limit < len(self.users):
+            following = {"offset": offset + limit, "limit": limit, "url": "/hub/api/users?..."}
+        pagination = {"offset": offset, "limit": limit, "total": len(self.users), "next": following}
+        return Answer(200, {"items": self.users[offset : offset + limit], "_pagination": pagination})
 
 
 def users_with_servers(count: int) -> list[dict[str, Any]]:
@@ -296,8 +253,8 @@ def test_the_client_reads_every_page_of_the_active_servers(max_limit: int, pagin
     """2,500 active users: JupyterHub's default limit answers them in 13 pages, the limit hub_config sets in 3, a hub
     without pagination in one list; each way every server is read once, in the hub's order."""
     hub = PagedUsers(users_with_servers(2_500), max_limit=max_limit, paginates=paginates)
-    with hub.serving() as url:
-        servers = HubClient(url, SERVICE_TOKEN).active_servers()
+    with JsonServer(hub.answer) as served:
+        servers = HubClient(served.url, SERVICE_TOKEN).active_servers()
     assert [(s.user, s.name) for s in servers] == [(u["name"], next(iter(u["servers"]))) for u in hub.users]
     assert all(s.ready and s.started == datetime(2026, 12, 4, 10, tzinfo=UTC) for s in servers)
     assert len(hub.asked) == pages

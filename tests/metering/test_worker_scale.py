@@ -3,14 +3,12 @@ once, retry failures with backoff, say when a job failed or the loop is stuck, a
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from portal.worker import run_due_jobs
 from portal.worker_models import WorkerJob
 from tests.conftest import portal_cli
 from tests.factories import open_now, plan_capacity_around_now
+from tests.json_server import Answer, Asked, JsonServer
 from tests.ledger_world import HOUR, make_world
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,30 +207,17 @@ def test_a_failed_job_is_retried_after_1_then_2_minutes_not_at_every_round(make_
     engine.dispose()
 
 
-class EmptyHub(BaseHTTPRequestHandler):
+def empty_hub(asked: Asked) -> Answer:
     """A hub with no active servers: ``GET /hub/api/users`` answers an empty page."""
-
-    def do_GET(self) -> None:
-        body = json.dumps({"items": [], "_pagination": {"offset": 0, "limit": 200, "total": 0, "next": None}})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    return Answer(200, {"items": [], "_pagination": {"offset": 0, "limit": 200, "total": 0, "next": None}})
 
 
 def test_worker_once_exits_1_naming_metering_while_the_hub_is_unreachable_and_0_when_it_answers(app) -> None:
     down = portal_cli(app, "worker", "--once", PORTAL_HUB_URL=f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 1, down.stderr
     assert re.search(r"Error: 1 job\(s\) failed: meter_notebooks", down.stderr), down.stderr[-2000:]
-    hub = ThreadingHTTPServer(("127.0.0.1", 0), EmptyHub)
-    threading.Thread(target=hub.serve_forever, daemon=True).start()
-    try:
-        answering = portal_cli(app, "worker", "--once", PORTAL_HUB_URL=f"http://127.0.0.1:{hub.server_port}")
-    finally:
-        hub.shutdown()
+    with JsonServer(empty_hub) as hub:
+        answering = portal_cli(app, "worker", "--once", PORTAL_HUB_URL=hub.url)
     assert answering.returncode == 0, answering.stderr[-2000:]
 
 
