@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from portal.config import SETTINGS_DOC_COMMAND, Settings, settings_reference
+from portal.config import Settings
+from portal.settings_doc import SETTINGS_DOC_COMMAND, settings_reference
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
