@@ -55,6 +55,7 @@ from portal.db import utcnow  # noqa: E402
 from portal.ledger import services as ledger  # noqa: E402
 from portal.ledger.models import AllocationSource  # noqa: E402
 from portal.notebook_models import NotebookSession  # noqa: E402
+from portal.worker import tune_collector  # noqa: E402
 from tests.json_server import Answer, Asked, JsonServer  # noqa: E402
 
 TOKEN = "bench-metering-token"  # noqa: S105
@@ -227,6 +228,7 @@ def run_worker(url: str, hub_url: str, batch: int) -> None:
         client = HubClient.from_settings(settings)
         with engine.connect():
             pass  # the connection is made before the first round, as in a running worker
+        tune_collector()  # as `portal worker` does before its first round
         print("ready", flush=True)
         for line in sys.stdin:
             now = datetime.fromisoformat(line.strip())

@@ -324,9 +324,11 @@ def serve(bind: str | None, workers: int | None) -> None:
 def worker(once: bool) -> None:
     """Run the periodic jobs until stopped."""
     from portal.db import get_engine
-    from portal.worker import run_worker
+    from portal.worker import run_worker, tune_collector
 
-    run_worker(get_engine(), _settings(), once=once)
+    engine, settings = get_engine(), _settings()
+    tune_collector()  # this process only runs the worker: after start-up, before the first round
+    run_worker(engine, settings, once=once)
 
 
 @main.command("check", with_appcontext=False)

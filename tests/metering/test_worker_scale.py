@@ -3,6 +3,7 @@ once, retry failures with backoff, say when a job failed or the loop is stuck, a
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
 import time
@@ -29,7 +30,7 @@ from portal.ledger import services as ledger
 from portal.ledger.models import EntryKind, LedgerEntry, ResourceKind
 from portal.migrations import upgrade
 from portal.notebook_models import NotebookSession
-from portal.worker import run_due_jobs
+from portal.worker import WORKER_GC_THRESHOLDS, run_due_jobs, tune_collector
 from portal.worker_models import WorkerJob
 from tests.conftest import portal_cli
 from tests.factories import open_now, plan_capacity_around_now
@@ -308,3 +309,15 @@ def test_compose_gives_the_worker_longer_than_a_round_to_stop_and_checks_its_loo
     assert (
         "/healthz" in " ".join(worker["healthcheck"]["test"]) and "status != 200" in worker["healthcheck"]["test"][-1]
     )
+
+
+def test_a_worker_process_freezes_what_start_up_loaded_and_collects_its_young_objects_less_often() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_freeze_count() > 10_000  # the modules, the app and the mappers this process loaded
+        assert gc.get_threshold() == WORKER_GC_THRESHOLDS
+        assert WORKER_GC_THRESHOLDS[0] > thresholds[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
