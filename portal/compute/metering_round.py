@@ -92,10 +92,31 @@ def meter_notebooks(
     the hub does not answer (nothing is charged or stopped then), and ``MeteringIncomplete`` at the end of a
     round in which some sessions' charges failed (the others are metered).
     """
-    now, servers = _round_servers(db, client, now or utcnow(), fresh_for)
+    now = now or utcnow()
+    # While another worker lists the hub for this round, claim and load sessions meanwhile (not their metering,
+    # which needs the list): they are metered as the first batch, and the listing is no longer time lost.
+    prepared: list[NotebookSession] = []
+    after = 0
+    try:
+        while _sharing(db, fresh_for) and not _listing_free(db, client):
+            if keep_going is not None and not keep_going():
+                db.rollback()  # hands back what was claimed meanwhile
+                return MeterReport()
+            ids = _claim_sessions(db, now, after, fresh_for, batch)
+            if not ids:
+                break
+            after = ids[-1]
+            prepared += _load_sessions(db, ids)
+    except BaseException:
+        db.rollback()
+        raise
+    now, servers = _round_servers(db, client, now, fresh_for, hold=bool(prepared))
     report = MeterReport()
     failed: list[int] = []
-    after = 0
+    if prepared:  # one batch: its claims stay locked until it commits, as every batch's do
+        newest = _newest_open(db, prepared)
+        if not _meter_batch(db, settings, client, prepared, servers, newest, now, report, keep_going, failed):
+            return _finished(report, failed)
     while keep_going is None or keep_going():
         ids = _claim_sessions(db, now, after, fresh_for, batch)
         if not ids:
@@ -106,13 +127,31 @@ def meter_notebooks(
         newest = _newest_open(db, claimed)
         if not _meter_batch(db, settings, client, claimed, servers, newest, now, report, keep_going, failed):
             break
+    return _finished(report, failed)
+
+
+def _finished(report: MeterReport, failed: list[int]) -> MeterReport:
     if failed:
         raise MeteringIncomplete(failed, report)
     return report
 
 
+def _sharing(db: Session, share_for: timedelta) -> bool:
+    """Whether workers share the round's list of the hub (on PostgreSQL, where several workers run)."""
+    return share_for > timedelta(0) and db.get_bind().dialect.name == "postgresql"
+
+
+def _listing_free(db: Session, client: HubClient) -> bool:
+    """Takes the hub's listing row unless another worker holds it (listing the hub, or reading the list): True
+    when this worker now holds it (``_round_servers`` goes on in the same transaction), False when it is taken."""
+    first_listing = postgresql.insert(HubListing).values(hub=client.api_url, round_at=EPOCH, servers=[])
+    db.execute(first_listing.on_conflict_do_nothing())
+    this_hub = HubListing.hub == client.api_url
+    return db.exec(select(HubListing.hub).where(this_hub).with_for_update(skip_locked=True)).first() is not None
+
+
 def _round_servers(
-    db: Session, client: HubClient, now: datetime, share_for: timedelta
+    db: Session, client: HubClient, now: datetime, share_for: timedelta, *, hold: bool = False
 ) -> tuple[datetime, dict[tuple[str, str], HubServer]]:
     """The round's time and the hub's active servers by (user, server name). With ``share_for``, a round that
     another worker began at most that long before ``now`` is joined: its time and the list it read (stored in
@@ -125,9 +164,11 @@ def _round_servers(
     The cyclic garbage collector waits meanwhile: the hub's answer and the list are tens of thousands of fresh
     dicts, lists and strings, none in a cycle, whose allocation would otherwise set off collections that walk the
     whole heap and find nothing (a third of the listing's time in a worker; this part of the round is the one
-    that the others wait for)."""
+    that the others wait for).
+
+    ``hold``: the transaction is left open (the caller's claims made meanwhile commit with their batch)."""
     with _collector_paused():
-        return _list_or_join(db, client, now, share_for)
+        return _list_or_join(db, client, now, share_for, hold=hold)
 
 
 @contextmanager
@@ -143,9 +184,9 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _list_or_join(
-    db: Session, client: HubClient, now: datetime, share_for: timedelta
+    db: Session, client: HubClient, now: datetime, share_for: timedelta, *, hold: bool
 ) -> tuple[datetime, dict[tuple[str, str], HubServer]]:
-    if share_for <= timedelta(0) or db.get_bind().dialect.name != "postgresql":
+    if not _sharing(db, share_for):
         # one worker (SQLite is for one): its own list; SQLite would hold its single write lock over the hub's answer
         return now, {(s.user, s.name): s for s in client.active_servers()}
     try:
@@ -160,7 +201,8 @@ def _list_or_join(
             db.execute(
                 sa.update(HubListing).where(this_hub).values(round_at=now, servers=[_listing_row(s) for s in servers])
             )
-        db.commit()
+        if not hold:
+            db.commit()
     except BaseException:
         db.rollback()
         raise

@@ -5,15 +5,18 @@ fails neither stops nor doubles the others."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from portal_standin.devstack import patience
 from sqlmodel import Session, col, func, select
 
 from portal.compute.hub_client import HubServer, HubUnavailable
 from portal.compute.launch import MeteringIncomplete, meter_notebooks
+from portal.compute.metering_round import EPOCH
 from portal.compute.models import HubListing
 from portal.config import load_settings
 from portal.db import utcnow
@@ -221,6 +224,77 @@ def test_the_shared_list_keeps_what_the_round_reads_of_each_server(pg_engine, tm
     assert starting.started_at == started
     closed(db, sessions)
     db.close()
+
+
+@pytest.mark.postgres
+def test_a_worker_claims_and_loads_sessions_while_another_lists_the_hub_then_meters_them_in_that_round(
+    pg_engine, tmp_path
+) -> None:
+    settings = pg_settings(pg_engine, tmp_path)
+    with Session(pg_engine, expire_on_commit=False) as db:
+        sessions = running_sessions(db, 50, ran=timedelta(minutes=10))
+    ids = {s.id for s in sessions}
+    listing, errors = threading.Event(), []
+    locked_while_listing: list[int] = []
+
+    def locked_by_others() -> int:
+        """How many of the sessions another transaction holds (a claim not yet committed)."""
+        with pg_engine.connect() as connection:
+            free = connection.execute(
+                select(NotebookSession.id).where(col(NotebookSession.id).in_(ids)).with_for_update(skip_locked=True)
+            ).all()
+            connection.rollback()
+        return len(ids) - len(free)
+
+    class SlowHub(HubRunning):
+        """Lists its servers only once the other worker holds claims: a hub that takes its time to answer."""
+
+        def active_servers(self) -> list[HubServer]:
+            listing.set()
+            deadline = time.monotonic() + patience(30)
+            while not (locked := locked_by_others()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            locked_while_listing.append(locked)
+            return super().active_servers()
+
+    slow = SlowHub([up(s) for s in sessions])
+    other_hub = HubRunning(slow.servers, api_url=slow.api_url)  # the same hub, as the second worker reads it
+    with Session(pg_engine) as db:  # listed in an earlier round (in the first ever, the row is new and a second
+        db.add(HubListing(hub=slow.api_url, round_at=EPOCH, servers=[]))  # worker waits for it to be written)
+        db.commit()
+    began = utcnow()
+    reports: dict[str, Any] = {}
+
+    def lister() -> None:
+        try:
+            with Session(pg_engine, expire_on_commit=False) as db:
+                reports["lister"] = meter_notebooks(
+                    db, settings, slow, began, fresh_for=timedelta(seconds=30), batch=10
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=lister)
+    thread.start()
+    assert listing.wait(patience(30))
+    with Session(pg_engine, expire_on_commit=False) as db:
+        joined = meter_notebooks(
+            db, settings, other_hub, began + timedelta(seconds=2), fresh_for=timedelta(seconds=30), batch=10
+        )
+    thread.join(patience(60))
+    assert errors == [] and not thread.is_alive()
+
+    assert locked_while_listing and locked_while_listing[0] >= 10  # a batch claimed while the hub was listed
+    assert slow.listings == 1 and other_hub.listings == 0  # the second worker joined the round
+    theirs, mine = set(reports["lister"].charged), set(joined.charged)
+    assert len(mine) >= 10 and not theirs & mine and theirs | mine == ids
+    with Session(pg_engine) as db:
+        assert usage_entries_by_session(db, ids) == dict.fromkeys(ids, 1)
+        # charged to the round's time, the lister's, not to the time the second worker started
+        charged = db.exec(select(NotebookSession.charged_seconds).where(col(NotebookSession.id).in_(ids))).all()
+        assert set(charged) == {int((began - sessions[0].started_at).total_seconds())}
+        assert ledger.balance_mismatches(db) == []
+        closed(db, list(db.exec(select(NotebookSession).where(col(NotebookSession.id).in_(ids))).all()))
 
 
 class HubDown(HubRunning):
