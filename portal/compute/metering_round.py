@@ -82,7 +82,8 @@ def meter_notebooks(
     """One round of metering: start times from the hub, charges, and stops (see the module's docstring).
 
     The hub's list of active servers is read once per round, by one worker: a worker that starts within
-    ``fresh_for`` after another began its round joins that round, its time and its list (``_round_servers``).
+    ``fresh_for`` after another began its round joins that round, its time and its list (``_round_servers``);
+    while the other still lists the hub, it claims and loads sessions, and meters them as its first batch.
     The open sessions are claimed in batches (``_claim_sessions``), so several workers share a round: a session
     metered by any worker within ``fresh_for`` is left alone. A batch costs a few statements whatever its size:
     its sessions are loaded in one query and charged in one ledger transaction (``_charge_all``); only starts,
