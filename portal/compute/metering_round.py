@@ -59,6 +59,12 @@ class MeterReport:
 CLAIM_BATCH = 200
 
 
+#: Batches a worker claims at most while another lists the hub (it meters them as one batch, in one transaction):
+#: enough to fill the listing of 10,000 servers (in bench_metering, 10 batches held two workers back: 1.86-1.91x
+#: against 1.94-2.00x with 20), and a slow hub's listing does not hand one worker every session.
+PREPARED_AT_MOST = 20
+
+
 class MeteringIncomplete(Exception):
     """Some sessions' charges failed in a round whose other sessions were metered; the worker counts the run as
     failed (the log names the sessions) and the next round tries them again."""
@@ -99,7 +105,7 @@ def meter_notebooks(
     prepared: list[NotebookSession] = []
     after = 0
     try:
-        while _sharing(db, fresh_for) and not _listing_free(db, client):
+        while len(prepared) < PREPARED_AT_MOST * batch and _sharing(db, fresh_for) and not _listing_free(db, client):
             if keep_going is not None and not keep_going():
                 db.rollback()  # hands back what was claimed meanwhile
                 return MeterReport()

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, func, select
 
 from portal.compute.hub_client import HubServer, HubUnavailable
 from portal.compute.launch import MeteringIncomplete, meter_notebooks
-from portal.compute.metering_round import EPOCH
+from portal.compute.metering_round import EPOCH, PREPARED_AT_MOST
 from portal.compute.models import HubListing
 from portal.config import load_settings
 from portal.db import utcnow
@@ -227,14 +227,15 @@ def test_the_shared_list_keeps_what_the_round_reads_of_each_server(pg_engine, tm
 
 
 @pytest.mark.postgres
-def test_a_worker_claims_and_loads_sessions_while_another_lists_the_hub_then_meters_them_in_that_round(
+def test_a_worker_claims_and_loads_batches_up_to_a_limit_while_another_lists_the_hub_then_meters_them_in_its_round(
     pg_engine, tmp_path
 ) -> None:
     settings = pg_settings(pg_engine, tmp_path)
     with Session(pg_engine, expire_on_commit=False) as db:
-        sessions = running_sessions(db, 50, ran=timedelta(minutes=10))
+        sessions = running_sessions(db, 250, ran=timedelta(minutes=10))
     ids = {s.id for s in sessions}
     listing, errors = threading.Event(), []
+    at_most = PREPARED_AT_MOST * 10  # batches of 10: 200 of the 250
     locked_while_listing: list[int] = []
 
     def locked_by_others() -> int:
@@ -247,14 +248,16 @@ def test_a_worker_claims_and_loads_sessions_while_another_lists_the_hub_then_met
         return len(ids) - len(free)
 
     class SlowHub(HubRunning):
-        """Lists its servers only once the other worker holds claims: a hub that takes its time to answer."""
+        """Lists its servers only once the other worker holds as many claims as it takes meanwhile: a hub that
+        takes its time to answer."""
 
         def active_servers(self) -> list[HubServer]:
             listing.set()
             deadline = time.monotonic() + patience(30)
-            while not (locked := locked_by_others()) and time.monotonic() < deadline:
+            while locked_by_others() < at_most and time.monotonic() < deadline:
                 time.sleep(0.05)
-            locked_while_listing.append(locked)
+            time.sleep(0.3)  # and no more after a while
+            locked_while_listing.append(locked_by_others())
             return super().active_servers()
 
     slow = SlowHub([up(s) for s in sessions])
@@ -284,10 +287,10 @@ def test_a_worker_claims_and_loads_sessions_while_another_lists_the_hub_then_met
     thread.join(patience(60))
     assert errors == [] and not thread.is_alive()
 
-    assert locked_while_listing and locked_while_listing[0] >= 10  # a batch claimed while the hub was listed
+    assert locked_while_listing == [at_most]  # claimed while the hub was listed, up to the limit
     assert slow.listings == 1 and other_hub.listings == 0  # the second worker joined the round
     theirs, mine = set(reports["lister"].charged), set(joined.charged)
-    assert len(mine) >= 10 and not theirs & mine and theirs | mine == ids
+    assert len(mine) >= at_most and not theirs & mine and theirs | mine == ids
     with Session(pg_engine) as db:
         assert usage_entries_by_session(db, ids) == dict.fromkeys(ids, 1)
         # charged to the round's time, the lister's, not to the time the second worker started
