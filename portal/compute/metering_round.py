@@ -151,10 +151,16 @@ def _sharing(db: Session, share_for: timedelta) -> bool:
 def _listing_free(db: Session, client: HubClient) -> bool:
     """Takes the hub's listing row unless another worker holds it (listing the hub, or reading the list): True
     when this worker now holds it (``_round_servers`` goes on in the same transaction), False when it is taken."""
+    return _locked_round(db, client, skip_locked=True) is not None
+
+
+def _locked_round(db: Session, client: HubClient, *, skip_locked: bool = False) -> datetime | None:
+    """The round time of the hub's listing row (made when missing), locked by this worker; ``skip_locked``: None
+    when another worker holds it, instead of waiting."""
     first_listing = postgresql.insert(HubListing).values(hub=client.api_url, round_at=EPOCH, servers=[])
     db.execute(first_listing.on_conflict_do_nothing())
     this_hub = HubListing.hub == client.api_url
-    return db.exec(select(HubListing.hub).where(this_hub).with_for_update(skip_locked=True)).first() is not None
+    return db.exec(select(HubListing.round_at).where(this_hub).with_for_update(skip_locked=skip_locked)).first()
 
 
 def _round_servers(
@@ -197,10 +203,9 @@ def _list_or_join(
         # one worker (SQLite is for one): its own list; SQLite would hold its single write lock over the hub's answer
         return now, {(s.user, s.name): s for s in client.active_servers()}
     try:
-        first_listing = postgresql.insert(HubListing).values(hub=client.api_url, round_at=EPOCH, servers=[])
-        db.execute(first_listing.on_conflict_do_nothing())
+        began = _locked_round(db, client)
+        assert began is not None  # made when missing, and waited for when locked
         this_hub = HubListing.hub == client.api_url
-        began = db.exec(select(HubListing.round_at).where(this_hub).with_for_update()).one()
         if now - share_for <= began <= now:
             now, servers = began, [_listed(row) for row in db.exec(select(HubListing.servers).where(this_hub)).one()]
         else:  # the earlier list is not read: it is replaced

@@ -26,7 +26,7 @@ from portal.config import SlurmClusterConfig
 from portal.db import utcnow
 from portal.identity.models import User
 from portal.ledger import services as ledger
-from portal.ledger.models import Allocation, AllocationSource, EntryKind, Resource, ResourceKind, Site
+from portal.ledger.models import Allocation, EntryKind, Resource, ResourceKind, Site
 from portal.metering.models import SlurmAccount, SlurmPull, UsageRecord
 from portal.metering.sacct import SACCT_FORMAT
 from portal.metering.slurm import (
@@ -42,6 +42,7 @@ from portal.projects import services as projects
 from portal.projects.models import Project
 from portal.worker import run_due_jobs
 from tests.conftest import portal_cli
+from tests.factories import open_now
 from tests.ledger_world import HOUR, admin, person
 
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
@@ -112,20 +113,7 @@ def world(db: Session, app, site_code: str) -> World:
     _invitation, link = projects.invite_member(db, settings, pi, project, email=member.email, role="member")
     projects.accept_invitation(db, member, link.rsplit("/", 1)[-1])
 
-    def allocation(resource: Resource, hours: int) -> Allocation:
-        return ledger.open_allocation(
-            db,
-            None,
-            project=project,
-            resource=resource,
-            amount=hours * HOUR,
-            starts_at=now - timedelta(days=1),
-            ends_at=now + timedelta(days=30),
-            source=AllocationSource.AWARD,
-            title=f"{resource.name} award",
-        )
-
-    gpu_allocation, cpu_allocation = allocation(gpu, 10), allocation(cpu, 100)
+    gpu_allocation, cpu_allocation = open_now(db, project, gpu, 10), open_now(db, project, cpu, 100)
     assert gpu_allocation.state == "active"
     config = settings.slurm_cluster(CLUSTER)
     return World(config, site, gpu, cpu, pi, member, project, gpu_allocation, cpu_allocation)
